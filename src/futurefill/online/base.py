@@ -1,0 +1,178 @@
+"""The interface every online convolution engine implements, and its input checks.
+
+An engine produces, one input at a time, exactly the outputs of the offline causal convolution
+``causal_conv(u, h)``. Its life cycle::
+
+    engine = SomeEngine(h, max_len=L, batch_size=B)
+    y_prompt = engine.prefill(u_prompt)      # optional, once, before any step: (B, D, P) -> (B, D, P)
+    y_t = engine.step(u_t)                   # (B, D) -> (B, D), up to max_len inputs in all
+    engine.reset()                           # back to an empty sequence
+
+Buffers are allocated when the engine is built, at prefill (sized by what is left to generate) and
+at reset; never in ``step``. Every check runs before any state changes, so an input rejected with
+an error leaves the engine as it was.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from futurefill.fftconv import compute_dtype
+
+
+class OnlineConvEngine(ABC):
+    """Base class of the online causal convolution engines.
+
+    Parameters
+    ----------
+    h : Tensor, shape (channels, filter_len)
+        One causal filter per channel; ``h[:, 0]`` multiplies the current input. The engine
+        computes on h's device, in h's dtype (float16 and bfloat16 are computed in float32).
+    max_len : int, optional
+        Largest total length (prompt + generated). Defaults to ``filter_len``; must not exceed it.
+    batch_size : int
+        Number of sequences decoded together.
+    """
+
+    method: str = ""
+
+    def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
+        if not isinstance(h, torch.Tensor):
+            raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+        if h.dim() != 2:
+            raise ValueError(f"h must have shape (channels, filter_len), got {tuple(h.shape)}")
+        channels, filter_len = h.shape
+        if channels < 1 or filter_len < 1:
+            raise ValueError(f"h must be non-empty, got shape {tuple(h.shape)}")
+        self.dtype = h.dtype
+        self.compute_dtype = compute_dtype(h.dtype)
+        max_len = filter_len if max_len is None else int(max_len)
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if max_len > filter_len:
+            raise ValueError(
+                f"max_len {max_len} exceeds filter_len {filter_len}: the filter must be at least "
+                "as long as the longest sequence"
+            )
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.h = h.detach().to(self.compute_dtype)
+        self.channels = channels
+        self.max_len = max_len
+        self.batch_size = int(batch_size)
+        self.device = h.device
+        self._step_shape = (self.batch_size, channels)
+        self._position = 0
+        self._prefilled = False
+
+    # ----------------------------------------------------------------- public interface
+
+    @property
+    def position(self) -> int:
+        """Number of inputs seen so far (prompt included)."""
+        return self._position
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the engine's own buffers (caches, histories, filter spectra)."""
+        return sum(t.numel() * t.element_size() for t in self._buffers())
+
+    def prefill(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume a prompt at once and return its outputs.
+
+        Parameters
+        ----------
+        u : Tensor, shape (batch_size, channels, P), ``1 <= P <= max_len``.
+
+        Returns
+        -------
+        Tensor, shape (batch_size, channels, P): ``causal_conv(u, h)``, by one FFT convolution.
+        """
+        if self._prefilled or self._position > 0:
+            raise RuntimeError(
+                f"prefill must come first, once: this engine is at position {self._position}; "
+                "call reset() to start a new sequence"
+            )
+        self._check_tensor(u, "u")
+        expected = (self.batch_size, self.channels)
+        if u.dim() != 3 or tuple(u.shape[:2]) != expected:
+            raise ValueError(
+                f"u must have shape (batch_size, channels, P) = ({expected[0]}, {expected[1]}, P), "
+                f"got {tuple(u.shape)}"
+            )
+        prompt_len = u.shape[-1]
+        if not 1 <= prompt_len <= self.max_len:
+            raise ValueError(f"prompt length must be in [1, max_len={self.max_len}], got {prompt_len}")
+        y = self._prefill(u.to(self.compute_dtype))
+        self._position = prompt_len
+        self._prefilled = True
+        return y.to(self.dtype)
+
+    def step(self, u_t: torch.Tensor) -> torch.Tensor:
+        """Consume one input per sequence and return the next output.
+
+        Parameters
+        ----------
+        u_t : Tensor, shape (batch_size, channels).
+
+        Returns
+        -------
+        Tensor, shape (batch_size, channels): ``y[position]``. The engine never writes to it again,
+        even after ``reset()``.
+        """
+        if u_t.shape != self._step_shape:
+            raise ValueError(
+                f"u_t must have shape (batch_size, channels) = {self._step_shape}, "
+                f"got {tuple(u_t.shape)}"
+            )
+        if u_t.dtype != self.dtype or u_t.device != self.device:
+            self._check_tensor(u_t, "u_t")
+        if self._position >= self.max_len:
+            raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
+        if self.compute_dtype != self.dtype:
+            return self._step(u_t.to(self.compute_dtype)).to(self.dtype)
+        return self._step(u_t)
+
+    def reset(self) -> None:
+        """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
+        self._position = 0
+        self._prefilled = False
+        self._reset()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(channels={self.channels}, max_len={self.max_len}, "
+            f"batch_size={self.batch_size}, dtype={self.dtype}, device={self.device}, "
+            f"position={self._position})"
+        )
+
+    # ----------------------------------------------------------------- for subclasses
+
+    def _check_tensor(self, x: torch.Tensor, name: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected {self.dtype} (the dtype of h)")
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device}, expected {self.device} (the device of h)")
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self.compute_dtype, device=self.device)
+
+    @abstractmethod
+    def _prefill(self, u: torch.Tensor) -> torch.Tensor:
+        """Outputs of the prompt ``u`` (batch, channels, P); set up decoding from position P."""
+
+    @abstractmethod
+    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
+        """Output at ``self._position`` for input ``u_t``; must advance ``self._position``."""
+
+    @abstractmethod
+    def _reset(self) -> None:
+        """Fresh buffers for an empty sequence of up to ``max_len`` inputs."""
+
+    @abstractmethod
+    def _buffers(self) -> list[torch.Tensor]:
+        """The tensors the engine owns (counted by ``nbytes``)."""

@@ -1,0 +1,106 @@
+"""Epoched-FutureFill (FutureFill paper, section 3): O(L^1.5 sqrt(log L)) time, O(epoch_len) cache.
+
+Inputs are split into epochs of ``E = epoch_len`` steps (counted from the end of the prompt). A
+cache ``C`` of length E holds, for each output of the current epoch, the contribution of every
+input before the epoch. Within an epoch each new input is pushed directly into the outputs of
+the rest of the epoch (an axpy of at most E terms), so::
+
+    y[t] = C[t - e] after the push of u[t]          (e = first step of the epoch)
+
+When an epoch ends, C is refilled with the contribution of the whole prefix to the next E outputs:
+one FutureFill over all inputs so far (an FFT of size ``fft_size(t + 1 + E)``). Cost per epoch
+O(t log t) + O(E) per step, so O(L^2 log L / E + L E) in all; ``E ~ sqrt(L log2 L)`` balances them.
+The inputs are kept (O(L)) since each refill reads the whole prefix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from futurefill.fftconv import fft_size, prompt_conv
+from futurefill.online.base import OnlineConvEngine
+
+
+def default_epoch_len(max_len: int) -> int:
+    """``round(sqrt(L log2 L))``, the paper's balance point for L = ``max_len`` (at least 1)."""
+    return max(1, round(math.sqrt(max_len * math.log2(max(max_len, 2)))))
+
+
+class EpochedConv(OnlineConvEngine):
+    """Online causal convolution by Epoched-FutureFill. See :class:`OnlineConvEngine`.
+
+    Parameters
+    ----------
+    epoch_len : int, optional
+        Steps per epoch (the cache length); default :func:`default_epoch_len` of ``max_len``.
+    """
+
+    method = "epoched"
+
+    def __init__(
+        self,
+        h: torch.Tensor,
+        *,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        epoch_len: int | None = None,
+    ):
+        super().__init__(h, max_len=max_len, batch_size=batch_size)
+        epoch_len = default_epoch_len(self.max_len) if epoch_len is None else int(epoch_len)
+        if epoch_len < 1:
+            raise ValueError(f"epoch_len must be >= 1, got {epoch_len}")
+        self.epoch_len = epoch_len
+        # Filter, time-major and zero-padded so that every refill may read h[0 .. t + E].
+        padded_len = fft_size(self.max_len + epoch_len)
+        h_time = self._zeros(padded_len, 1, self.channels)
+        width = min(padded_len, self.h.shape[-1])
+        h_time[:width, 0].copy_(self.h[:, :width].t())
+        self._h_time = h_time
+        self._h_head = h_time[:epoch_len]  # (E, 1, D): what an input adds to the outputs after it
+        self._spectra: dict[int, torch.Tensor] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._x = self._zeros(self.max_len, self.batch_size, self.channels)  # inputs, time-major
+        self._cache = self._zeros(self.epoch_len, self.batch_size, self.channels)
+        self._epoch_start = 0
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [self._x, self._cache, self._h_time, *self._spectra.values()]
+
+    def _spectrum(self, n: int) -> torch.Tensor:
+        """rfft of the filter at FFT length n, shape (n // 2 + 1, 1, channels); computed once."""
+        spectrum = self._spectra.get(n)
+        if spectrum is None:
+            spectrum = torch.fft.rfft(self._h_time[:n], n=n, dim=0)
+            self._spectra[n] = spectrum
+        return spectrum
+
+    def _prefill(self, u: torch.Tensor) -> torch.Tensor:
+        prompt_len = u.shape[-1]
+        h = self._h_time[: prompt_len + self.epoch_len, 0].t()
+        y, future = prompt_conv(u, h, self.epoch_len)
+        self._x[:prompt_len].copy_(u.permute(2, 0, 1))
+        self._cache.copy_(future.permute(2, 0, 1))
+        self._epoch_start = prompt_len
+        return y
+
+    def _refill(self, seen: int) -> None:
+        """Cache <- contribution of inputs 0 .. seen-1 to outputs seen .. seen+E-1."""
+        n = fft_size(seen + self.epoch_len)
+        spec = torch.fft.rfft(self._x[:seen], n=n, dim=0).mul_(self._spectrum(n))
+        self._cache.copy_(torch.fft.irfft(spec, n=n, dim=0)[seen : seen + self.epoch_len])
+        self._epoch_start = seen
+
+    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
+        t = self._position
+        j = t - self._epoch_start
+        self._x[t].copy_(u_t)
+        self._cache[j:].addcmul_(self._h_head[: self.epoch_len - j], u_t)
+        y = self._cache[j].clone()
+        self._position = t + 1
+        if j == self.epoch_len - 1 and t + 1 < self.max_len:
+            self._refill(t + 1)
+        return y
