@@ -24,7 +24,9 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype arithmetic runs in for tensors of ``dtype`` (half precisions widen to float32)."""
     if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"expected a floating dtype (float16, bfloat16, float32, float64), got {dtype}")
+        raise TypeError(
+            f"expected a floating dtype (float16, bfloat16, float32, float64), got {dtype}"
+        )
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 

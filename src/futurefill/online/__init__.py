@@ -103,7 +103,12 @@ class OnlineConv:
     ):
         self.method = method
         self.engine = make_engine(
-            h, method, max_len=max_len, batch_size=batch_size, epoch_len=epoch_len, tile_len=tile_len
+            h,
+            method,
+            max_len=max_len,
+            batch_size=batch_size,
+            epoch_len=epoch_len,
+            tile_len=tile_len,
         )
         # Bound directly: the per-token call goes straight to the engine.
         self.step = self.engine.step

@@ -4,7 +4,7 @@ An engine produces, one input at a time, exactly the outputs of the offline caus
 ``causal_conv(u, h)``. Its life cycle::
 
     engine = SomeEngine(h, max_len=L, batch_size=B)
-    y_prompt = engine.prefill(u_prompt)      # optional, once, before any step: (B, D, P) -> (B, D, P)
+    y_prompt = engine.prefill(u_prompt)  # optional, once, first: (B, D, P) -> (B, D, P)
     y_t = engine.step(u_t)                   # (B, D) -> (B, D), up to max_len inputs in all
     engine.reset()                           # back to an empty sequence
 
@@ -104,7 +104,9 @@ class OnlineConvEngine(ABC):
             )
         prompt_len = u.shape[-1]
         if not 1 <= prompt_len <= self.max_len:
-            raise ValueError(f"prompt length must be in [1, max_len={self.max_len}], got {prompt_len}")
+            raise ValueError(
+                f"prompt length must be in [1, max_len={self.max_len}], got {prompt_len}"
+            )
         y = self._prefill(u.to(self.compute_dtype))
         self._position = prompt_len
         self._prefilled = True

@@ -42,6 +42,8 @@ class NaiveConv(OnlineConvEngine):
         t = self._position
         self._x[:, :, t].copy_(u_t.t())
         y = self._y[t]
-        torch.bmm(self._x[:, :, : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=y.unsqueeze(-1))
+        torch.bmm(
+            self._x[:, :, : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=y.unsqueeze(-1)
+        )
         self._position = t + 1
         return y.t()

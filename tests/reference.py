@@ -1,0 +1,62 @@
+"""The independent float64 references every fast path is checked against, and test inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def reference_conv(u: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Causal convolution in float64 with numpy.convolve: u (B, D, L), h (D, F) -> (B, D, L)."""
+    u = np.asarray(u, dtype=np.float64)
+    h = np.asarray(h, dtype=np.float64)
+    length = u.shape[-1]
+    out = np.empty(u.shape, dtype=np.float64)
+    for b in range(u.shape[0]):
+        for d in range(u.shape[1]):
+            out[b, d] = np.convolve(u[b, d], h[d])[:length]
+    return out
+
+
+def decaying_filter(channels: int, filter_len: int, dtype=torch.float64, seed: int = 0):
+    """Random filters with a slow decay, as long-convolution models learn them."""
+    gen = torch.Generator().manual_seed(seed)
+    decay = 1.0 / (1.0 + 0.05 * torch.arange(filter_len, dtype=torch.float64))
+    h = torch.randn(channels, filter_len, generator=gen, dtype=torch.float64) * decay
+    return h.to(dtype)
+
+
+def random_input(batch: int, channels: int, length: int, dtype=torch.float64, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, length, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def rel_err(actual, expected) -> float:
+    """Largest absolute difference relative to the largest reference magnitude."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(np.abs(expected).max(initial=0.0), 1e-300)
+    return float(np.abs(actual - expected).max(initial=0.0) / scale)
+
+
+def reference_feedback(
+    u0: np.ndarray, h: np.ndarray, length: int, prompt: np.ndarray | None = None
+):
+    """Plain-loop float64 generation with feedback ``u[t+1] = tanh(y[t])``.
+
+    u0 (B, D): first generated input (used when there is no prompt); prompt (B, D, P) or None.
+    Returns (inputs, outputs), each (B, D, length): the whole sequence, prompt included.
+    """
+    h = np.asarray(h, dtype=np.float64)
+    batch, channels = u0.shape
+    u = np.zeros((batch, channels, length))
+    y = np.zeros((batch, channels, length))
+    start = 0
+    if prompt is not None:
+        start = prompt.shape[-1]
+        u[..., :start] = prompt
+    for t in range(length):
+        if t >= start:
+            u[..., t] = u0 if t == 0 else np.tanh(y[..., t - 1])
+        y[..., t] = np.einsum("bds,ds->bd", u[..., : t + 1], h[:, t::-1])
+    return u, y
