@@ -1,9 +1,14 @@
 """Naive cached convolution: the strongest direct method, O(t) work at step t.
 
-Keeps every input in a preallocated channel-major history ``(channels, batch, max_len)`` and the
-reversed filter ``(channels, max_len, 1)``; step t is one batched matrix-vector product over the
-``t + 1`` inputs seen so far, written into a preallocated output buffer. O(L^2) for L steps,
-O(L) memory. This is the baseline FutureFill is measured against.
+Keeps every input in a preallocated channel-major history ``(batch, channels, max_len)`` beside
+the reversed filter ``(channels, max_len)``; step t multiplies the ``t + 1`` inputs seen so far by
+the filter into a preallocated scratch buffer and sums them into a preallocated output row.
+O(L^2) for L steps, O(L) memory: the baseline FutureFill is measured against.
+
+Why this form: at t = 16384, 128 channels, batch 1, float32, on a 2-core x86 CPU, one step took
+1.13 ms this way, 1.35 ms with ``torch.linalg.vecdot`` (which allocates a t-sized temporary),
+3.9 ms with a batched ``bmm`` of (channels, 1, t) by (channels, t, 1), 9.2 ms with ``einsum``
+and 23 ms with a depthwise ``conv1d``.
 """
 
 from __future__ import annotations
@@ -21,29 +26,29 @@ class NaiveConv(OnlineConvEngine):
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         super().__init__(h, max_len=max_len, batch_size=batch_size)
-        # h_rev[:, L-1-k, 0] = h[:, k]: the last t+1 rows line up with inputs 0..t at step t.
-        self._h_rev = self.h[:, : self.max_len].flip(-1).unsqueeze(-1).contiguous()
+        # h_rev[:, L-1-k] = h[:, k]: its last t+1 columns line up with inputs 0..t at step t.
+        self._h_rev = self.h[:, : self.max_len].flip(-1).contiguous()
         self._reset()
 
     def _reset(self) -> None:
-        d, b, n = self.channels, self.batch_size, self.max_len
-        self._x = self._zeros(d, b, n)  # inputs, channel-major
-        self._y = self._zeros(n, d, b)  # outputs; row t is returned (transposed) by step t
+        b, d, n = self.batch_size, self.channels, self.max_len
+        self._x = self._zeros(b, d, n)  # inputs
+        self._products = self._zeros(b, d, n)  # scratch: h[t-s] * u[s] for s <= t
+        self._y = self._zeros(n, b, d)  # outputs; row t is returned by step t
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self._x, self._y, self._h_rev]
+        return [self._x, self._products, self._y, self._h_rev]
 
     def _prefill(self, u: torch.Tensor) -> torch.Tensor:
-        prompt_len = u.shape[-1]
-        self._x[:, :, :prompt_len].copy_(u.transpose(0, 1))
+        self._x[..., : u.shape[-1]].copy_(u)
         return causal_conv(u, self.h)
 
     def _step(self, u_t: torch.Tensor) -> torch.Tensor:
         t = self._position
-        self._x[:, :, t].copy_(u_t.t())
+        self._x[..., t].copy_(u_t)
+        products = self._products[..., : t + 1]
+        torch.mul(self._x[..., : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=products)
         y = self._y[t]
-        torch.bmm(
-            self._x[:, :, : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=y.unsqueeze(-1)
-        )
+        torch.sum(products, dim=-1, out=y)
         self._position = t + 1
-        return y.t()
+        return y
