@@ -15,12 +15,15 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m futurefill.demo
+	$(VENV)/bin/futurefill bench all --preset quick --out results
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(PY) -m pytest
+
+bench-full: $(STAMP)
+	$(VENV)/bin/futurefill bench all --preset full --out results/full
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

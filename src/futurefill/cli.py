@@ -8,7 +8,11 @@ from collections.abc import Sequence
 
 # Modules that each define ``register(subparsers)``: adds its subcommand, with ``func`` set to a
 # callable taking the parsed arguments and returning an exit code.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "futurefill.bench.cli",
+    "futurefill.train",
+    "futurefill.textgen",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,45 @@
+"""Benchmarks: the quadratic-against-quasilinear story, measured on this machine.
+
+Run as ``futurefill bench <subcommand> [--preset quick|full] [--out DIR] [options]``; every
+subcommand checks that each method's outputs match a float64 offline reference (and exits with
+status 1, loudly, when one does not), warms up, reports the median of repeated runs, records the
+machine (CPU, cores, torch threads, versions, device, dtype, git commit), and skips a method at
+sizes where its projected time exceeds ``--budget`` (recorded as ``skipped (projected ...)``).
+
+Subcommands
+-----------
+layer
+    One online convolution (channels D, batch B), generated length L swept over powers of two.
+    Methods: ``naive`` (direct dot product per step), ``epoched`` and ``continuous`` (FutureFill),
+    ``recompute`` (a full FFT convolution of the prefix at every step: no cache) and ``offline``
+    (one FFT convolution of the whole sequence: the floor). Reports total time, time per token,
+    peak cache bytes and the fitted log-log slope of total time against L.
+prompt
+    Prompt of length P (prefilled at once), then K generated steps, over a grid of P and K:
+    prefill time, decode time and cache bytes per engine method.
+model
+    The ConvLM end to end: K tokens generated greedily one at a time, tokens/s against context
+    length, per method and per mixer, checked against the model's full forward pass.
+all
+    layer, prompt and model with one preset into one directory (``make demo`` runs
+    ``futurefill bench all --preset quick --out results``).
+
+Output files (in ``--out``, default ``results/``)
+------------------------------------------------
+``<name>.json``
+    Everything: machine, resolved config, the equivalent command, one row per (method, size) with
+    status (``ok``, ``skipped (projected X s > budget Y s)``, ``FAILED (...)``), times of every
+    repeat, per-position chunk times, fitted slopes, time ratios at the largest size both methods
+    reached, agreement errors.
+``<name>.csv``
+    One row per (method, size): status, median times, cache bytes, error, repeats.
+``<name>_table.md``
+    The table printed on the terminal (Markdown).
+``layer_per_position.csv``, ``model_per_position.csv``
+    Mean time per step over dyadic chunks of positions [n, 2n), per method and length.
+PNG plots
+    ``layer_total_time.png`` (log-log, every method, slope in the legend),
+    ``layer_time_per_token.png`` (against position), ``layer_cache_bytes.png``;
+    ``prompt_decode_time.png``, ``prompt_prefill_time.png``, ``prompt_cache_bytes.png``;
+    ``model_tokens_per_s.png``, ``model_time_per_token.png``, ``model_cache_bytes.png``.
+"""

@@ -1,0 +1,376 @@
+"""Shared pieces of the benchmarks: machine record, timing, budget, agreement check, output files.
+
+Timing rules every benchmark follows:
+
+* wall clock with :func:`time.perf_counter`, after :func:`sync` (``torch.cuda.synchronize`` on a
+  CUDA device, nothing on CPU), so queued GPU work is counted where it belongs;
+* steps are timed in chunks (:func:`chunk_bounds`), never one timer call per step, so the timer
+  costs O(log L) calls per run;
+* each (method, size) runs ``repeats`` times and the median is reported; repeats stop early when
+  another one would push that cell past the budget;
+* a method whose projected time for the next size exceeds the budget is skipped there and at every
+  larger size, and the skip is recorded with the projection (:func:`project_time`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+# Agreement tolerance: largest |y - y_ref| over the largest |y_ref|, y_ref computed in float64.
+# float32 FFT and direct sums stay near 1e-6 at L = 2^16; half precisions are limited by rounding
+# the outputs to 8 (bfloat16) or 11 (float16) significant bits.
+DEFAULT_TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-4,
+    torch.float16: 4e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
+class AgreementError(RuntimeError):
+    """A method's outputs differ from the reference by more than the tolerance."""
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name: /proc/cpuinfo on Linux, sysctl on macOS, else platform."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def git_commit() -> str | None:
+    """``HEAD`` of the repository this package lives in, with ``-dirty`` if it has local edits."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """What a reader needs to interpret the timings: CPU, cores, threads, versions, device."""
+    import futurefill
+
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "logical_cores": os.cpu_count(),
+        "available_cores": available_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python_version": platform.python_version(),
+        "futurefill_version": futurefill.__version__,
+        "git_commit": git_commit(),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    """One line naming the machine, for table headers and plot titles."""
+    where = info.get("gpu") or info["cpu"]
+    return (
+        f"{where} | {info['device']} {info['dtype']} | {info['torch_threads']} threads "
+        f"({info['available_cores']} cores) | torch {info['torch_version']}"
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op threads (default: every available core); restore after."""
+    before = torch.get_num_threads()
+    wanted = available_cores() if threads is None else int(threads)
+    if wanted < 1:
+        raise ValueError(f"threads must be >= 1, got {wanted}")
+    torch.set_num_threads(wanted)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def chunk_bounds(length: int, first: int = 16) -> list[tuple[int, int]]:
+    """Dyadic chunks of steps ``[0, first), [first, 2 first), [2 first, 4 first), ...``.
+
+    Every chunk after the first is as long as all steps before it, so the mean step time per chunk
+    shows how the cost per token grows with position while the timer runs only O(log L) times.
+    Chunk ``[n, 2n)`` contains exactly the FFT updates a dyadic schedule does between n and 2n.
+    """
+    bounds = []
+    start, stop = 0, min(first, length)
+    while start < length:
+        bounds.append((start, stop))
+        start, stop = stop, min(2 * stop, length)
+    return bounds
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def should_repeat(times: Sequence[float], repeats: int, budget: float) -> bool:
+    """Whether to run another repeat: fewer than ``repeats`` so far and it fits in the budget."""
+    if len(times) >= repeats:
+        return False
+    return sum(times) + max(times, default=0.0) <= budget
+
+
+# ------------------------------------------------------------------------------ scaling
+
+
+def fit_slope(sizes: Sequence[float], times: Sequence[float]) -> float | None:
+    """Least-squares slope of log(time) against log(size); None with fewer than two points."""
+    pairs = [(s, t) for s, t in zip(sizes, times, strict=True) if s > 0 and t and t > 0]
+    if len({s for s, _ in pairs}) < 2:
+        return None
+    x = np.log([s for s, _ in pairs])
+    y = np.log([t for _, t in pairs])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def project_time(sizes: Sequence[float], times: Sequence[float], size: float) -> float | None:
+    """Projected time at ``size`` from the measured (size, time) points, conservatively.
+
+    Extrapolates from the largest measured point with the growth exponent of the last two points,
+    clamped to [1, 3]; with a single point the exponent is 2 (quadratic, the worst of the online
+    methods). Small sizes are dominated by per-step overhead, whose exponent is about 1, so the
+    clamp from below keeps the projection from trusting a flat start; the quadratic default errs
+    towards skipping.
+    """
+    if not sizes:
+        return None
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    last = order[-1]
+    exponent = 2.0
+    if len(order) >= 2:
+        prev = order[-2]
+        if sizes[prev] < sizes[last] and times[prev] > 0 and times[last] > 0:
+            local = math.log(times[last] / times[prev]) / math.log(sizes[last] / sizes[prev])
+            exponent = min(3.0, max(1.0, local))
+    return float(times[last] * (size / sizes[last]) ** exponent)
+
+
+def skipped_status(projected: float, budget: float) -> str:
+    return f"skipped (projected {projected:.3g} s > budget {budget:g} s)"
+
+
+def ratios_at_largest(
+    rows: Sequence[dict[str, Any]],
+    pairs: Sequence[tuple[str, str]],
+    size_keys: Sequence[str],
+    time_key: str = "total_s",
+) -> list[dict[str, Any]]:
+    """Time ratio numerator/denominator of each method pair at the largest size both reached.
+
+    A size is the tuple of ``row[k]`` for ``size_keys``; the largest is the one with the largest
+    sum (then the largest tuple). Only rows with status ``ok`` count.
+    """
+    ok = {
+        (r["method"], tuple(r[k] for k in size_keys)): r[time_key]
+        for r in rows
+        if r["status"] == "ok"
+    }
+    out = []
+    for num, den in pairs:
+        both = [size for (m, size) in ok if m == num and (den, size) in ok]
+        if not both:
+            continue
+        size = max(both, key=lambda s: (sum(s), s))
+        entry: dict[str, Any] = {"numerator": num, "denominator": den}
+        entry.update(zip(size_keys, size, strict=True))
+        entry["time_key"] = time_key
+        entry["ratio"] = ok[(num, size)] / ok[(den, size)]
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------------ agreement
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    return DEFAULT_TOL[dtype]
+
+
+def rel_err(actual: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest |actual - reference| relative to the largest |reference| (computed in float64)."""
+    reference = reference.to(torch.float64)
+    diff = (actual.to(torch.float64) - reference).abs().max().item()
+    scale = reference.abs().max().item()
+    return float(diff / max(scale, 1e-300))
+
+
+def failed_status(err: float, tol: float) -> str:
+    return f"FAILED (max rel err {err:.2e} > tol {tol:.1e})"
+
+
+def report_failures(name: str, failures: Sequence[str]) -> int:
+    """Print failed agreement checks loudly to stderr; the exit code (1 if any, else 0)."""
+    if not failures:
+        return 0
+    bar = "!" * 78
+    lines = [bar, f"{name}: AGREEMENT CHECK FAILED, these outputs differ from the reference:"]
+    lines += [f"  {f}" for f in failures]
+    lines.append(bar)
+    print("\n".join(lines), file=sys.stderr)
+    return 1
+
+
+# ------------------------------------------------------------------------------ output files
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.dtype | torch.device | Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A pipe table, padded so it reads on a terminal and renders in Markdown."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 100:
+        return f"{seconds:.0f} s"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def fmt_ratio(num: float | None, den: float | None) -> str:
+    if not num or not den:
+        return "-"
+    return f"{num / den:.2f}x"

@@ -1,0 +1,73 @@
+"""Matplotlib figures of the benchmark results.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly and saved by the Agg renderer, so
+no display is needed and pyplot's global backend is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+# One colour and marker per method, the same in every figure.
+STYLE = {
+    "naive": ("tab:red", "o"),
+    "epoched": ("tab:orange", "s"),
+    "continuous": ("tab:blue", "^"),
+    "recompute": ("tab:gray", "x"),
+    "offline": ("black", "."),
+}
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def style(method: str) -> tuple[str, str]:
+    return STYLE.get(method, ("tab:purple", "d"))
+
+
+def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, path: Path) -> Path:
+    ax.set_title(f"{title}\n{subtitle}", fontsize=9)
+    ax.grid(True, which="major", alpha=0.4)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def loglog_lines(
+    series: Sequence[dict[str, Any]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    subtitle: str,
+    path: Path,
+    logy: bool = True,
+) -> Path:
+    """One line per entry of ``series``: dicts with x, y, label, method and optional linestyle."""
+    fig = Figure(figsize=(7, 4.8))
+    ax = fig.add_subplot()
+    for s in series:
+        if not s["x"]:
+            continue
+        color, marker = style(s["method"])
+        ax.plot(
+            s["x"],
+            s["y"],
+            color=color,
+            marker=marker,
+            linestyle=s.get("linestyle", "-"),
+            label=s["label"],
+            markersize=4,
+        )
+    ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _finish(fig, ax, title, subtitle, path)

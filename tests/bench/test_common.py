@@ -1,0 +1,89 @@
+"""Timing helpers, budget projection, slopes, tables and files of the benchmark suite."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from futurefill.bench import common
+
+
+def test_chunk_bounds_cover_every_step_once():
+    for length in (1, 5, 16, 17, 100, 1024):
+        bounds = common.chunk_bounds(length)
+        assert bounds[0][0] == 0 and bounds[-1][1] == length
+        assert all(a < b for a, b in bounds)
+        assert all(b == a2 for (_, b), (a2, _) in itertools.pairwise(bounds))
+    assert common.chunk_bounds(128) == [(0, 16), (16, 32), (32, 64), (64, 128)]
+
+
+def test_fit_slope_recovers_power_law():
+    sizes = [2**k for k in range(6, 12)]
+    assert common.fit_slope(sizes, [3e-6 * n**2 for n in sizes]) == pytest.approx(2.0)
+    assert common.fit_slope(sizes, [n * math.log2(n) ** 2 for n in sizes]) < 1.6
+    assert common.fit_slope([64], [1.0]) is None
+
+
+def test_project_time_is_conservative():
+    assert common.project_time([], [], 128) is None
+    # One point: quadratic growth.
+    assert common.project_time([100], [1.0], 200) == pytest.approx(4.0)
+    # Two points: the local exponent, clamped to at least 1.
+    assert common.project_time([100, 200], [1.0, 8.0], 400) == pytest.approx(64.0)
+    assert common.project_time([100, 200], [1.0, 1.0], 400) == pytest.approx(2.0)
+
+
+def test_should_repeat_respects_budget():
+    assert common.should_repeat([], 3, 0.0)
+    assert common.should_repeat([1.0], 3, 2.0)
+    assert not common.should_repeat([1.0, 1.0], 3, 2.5)
+    assert not common.should_repeat([0.1, 0.1, 0.1], 3, 100.0)
+
+
+def test_rel_err_relative_to_output_scale():
+    ref = torch.tensor([10.0, -20.0], dtype=torch.float64)
+    assert common.rel_err(ref.float(), ref) == 0.0
+    assert common.rel_err(ref + torch.tensor([0.0, 0.2], dtype=torch.float64), ref) == (
+        pytest.approx(0.01)
+    )
+    assert math.isnan(common.rel_err(torch.tensor([math.nan, 0.0]), ref))
+
+
+def test_torch_threads_restored():
+    before = torch.get_num_threads()
+    with common.torch_threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+
+
+def test_machine_info_names_the_machine():
+    info = common.machine_info(torch.device("cpu"), torch.float32)
+    for key in ("cpu", "available_cores", "torch_threads", "torch_version", "device", "dtype"):
+        assert info[key] not in (None, "")
+    assert info["dtype"] == "float32"
+
+
+def test_cuda_device_refused_cleanly_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        common.resolve_device("cuda")
+
+
+def test_ratios_at_largest_common_size():
+    rows = [
+        {"method": "naive", "L": 64, "status": "ok", "total_s": 4.0},
+        {"method": "naive", "L": 128, "status": "skipped (projected 9 s > budget 1 s)"},
+        {"method": "continuous", "L": 64, "status": "ok", "total_s": 1.0},
+        {"method": "continuous", "L": 128, "status": "ok", "total_s": 2.0},
+    ]
+    (r,) = common.ratios_at_largest(rows, [("naive", "continuous")], ("L",))
+    assert r["L"] == 64 and r["ratio"] == pytest.approx(4.0)
+
+
+def test_markdown_table_aligned():
+    text = common.markdown_table(["a", "bb"], [["1", "2"], ["333", "4"]])
+    lines = text.splitlines()
+    assert len({len(line) for line in lines}) == 1
+    assert lines[1].startswith("|---")

@@ -1,0 +1,105 @@
+"""``futurefill bench layer``: runs, writes valid files, records skips, fails on wrong outputs."""
+
+import pytest
+import torch
+
+from futurefill.bench import layer
+from futurefill.bench.layer import LAYER_METHODS
+
+TINY = ("bench", "layer", "--lengths", "16", "32", "64", "--channels", "4", "--batch", "2")
+
+
+def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
+    code = bench.run_cli(*TINY, "--repeats", "2", "--warmup-len", "8", "--out", str(out_dir))
+    assert code == 0
+    report = bench.read_json(out_dir / "layer.json")
+    assert report["benchmark"] == "layer"
+    assert report["machine"]["torch_threads"] == 1
+    assert report["command"].startswith("futurefill bench layer --lengths 16 32 64")
+    rows = report["rows"]
+    assert {(r["method"], r["L"]) for r in rows} == {
+        (m, n) for m in LAYER_METHODS for n in (16, 32, 64)
+    }
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["total_s"] > 0 and r["per_token_s"] == pytest.approx(r["total_s"] / r["L"])
+        assert r["max_rel_err"] <= r["tol"] == 1e-4
+        assert 1 <= r["repeats"] <= 2
+        if r["method"] != "offline":
+            assert r["peak_cache_bytes"] > 0
+            assert [c[:2] for c in r["chunks"]] == [
+                list(b) for b in layer.common.chunk_bounds(r["L"])
+            ]
+    for m in LAYER_METHODS:
+        assert report["slopes"][m]["points"] == 3
+        assert isinstance(report["slopes"][m]["all"], float)
+    assert {(r["numerator"], r["denominator"]) for r in report["ratios"]} >= {
+        ("naive", "continuous"),
+        ("naive", "epoched"),
+    }
+
+    csv_rows = bench.read_csv(out_dir / "layer.csv")
+    assert len(csv_rows) == len(rows)
+    assert {r["status"] for r in csv_rows} == {"ok"}
+    assert all(float(r["total_s"]) > 0 for r in csv_rows)
+    per_position = bench.read_csv(out_dir / "layer_per_position.csv")
+    assert {r["method"] for r in per_position} == set(LAYER_METHODS)
+    table = (out_dir / "layer_table.md").read_text()
+    assert "| L " in table and "naive/continuous" in table and "slope" in table
+    for name in ("layer_total_time", "layer_time_per_token", "layer_cache_bytes"):
+        bench.assert_png(out_dir / f"{name}.png")
+
+
+def test_layer_skips_over_budget_and_records_it(bench, out_dir):
+    code = bench.run_cli(
+        *TINY, "--methods", "naive", "recompute", "--budget", "1e-9", "--out", str(out_dir)
+    )
+    assert code == 0
+    rows = bench.read_json(out_dir / "layer.json")["rows"]
+    for r in rows:
+        if r["L"] == 16:
+            assert r["status"] == "ok" and r["repeats"] == 1
+        else:
+            assert r["status"].startswith("skipped (projected ")
+            assert r["status"].endswith("> budget 1e-09 s)")
+            assert r["projected_s"] > 1e-9
+    csv_status = [r["status"] for r in bench.read_csv(out_dir / "layer.csv")]
+    assert sum(s.startswith("skipped (projected") for s in csv_status) == 4
+    assert "skipped" in (out_dir / "layer_table.md").read_text()
+
+
+def test_layer_agreement_check_fails_loudly_on_wrong_method(bench, out_dir, monkeypatch, capsys):
+    # 1e-3 relative error, ten times the float32 tolerance: must be caught.
+    monkeypatch.setitem(layer.STEPPERS, "continuous", bench.wrong("continuous", 1e-3))
+    code = bench.run_cli(*TINY, "--methods", "naive", "continuous", "--out", str(out_dir))
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "AGREEMENT CHECK FAILED" in err and "continuous at L=16" in err
+    report = bench.read_json(out_dir / "layer.json")
+    status = {(r["method"], r["L"]): r["status"] for r in report["rows"]}
+    assert status[("continuous", 16)].startswith("FAILED (max rel err 1.00e-03 > tol 1.0e-04)")
+    assert status[("continuous", 32)] == "not run (failed at L=16)"
+    assert status[("naive", 64)] == "ok"
+    assert report["failures"]
+
+
+def test_layer_agreement_tolerance_passes_rounding_sized_errors(bench, out_dir, monkeypatch):
+    monkeypatch.setitem(layer.STEPPERS, "continuous", bench.wrong("continuous", 1e-6))
+    code = bench.run_cli(*TINY, "--methods", "continuous", "--out", str(out_dir), "--no-plots")
+    assert code == 0
+
+
+def test_layer_run_api_float64():
+    config = layer.LayerConfig(
+        lengths=(8, 16), channels=2, dtype="float64", threads=1, repeats=1, progress=False
+    )
+    report = layer.run(config)
+    assert report["tol"] == 1e-10
+    assert report["max_rel_err"] < 1e-12
+    assert all(r["status"] == "ok" for r in report["rows"])
+    assert torch.get_num_threads() >= 1
+
+
+def test_layer_rejects_unknown_method():
+    with pytest.raises(ValueError, match="unknown methods"):
+        layer.run(layer.LayerConfig(lengths=(8,), methods=("fast",), progress=False))
