@@ -1,7 +1,17 @@
 """futurefill: fast, exact auto-regressive generation from convolutional sequence models."""
 
 from futurefill.fftconv import causal_conv, futurefill, prompt_conv
+from futurefill.model import ConvLM, ConvLMCache, ConvLMConfig
 from futurefill.online import METHODS, OnlineConv
 
-__all__ = ["METHODS", "OnlineConv", "causal_conv", "futurefill", "prompt_conv"]
+__all__ = [
+    "METHODS",
+    "ConvLM",
+    "ConvLMCache",
+    "ConvLMConfig",
+    "OnlineConv",
+    "causal_conv",
+    "futurefill",
+    "prompt_conv",
+]
 __version__ = "0.1.0"
