@@ -1,6 +1,7 @@
 """futurefill: fast, exact auto-regressive generation from convolutional sequence models."""
 
 from futurefill.fftconv import causal_conv, futurefill, prompt_conv
+from futurefill.generation import GenerationOutput, generate
 from futurefill.model import ConvLM, ConvLMCache, ConvLMConfig
 from futurefill.online import METHODS, OnlineConv
 
@@ -9,9 +10,11 @@ __all__ = [
     "ConvLM",
     "ConvLMCache",
     "ConvLMConfig",
+    "GenerationOutput",
     "OnlineConv",
     "causal_conv",
     "futurefill",
+    "generate",
     "prompt_conv",
 ]
 __version__ = "0.1.0"

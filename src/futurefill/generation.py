@@ -1,0 +1,346 @@
+"""Auto-regressive generation from a :class:`~futurefill.model.ConvLM` with cached convolutions.
+
+The prompt is consumed once by :meth:`ConvLM.prefill` (one parallel FFT pass that seeds every
+layer's online engine) and each new token costs one :meth:`ConvLM.step`: the long convolutions
+are never recomputed, and the logits are those of the model's own parallel forward pass, to
+rounding, whichever engine ``method`` runs them.
+
+Ragged batches (prompts of different lengths) come right-padded with ``prompt_lengths``. All
+sequences advance together, one position per step: the shortest common prefix is prefilled in
+parallel, then every sequence still inside its prompt is fed its own next prompt token
+(teacher forcing) while the others are already generating. Every sequence therefore sees exactly
+the tokens it would see alone, at the same positions, with no masking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["GenerationOutput", "generate", "select_next_tokens"]
+
+
+class GenerationOutput(NamedTuple):
+    """What :func:`generate` returns with ``return_logits=True``.
+
+    tokens : LongTensor, shape (batch, max_new_tokens)
+    logits : Tensor, shape (batch, max_new_tokens, vocab_size), ``logits[b, i]`` is what token
+        ``i`` of sequence ``b`` was chosen from (before temperature and filtering); NaN after the
+        sequence's end-of-sequence token.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+
+
+def select_next_tokens(
+    logits: torch.Tensor,
+    *,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The next token of every sequence: ``(batch, vocab_size) -> (batch,)``.
+
+    Greedy (``do_sample=False``): the argmax, the lowest id on ties. Sampling: from
+    ``softmax(logits / temperature)`` restricted to the ``top_k`` largest logits (ties with the
+    k-th kept) and then to the smallest set of most likely tokens whose probability reaches
+    ``top_p`` (nucleus); one ``torch.multinomial`` draw per sequence from ``generator``.
+    """
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    scores = logits / temperature
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass of the more likely tokens
+        drop_sorted = before >= top_p  # never drops the most likely token (before = 0)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    method: str = "continuous",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    do_sample: bool | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    prompt_lengths: Sequence[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    streamer: Any = None,
+    return_logits: bool = False,
+    **engine_options: int,
+) -> torch.Tensor | GenerationOutput:
+    """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
+
+    Parameters
+    ----------
+    model : ConvLM
+        (Or any module with the same ``config``, ``setup_cache``, ``prefill`` and ``step``.)
+    input_ids : LongTensor, shape (batch, width)
+        Prompts, right-padded when their lengths differ (the padding is never read).
+    max_new_tokens : int >= 0
+        Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
+        ``model.config.max_len`` for the longest prompt.
+    method : {"continuous", "epoched", "naive"}
+        The online convolution engine of every layer; all give the same tokens.
+    temperature : float >= 0
+        Divides the logits before sampling; 0 means greedy.
+    top_k : int >= 1, optional
+        Sample among the k most likely tokens only.
+    top_p : float in (0, 1], optional
+        Nucleus sampling: among the most likely tokens holding probability ``top_p``.
+    do_sample : bool, optional
+        Sample (True) or take the argmax (False). Default: sample if any of ``top_k``, ``top_p``,
+        ``generator`` is given or ``temperature`` is neither 0 nor 1, else greedy.
+    eos_token_id : int, optional
+        A sequence that generates it stops: its later tokens are ``pad_token_id``. Generation
+        ends early when every sequence has stopped (checked once per step: a device sync).
+    pad_token_id : int, optional
+        Filler after eos; defaults to ``eos_token_id``.
+    prompt_lengths : sequence of int or 1-D integer tensor, shape (batch,), optional
+        Length of each prompt in ``input_ids`` (each in ``[1, width]``); default: all ``width``.
+        Each sequence gets exactly the tokens it would get generated alone (greedy; sampling
+        draws depend on the batch).
+    generator : torch.Generator, optional
+        Source of randomness for sampling, on the model's device: same seed, same tokens.
+    streamer : callable or object with ``put`` (and optionally ``end``), optional
+        Called once per decoding step with a LongTensor (batch,): the new token of each sequence
+        at this step, or -1 for a sequence with none (still reading its prompt, or past its
+        ``max_new_tokens``). Not called with the prompt; ``end()`` is called at the end.
+    return_logits : bool
+        Also return the logits each token was chosen from (see :class:`GenerationOutput`).
+    **engine_options
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous).
+
+    Returns
+    -------
+    LongTensor, shape (batch, max_new_tokens): the new tokens of each sequence (the ``i``-th new
+    token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
+
+    Cost: one prefill of the shortest prompt, then ``max prompt length - min prompt length +
+    max_new_tokens - 1`` steps, each stepping every layer's engines once.
+    """
+    config = model.config
+    device = model.embed.weight.device
+    ids = _check_input_ids(input_ids, device)
+    batch, width = ids.shape
+    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+    lengths_list = _check_prompt_lengths(prompt_lengths, batch, width)
+    lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
+    in_prompt = torch.arange(width, device=device) < lengths[:, None]  # (batch, width)
+    _check_vocab(ids[in_prompt], config.vocab_size, "input_ids")
+    p_min, p_max = min(lengths_list), max(lengths_list)
+    if p_max + max_new_tokens > config.max_len:
+        raise ValueError(
+            f"prompt length {p_max} + max_new_tokens {max_new_tokens} = "
+            f"{p_max + max_new_tokens} exceeds the model's max_len {config.max_len}"
+        )
+    do_sample = _resolve_sampling(do_sample, temperature, top_k, top_p, generator, device)
+    if eos_token_id is not None:
+        eos_token_id = _check_int(eos_token_id, "eos_token_id", 0)
+        if eos_token_id >= config.vocab_size:
+            raise ValueError(
+                f"eos_token_id {eos_token_id} is outside the vocabulary [0, {config.vocab_size})"
+            )
+        pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
+    if pad_token_id is not None:
+        pad_token_id = _check_int(pad_token_id, "pad_token_id", None)
+    put, end = _streamer_calls(streamer)
+
+    total = p_max + max_new_tokens
+    vocab = config.vocab_size
+    dtype = model.embed.weight.dtype
+    tokens = torch.zeros(batch, total, dtype=torch.long, device=device)  # prompt, then generated
+    tokens[:, :width].copy_(torch.where(in_prompt, ids, 0)[:, :total])
+    all_logits = (
+        torch.empty(batch, total - p_min, vocab, dtype=dtype, device=device)
+        if return_logits
+        else None
+    )
+    new_index = torch.arange(max_new_tokens, device=device)
+    if max_new_tokens == 0:
+        empty = tokens[:, :0]
+        return GenerationOutput(empty, all_logits[:, :0]) if return_logits else empty
+
+    cache = model.setup_cache(batch, total - 1, method, **engine_options)
+    logits = model.prefill(tokens[:, :p_min], cache)[:, -1]  # (batch, vocab): for position p_min
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    no_token = torch.full((batch,), -1, dtype=torch.long, device=device)
+    for p in range(p_min, total):  # choose the token at position p
+        if all_logits is not None:
+            all_logits[:, p - p_min].copy_(logits)
+        chosen = select_next_tokens(
+            logits,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
+        reading = p < lengths  # (batch,): still inside its prompt
+        fed = torch.where(reading, tokens[:, p], chosen)
+        kept = fed
+        if eos_token_id is not None:
+            kept = torch.where(finished, pad_token_id, fed)
+            finished |= (fed == eos_token_id) & ~reading
+        tokens[:, p].copy_(kept)
+        if put is not None:
+            new = (p >= lengths) & (p < lengths + max_new_tokens)
+            put(torch.where(new, kept, no_token))
+        if p == total - 1:
+            break
+        if eos_token_id is not None and bool(
+            (finished | (p + 1 >= lengths + max_new_tokens)).all()
+        ):
+            after = torch.arange(p + 1, total, device=device) >= lengths[:, None]
+            tokens[:, p + 1 :].masked_fill_(after, pad_token_id)
+            break
+        logits = model.step(fed, cache, check_ids=False)
+    if end is not None:
+        end()
+
+    positions = lengths[:, None] + new_index  # (batch, max_new_tokens)
+    new_tokens = tokens.gather(1, positions)
+    if all_logits is None:
+        return new_tokens
+    rows = (positions - p_min).unsqueeze(-1).expand(-1, -1, vocab)
+    new_logits = all_logits.gather(1, rows)
+    if eos_token_id is not None:
+        is_eos = new_tokens == eos_token_id
+        after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
+        new_logits.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
+    return GenerationOutput(new_tokens, new_logits)
+
+
+# ---------------------------------------------------------------------- argument checks
+
+
+def _check_int(value: Any, name: str, minimum: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_input_ids(input_ids: Any, device: torch.device) -> torch.Tensor:
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+    if (
+        input_ids.dtype.is_floating_point
+        or input_ids.dtype.is_complex
+        or input_ids.dtype == torch.bool
+    ):
+        raise TypeError(f"input_ids must have an integer dtype (torch.long), got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise ValueError(
+            f"input_ids must have shape (batch, length) with batch, length >= 1, "
+            f"got {tuple(input_ids.shape)}"
+        )
+    if input_ids.device != device:
+        raise ValueError(f"input_ids are on {input_ids.device}, the model on {device}")
+    return input_ids.long()
+
+
+def _check_vocab(ids: torch.Tensor, vocab_size: int, name: str) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{name} has token ids in [{int(ids.min())}, {int(ids.max())}], outside the "
+            f"vocabulary [0, {vocab_size})"
+        )
+
+
+def _check_prompt_lengths(
+    prompt_lengths: Sequence[int] | torch.Tensor | None, batch: int, width: int
+) -> list[int]:
+    if prompt_lengths is None:
+        return [width] * batch
+    if isinstance(prompt_lengths, torch.Tensor):
+        if prompt_lengths.dtype.is_floating_point or prompt_lengths.dtype == torch.bool:
+            raise TypeError(f"prompt_lengths must be integers, got dtype {prompt_lengths.dtype}")
+        if prompt_lengths.dim() != 1:
+            raise ValueError(
+                f"prompt_lengths must be 1-D (batch,), got shape {tuple(prompt_lengths.shape)}"
+            )
+        prompt_lengths = prompt_lengths.tolist()
+    lengths = list(prompt_lengths)
+    if len(lengths) != batch:
+        raise ValueError(f"prompt_lengths has {len(lengths)} entries, input_ids has batch {batch}")
+    for length in lengths:
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise TypeError(f"prompt_lengths must hold ints, got {type(length).__name__}")
+        if not 1 <= length <= width:
+            raise ValueError(
+                f"prompt_lengths must be in [1, input_ids.shape[1]={width}], got {length}"
+            )
+    return lengths
+
+
+def _resolve_sampling(
+    do_sample: bool | None,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> bool:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None:
+        _check_int(top_k, "top_k", 1)
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+            raise TypeError(f"top_p must be a float, got {type(top_p).__name__}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device}, the model on {device}")
+    options_given = (
+        top_k is not None or top_p is not None or generator is not None or temperature not in (0, 1)
+    )
+    if do_sample is None:
+        return options_given and temperature != 0
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool or None, got {type(do_sample).__name__}")
+    if do_sample and temperature == 0:
+        raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
+    if not do_sample and options_given and temperature != 0:
+        raise ValueError(
+            "sampling options (temperature, top_k, top_p, generator) given with do_sample=False"
+        )
+    return do_sample
+
+
+def _streamer_calls(streamer: Any) -> tuple[Callable | None, Callable | None]:
+    """``(put, end)`` for a streamer object with ``put`` (and ``end``), or a plain callable."""
+    if streamer is None:
+        return None, None
+    if hasattr(streamer, "put"):
+        return streamer.put, getattr(streamer, "end", None)
+    if callable(streamer):
+        return streamer, None
+    raise TypeError(
+        f"streamer must be callable or have a put method, got {type(streamer).__name__}"
+    )
