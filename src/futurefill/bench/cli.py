@@ -69,6 +69,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tol", type=float, help="agreement tolerance, relative to the output scale")
     p.add_argument("--seed", type=int)
+    p.add_argument("--warmup-len", type=int, help="length of the warm-up run of every method")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--no-plots", dest="plots", action="store_false", default=None)
 
@@ -95,7 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     layer.add_argument("--methods", nargs="+", help="naive epoched continuous recompute offline")
     layer.add_argument("--channels", type=int, help="channels D (default 128)")
     layer.add_argument("--batch", type=int, help="batch size B (default 1)")
-    layer.add_argument("--warmup-len", type=int, help="length of the warm-up run")
     layer.add_argument("--slope-from", type=int, help="also fit the slope over L >= this")
     layer.set_defaults(func=_run_one, bench="layer")
 
@@ -117,6 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--d-model", type=int, help="model width (default 128)")
     model.add_argument("--n-layers", type=int, help="layers (default 4)")
     model.add_argument("--vocab-size", type=int, help="vocabulary (default 256)")
+    model.add_argument("--slope-from", type=int, help="also fit the slope over L >= this")
     model.set_defaults(func=_run_one, bench="model")
 
     every = sub.add_parser("all", help="layer, prompt and model, one after the other")

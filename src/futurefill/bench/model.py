@@ -1,0 +1,534 @@
+"""``futurefill bench model``: the ConvLM end to end, tokens/s against context length.
+
+For every mixer, a randomly initialised :class:`~futurefill.model.ConvLM` (seeded) generates L
+tokens greedily, one :meth:`~futurefill.model.ConvLM.step` per token, each token the argmax of the
+previous logits (the real feedback loop: nothing is pre-computed). Methods:
+
+* ``naive``, ``epoched``, ``continuous``: ``model.setup_cache(batch, L, method)`` then ``step``;
+* ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
+
+Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
+tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> factory
+``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits`` and ``nbytes``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from futurefill.bench import common, plots
+
+MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
+RATIOS = (("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuous"))
+
+
+class CachedStepper:
+    """``model.step`` with a cache of the given engine method (what :func:`generate` runs)."""
+
+    def __init__(self, model, max_len: int, batch_size: int, method: str):
+        self.model = model
+        self.cache = model.setup_cache(batch_size, max_len=max_len, method=method)
+
+    @property
+    def nbytes(self) -> int:
+        return self.cache.nbytes
+
+    def step(self, ids_t: torch.Tensor) -> torch.Tensor:
+        return self.model.step(ids_t, self.cache, check_ids=False)
+
+
+class RecomputeStepper:
+    """No cache: the parallel forward pass over all tokens so far at every step; last logits."""
+
+    def __init__(self, model, max_len: int, batch_size: int):
+        self.model = model
+        device = model.embed.weight.device
+        self._ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
+        self._t = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._ids.numel() * self._ids.element_size()
+
+    @torch.no_grad()
+    def step(self, ids_t: torch.Tensor) -> torch.Tensor:
+        t = self._t
+        self._ids[:, t] = ids_t
+        self._t = t + 1
+        return self.model(self._ids[:, : t + 1])[:, -1]
+
+
+def _cached(method: str) -> Callable[[Any, int, int], Any]:
+    def factory(model, max_len: int, batch_size: int) -> CachedStepper:
+        return CachedStepper(model, max_len, batch_size, method)
+
+    return factory
+
+
+MODEL_STEPPERS: dict[str, Callable[[Any, int, int], Any]] = {
+    **{m: _cached(m) for m in ("naive", "epoched", "continuous")},
+    "recompute": RecomputeStepper,
+}
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Options of the model benchmark (the CLI flags have the same names)."""
+
+    lengths: tuple[int, ...] = tuple(2**k for k in range(7, 12))
+    methods: tuple[str, ...] = MODEL_METHODS
+    mixers: tuple[str, ...] = ("stu_tensordot", "longconv", "stu", "hyena")
+    batch: int = 1
+    d_model: int = 128
+    n_layers: int = 4
+    vocab_size: int = 256
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None  # None: every available core
+    repeats: int = 3
+    budget: float = 30.0  # seconds one generation of L tokens may take (projected)
+    warmup_len: int = 32  # every (mixer, method) generates this many tokens before the sweep
+    slope_from: int | None = None
+    tol: float | None = None
+    seed: int = 0
+    out: Path = Path("results")
+    progress: bool = True
+    plots: bool = True
+
+
+CONFIG = ModelConfig
+
+
+def generate_timed(
+    stepper, first: torch.Tensor, length: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, float]], int]:
+    """Greedy generation of ``length`` steps from tokens ``first`` (B,), timed in dyadic chunks.
+
+    Returns the tokens fed (B, length), the logits of every step (B, length, vocab), the chunk
+    times and the peak bytes the stepper held (sampled between chunks).
+    """
+    step = stepper.step
+    fed: list[torch.Tensor] = []
+    logits: list[torch.Tensor] = []
+    chunks = []
+    peak = stepper.nbytes
+    tok = first
+    with torch.no_grad():
+        common.sync(device)
+        for start, stop in common.chunk_bounds(length):
+            began = time.perf_counter()
+            for _ in range(start, stop):
+                fed.append(tok)
+                out = step(tok)
+                logits.append(out)
+                tok = out.argmax(dim=-1)
+            common.sync(device)
+            chunks.append((start, stop, time.perf_counter() - began))
+            peak = max(peak, stepper.nbytes)
+    return torch.stack(fed, dim=1), torch.stack(logits, dim=1), chunks, peak
+
+
+def run_cell(
+    method: str,
+    model,
+    reference_model,
+    first: torch.Tensor,
+    length: int,
+    *,
+    repeats: int,
+    budget: float,
+    tol: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Generate ``length`` tokens with ``method`` up to ``repeats`` times; one result row."""
+    batch = first.shape[0]
+    times, setups, runs = [], [], []
+    peak, err = None, None
+    while common.should_repeat(times, repeats, budget):
+        common.sync(device)
+        began = time.perf_counter()
+        stepper = MODEL_STEPPERS[method](model, length, batch)
+        common.sync(device)
+        setups.append(time.perf_counter() - began)
+        ids, logits, chunks, peak = generate_timed(stepper, first, length, device)
+        del stepper
+        times.append(sum(c for _, _, c in chunks))
+        runs.append(chunks)
+        if err is None:
+            with torch.no_grad():
+                reference = reference_model(ids)
+            err = common.rel_err(logits, reference)
+            if not err <= tol:
+                break
+    total = common.median(times)
+    ok = err <= tol
+    return {
+        "method": method,
+        "L": length,
+        "status": "ok" if ok else common.failed_status(err, tol),
+        "total_s": total,
+        "tokens_per_s": batch * length / total,
+        "per_token_s": total / length,
+        "setup_s": common.median(setups),
+        "peak_cache_bytes": peak,
+        "max_rel_err": err,
+        "tol": tol,
+        "repeats": len(times),
+        "times_s": times,
+        "chunks": [
+            (a, b, common.median([r[i][2] for r in runs]) / (b - a))
+            for i, (a, b, _) in enumerate(runs[0])
+        ],
+    }
+
+
+def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
+    """The seeded, randomly initialised ConvLM for ``mixer`` and its float64 reference copy."""
+    from futurefill.model import ConvLM, ConvLMConfig
+
+    torch.manual_seed(config.seed)
+    model = ConvLM(
+        ConvLMConfig(
+            vocab_size=config.vocab_size,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            max_len=max_len,
+            mixer=mixer,
+        )
+    ).eval()
+    reference = copy.deepcopy(model).to(device=device, dtype=torch.float64)
+    return model.to(device=device, dtype=dtype), reference
+
+
+def run(config: ModelConfig) -> dict[str, Any]:
+    """Run the sweep for every mixer; the report (machine, config, rows, slopes, ratios)."""
+    unknown = [m for m in config.methods if m not in MODEL_STEPPERS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {MODEL_METHODS}")
+    lengths = sorted(set(config.lengths))
+    if not lengths or lengths[0] < 1:
+        raise ValueError(f"lengths must be positive, got {config.lengths}")
+    device = common.resolve_device(config.device)
+    dtype = common.DTYPES[config.dtype]
+    tol = common.default_tol(dtype) if config.tol is None else config.tol
+    max_len = max(lengths[-1], config.warmup_len)
+
+    rows: list[dict[str, Any]] = []
+    failures: list[str] = []
+    with common.torch_threads(config.threads):
+        machine = common.machine_info(device, dtype)
+        gen = torch.Generator().manual_seed(config.seed)
+        first = torch.randint(0, config.vocab_size, (config.batch,), generator=gen).to(device)
+        bar = tqdm(
+            total=len(config.mixers) * len(lengths) * len(config.methods),
+            desc="bench model",
+            unit="run",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for mixer in config.mixers:
+                model, reference = build_model(config, mixer, max_len, device, dtype)
+                for method in config.methods:  # warm-up
+                    run_cell(
+                        method,
+                        model,
+                        reference,
+                        first,
+                        min(config.warmup_len, lengths[0]),
+                        repeats=1,
+                        budget=float("inf"),
+                        tol=tol,
+                        device=device,
+                    )
+                measured = {m: ([], []) for m in config.methods}
+                stopped: dict[str, str] = {}
+                for length in lengths:
+                    worst = 0.0
+                    for method in config.methods:
+                        bar.set_postfix_str(f"{mixer} L={length} {method}")
+                        sizes, times = measured[method]
+                        projected = common.project_time(sizes, times, length)
+                        base = {"mixer": mixer, "method": method, "L": length, "tol": tol}
+                        if method in stopped:
+                            row = {**base, "status": stopped[method], "repeats": 0}
+                        elif projected is not None and projected > config.budget:
+                            status = common.skipped_status(projected, config.budget)
+                            row = {**base, "status": status, "repeats": 0, "projected_s": projected}
+                        else:
+                            row = run_cell(
+                                method,
+                                model,
+                                reference,
+                                first,
+                                length,
+                                repeats=config.repeats,
+                                budget=config.budget,
+                                tol=tol,
+                                device=device,
+                            )
+                            row = {"mixer": mixer, **row}
+                            worst = max(worst, row["max_rel_err"])
+                            if row["status"] == "ok":
+                                sizes.append(length)
+                                times.append(row["total_s"])
+                            else:
+                                failures.append(f"{mixer} {method} at L={length}: {row['status']}")
+                                stopped[method] = f"not run (failed at L={length})"
+                        rows.append(row)
+                        bar.update(1)
+                    bar.write(
+                        f"{mixer} L={length}: largest relative difference of the logits from the "
+                        f"float64 forward pass {worst:.2e} (tol {tol:.0e})"
+                    )
+                del model, reference
+
+    for row in rows:
+        row.update(
+            benchmark="model",
+            batch=config.batch,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            dtype=config.dtype,
+            device=str(device),
+            threads=machine["torch_threads"],
+        )
+    return {
+        "benchmark": "model",
+        "machine": machine,
+        "config": dataclasses.asdict(config),
+        "rows": rows,
+        "slopes": {
+            mixer: _slopes([r for r in rows if r["mixer"] == mixer], config)
+            for mixer in config.mixers
+        },
+        "ratios": [
+            {"mixer": mixer, **r}
+            for mixer in config.mixers
+            for r in common.ratios_at_largest(
+                [r for r in rows if r["mixer"] == mixer], RATIOS, ("L",)
+            )
+        ],
+        "failures": failures,
+        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
+        "tol": tol,
+    }
+
+
+def _slopes(rows: list[dict[str, Any]], config: ModelConfig) -> dict[str, Any]:
+    out = {}
+    for method in config.methods:
+        ok = [(r["L"], r["total_s"]) for r in rows if r["method"] == method and r["status"] == "ok"]
+        entry: dict[str, Any] = {
+            "all": common.fit_slope([x for x, _ in ok], [t for _, t in ok]),
+            "points": len(ok),
+        }
+        if config.slope_from is not None:
+            tail = [(x, t) for x, t in ok if x >= config.slope_from]
+            entry["from"] = config.slope_from
+            entry["tail"] = common.fit_slope([x for x, _ in tail], [t for _, t in tail])
+        out[method] = entry
+    return out
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per mixer: tokens/s per L and method, speed-ups, slopes; cache bytes."""
+    rows = report["rows"]
+    cfg = report["config"]
+    methods = list(cfg["methods"])
+    pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
+    lines = [
+        f"## Model benchmark: tokens/s generating L tokens one at a time "
+        f"(median of up to {cfg['repeats']} runs)",
+        "",
+        f"Machine: {common.machine_line(report['machine'])}",
+        f"ConvLM: d_model {cfg['d_model']}, {cfg['n_layers']} layers, vocab {cfg['vocab_size']}, "
+        f"batch {cfg['batch']}, random weights, greedy; budget {cfg['budget']:g} s per run.",
+        "",
+    ]
+    for mixer in cfg["mixers"]:
+        by = {(r["method"], r["L"]): r for r in rows if r["mixer"] == mixer}
+        lengths = sorted({length for _, length in by})
+        header = ["L", *(f"{m} tok/s" for m in methods), *(f"{a}/{b}" for a, b in pairs)]
+        header += [f"{m} cache" for m in methods if m != "recompute"]
+        body = []
+        for length in lengths:
+            line = [str(length)]
+            for m in methods:
+                r = by[(m, length)]
+                ok = r["status"] == "ok"
+                line.append(f"{r['tokens_per_s']:.0f}" if ok else r["status"].split(" ")[0])
+            for a, b in pairs:
+                ra, rb = by[(a, length)], by[(b, length)]
+                both = ra["status"] == "ok" and rb["status"] == "ok"
+                line.append(common.fmt_ratio(ra["total_s"], rb["total_s"]) if both else "-")
+            line += [
+                common.fmt_bytes(by[(m, length)].get("peak_cache_bytes"))
+                for m in methods
+                if m != "recompute"
+            ]
+            body.append(line)
+        slope = report["slopes"][mixer]
+        body.append(
+            [
+                "time slope",
+                *("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods),
+            ]
+            + [""] * (len(header) - 1 - len(methods))
+        )
+        lines += [f"### mixer {mixer}", "", common.markdown_table(header, body), ""]
+    for r in report["ratios"]:
+        lines.append(
+            f"- {r['mixer']}: {r['numerator']}/{r['denominator']} time at the largest L both "
+            f"reached (L={r['L']}): {r['ratio']:.2f}x"
+        )
+    for r in rows:
+        if r["status"].startswith("skipped"):
+            lines.append(f"- {r['mixer']} {r['method']} at L={r['L']}: {r['status']}")
+    lines.append(
+        f"- agreement: largest relative difference of the logits from the float64 forward pass "
+        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e})"
+        + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
+    )
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = (
+    "benchmark",
+    "mixer",
+    "method",
+    "L",
+    "status",
+    "total_s",
+    "tokens_per_s",
+    "per_token_s",
+    "setup_s",
+    "peak_cache_bytes",
+    "max_rel_err",
+    "tol",
+    "repeats",
+    "batch",
+    "d_model",
+    "n_layers",
+    "dtype",
+    "device",
+    "threads",
+)
+
+
+def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
+    """model.json, model.csv, model_per_position.csv, model_table.md and the PNGs, in ``out``."""
+    out = Path(out)
+    rows = report["rows"]
+    written = [
+        common.write_json(out / "model.json", report),
+        common.write_csv(out / "model.csv", rows, CSV_COLUMNS),
+        common.write_csv(
+            out / "model_per_position.csv",
+            [
+                {
+                    "mixer": r["mixer"],
+                    "method": r["method"],
+                    "L": r["L"],
+                    "start": a,
+                    "stop": b,
+                    "mean_step_s": s,
+                }
+                for r in rows
+                if r["status"] == "ok"
+                for a, b, s in r["chunks"]
+            ],
+            ("mixer", "method", "L", "start", "stop", "mean_step_s"),
+        ),
+    ]
+    (out / "model_table.md").write_text(table(report))
+    written.append(out / "model_table.md")
+    if make_plots:
+        written += plot(report, out)
+    return written
+
+
+def plot(report: dict[str, Any], out: Path) -> list[Path]:
+    cfg = report["config"]
+    subtitle = common.machine_line(report["machine"])
+    what = f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
+    tps, per_pos, cache = [], [], []
+    for i, mixer in enumerate(cfg["mixers"]):
+        style = plots.LINESTYLES[i % len(plots.LINESTYLES)]
+        for m in cfg["methods"]:
+            done = sorted(
+                (
+                    r
+                    for r in report["rows"]
+                    if r["mixer"] == mixer and r["method"] == m and r["status"] == "ok"
+                ),
+                key=lambda r: r["L"],
+            )
+            label = f"{m} {mixer}"
+            tps.append(
+                {
+                    "method": m,
+                    "label": label,
+                    "linestyle": style,
+                    "x": [r["L"] for r in done],
+                    "y": [r["tokens_per_s"] for r in done],
+                }
+            )
+            if done:
+                last = done[-1]
+                per_pos.append(
+                    {
+                        "method": m,
+                        "label": f"{label} (L={last['L']})",
+                        "linestyle": style,
+                        "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
+                        "y": [s for _, _, s in last["chunks"]],
+                    }
+                )
+            if m != "recompute":
+                cache.append(
+                    {
+                        "method": m,
+                        "label": label,
+                        "linestyle": style,
+                        "x": [r["L"] for r in done],
+                        "y": [r["peak_cache_bytes"] for r in done],
+                    }
+                )
+    return [
+        plots.loglog_lines(
+            tps,
+            xlabel="generated tokens L (context length)",
+            ylabel="tokens / s",
+            title=f"Generation throughput against context length ({what})",
+            subtitle=subtitle,
+            path=out / "model_tokens_per_s.png",
+        ),
+        plots.loglog_lines(
+            per_pos,
+            xlabel="position t (mean over dyadic chunks)",
+            ylabel="time per token (s)",
+            title=f"Time per token against position, at the largest L run ({what})",
+            subtitle=subtitle,
+            path=out / "model_time_per_token.png",
+        ),
+        plots.loglog_lines(
+            cache,
+            xlabel="generated tokens L",
+            ylabel="peak bytes held by the cache",
+            title=f"Decoding cache against L ({what})",
+            subtitle=subtitle,
+            path=out / "model_cache_bytes.png",
+        ),
+    ]

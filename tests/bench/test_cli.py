@@ -1,0 +1,69 @@
+"""The ``futurefill bench`` command line: presets, option resolution, ``all``."""
+
+import shlex
+
+import pytest
+
+from futurefill import cli as top_cli
+from futurefill.bench import cli
+
+
+def test_bench_registered_in_futurefill_cli():
+    assert "futurefill.bench.cli" in top_cli.SUBCOMMAND_MODULES
+    args = top_cli.build_parser().parse_args(["bench", "layer", "--preset", "quick"])
+    assert args.bench == "layer"
+
+
+def test_options_override_preset_which_overrides_defaults():
+    parser = top_cli.build_parser()
+    args = parser.parse_args(["bench", "layer", "--preset", "full", "--budget", "5"])
+    config = cli.resolve_config("layer", args)
+    assert config.lengths[-1] == 2**16  # the full preset reaches L = 2^16
+    assert config.budget == 5.0  # the option beats the preset
+    assert config.channels == 128 and config.batch == 1 and config.dtype == "float32"
+    args = parser.parse_args(["bench", "layer", "--min-log2", "4", "--max-log2", "6"])
+    assert cli.resolve_config("layer", args).lengths == (16, 32, 64)
+
+
+@pytest.mark.parametrize("name", ["layer", "prompt", "model"])
+def test_equivalent_command_reproduces_config(name):
+    parser = top_cli.build_parser()
+    config = cli.resolve_config(name, parser.parse_args(["bench", name, "--preset", "quick"]))
+    command = cli.equivalent_command(name, config)
+    again = cli.resolve_config(name, parser.parse_args(shlex.split(command)[1:]))
+    assert again == config
+
+
+def test_lengths_and_log2_range_exclusive():
+    args = top_cli.build_parser().parse_args(
+        ["bench", "layer", "--lengths", "8", "--min-log2", "3", "--max-log2", "4"]
+    )
+    with pytest.raises(SystemExit):
+        cli.resolve_config("layer", args)
+
+
+def test_bench_all_writes_every_benchmark(bench, out_dir, monkeypatch):
+    tiny = {
+        "layer": {"lengths": (16, 32), "channels": 4, "repeats": 1, "warmup_len": 8},
+        "prompt": {"prompt_lens": (8,), "gen_lens": (16,), "channels": 4, "repeats": 1},
+        "model": {
+            "lengths": (8, 16),
+            "mixers": ("longconv",),
+            "d_model": 8,
+            "n_layers": 1,
+            "vocab_size": 16,
+            "repeats": 1,
+            "warmup_len": 4,
+        },
+    }
+    monkeypatch.setitem(cli.PRESETS, "tiny", tiny)
+    code = bench.run_cli("bench", "all", "--preset", "tiny", "--out", str(out_dir))
+    assert code == 0
+    for name in ("layer", "prompt", "model"):
+        assert bench.read_json(out_dir / f"{name}.json")["benchmark"] == name
+        assert bench.read_csv(out_dir / f"{name}.csv")
+        assert (out_dir / f"{name}_table.md").exists()
+    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    assert len(pngs) == 9
+    for png in out_dir.glob("*.png"):
+        bench.assert_png(png)

@@ -1,0 +1,89 @@
+"""``futurefill bench model``: runs, writes valid files, records skips, fails on wrong logits."""
+
+import pytest
+
+pytest.importorskip("futurefill.model")
+
+from futurefill.bench import model as model_bench
+
+TINY = (
+    "bench",
+    "model",
+    "--lengths",
+    "8",
+    "16",
+    "32",
+    "--mixers",
+    "longconv",
+    "hyena",
+    "--d-model",
+    "8",
+    "--n-layers",
+    "1",
+    "--vocab-size",
+    "16",
+    "--warmup-len",
+    "4",
+)
+
+
+class _Off:
+    """Logits off by ``rel`` of their size (the argmax, hence the tokens, unchanged)."""
+
+    def __init__(self, stepper, rel):
+        self.stepper, self.rel = stepper, rel
+
+    @property
+    def nbytes(self):
+        return self.stepper.nbytes
+
+    def step(self, ids_t):
+        return self.stepper.step(ids_t) * (1 + self.rel)
+
+
+def test_model_runs_and_writes_json_csv_png(bench, out_dir):
+    assert bench.run_cli(*TINY, "--repeats", "2", "--out", str(out_dir)) == 0
+    report = bench.read_json(out_dir / "model.json")
+    rows = report["rows"]
+    assert len(rows) == 2 * 3 * len(model_bench.MODEL_METHODS)
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["tokens_per_s"] > 0 and r["peak_cache_bytes"] > 0
+        assert r["max_rel_err"] <= r["tol"]
+    assert set(report["slopes"]) == {"longconv", "hyena"}
+    assert {(r["mixer"], r["numerator"], r["denominator"]) for r in report["ratios"]} >= {
+        ("hyena", "naive", "continuous")
+    }
+    csv_rows = bench.read_csv(out_dir / "model.csv")
+    assert len(csv_rows) == len(rows) and all(float(r["tokens_per_s"]) > 0 for r in csv_rows)
+    assert bench.read_csv(out_dir / "model_per_position.csv")
+    assert "### mixer hyena" in (out_dir / "model_table.md").read_text()
+    for name in ("model_tokens_per_s", "model_time_per_token", "model_cache_bytes"):
+        bench.assert_png(out_dir / f"{name}.png")
+
+
+def test_model_skips_over_budget_and_records_it(bench, out_dir):
+    code = bench.run_cli(
+        *TINY, "--methods", "recompute", "--budget", "1e-9", "--out", str(out_dir), "--no-plots"
+    )
+    assert code == 0
+    rows = bench.read_json(out_dir / "model.json")["rows"]
+    assert [r["status"] == "ok" for r in rows] == [True, False, False] * 2
+    assert all(r["status"].startswith("skipped (projected") for r in rows if r["L"] > 8)
+
+
+def test_model_agreement_check_fails_loudly_on_wrong_method(bench, out_dir, monkeypatch, capsys):
+    make = model_bench.MODEL_STEPPERS["epoched"]
+    monkeypatch.setitem(
+        model_bench.MODEL_STEPPERS, "epoched", lambda m, n, b: _Off(make(m, n, b), 1e-3)
+    )
+    code = bench.run_cli(*TINY, "--methods", "naive", "epoched", "--out", str(out_dir))
+    assert code == 1
+    assert "AGREEMENT CHECK FAILED" in capsys.readouterr().err
+    status = {
+        (r["mixer"], r["method"], r["L"]): r["status"]
+        for r in bench.read_json(out_dir / "model.json")["rows"]
+    }
+    assert status[("longconv", "epoched", 8)].startswith("FAILED")
+    assert status[("hyena", "epoched", 32)].startswith("not run")
+    assert status[("hyena", "naive", 32)] == "ok"
