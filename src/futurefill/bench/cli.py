@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lengths": _pow2(6, 9),
             "mixers": ("stu_tensordot", "hyena"),
             "repeats": 1,
-            "budget": 3.0,
+            "budget": 5.0,
         },
     },
     "full": {
@@ -126,6 +127,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     every.add_argument("--device")
     every.add_argument("--dtype", choices=sorted(common.DTYPES))
     every.add_argument("--threads", type=int)
+    every.add_argument("--repeats", type=int)
+    every.add_argument("--budget", type=float)
+    every.add_argument("--seed", type=int)
     every.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     every.add_argument("--no-plots", dest="plots", action="store_false", default=None)
     every.add_argument(
@@ -183,12 +187,15 @@ def equivalent_command(name: str, config: Any) -> str:
 def run_benchmark(name: str, config: Any) -> int:
     """Run one benchmark, write its files, print its table; exit code 1 on agreement failure."""
     module = _module(name)
+    began = time.perf_counter()
     report = module.run(config)
+    report["wall_s"] = time.perf_counter() - began
     report["command"] = equivalent_command(name, config)
     written = module.write_outputs(report, config.out, make_plots=config.plots)
     print(module.table(report))
     print("Wrote " + ", ".join(str(p) for p in written))
     print(f"Rerun with: {report['command']}")
+    print(f"bench {name}: {report['wall_s']:.1f} s in all")
     return common.report_failures(f"bench {name}", report["failures"])
 
 

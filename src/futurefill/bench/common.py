@@ -128,19 +128,47 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    with contextlib.suppress(AttributeError, OSError):  # not on Windows
+        info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda_version"] = torch.version.cuda
     return info
 
 
+def contention_warning(info: dict[str, Any]) -> str | None:
+    """A warning when other processes already keep the cores busy (timings will be noisy).
+
+    With several torch threads, every parallel region waits for its slowest thread; a thread
+    descheduled by another process stalls the region for a scheduler time slice (milliseconds),
+    which swamps the microseconds a decoding step takes.
+    """
+    load = info.get("load_average_1min")
+    cores = info["available_cores"]
+    if load is None or load < 0.5 * cores:
+        return None
+    text = (
+        f"warning: load average {load:.1f} on {cores} cores before the benchmark: other processes "
+        "compete for the CPU, so timings are noisy"
+    )
+    if info["torch_threads"] > 1:
+        text += (
+            f"; with {info['torch_threads']} torch threads a descheduled thread stalls every "
+            "parallel op (try --threads 1 on a busy machine)"
+        )
+    return text
+
+
 def machine_line(info: dict[str, Any]) -> str:
     """One line naming the machine, for table headers and plot titles."""
     where = info.get("gpu") or info["cpu"]
-    return (
+    line = (
         f"{where} | {info['device']} {info['dtype']} | {info['torch_threads']} threads "
         f"({info['available_cores']} cores) | torch {info['torch_version']}"
     )
+    if info.get("load_average_1min") is not None:
+        line += f" | load {info['load_average_1min']:.1f}"
+    return line
 
 
 @contextlib.contextmanager

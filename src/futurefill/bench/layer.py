@@ -20,6 +20,7 @@ Steppers come from :data:`STEPPERS` (name -> factory ``(h, max_len, batch_size) 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -234,6 +235,9 @@ def run(config: LayerConfig) -> dict[str, Any]:
 
     with common.torch_threads(config.threads):
         machine = common.machine_info(device, dtype)
+        warning = common.contention_warning(machine)
+        if warning:
+            print(warning, file=sys.stderr)
         h_full = decaying_filter(config.channels, max_len, config.seed)
         u_full = random_inputs(config.batch, config.channels, max_len, config.seed)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -225,6 +226,9 @@ def run(config: ModelConfig) -> dict[str, Any]:
     failures: list[str] = []
     with common.torch_threads(config.threads):
         machine = common.machine_info(device, dtype)
+        warning = common.contention_warning(machine)
+        if warning:
+            print(warning, file=sys.stderr)
         gen = torch.Generator().manual_seed(config.seed)
         first = torch.randint(0, config.vocab_size, (config.batch,), generator=gen).to(device)
         bar = tqdm(

@@ -13,6 +13,7 @@ continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), indep
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ def run(config: PromptConfig) -> dict[str, Any]:
 
     with common.torch_threads(config.threads):
         machine = common.machine_info(device, dtype)
+        warning = common.contention_warning(machine)
+        if warning:
+            print(warning, file=sys.stderr)
         h_full = decaying_filter(config.channels, max_len, config.seed)
         u_full = random_inputs(config.batch, config.channels, max_len, config.seed)
 
