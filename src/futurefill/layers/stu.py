@@ -75,7 +75,9 @@ class STU(Mixer):
     Buffers
     -------
     filters : (2k, max_len)
-        ``phi`` (rows ``0..k-1``) then ``phi~`` (rows ``k..2k-1``), computed once in float64.
+        ``phi`` (rows ``0..k-1``) then ``phi~`` (rows ``k..2k-1``), computed once in float64 and
+        rounded to the layer's dtype; saved in the state dict, so a saved model reloads them
+        bit for bit.
     """
 
     def __init__(self, d_model: int, max_len: int, num_eigh: int = 24, *, tensordot: bool = True):
@@ -84,10 +86,7 @@ class STU(Mixer):
             raise ValueError(f"num_eigh must be in [1, max_len={max_len}], got {num_eigh}")
         self.num_eigh = num_eigh
         self.tensordot = tensordot
-        phi = spectral_filters(max_len, num_eigh)  # (k, L), float64
-        signs = (-1.0) ** torch.arange(max_len, dtype=torch.float64)
-        bank = torch.cat([phi, phi * signs])  # (2k, L)
-        self.register_buffer("filters", bank.to(torch.get_default_dtype()))
+        self.register_buffer("filters", self._exact_filters().to(torch.get_default_dtype()))
         d, k = d_model, num_eigh
         if tensordot:
             self.m_in = nn.Parameter(torch.randn(d, d) / math.sqrt(d))
@@ -97,6 +96,21 @@ class STU(Mixer):
             # (d_in, 2k, d_out): m[:, j] is M+_j for j < k and M-_{j-k} after; flattening the
             # first two dimensions matches the (channel, filter) order of the features.
             self.m = nn.Parameter(torch.randn(d, 2 * k, d) / math.sqrt(2 * k * d))
+
+    def _exact_filters(self) -> torch.Tensor:
+        """``[phi; phi~]``, shape (2k, max_len), in float64."""
+        phi = spectral_filters(self.max_len, self.num_eigh)  # (k, L)
+        signs = (-1.0) ** torch.arange(self.max_len, dtype=torch.float64)
+        return torch.cat([phi, phi * signs])
+
+    def _apply(self, fn, recurse=True):
+        """Move or cast as usual, but cast up to float64 from the float64 source, not by widening
+        a rounded copy (``STU(...).double()`` gets filters exact to float64)."""
+        before = self.filters.dtype
+        super()._apply(fn, recurse)
+        if self.filters.dtype == torch.float64 and before != torch.float64:
+            self.filters.copy_(self._exact_filters())
+        return self
 
     def long_filters(self) -> list[torch.Tensor]:
         if self.tensordot:
