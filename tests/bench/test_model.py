@@ -87,3 +87,12 @@ def test_model_agreement_check_fails_loudly_on_wrong_method(bench, out_dir, monk
     assert status[("longconv", "epoched", 8)].startswith("FAILED")
     assert status[("hyena", "epoched", 32)].startswith("not run")
     assert status[("hyena", "naive", 32)] == "ok"
+
+
+def test_model_float64_tight_tolerance(bench, out_dir):
+    code = bench.run_cli(
+        *TINY, "--methods", "continuous", "--dtype", "float64", "--out", str(out_dir), "--no-plots"
+    )
+    assert code == 0
+    report = bench.read_json(out_dir / "model.json")
+    assert report["tol"] == 1e-9 and report["max_rel_err"] < 1e-12
