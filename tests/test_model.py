@@ -1,0 +1,232 @@
+"""ConvLM: cached decoding gives the parallel forward's logits; cache life cycle; save/load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from futurefill import METHODS, ConvLM, ConvLMCache, ConvLMConfig
+from futurefill.model import MIXERS
+from reference import rel_err
+
+VOCAB, MAX_LEN = 32, 48
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(mixer: str, dtype=torch.float64, seed: int = 0, **overrides) -> ConvLM:
+    torch.manual_seed(seed)
+    values = dict(
+        vocab_size=VOCAB,
+        d_model=8,
+        n_layers=2,
+        max_len=MAX_LEN,
+        mixer=mixer,
+        mlp_ratio=2,
+        num_eigh=6,
+        hyena_filter_hidden=8,
+        hyena_pos_dim=5,
+    )
+    values.update(overrides)
+    model = ConvLM(ConvLMConfig(**values)).to(dtype)
+    with torch.no_grad():
+        model.embed.weight.normal_()  # unit-scale embeddings: logits far from ties
+    return model
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def teacher_forced(model: ConvLM, ids: torch.Tensor, prompt_len: int, cache: ConvLMCache):
+    """Logits (B, T, vocab) from prefilling ``prompt_len`` tokens and stepping the rest."""
+    logits = [model.prefill(ids[:, :prompt_len], cache)] if prompt_len else []
+    for t in range(prompt_len, ids.shape[1]):
+        logits.append(model.step(ids[:, t], cache).unsqueeze(1))
+    return torch.cat(logits, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_teacher_forced_decoding_matches_forward(mixer, method, dtype):
+    model = tiny_model(mixer, dtype)
+    ids = random_ids(2, 23)
+    with torch.no_grad():
+        expected = model(ids)
+    for prompt_len in (0, 9, 23):
+        cache = model.setup_cache(2, 23, method)
+        logits = teacher_forced(model, ids, prompt_len, cache)
+        assert logits.dtype == dtype
+        assert cache.position == 23
+        assert rel_err(logits, expected) < TOL[dtype], (prompt_len, rel_err(logits, expected))
+
+
+@settings(max_examples=15)
+@given(
+    mixer=st.sampled_from(MIXERS),
+    method=st.sampled_from(METHODS),
+    batch=st.integers(1, 3),
+    length=st.integers(1, 30),
+    prompt_frac=st.floats(0, 1),
+    seed=st.integers(0, 2**16),
+)
+def test_teacher_forced_decoding_random(mixer, method, batch, length, prompt_frac, seed):
+    model = tiny_model(mixer, seed=seed)
+    ids = random_ids(batch, length, seed)
+    prompt_len = round(prompt_frac * length)
+    with torch.no_grad():
+        expected = model(ids)
+    logits = teacher_forced(model, ids, prompt_len, model.setup_cache(batch, method=method))
+    assert rel_err(logits, expected) < 1e-9
+
+
+def test_cache_life_cycle():
+    model = tiny_model("hyena")
+    ids = random_ids(3, 12)
+    cache = model.setup_cache(3, 16, "continuous", tile_len=2)
+    assert (cache.batch_size, cache.max_len, cache.method) == (3, 16, "continuous")
+    assert (cache.dtype, cache.position) == (torch.float64, 0)
+    assert len(cache.layers) == 2 and len(cache.engines) == 2 * 2  # order 2: 2 engines a layer
+    assert cache.nbytes > 0 and "position=0" in repr(cache)
+    first = teacher_forced(model, ids, 5, cache)
+    assert cache.position == 12
+    with pytest.raises(RuntimeError, match=r"cache\.reset"):
+        model.prefill(ids[:, :2], cache)
+    cache.reset()
+    assert cache.position == 0 and all(e.position == 0 for e in cache.engines)
+    assert torch.equal(teacher_forced(model, ids, 5, cache), first)
+
+
+def test_step_past_the_cache_length_raises():
+    model = tiny_model("longconv")
+    cache = model.setup_cache(1, 3)
+    model.prefill(random_ids(1, 3), cache)
+    with pytest.raises(RuntimeError, match="cache is full"):
+        model.step(torch.tensor([1]), cache)
+    assert cache.position == 3
+
+
+def test_engine_options_reach_every_engine():
+    model = tiny_model("stu")
+    assert {e.epoch_len for e in model.setup_cache(1, 20, "epoched", epoch_len=3).engines} == {3}
+    with pytest.raises(ValueError, match="epoch_len applies"):
+        model.setup_cache(1, 20, "continuous", epoch_len=3)
+
+
+def test_decoding_needs_no_gradients_and_forward_has_them():
+    model = tiny_model("stu_tensordot")
+    cache = model.setup_cache(1, 4)
+    assert not model.prefill(random_ids(1, 2), cache).requires_grad
+    assert not model.step(torch.tensor([3]), cache).requires_grad
+    model(random_ids(2, 10)).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_tied_and_untied_heads():
+    tied = tiny_model("longconv")
+    assert tied.head.weight is tied.embed.weight
+    untied = tiny_model("longconv", tie_embeddings=False)
+    assert untied.head.weight is not untied.embed.weight
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_save_load_round_trip_is_bit_identical(tmp_path, mixer, dtype):
+    model = tiny_model(mixer, dtype, tie_embeddings=mixer != "hyena")
+    ids = random_ids(2, 20)
+    model.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ConvLM.load(tmp_path, map_location="cpu")
+    assert loaded.config == model.config
+    assert loaded.embed.weight.dtype == dtype
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    cache, loaded_cache = model.setup_cache(2, 20), loaded.setup_cache(2, 20)
+    assert torch.equal(
+        teacher_forced(loaded, ids, 7, loaded_cache), teacher_forced(model, ids, 7, cache)
+    )
+
+
+def test_saved_config_is_plain_json(tmp_path):
+    tiny_model("hyena", hyena_order=3).save(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["mixer"] == "hyena" and saved["hyena_order"] == 3 and saved["vocab_size"] == VOCAB
+
+
+def test_stu_filters_are_float64_exact_after_casting_up():
+    from futurefill.layers import spectral_filters
+
+    model = tiny_model("stu").float().double()
+    stu = model.blocks[0].mixer
+    assert torch.equal(stu.filters[:6], spectral_filters(MAX_LEN, 6))
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown mixer 'mamba'"):
+        ConvLMConfig(mixer="mamba")
+    with pytest.raises(ValueError, match="d_model must be a positive int"):
+        ConvLMConfig(d_model=0)
+    with pytest.raises(ValueError, match="max_len must be a positive int"):
+        ConvLMConfig(max_len=2.5)
+    with pytest.raises(ValueError, match="num_eigh must be in"):
+        ConvLMConfig(max_len=8, num_eigh=9)
+    with pytest.raises(ValueError, match=r"unknown ConvLMConfig fields \['d_modle'\]"):
+        ConvLMConfig.from_dict({"d_modle": 8})
+
+
+def test_bad_ids_are_rejected():
+    model = tiny_model("longconv")
+    cache = model.setup_cache(2, 10)
+    with pytest.raises(TypeError, match="integer dtype"):
+        model(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="integer dtype"):
+        model.prefill(torch.zeros(2, 3), cache)
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 32\)"):
+        model(torch.tensor([[1, 32]]))
+    with pytest.raises(ValueError, match=r"token ids in \[-1, 1\]"):
+        model(torch.tensor([[1, -1]]))
+    with pytest.raises(ValueError, match="shape \\(batch, length\\)"):
+        model(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="exceeds max_len=48"):
+        model(torch.zeros(1, MAX_LEN + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds max_len=10"):
+        model.prefill(torch.zeros(2, 11, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="cache was built for batch_size=2"):
+        model.prefill(torch.zeros(3, 4, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"shape \(batch_size=2,\)"):
+        model.step(torch.zeros(2, 1, dtype=torch.long), cache)
+    with pytest.raises(TypeError, match="integer dtype"):
+        model.step(torch.zeros(2), cache)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model.step(torch.tensor([0, 99]), cache)
+    assert cache.position == 0  # rejected input changes nothing
+
+
+def test_bad_cache_arguments_are_rejected():
+    model = tiny_model("longconv")
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        model.setup_cache(0)
+    with pytest.raises(ValueError, match=r"max_len must be in \[1, config.max_len=48\]"):
+        model.setup_cache(1, MAX_LEN + 1)
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        model.setup_cache(1, 4.0)
+    with pytest.raises(ValueError, match="unknown method"):
+        model.setup_cache(1, 4, "fastest")
