@@ -1,0 +1,297 @@
+"""generate(): the tokens the parallel forward implies, for every engine, ragged batches, eos,
+sampling, streaming, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from futurefill import METHODS, ConvLM, ConvLMConfig, GenerationOutput, generate
+from futurefill.generation import select_next_tokens
+from futurefill.model import MIXERS
+from reference import rel_err
+
+VOCAB, MAX_LEN = 32, 48
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(mixer: str = "stu_tensordot", dtype=torch.float64, seed: int = 0) -> ConvLM:
+    torch.manual_seed(seed)
+    config = ConvLMConfig(
+        vocab_size=VOCAB,
+        d_model=8,
+        n_layers=2,
+        max_len=MAX_LEN,
+        mixer=mixer,
+        mlp_ratio=2,
+        num_eigh=6,
+        hyena_filter_hidden=8,
+        hyena_pos_dim=5,
+        tie_embeddings=False,
+    )
+    model = ConvLM(config).to(dtype)
+    with torch.no_grad():  # unit-scale, untied: varied tokens (not a copy of the last one)
+        model.embed.weight.normal_()
+        model.head.weight.normal_()
+    return model
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def greedy_by_forward(model: ConvLM, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """Reference: re-run the whole parallel forward for every token. prompt (1, P) -> (n,)."""
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(n):
+            seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, prompt.shape[1] :]
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_greedy_is_what_forward_implies_for_every_engine(mixer):
+    model = tiny_model(mixer)
+    ids = random_ids(2, 6)
+    expected = torch.stack([greedy_by_forward(model, ids[b : b + 1], 30) for b in range(2)])
+    assert len(set(expected.flatten().tolist())) > 3  # a non-trivial sequence
+    for method in METHODS:
+        tokens = generate(model, ids, 30, method=method)
+        assert tokens.dtype == torch.long and tokens.shape == (2, 30)
+        assert torch.equal(tokens, expected), method
+
+
+def test_greedy_in_float32_for_every_engine():
+    model = tiny_model("hyena", torch.float32)
+    ids = random_ids(1, 5)
+    expected = greedy_by_forward(model, ids, 20)
+    for method in METHODS:
+        assert torch.equal(generate(model, ids, 20, method=method)[0], expected)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_ragged_batch_equals_each_sequence_alone(mixer):
+    model = tiny_model(mixer)
+    lengths = [9, 2, 5, 9]
+    ids = random_ids(4, 9)
+    ids[1, 2:] = 31  # padding is never read: any value
+    batched = generate(model, ids, 15, prompt_lengths=lengths, method="continuous")
+    for b, length in enumerate(lengths):
+        alone = generate(model, ids[b : b + 1, :length], 15, method="naive")
+        assert torch.equal(batched[b], alone[0]), b
+
+
+@settings(max_examples=12)
+@given(
+    lengths=st.lists(st.integers(1, 10), min_size=1, max_size=4),
+    new=st.integers(1, 12),
+    method=st.sampled_from(METHODS),
+    seed=st.integers(0, 2**16),
+)
+def test_ragged_batch_random(lengths, new, method, seed):
+    model = tiny_model("longconv", seed=seed % 4)
+    ids = random_ids(len(lengths), max(lengths) + 2, seed)
+    out = generate(
+        model, ids, new, prompt_lengths=torch.tensor(lengths), method=method, return_logits=True
+    )
+    for b, length in enumerate(lengths):
+        prompt = ids[b : b + 1, :length]
+        assert torch.equal(out.tokens[b], greedy_by_forward(model, prompt, new)), b
+        with torch.no_grad():
+            full = model(torch.cat([prompt[0], out.tokens[b]]).unsqueeze(0))[0]
+        assert rel_err(out.logits[b], full[length - 1 : length - 1 + new]) < 1e-9
+
+
+def test_returned_logits_are_the_forward_logits():
+    model = tiny_model("stu")
+    ids = random_ids(2, 7)
+    out = generate(model, ids, 12, return_logits=True)
+    assert isinstance(out, GenerationOutput)
+    assert out.logits.shape == (2, 12, VOCAB) and out.logits.dtype == torch.float64
+    with torch.no_grad():
+        full = model(torch.cat([ids, out.tokens], dim=1))
+    assert rel_err(out.logits, full[:, 6:18]) < 1e-9
+    assert torch.equal(out.logits.argmax(-1), out.tokens)
+
+
+def test_eos_stops_a_sequence_and_pads_it():
+    model = tiny_model("hyena")
+    ids = random_ids(3, 6)
+    free = generate(model, ids, 20)
+    eos = int(free[0, 4])
+    first = int((free[0] == eos).nonzero()[0])  # eos may already appear before index 4
+    out = generate(model, ids, 20, eos_token_id=eos, pad_token_id=-1, return_logits=True)
+    assert torch.equal(out.tokens[0, : first + 1], free[0, : first + 1])
+    assert (out.tokens[0, first + 1 :] == -1).all()
+    assert torch.isnan(out.logits[0, first + 1 :]).all()
+    assert not torch.isnan(out.logits[0, : first + 1]).any()
+    for b in (1, 2):  # the other sequences: unchanged up to their own eos
+        hits = (free[b] == eos).nonzero()
+        stop = int(hits[0]) + 1 if len(hits) else 20
+        assert torch.equal(out.tokens[b, :stop], free[b, :stop])
+        assert (out.tokens[b, stop:] == -1).all()
+
+
+def test_eos_pads_with_eos_by_default_and_stops_early():
+    model = tiny_model("longconv")
+    ids = random_ids(1, 4)
+    free = generate(model, ids, 25)
+    eos = int(free[0, 2])
+    first = int((free[0] == eos).nonzero()[0])
+    calls = []
+    tokens = generate(model, ids, 25, eos_token_id=eos, streamer=calls.append)
+    assert len(calls) == first + 1  # generation ended as soon as the only sequence stopped
+    assert torch.equal(tokens[0, : first + 1], free[0, : first + 1])
+    assert (tokens[0, first + 1 :] == eos).all()
+
+
+def test_eos_in_the_prompt_does_not_stop_a_sequence():
+    model = tiny_model("stu_tensordot")
+    ids = random_ids(2, 8)
+    lengths = [8, 3]
+    eos = int(ids[0, 5])  # inside prompt 0; sequence 1 reads position 5 as generated
+    free = generate(model, ids, 10, prompt_lengths=lengths)
+    out = generate(model, ids, 10, prompt_lengths=lengths, eos_token_id=eos, pad_token_id=-7)
+    hits = (free[0] == eos).nonzero()
+    stop = int(hits[0]) + 1 if len(hits) else 10
+    assert torch.equal(out[0, :stop], free[0, :stop])
+
+
+def test_streamer_gets_every_new_token_batch():
+    model = tiny_model("stu_tensordot")
+    ids = random_ids(2, 5)
+    calls = []
+    tokens = generate(model, ids, 9, streamer=calls.append)
+    assert len(calls) == 9 and all(c.shape == (2,) for c in calls)
+    assert torch.equal(torch.stack(calls, dim=1), tokens)
+
+
+def test_streamer_object_and_ragged_batches():
+    class Streamer:
+        def __init__(self):
+            self.puts, self.ended = [], 0
+
+        def put(self, value):
+            self.puts.append(value.clone())
+
+        def end(self):
+            self.ended += 1
+
+    model = tiny_model("stu_tensordot")
+    streamer = Streamer()
+    tokens = generate(model, random_ids(2, 6), 4, prompt_lengths=[6, 3], streamer=streamer)
+    assert streamer.ended == 1
+    streamed = torch.stack(streamer.puts, dim=1)  # (2, 3 + 4 - 1 + 1) steps
+    assert streamed.shape == (2, 7)
+    assert torch.equal(streamed[0], torch.cat([torch.full((3,), -1), tokens[0]]))
+    assert torch.equal(streamed[1], torch.cat([tokens[1], torch.full((3,), -1)]))
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    model = tiny_model("longconv")
+    ids = random_ids(3, 4)
+
+    def sample(seed, method="continuous", **options):
+        gen = torch.Generator().manual_seed(seed)
+        return generate(model, ids, 25, generator=gen, method=method, **options)
+
+    first = sample(0)
+    assert torch.equal(sample(0), first)
+    assert torch.equal(sample(0, "naive"), first)  # same draws, same logits to rounding
+    assert not torch.equal(sample(1), first)
+    assert not torch.equal(first, generate(model, ids, 25))  # sampling, not greedy
+    greedy = generate(model, ids, 25)
+    assert torch.equal(sample(5, top_k=1), greedy)
+    assert torch.equal(sample(5, top_p=1e-9), greedy)
+    assert torch.equal(generate(model, ids, 25, temperature=0.0), greedy)
+
+
+def test_select_next_tokens_restricts_the_support():
+    logits = torch.log(torch.tensor([[0.5, 0.05, 0.3, 0.15]])).expand(4000, 4)
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(**options):
+        return select_next_tokens(logits, do_sample=True, generator=gen, **options)
+
+    counts = torch.bincount(draw(), minlength=4) / 4000
+    assert torch.allclose(counts, torch.tensor([0.5, 0.05, 0.3, 0.15]), atol=0.03)
+    assert set(draw(top_k=2).tolist()) == {0, 2}
+    assert set(draw(top_p=0.75).tolist()) == {0, 2}  # 0.5 < 0.75 <= 0.8
+    assert set(draw(top_p=0.81).tolist()) == {0, 2, 3}
+    cold = torch.bincount(draw(temperature=0.25), minlength=4) / 4000
+    assert cold[0] > 0.85  # (0.5 / 0.3)^4 ~ 7.7 times token 2
+    assert torch.equal(select_next_tokens(logits[:2], do_sample=False), torch.tensor([0, 0]))
+
+
+def test_zero_new_tokens():
+    model = tiny_model("longconv")
+    assert generate(model, random_ids(2, 3), 0).shape == (2, 0)
+    out = generate(model, random_ids(2, 3), 0, return_logits=True)
+    assert out.tokens.shape == (2, 0) and out.logits.shape == (2, 0, VOCAB)
+
+
+def test_whole_length_can_be_used():
+    model = tiny_model("longconv")
+    tokens = generate(model, random_ids(1, 8), MAX_LEN - 8)
+    assert tokens.shape == (1, MAX_LEN - 8)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"input_ids": torch.zeros(2, 3)}, TypeError, "integer dtype"),
+        ({"input_ids": torch.zeros(2, 3, dtype=torch.bool)}, TypeError, "integer dtype"),
+        ({"input_ids": [[1, 2]]}, TypeError, "must be a torch.Tensor"),
+        ({"input_ids": torch.tensor([1, 2])}, ValueError, r"shape \(batch, length\)"),
+        ({"input_ids": torch.tensor([[1, 32]])}, ValueError, r"vocabulary \[0, 32\)"),
+        ({"input_ids": torch.tensor([[-1, 3]])}, ValueError, "vocabulary"),
+        ({"max_new_tokens": 45}, ValueError, "exceeds the model's max_len 48"),
+        ({"max_new_tokens": -1}, ValueError, "max_new_tokens must be >= 0"),
+        ({"max_new_tokens": 2.0}, TypeError, "max_new_tokens must be an int"),
+        ({"prompt_lengths": [4]}, ValueError, "1 entries, input_ids has batch 2"),
+        ({"prompt_lengths": [4, 0]}, ValueError, r"in \[1, input_ids.shape\[1\]=4\]"),
+        ({"prompt_lengths": [4, 5]}, ValueError, r"in \[1, input_ids.shape\[1\]=4\]"),
+        ({"prompt_lengths": torch.tensor([4.0, 2.0])}, TypeError, "must be integers"),
+        ({"prompt_lengths": torch.tensor([[4, 2]])}, ValueError, "must be 1-D"),
+        ({"prompt_lengths": [4, 2.5]}, TypeError, "must hold ints"),
+        ({"temperature": -1.0}, ValueError, "temperature must be >= 0"),
+        ({"top_k": 0}, ValueError, "top_k must be >= 1"),
+        ({"top_p": 0.0}, ValueError, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, ValueError, r"top_p must be in \(0, 1\]"),
+        ({"do_sample": True, "temperature": 0.0}, ValueError, "needs temperature > 0"),
+        ({"do_sample": False, "top_k": 3}, ValueError, "do_sample=False"),
+        ({"generator": 3}, TypeError, "torch.Generator"),
+        ({"eos_token_id": 32}, ValueError, r"eos_token_id 32 is outside the vocabulary"),
+        ({"streamer": 3}, TypeError, "streamer must be callable"),
+        ({"method": "fastest"}, ValueError, "unknown method"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(kwargs, error, match):
+    model = tiny_model("longconv")
+    args = {"input_ids": random_ids(2, 4), "max_new_tokens": 5, **kwargs}
+    with pytest.raises(error, match=match):
+        generate(model, **args)
+
+
+def test_prompt_padding_may_hold_any_value():
+    model = tiny_model("longconv")
+    ids = random_ids(2, 4)
+    padded = ids.clone()
+    padded[1, 2:] = -100
+    assert torch.equal(
+        generate(model, padded, 5, prompt_lengths=[4, 2]),
+        generate(model, ids, 5, prompt_lengths=[4, 2]),
+    )
