@@ -33,10 +33,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "layer": {"lengths": _pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
         "prompt": {"prompt_lens": (256, 2048), "gen_lens": (256, 1024), "budget": 2.0},
         "model": {
-            "lengths": _pow2(6, 9),
+            "lengths": _pow2(6, 8),
             "mixers": ("stu_tensordot", "hyena"),
             "repeats": 1,
-            "budget": 5.0,
+            "budget": 3.0,
         },
     },
     "full": {
@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "gen_lens": (1024, 4096, 16384),
             "budget": 200.0,
         },
-        "model": {"lengths": _pow2(7, 13), "repeats": 1, "budget": 120.0},
+        "model": {"lengths": _pow2(7, 13), "repeats": 1, "budget": 60.0},
     },
 }
 
