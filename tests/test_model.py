@@ -192,11 +192,20 @@ def test_config_errors():
         ConvLMConfig.from_dict({"d_modle": 8})
 
 
+def test_int32_ids_work():
+    model = tiny_model("longconv")
+    ids = random_ids(2, 9)
+    with torch.no_grad():
+        assert torch.equal(model(ids.int()), model(ids))
+
+
 def test_bad_ids_are_rejected():
     model = tiny_model("longconv")
     cache = model.setup_cache(2, 10)
     with pytest.raises(TypeError, match="integer dtype"):
         model(torch.zeros(2, 3))
+    with pytest.raises(TypeError, match="integer dtype"):
+        model(torch.zeros(2, 3, dtype=torch.uint8))
     with pytest.raises(TypeError, match="integer dtype"):
         model.prefill(torch.zeros(2, 3), cache)
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 32\)"):

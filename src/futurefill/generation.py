@@ -19,6 +19,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from futurefill.model import check_token_ids
+
 __all__ = ["GenerationOutput", "generate", "select_next_tokens"]
 
 
@@ -138,14 +140,15 @@ def generate(
     max_new_tokens - 1`` steps, each stepping every layer's engines once.
     """
     config = model.config
-    device = model.embed.weight.device
+    weight = next(model.parameters())
+    device = weight.device
     ids = _check_input_ids(input_ids, device)
     batch, width = ids.shape
     max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
     lengths_list = _check_prompt_lengths(prompt_lengths, batch, width)
     lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
     in_prompt = torch.arange(width, device=device) < lengths[:, None]  # (batch, width)
-    _check_vocab(ids[in_prompt], config.vocab_size, "input_ids")
+    check_token_ids(ids[in_prompt], config.vocab_size, "input_ids")
     p_min, p_max = min(lengths_list), max(lengths_list)
     if p_max + max_new_tokens > config.max_len:
         raise ValueError(
@@ -166,7 +169,7 @@ def generate(
 
     total = p_max + max_new_tokens
     vocab = config.vocab_size
-    dtype = model.embed.weight.dtype
+    dtype = weight.dtype
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)  # prompt, then generated
     tokens[:, :width].copy_(torch.where(in_prompt, ids, 0)[:, :total])
     all_logits = (
@@ -257,14 +260,6 @@ def _check_input_ids(input_ids: Any, device: torch.device) -> torch.Tensor:
     if input_ids.device != device:
         raise ValueError(f"input_ids are on {input_ids.device}, the model on {device}")
     return input_ids.long()
-
-
-def _check_vocab(ids: torch.Tensor, vocab_size: int, name: str) -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise ValueError(
-            f"{name} has token ids in [{int(ids.min())}, {int(ids.max())}], outside the "
-            f"vocabulary [0, {vocab_size})"
-        )
 
 
 def _check_prompt_lengths(

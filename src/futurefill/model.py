@@ -31,7 +31,7 @@ from torch import nn
 from futurefill.layers import STU, Hyena, LongConv, Mixer, MixerCache
 from futurefill.online.base import OnlineConvEngine
 
-__all__ = ["MIXERS", "ConvLM", "ConvLMCache", "ConvLMConfig"]
+__all__ = ["MIXERS", "ConvLM", "ConvLMCache", "ConvLMConfig", "check_token_ids"]
 
 MIXERS = ("longconv", "stu", "stu_tensordot", "hyena")
 CONFIG_FILE = "config.json"
@@ -59,7 +59,17 @@ class ConvLMConfig:
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"unknown mixer {self.mixer!r}; expected one of {MIXERS}")
-        for name in ("vocab_size", "d_model", "n_layers", "max_len", "mlp_ratio", "hyena_order"):
+        positive = (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "max_len",
+            "mlp_ratio",
+            "hyena_order",
+            "hyena_filter_hidden",
+            "short_kernel",
+        )
+        for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -198,13 +208,16 @@ class ConvLMCache:
         )
 
 
-def _check_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
-    """Raise TypeError/ValueError unless ``ids`` is an integer tensor of token ids in range."""
+def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
+    """TypeError unless ``ids`` is an int64 or int32 tensor; ValueError if an id is outside
+    ``[0, vocab_size)`` (one device sync)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must have an integer dtype (torch.long), got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"{name} must have an integer dtype (torch.long or torch.int), got {ids.dtype}"
+        )
+    if bool(((ids < 0) | (ids >= vocab_size)).any()):
         raise ValueError(
             f"{name} has token ids in [{int(ids.min())}, {int(ids.max())}], outside the "
             f"vocabulary [0, {vocab_size})"
@@ -349,7 +362,7 @@ class ConvLM(nn.Module):
             shape = tuple(ids_t.shape) if isinstance(ids_t, torch.Tensor) else type(ids_t).__name__
             raise ValueError(f"ids_t must have shape (batch_size={cache.batch_size},), got {shape}")
         if check_ids:
-            _check_ids(ids_t, self.config.vocab_size, "ids_t")
+            check_token_ids(ids_t, self.config.vocab_size, "ids_t")
         if cache.position >= cache.max_len:
             raise RuntimeError(f"the cache is full (max_len={cache.max_len}); call cache.reset()")
         x_t = self.embed(ids_t)
@@ -393,7 +406,7 @@ class ConvLM(nn.Module):
     # ------------------------------------------------------------------ checks
 
     def _check_sequence(self, ids: torch.Tensor, max_len: int) -> None:
-        _check_ids(ids, self.config.vocab_size)
+        check_token_ids(ids, self.config.vocab_size)
         if ids.dim() != 2:
             raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
         if ids.shape[1] > max_len:

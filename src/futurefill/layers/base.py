@@ -12,7 +12,8 @@ ways to run:
       y_t = mixer.step(x_t, cache)              # (B, D) -> (B, D), once per token
       cache.reset()                             # back to an empty sequence
 
-Both give the same outputs to rounding. Each mixer says what its long filters are
+Both give the same outputs to rounding. ``prefill`` and ``step`` run without autograd (the engines
+hold detached filters): decoding is for inference. Each mixer says what its long filters are
 (:meth:`Mixer.long_filters`); ``setup_cache`` materialises them once and hands them to the engines,
 so the cache holds a snapshot of the filters: build a new cache after changing the weights.
 """
