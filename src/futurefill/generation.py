@@ -9,7 +9,8 @@ Ragged batches (prompts of different lengths) come right-padded with ``prompt_le
 sequences advance together, one position per step: the shortest common prefix is prefilled in
 parallel, then every sequence still inside its prompt is fed its own next prompt token
 (teacher forcing) while the others are already generating. Every sequence therefore sees exactly
-the tokens it would see alone, at the same positions, with no masking.
+the tokens it would see alone, at the same positions, with no masking. (Left padding is not
+supported: a causal convolution mixes leading padding into every later output.)
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def generate(
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)  # prompt, then generated
     tokens[:, :width].copy_(torch.where(in_prompt, ids, 0)[:, :total])
     all_logits = (
-        torch.empty(batch, total - p_min, vocab, dtype=dtype, device=device)
+        torch.full((batch, total - p_min, vocab), float("nan"), dtype=dtype, device=device)
         if return_logits
         else None
     )
