@@ -6,6 +6,11 @@ status 1, loudly, when one does not), warms up, reports the median of repeated r
 machine (CPU, cores, torch threads, versions, device, dtype, git commit), and skips a method at
 sizes where its projected time exceeds ``--budget`` (recorded as ``skipped (projected ...)``).
 
+Threads: ``--threads`` (default: every available core) sets torch's intra-op threads for the
+run and is recorded. A decoding step is microseconds of work; on a machine where other processes
+keep the cores busy, a multi-threaded op waits for a descheduled thread (milliseconds), so the
+load average is recorded and a warning printed; use ``--threads 1`` there.
+
 Subcommands
 -----------
 layer
