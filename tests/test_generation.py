@@ -214,6 +214,8 @@ def test_sampling_is_reproducible_with_a_generator():
     assert torch.equal(sample(5, top_k=1), greedy)
     assert torch.equal(sample(5, top_p=1e-9), greedy)
     assert torch.equal(generate(model, ids, 25, temperature=0.0), greedy)
+    unused = torch.Generator().manual_seed(3)
+    assert torch.equal(generate(model, ids, 25, do_sample=False, generator=unused), greedy)
 
 
 def test_select_next_tokens_restricts_the_support():

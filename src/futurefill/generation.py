@@ -111,7 +111,8 @@ def generate(
         Nucleus sampling: among the most likely tokens holding probability ``top_p``.
     do_sample : bool, optional
         Sample (True) or take the argmax (False). Default: sample if any of ``top_k``, ``top_p``,
-        ``generator`` is given or ``temperature`` is neither 0 nor 1, else greedy.
+        ``generator`` is given or ``temperature`` is neither 0 nor 1, else greedy. With False,
+        ``temperature``, ``top_k`` and ``top_p`` are errors (a ``generator`` is just unused).
     eos_token_id : int, optional
         A sequence that generates it stops: its later tokens are ``pad_token_id``. Generation
         ends early when every sequence has stopped (checked once per step: a device sync).
@@ -313,18 +314,18 @@ def _resolve_sampling(
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator.device.type != device.type:
             raise ValueError(f"generator is on {generator.device}, the model on {device}")
-    options_given = (
-        top_k is not None or top_p is not None or generator is not None or temperature not in (0, 1)
-    )
+    # Options that change the distribution; with do_sample=False they would be silently ignored.
+    shaping = top_k is not None or top_p is not None or temperature not in (0, 1)
     if do_sample is None:
-        return options_given and temperature != 0
+        return (shaping or generator is not None) and temperature != 0
     if not isinstance(do_sample, bool):
         raise TypeError(f"do_sample must be a bool or None, got {type(do_sample).__name__}")
     if do_sample and temperature == 0:
         raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
-    if not do_sample and options_given and temperature != 0:
+    if not do_sample and shaping and temperature != 0:
         raise ValueError(
-            "sampling options (temperature, top_k, top_p, generator) given with do_sample=False"
+            "sampling options (temperature, top_k, top_p) given with do_sample=False; "
+            "drop them or set do_sample=True"
         )
     return do_sample
 
