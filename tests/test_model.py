@@ -74,6 +74,18 @@ def test_teacher_forced_decoding_matches_forward(mixer, method, dtype):
         assert rel_err(logits, expected) < TOL[dtype], (prompt_len, rel_err(logits, expected))
 
 
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_bfloat16_decoding_agrees_to_bfloat16_precision(mixer):
+    """Half precisions run (engines compute in float32); agreement is at bfloat16 rounding."""
+    model = tiny_model(mixer, torch.bfloat16)
+    ids = random_ids(2, 20)
+    with torch.no_grad():
+        expected = model(ids).double()
+    logits = teacher_forced(model, ids, 8, model.setup_cache(2, 20, "continuous"))
+    assert logits.dtype == torch.bfloat16
+    assert rel_err(logits.double(), expected) < 3e-2
+
+
 @settings(max_examples=15)
 @given(
     mixer=st.sampled_from(MIXERS),
