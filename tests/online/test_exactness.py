@@ -147,3 +147,13 @@ def test_max_len_shorter_than_filter(method):
     u = random_input(2, 2, 77)
     conv = OnlineConv(h, method=method, max_len=77, batch_size=2)
     assert rel_err(run_online(conv, u, 3), reference_conv(u, h)) < 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inputs_that_require_grad_are_decoded_without_autograd(method):
+    h = decaying_filter(2, 30)
+    u = random_input(1, 2, 30).requires_grad_(True)
+    conv = OnlineConv(h, method=method)
+    y = run_online(conv, u, 4)
+    assert not y.requires_grad
+    assert rel_err(y.detach(), reference_conv(u.detach(), h)) < 1e-10

@@ -107,7 +107,7 @@ class OnlineConvEngine(ABC):
             raise ValueError(
                 f"prompt length must be in [1, max_len={self.max_len}], got {prompt_len}"
             )
-        y = self._prefill(u.to(self.compute_dtype))
+        y = self._prefill(u.detach().to(self.compute_dtype))
         self._position = prompt_len
         self._prefilled = True
         return y.to(self.dtype)
@@ -133,6 +133,8 @@ class OnlineConvEngine(ABC):
             self._check_tensor(u_t, "u_t")
         if self._position >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
+        if u_t.requires_grad:  # decoding is inference: keep the buffers out of autograd graphs
+            u_t = u_t.detach()
         if self.compute_dtype != self.dtype:
             return self._step(u_t.to(self.compute_dtype)).to(self.dtype)
         return self._step(u_t)
