@@ -104,7 +104,10 @@ class TextStreamer:
         self._decoder = ByteStreamDecoder()
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        text = self._decoder.push(int(tokens.reshape(-1)[0]))
+        token = int(tokens.reshape(-1)[0])
+        if token < 0:  # generate's marker for "no new token for this sequence at this step"
+            return
+        text = self._decoder.push(token)
         if text:
             self.stream.write(text)
             self.stream.flush()

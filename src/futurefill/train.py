@@ -224,7 +224,7 @@ def train(
         (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     model.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(range(cfg.steps), desc="train", disable=not progress, dynamic_ncols=True)
     val_loss = float("nan")
     for step in bar:
@@ -260,6 +260,8 @@ def train(
     final = val_loss if cfg.eval_every > 0 else evaluate(model, split.val, cfg.context)
     manifest["train_time_s"] = round(train_time, 1)
     manifest["wall_time_s"] = round(time.perf_counter() - start, 1)
+    # CPU seconds of this process, all threads: the cost independent of other load on the machine.
+    manifest["cpu_time_s"] = round(time.process_time() - cpu_start, 1)
     manifest["machine"] = _machine()
     manifest["final_val"] = {
         "loss_nats": final,

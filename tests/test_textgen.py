@@ -1,0 +1,217 @@
+"""The bundled demo checkpoint and ``futurefill generate``."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from futurefill import data, textgen
+from futurefill.cli import main
+from futurefill.generation import generate
+from futurefill.train import HELDOUT_FILE, MANIFEST_FILE, heldout_loss
+
+BUNDLED = textgen.default_checkpoint_dir()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return textgen.load_checkpoint()
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads((BUNDLED / MANIFEST_FILE).read_text())
+
+
+# --------------------------------------------------------------------------- bundled checkpoint
+
+
+def test_bundled_checkpoint_loads(model, manifest):
+    assert model.config.vocab_size == data.VOCAB_SIZE
+    assert model.config.max_len >= manifest["config"]["context"] + 512
+    assert sum(p.numel() for p in model.parameters()) == manifest["parameters"]
+    size = sum(f.stat().st_size for f in BUNDLED.iterdir())
+    assert size < 8 * 2**20  # a few MB at most
+
+
+def test_heldout_loss_matches_the_record(model, manifest):
+    heldout = (BUNDLED / HELDOUT_FILE).read_bytes()
+    record = manifest["heldout"]
+    assert hashlib.sha256(heldout).hexdigest() == record["sha256"]
+    assert heldout_loss(model, BUNDLED) == pytest.approx(record["loss_nats"], rel=1e-4)
+    # The stored slice is the start of the validation split of the corpus it was trained on.
+    raw = data.load_corpus()
+    if data.corpus_sha256(raw) == manifest["corpus"]["sha256"]:
+        val = data.split_corpus(raw, manifest["config"]["val_fraction"]).val
+        assert bytes(val[: len(heldout)].tolist()) == heldout
+
+
+def test_recorded_loss_beats_unigram(manifest):
+    final = manifest["final_val"]
+    assert manifest["complete"] is True
+    assert final["bits_per_byte"] == pytest.approx(data.nats_to_bits(final["loss_nats"]))
+    assert final["bits_per_byte"] < manifest["unigram_bits_per_byte"]["cross_entropy"] - 1.0
+
+
+@pytest.mark.parametrize(
+    "sampling", [{"temperature": 0.8, "top_k": 40}, {"do_sample": False}], ids=["sample", "greedy"]
+)
+def test_generation_identical_across_methods(model, sampling):
+    # 2 ragged prompts x 300 tokens: long enough to cross epoch and FFT-level boundaries.
+    first, second = data.encode("The with statement"), data.encode("class definitio")
+    prompt = torch.zeros(2, len(first), dtype=torch.long)
+    prompt[0], prompt[1, : len(second)] = first, second
+    outputs = {}
+    for method in ("naive", "epoched", "continuous"):
+        generator = torch.Generator().manual_seed(1234)
+        outputs[method] = generate(
+            model,
+            prompt,
+            300,
+            method=method,
+            prompt_lengths=[len(first), len(second)],
+            generator=generator,
+            **sampling,
+        )
+    assert outputs["naive"].shape == (2, 300)
+    assert torch.equal(outputs["naive"], outputs["epoched"])
+    assert torch.equal(outputs["naive"], outputs["continuous"])
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_streams_text(capsys):
+    assert main(["generate", "def ", "--max-new-tokens", "24", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("def ")
+    assert len(out) > len("def ") + 5
+
+
+def test_cli_compare(capsys):
+    argv = ["generate", "The ", "--max-new-tokens", "20", "--compare", "--temperature", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "speedup vs naive" in out
+    for method in ("naive", "epoched", "continuous"):
+        assert f"\n{method} " in out
+    assert "identical output from every method" in out
+
+
+def test_cli_compare_reports_a_mismatch(monkeypatch, capsys):
+    import futurefill.generation
+
+    real = futurefill.generation.generate
+
+    def broken(model, ids, n, *, method, **kwargs):
+        out = real(model, ids, n, method=method, **kwargs)
+        if method == "epoched":
+            out[0, -1] = (out[0, -1] + 1) % 256
+        return out
+
+    monkeypatch.setattr(futurefill.generation, "generate", broken)
+    assert main(["generate", "a", "--max-new-tokens", "5", "--compare"]) == 1
+    err = capsys.readouterr().err
+    assert "outputs differ" in err and "epoched" in err and "token 4" in err
+
+
+def test_cli_rejects_too_long(capsys):
+    assert main(["generate", "a", "--max-new-tokens", "100000"]) == 2
+    assert "max_len" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- broken checkpoints
+
+
+@pytest.fixture
+def copy(tmp_path):
+    target = tmp_path / "ckpt"
+    shutil.copytree(BUNDLED, target)
+    return target
+
+
+def _cli_error(directory, capsys) -> str:
+    assert main(["generate", "x", "--max-new-tokens", "2", "--checkpoint", str(directory)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("futurefill generate: error: ")
+    return lines[0]
+
+
+def test_missing_directory(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        textgen.load_checkpoint(tmp_path / "nope")
+    assert "nope" in _cli_error(tmp_path / "nope", capsys)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_missing_file(copy, name, capsys):
+    (copy / name).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(name)):
+        textgen.load_checkpoint(copy)
+    assert name in _cli_error(copy, capsys)
+
+
+def test_truncated_weights(copy, capsys):
+    path = copy / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        textgen.load_checkpoint(copy)
+    assert "model.safetensors" in _cli_error(copy, capsys)
+
+
+def test_garbage_weights(copy, capsys):
+    (copy / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert "model.safetensors" in _cli_error(copy, capsys)
+
+
+def test_bad_json(copy, capsys):
+    (copy / "config.json").write_text('{"vocab_size": 256,')
+    with pytest.raises(ValueError, match=r"config\.json"):
+        textgen.load_checkpoint(copy)
+    assert "config.json" in _cli_error(copy, capsys)
+
+
+def test_config_mismatching_weights(copy, capsys):
+    config = json.loads((copy / "config.json").read_text())
+    config["d_model"] = config["d_model"] * 2
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model\.safetensors"):
+        textgen.load_checkpoint(copy)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_streamer_decodes_multibyte_characters():
+    stream = io.StringIO()
+    streamer = textgen.TextStreamer(stream)
+    seen = []
+    for byte in "é€!".encode():
+        streamer(torch.tensor([byte, 0]))  # sequence 0 only
+        seen.append(stream.getvalue())
+    assert seen == ["", "é", "é", "é", "é€", "é€!"]
+    streamer(torch.tensor([-1]))  # no token at this step: ignored
+    streamer(torch.tensor([0xE2]))  # a character that never finishes
+    streamer.end()
+    assert stream.getvalue() == "é€!\ufffd\n"
+
+
+def test_table_and_mismatch():
+    ids = torch.zeros(1, 10, dtype=torch.long)
+    results = [
+        textgen.CompareResult("naive", ids, 2.0),
+        textgen.CompareResult("continuous", ids.clone(), 0.5),
+    ]
+    table = textgen.format_table(results)
+    assert "4.00x" in table and "1.00x" in table and "20.0" in table
+    assert textgen.mismatch(results) is None
+    results[1].tokens[0, 7] = 3
+    assert "token 7" in textgen.mismatch(results)
