@@ -121,9 +121,26 @@ def test_cli_compare_reports_a_mismatch(monkeypatch, capsys):
     assert "outputs differ" in err and "epoched" in err and "token 4" in err
 
 
-def test_cli_rejects_too_long(capsys):
-    assert main(["generate", "a", "--max-new-tokens", "100000"]) == 2
-    assert "max_len" in capsys.readouterr().err
+def test_cli_top_k_top_p(capsys):
+    argv = ["generate", "a", "--max-new-tokens", "8", "--top-k", "5", "--top-p", "0.9"]
+    outputs = []
+    for method in ("naive", "epoched"):
+        assert main([*argv, "--method", method]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("a")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max-new-tokens", "100000"], "max_len"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--temperature", "-1"], "--temperature"),
+    ],
+)
+def test_cli_rejects_bad_options(option, message, capsys):
+    assert main(["generate", "a", *option]) == 2
+    assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- broken checkpoints
@@ -177,6 +194,14 @@ def test_bad_json(copy, capsys):
     with pytest.raises(ValueError, match=r"config\.json"):
         textgen.load_checkpoint(copy)
     assert "config.json" in _cli_error(copy, capsys)
+
+
+def test_config_unknown_field(copy, capsys):
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "n_heads": 4}))
+    with pytest.raises(ValueError, match=r"config\.json is invalid"):
+        textgen.load_checkpoint(copy)
+    assert "n_heads" in _cli_error(copy, capsys)
 
 
 def test_config_mismatching_weights(copy, capsys):

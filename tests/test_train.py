@@ -46,7 +46,7 @@ def test_same_seed_same_run(small_corpus, tmp_path):
 def test_checkpoint_and_manifest(small_corpus, tmp_path):
     from futurefill.model import ConvLM
 
-    cfg = TrainConfig(**TINY)
+    cfg = TrainConfig(**TINY, save_every=2)  # an intermediate save at step 2, then the final
     manifest = train(cfg, tmp_path, progress=False, data=small_corpus)
     on_disk = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert on_disk["complete"] is True
