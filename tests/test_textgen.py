@@ -121,6 +121,29 @@ def test_cli_compare_reports_a_mismatch(monkeypatch, capsys):
     assert "outputs differ" in err and "epoched" in err and "token 4" in err
 
 
+def test_compare_catches_a_repeat_that_differs(model, monkeypatch):
+    import futurefill.generation
+
+    real, calls = futurefill.generation.generate, []
+
+    def flaky(model, ids, n, *, method, **kwargs):
+        out = real(model, ids, n, method=method, **kwargs)
+        if method == "continuous" and n == 6:
+            calls.append(1)
+            if len(calls) == 2:  # the second timed run of continuous
+                out[0, 2] = (out[0, 2] + 1) % 256
+        return out
+
+    monkeypatch.setattr(futurefill.generation, "generate", flaky)
+    results = textgen.compare_methods(model, data.encode("ab")[None], 6, repeats=3)
+    assert [r.method for r in results] == [*textgen.METHOD_ORDER, "continuous (repeat 2)"]
+    assert "continuous (repeat 2) differs from naive at generated token 2" in (
+        textgen.mismatch(results)
+    )
+    with pytest.raises(ValueError, match="repeats"):
+        textgen.compare_methods(model, data.encode("ab")[None], 6, repeats=0)
+
+
 def test_cli_top_k_top_p(capsys):
     argv = ["generate", "a", "--max-new-tokens", "8", "--top-k", "5", "--top-p", "0.9"]
     outputs = []
@@ -136,6 +159,7 @@ def test_cli_top_k_top_p(capsys):
         (["--max-new-tokens", "100000"], "max_len"),
         (["--max-new-tokens", "0"], "--max-new-tokens"),
         (["--temperature", "-1"], "--temperature"),
+        (["--compare", "--repeats", "0"], "--repeats"),
     ],
 )
 def test_cli_rejects_bad_options(option, message, capsys):
