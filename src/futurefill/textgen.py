@@ -271,6 +271,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --compare: runs per method, taking turns; the table shows the fastest",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads: decoding one sequence runs many tiny ops, which extra threads "
+        "only slow down",
+    )
+    parser.add_argument(
         "--checkpoint",
         default=None,
         help="checkpoint directory (config.json + model.safetensors); default: the bundled one",
@@ -288,6 +295,8 @@ def _run(args: argparse.Namespace) -> int:
         return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.repeats < 1:
         return _error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads < 1:
+        return _error(f"--threads must be >= 1, got {args.threads}")
     if args.temperature < 0:
         return _error(f"--temperature must be >= 0, got {args.temperature}")
     try:
@@ -307,6 +316,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.top_p is not None:
         sampling["top_p"] = args.top_p
 
+    torch.set_num_threads(args.threads)
     out = sys.stdout
     out.write(args.prompt)
     out.flush()
