@@ -64,14 +64,22 @@ class EpochedConv(OnlineConvEngine):
         self._reset()
 
     def _reset(self) -> None:
+        e, batch, channels = self.epoch_len, self.batch_size, self.channels
         # Inputs channel-major (the refill FFT runs along the last dimension, 2-3x faster than
-        # along the first); the cache time-major (each step pushes into consecutive rows).
-        self._x = self._zeros(self.batch_size, self.channels, self.max_len)
-        self._cache = self._zeros(self.epoch_len, self.batch_size, self.channels)
+        # along the first); the current epoch's inputs and the cache time-major, with the views
+        # each step uses built once here.
+        self._x = self._zeros(batch, channels, self.max_len)
+        self._x_epoch = self._zeros(e, batch, channels)
+        self._cache = self._zeros(e, batch, channels)
+        self._x_rows = list(self._x_epoch.unbind(0))
+        self._cache_rows = list(self._cache.unbind(0))
+        self._cache_rests = [self._cache[j:] for j in range(e)]  # outputs j .. E-1 of the epoch
+        self._h_rests = [self._h_head[: e - j] for j in range(e)]
         self._epoch_start = 0
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self._x, self._cache, self._h_padded, self._h_head, *self._spectra.values()]
+        buffers = [self._x, self._x_epoch, self._cache, self._h_padded, self._h_head]
+        return buffers + list(self._spectra.values())
 
     def _spectrum(self, n: int) -> torch.Tensor:
         """rfft of the filter at FFT length n, shape (channels, n // 2 + 1); computed once."""
@@ -91,7 +99,9 @@ class EpochedConv(OnlineConvEngine):
         return y
 
     def _refill(self, seen: int) -> None:
-        """Cache <- contribution of inputs 0 .. seen-1 to outputs seen .. seen+E-1."""
+        """File the epoch's inputs; cache <- contribution of inputs 0 .. seen-1 to outputs
+        seen .. seen+E-1 (one FutureFill over the whole prefix)."""
+        self._x[..., self._epoch_start : seen].copy_(self._x_epoch.permute(1, 2, 0))
         n = fft_size(seen + self.epoch_len)
         spec = torch.fft.rfft(self._x[..., :seen], n=n).mul_(self._spectrum(n))
         future = torch.fft.irfft(spec, n=n)[..., seen : seen + self.epoch_len]
@@ -99,12 +109,11 @@ class EpochedConv(OnlineConvEngine):
         self._epoch_start = seen
 
     def _step(self, u_t: torch.Tensor) -> torch.Tensor:
-        t = self._position
-        j = t - self._epoch_start
-        self._x[..., t].copy_(u_t)
-        self._cache[j:].addcmul_(self._h_head[: self.epoch_len - j], u_t)
-        y = self._cache[j].clone()
-        self._position = t + 1
-        if j == self.epoch_len - 1 and t + 1 < self.max_len:
-            self._refill(t + 1)
+        j = self._position - self._epoch_start
+        self._x_rows[j].copy_(u_t)
+        self._cache_rests[j].addcmul_(self._h_rests[j], u_t)
+        y = self._cache_rows[j].clone()
+        self._position += 1
+        if j == self.epoch_len - 1 and self._position < self.max_len:
+            self._refill(self._position)
         return y
