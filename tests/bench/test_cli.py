@@ -25,13 +25,26 @@ def test_options_override_preset_which_overrides_defaults():
     assert cli.resolve_config("layer", args).lengths == (16, 32, 64)
 
 
-@pytest.mark.parametrize("name", ["layer", "prompt", "model"])
+@pytest.mark.parametrize("name", ["layer", "prompt", "model", "context"])
 def test_equivalent_command_reproduces_config(name):
     parser = top_cli.build_parser()
     config = cli.resolve_config(name, parser.parse_args(["bench", name, "--preset", "quick"]))
     command = cli.equivalent_command(name, config)
     again = cli.resolve_config(name, parser.parse_args(shlex.split(command)[1:]))
     assert again == config
+
+
+def test_context_options_and_full_preset():
+    parser = top_cli.build_parser()
+    for flag in ("--prompt-lens", "--prompt-len", "--contexts"):
+        args = parser.parse_args(["bench", "context", flag, "64", "128", "--new-tokens", "16"])
+        config = cli.resolve_config("context", args)
+        assert config.prompt_lens == (64, 128) and config.new_tokens == 16
+    assert "recompute" not in config.methods  # O(P) per step: left out by default
+    args = parser.parse_args(["bench", "context", "--preset", "full"])
+    full = cli.resolve_config("context", args)
+    assert full.prompt_lens == (2**10, 2**12, 2**14, 2**15) and full.new_tokens == 256
+    assert (full.mixers, full.d_model, full.n_layers) == (("stu_tensordot",), 128, 4)
 
 
 def test_lengths_and_log2_range_exclusive():
@@ -55,15 +68,25 @@ def test_bench_all_writes_every_benchmark(bench, out_dir, monkeypatch):
             "repeats": 1,
             "warmup_len": 4,
         },
+        "context": {
+            "prompt_lens": (8,),
+            "new_tokens": 4,
+            "mixers": ("longconv",),
+            "d_model": 8,
+            "n_layers": 1,
+            "vocab_size": 16,
+            "repeats": 1,
+            "warmup_len": 4,
+        },
     }
     monkeypatch.setitem(cli.PRESETS, "tiny", tiny)
     code = bench.run_cli("bench", "all", "--preset", "tiny", "--out", str(out_dir))
     assert code == 0
-    for name in ("layer", "prompt", "model"):
+    for name in cli.BENCHMARKS:
         assert bench.read_json(out_dir / f"{name}.json")["benchmark"] == name
         assert bench.read_csv(out_dir / f"{name}.csv")
         assert (out_dir / f"{name}_table.md").exists()
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
-    assert len(pngs) == 9
+    assert len(pngs) == 12
     for png in out_dir.glob("*.png"):
         bench.assert_png(png)

@@ -87,3 +87,16 @@ def test_markdown_table_aligned():
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1
     assert lines[1].startswith("|---")
+
+
+def test_budget_gate_skips_projected_and_stops_failed_series():
+    gate = common.BudgetGate(budget=10.0)
+    assert gate.check("a", 100) is None  # nothing measured yet: run
+    gate.record("a", 100, {"status": "ok", "t": 1.0}, what="a", at="L=100", time_key="t")
+    assert gate.check("a", 200) is None  # projected 4 s (quadratic from one point)
+    skipped = gate.check("a", 400)  # projected 16 s
+    assert skipped["status"].startswith("skipped (projected 16") and skipped["repeats"] == 0
+    assert skipped["projected_s"] == pytest.approx(16.0)
+    gate.record("b", 100, {"status": "FAILED (x)"}, what="b", at="L=100", time_key="t")
+    assert gate.check("b", 200) == {"status": "not run (failed at L=100)", "repeats": 0}
+    assert gate.failures == ["b at L=100: FAILED (x)"]

@@ -23,10 +23,16 @@ prompt
     Prompt of length P (prefilled at once), then K generated steps, over a grid of P and K:
     prefill time, decode time and cache bytes per engine method.
 model
-    The ConvLM end to end: K tokens generated greedily one at a time, tokens/s against context
-    length, per method and per mixer, checked against the model's full forward pass.
+    The ConvLM end to end: L tokens generated greedily one at a time from scratch, tokens/s
+    against L, per method and per mixer, checked against the model's full forward pass.
+context
+    The ConvLM's decode throughput at context length P: prefill P prompt tokens, then decode K
+    tokens greedily (``--prompt-lens P [P ...] --new-tokens K``); decode tokens/s, prefill time
+    and cache bytes against P, per method and mixer; logits checked against the float64 forward
+    pass and greedy tokens compared across methods. Measures the project target with
+    ``futurefill bench context --prompt-lens 32768 --new-tokens 256``.
 all
-    layer, prompt and model with one preset into one directory (``make demo`` runs
+    layer, prompt, model and context with one preset into one directory (``make demo`` runs
     ``futurefill bench all --preset quick --out results``).
 
 Output files (in ``--out``, default ``results/``)
@@ -41,10 +47,13 @@ Output files (in ``--out``, default ``results/``)
 ``<name>_table.md``
     The table printed on the terminal (Markdown).
 ``layer_per_position.csv``, ``model_per_position.csv``
-    Mean time per step over dyadic chunks of positions [n, 2n), per method and length.
+    Mean time per step over dyadic chunks of positions [n, 2n), per method and length (for
+    ``context``, the ``chunks`` of each row of ``context.json``).
 PNG plots
     ``layer_total_time.png`` (log-log, every method, slope in the legend),
     ``layer_time_per_token.png`` (against position), ``layer_cache_bytes.png``;
     ``prompt_decode_time.png``, ``prompt_prefill_time.png``, ``prompt_cache_bytes.png``;
-    ``model_tokens_per_s.png``, ``model_time_per_token.png``, ``model_cache_bytes.png``.
+    ``model_tokens_per_s.png``, ``model_time_per_token.png``, ``model_cache_bytes.png``;
+    ``context_tokens_per_s.png`` (decode tokens/s against P, log-log), ``context_prefill_time.png``,
+    ``context_cache_bytes.png``.
 """

@@ -1,4 +1,4 @@
-"""``futurefill bench {layer,prompt,model,all}``: argument parsing, presets and output.
+"""``futurefill bench {layer,prompt,model,context,all}``: argument parsing, presets and output.
 
 Every option left unset takes the preset's value (``--preset quick|full``), else the default of the
 benchmark's config dataclass; the resolved configuration is recorded in the JSON report together
@@ -18,7 +18,8 @@ from typing import Any
 
 from futurefill.bench import common
 
-BENCHMARKS = ("layer", "prompt", "model")
+BENCHMARKS = ("layer", "prompt", "model", "context")
+NEEDS_MODEL = ("model", "context")  # skipped by ``all`` where futurefill.model is missing
 
 
 def _pow2(lo: int, hi: int) -> tuple[int, ...]:
@@ -27,7 +28,8 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 
 # Presets. quick: `make demo`, well under a minute and a half on two CPU cores.
 # full: the FutureFill methods reach L = 2^16 (128 channels, batch 1, float32); naive and
-# recompute stop where one run is projected past the budget.
+# recompute stop where one run is projected past the budget. Its context sweep decodes K = 256
+# tokens after prompts of up to 2^15 tokens (the ConvLM of the project target).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "layer": {"lengths": _pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
@@ -38,6 +40,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "repeats": 1,
             "budget": 3.0,
         },
+        "context": {"prompt_lens": (128, 512), "new_tokens": 32, "repeats": 1, "budget": 3.0},
     },
     "full": {
         "layer": {"lengths": _pow2(8, 16), "repeats": 3, "budget": 200.0, "slope_from": 2**12},
@@ -47,6 +50,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "budget": 200.0,
         },
         "model": {"lengths": _pow2(7, 13), "repeats": 1, "budget": 60.0},
+        "context": {
+            "prompt_lens": (2**10, 2**12, 2**14, 2**15),
+            "new_tokens": 256,
+            "methods": ("naive", "epoched", "continuous"),
+            "mixers": ("stu_tensordot",),
+            "d_model": 128,
+            "n_layers": 4,
+            "repeats": 3,
+            "budget": 60.0,
+        },
     },
 }
 
@@ -81,11 +94,20 @@ def _add_lengths(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--max-log2", type=int)
 
 
+def _add_model_options(p: argparse.ArgumentParser, methods: str) -> None:
+    p.add_argument("--methods", nargs="+", help=methods)
+    p.add_argument("--mixers", nargs="+", help="stu_tensordot longconv stu hyena")
+    p.add_argument("--batch", type=int, help="batch size B (default 1)")
+    p.add_argument("--d-model", type=int, help="model width (default 128)")
+    p.add_argument("--n-layers", type=int, help="layers (default 4)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary (default 256)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``futurefill`` command line."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks: layer, prompt, model, all",
+        help="benchmarks: layer, prompt, model, context, all",
         description=_module_doc(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -112,16 +134,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="the ConvLM end to end: tokens/s against context length")
     _add_common(model)
     _add_lengths(model, "generated lengths (context)")
-    model.add_argument("--methods", nargs="+", help="naive epoched continuous recompute")
-    model.add_argument("--mixers", nargs="+", help="stu_tensordot longconv stu hyena")
-    model.add_argument("--batch", type=int, help="batch size B (default 1)")
-    model.add_argument("--d-model", type=int, help="model width (default 128)")
-    model.add_argument("--n-layers", type=int, help="layers (default 4)")
-    model.add_argument("--vocab-size", type=int, help="vocabulary (default 256)")
+    _add_model_options(model, "naive epoched continuous recompute")
     model.add_argument("--slope-from", type=int, help="also fit the slope over L >= this")
     model.set_defaults(func=_run_one, bench="model")
 
-    every = sub.add_parser("all", help="layer, prompt and model, one after the other")
+    context = sub.add_parser(
+        "context", help="the ConvLM: decode tokens/s after a prompt of P tokens, against P"
+    )
+    _add_common(context)
+    context.add_argument(
+        "--prompt-lens",
+        "--prompt-len",
+        "--contexts",
+        dest="prompt_lens",
+        type=int,
+        nargs="+",
+        help="context lengths P: prompt tokens prefilled before decoding (default 1024 4096)",
+    )
+    context.add_argument("--new-tokens", type=int, help="tokens K decoded at each P (default 256)")
+    _add_model_options(context, "naive epoched continuous (default), recompute")
+    context.set_defaults(func=_run_one, bench="context")
+
+    every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
     every.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     every.add_argument("--out", type=Path, default=Path("results"))
     every.add_argument("--device")
@@ -208,9 +242,9 @@ def _run_all(args: argparse.Namespace) -> int:
     for name in BENCHMARKS:
         if name in args.skip:
             continue
-        if name == "model" and not model_available():
+        if name in NEEDS_MODEL and not model_available():
             print(
-                "bench model: skipped, futurefill.model (ConvLM) is not available",
+                f"bench {name}: skipped, futurefill.model (ConvLM) is not available",
                 file=sys.stderr,
             )
             continue

@@ -268,6 +268,48 @@ def skipped_status(projected: float, budget: float) -> str:
     return f"skipped (projected {projected:.3g} s > budget {budget:g} s)"
 
 
+class BudgetGate:
+    """Which cells of a sweep run, following the budget and failure rules of the module docstring.
+
+    A sweep visits sizes in increasing order along each series, identified by ``key`` (a method,
+    or a (mixer, method) pair). :meth:`check` before a cell says whether to run it; :meth:`record`
+    after it feeds the cell's time to later projections, or, when the agreement check failed,
+    stops the series and collects the failure in :attr:`failures`.
+    """
+
+    def __init__(self, budget: float):
+        self.budget = budget
+        self.failures: list[str] = []
+        self._measured: dict[Any, tuple[list[float], list[float]]] = {}
+        self._stopped: dict[Any, str] = {}
+
+    def check(self, key: Any, size: float) -> dict[str, Any] | None:
+        """None to run the cell; else the fields of its row (status, repeats 0, projected_s)."""
+        if key in self._stopped:
+            return {"status": self._stopped[key], "repeats": 0}
+        sizes, times = self._measured.get(key, ([], []))
+        projected = project_time(sizes, times, size)
+        if projected is not None and projected > self.budget:
+            return {
+                "status": skipped_status(projected, self.budget),
+                "repeats": 0,
+                "projected_s": projected,
+            }
+        return None
+
+    def record(
+        self, key: Any, size: float, row: dict[str, Any], *, what: str, at: str, time_key: str
+    ) -> None:
+        """After a run: ``what`` names the series and ``at`` the cell in failure messages."""
+        if row["status"] == "ok":
+            sizes, times = self._measured.setdefault(key, ([], []))
+            sizes.append(size)
+            times.append(row[time_key])
+        else:
+            self.failures.append(f"{what} at {at}: {row['status']}")
+            self._stopped[key] = f"not run (failed at {at})"
+
+
 def ratios_at_largest(
     rows: Sequence[dict[str, Any]],
     pairs: Sequence[tuple[str, str]],

@@ -253,9 +253,7 @@ def run(config: LayerConfig) -> dict[str, Any]:
             run_cell(method, *warm, repeats=1, budget=float("inf"), tol=tol, device=device)
 
         rows: list[dict[str, Any]] = []
-        failures: list[str] = []
-        measured: dict[str, tuple[list[int], list[float]]] = {m: ([], []) for m in config.methods}
-        stopped: dict[str, str] = {}
+        gate = common.BudgetGate(config.budget)
         bar = tqdm(
             total=len(lengths) * len(config.methods),
             desc="bench layer",
@@ -269,15 +267,9 @@ def run(config: LayerConfig) -> dict[str, Any]:
                 worst = 0.0
                 for method in config.methods:
                     bar.set_postfix_str(f"L={length} {method}")
-                    sizes, times = measured[method]
-                    projected = common.project_time(sizes, times, length)
-                    if method in stopped:
-                        row = _not_run(method, length, stopped[method], tol)
-                    elif projected is not None and projected > config.budget:
-                        row = _not_run(
-                            method, length, common.skipped_status(projected, config.budget), tol
-                        )
-                        row["projected_s"] = projected
+                    blocked = gate.check(method, length)
+                    if blocked is not None:
+                        row = {**_not_run(method, length, blocked["status"], tol), **blocked}
                     else:
                         row = run_cell(
                             method,
@@ -290,12 +282,9 @@ def run(config: LayerConfig) -> dict[str, Any]:
                             device=device,
                         )
                         worst = max(worst, row["max_rel_err"])
-                        if row["status"] == "ok":
-                            sizes.append(length)
-                            times.append(row["total_s"])
-                        else:
-                            failures.append(f"{method} at L={length}: {row['status']}")
-                            stopped[method] = f"not run (failed at L={length})"
+                        gate.record(
+                            method, length, row, what=method, at=f"L={length}", time_key="total_s"
+                        )
                     rows.append(row)
                     bar.update(1)
                 bar.write(
@@ -320,7 +309,7 @@ def run(config: LayerConfig) -> dict[str, Any]:
         "rows": rows,
         "slopes": slopes(rows, config.methods, config.slope_from),
         "ratios": common.ratios_at_largest(rows, RATIOS, ("L",)),
-        "failures": failures,
+        "failures": gate.failures,
         "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
         "tol": tol,
     }

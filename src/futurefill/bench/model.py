@@ -9,7 +9,8 @@ previous logits (the real feedback loop: nothing is pre-computed). Methods:
 
 Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
 tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> factory
-``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits`` and ``nbytes``).
+``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits``, ``nbytes`` and
+``prefill(ids) -> logits``, which :mod:`futurefill.bench.context` uses).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class CachedStepper:
     def nbytes(self) -> int:
         return self.cache.nbytes
 
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh cache."""
+        return self.model.prefill(ids, self.cache)
+
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
         return self.model.step(ids_t, self.cache, check_ids=False)
 
@@ -67,6 +72,13 @@ class RecomputeStepper:
     @property
     def nbytes(self) -> int:
         return self._ids.numel() * self._ids.element_size()
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+        prompt_len = ids.shape[1]
+        self._ids[:, :prompt_len] = ids
+        self._t = prompt_len
+        return self.model(ids)
 
     @torch.no_grad()
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
@@ -234,7 +246,7 @@ def run(config: ModelConfig) -> dict[str, Any]:
     max_len = max(lengths[-1], config.warmup_len)
 
     rows: list[dict[str, Any]] = []
-    failures: list[str] = []
+    gate = common.BudgetGate(config.budget)
     with common.torch_threads(config.threads):
         machine = common.machine_info(device, dtype)
         warning = common.contention_warning(machine)
@@ -264,20 +276,14 @@ def run(config: ModelConfig) -> dict[str, Any]:
                         tol=tol,
                         device=device,
                     )
-                measured = {m: ([], []) for m in config.methods}
-                stopped: dict[str, str] = {}
                 for length in lengths:
                     worst = 0.0
                     for method in config.methods:
                         bar.set_postfix_str(f"{mixer} L={length} {method}")
-                        sizes, times = measured[method]
-                        projected = common.project_time(sizes, times, length)
                         base = {"mixer": mixer, "method": method, "L": length, "tol": tol}
-                        if method in stopped:
-                            row = {**base, "status": stopped[method], "repeats": 0}
-                        elif projected is not None and projected > config.budget:
-                            status = common.skipped_status(projected, config.budget)
-                            row = {**base, "status": status, "repeats": 0, "projected_s": projected}
+                        blocked = gate.check((mixer, method), length)
+                        if blocked is not None:
+                            row = {**base, **blocked}
                         else:
                             row = run_cell(
                                 method,
@@ -292,12 +298,14 @@ def run(config: ModelConfig) -> dict[str, Any]:
                             )
                             row = {"mixer": mixer, **row}
                             worst = max(worst, row["max_rel_err"])
-                            if row["status"] == "ok":
-                                sizes.append(length)
-                                times.append(row["total_s"])
-                            else:
-                                failures.append(f"{mixer} {method} at L={length}: {row['status']}")
-                                stopped[method] = f"not run (failed at L={length})"
+                            gate.record(
+                                (mixer, method),
+                                length,
+                                row,
+                                what=f"{mixer} {method}",
+                                at=f"L={length}",
+                                time_key="total_s",
+                            )
                         rows.append(row)
                         bar.update(1)
                     bar.write(
@@ -332,7 +340,7 @@ def run(config: ModelConfig) -> dict[str, Any]:
                 [r for r in rows if r["mixer"] == mixer], RATIOS, ("L",)
             )
         ],
-        "failures": failures,
+        "failures": gate.failures,
         "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
         "tol": tol,
     }

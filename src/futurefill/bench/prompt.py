@@ -165,9 +165,7 @@ def run(config: PromptConfig) -> dict[str, Any]:
             )
 
         rows: list[dict[str, Any]] = []
-        failures: list[str] = []
-        measured: dict[str, tuple[list[int], list[float]]] = {m: ([], []) for m in config.methods}
-        stopped: dict[str, str] = {}
+        gate = common.BudgetGate(config.budget)
         bar = tqdm(
             total=len(cells) * len(config.methods),
             desc="bench prompt",
@@ -181,14 +179,10 @@ def run(config: PromptConfig) -> dict[str, Any]:
                 worst = 0.0
                 for method in config.methods:
                     bar.set_postfix_str(f"P={prompt_len} K={gen_len} {method}")
-                    sizes, times = measured[method]
-                    projected = common.project_time(sizes, times, prompt_len + gen_len)
                     base = {"method": method, "P": prompt_len, "K": gen_len, "tol": tol}
-                    if method in stopped:
-                        row = {**base, "status": stopped[method], "repeats": 0}
-                    elif projected is not None and projected > config.budget:
-                        status = common.skipped_status(projected, config.budget)
-                        row = {**base, "status": status, "repeats": 0, "projected_s": projected}
+                    blocked = gate.check(method, prompt_len + gen_len)
+                    if blocked is not None:
+                        row = {**base, **blocked}
                     else:
                         row = run_cell(
                             method,
@@ -202,14 +196,14 @@ def run(config: PromptConfig) -> dict[str, Any]:
                             device=device,
                         )
                         worst = max(worst, row["max_rel_err"])
-                        if row["status"] == "ok":
-                            sizes.append(prompt_len + gen_len)
-                            times.append(row["total_s"])
-                        else:
-                            failures.append(
-                                f"{method} at P={prompt_len}, K={gen_len}: {row['status']}"
-                            )
-                            stopped[method] = f"not run (failed at P={prompt_len}, K={gen_len})"
+                        gate.record(
+                            method,
+                            prompt_len + gen_len,
+                            row,
+                            what=method,
+                            at=f"P={prompt_len}, K={gen_len}",
+                            time_key="total_s",
+                        )
                     rows.append(row)
                     bar.update(1)
                 bar.write(
@@ -232,7 +226,7 @@ def run(config: PromptConfig) -> dict[str, Any]:
         "config": dataclasses.asdict(config),
         "rows": rows,
         "ratios": common.ratios_at_largest(rows, RATIOS, ("P", "K"), time_key="decode_s"),
-        "failures": failures,
+        "failures": gate.failures,
         "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
         "tol": tol,
     }

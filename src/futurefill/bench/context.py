@@ -1,0 +1,530 @@
+"""``futurefill bench context``: the ConvLM's decode throughput at a given context length.
+
+For every context length P, every mixer and every method: a fresh cache with ``max_len = P + K``,
+``model.prefill`` of P random token ids (seeded; timed: ``prefill_s``), then K greedy decoding steps
+``model.step(ids_t, cache, check_ids=False)``, each fed the argmax of the previous logits (timed in
+dyadic chunks: ``decode_s``). Reported per cell: decode tokens/s ``B K / decode_s``, prefill time,
+the bytes the cache holds after the prefill and at its peak. One model per mixer serves every P:
+its ``max_len`` is the largest P + K (the STU filters depend on it).
+
+This is the setting of the question "how fast does the model decode once it has seen P tokens?":
+naive decoding costs O(P) per token, FutureFill (epoched, continuous) O(log^2) amortised.
+
+Agreement, per cell: the P + K logits (prefill and decode) must be within ``tol`` of a float64 copy
+of the model's parallel forward pass over the prompt and the tokens that run fed, and every method
+must choose the same K + 1 greedy tokens as the first method that passed. Tokens may only differ
+where the float64 reference's two largest logits are within the tolerance of each other (a tie
+at the working precision: recorded as ``tokens_match: false`` but not a failure).
+
+Methods come from :data:`futurefill.bench.model.MODEL_STEPPERS`; ``recompute`` (a forward pass
+over the whole context at every step) is left out by default and, when asked for, budget-skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from futurefill.bench import common, plots
+from futurefill.bench.model import MODEL_STEPPERS, MODEL_TOL, build_model, generate_timed
+
+CONTEXT_METHODS = ("naive", "epoched", "continuous")
+# (numerator, denominator) of decode-time ratios = speed-up of the denominator in tokens/s.
+RATIOS = (("naive", "continuous"), ("naive", "epoched"), ("recompute", "continuous"))
+
+
+@dataclasses.dataclass
+class ContextConfig:
+    """Options of the context benchmark (the CLI flags have the same names)."""
+
+    prompt_lens: tuple[int, ...] = (1024, 4096)
+    new_tokens: int = 256
+    methods: tuple[str, ...] = CONTEXT_METHODS
+    mixers: tuple[str, ...] = ("stu_tensordot",)
+    batch: int = 1
+    d_model: int = 128
+    n_layers: int = 4
+    vocab_size: int = 256
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None  # None: every available core
+    repeats: int = 3
+    budget: float = 60.0  # seconds one prefill + decode may take (projected from smaller P)
+    warmup_len: int = 32  # every (mixer, method) prefills and decodes this many tokens first
+    tol: float | None = None  # None: by dtype (model.MODEL_TOL)
+    seed: int = 0
+    out: Path = Path("results")
+    progress: bool = True
+    plots: bool = True
+
+
+CONFIG = ContextConfig
+
+
+class References:
+    """The float64 reference logits of token sequences, computed once per distinct sequence."""
+
+    def __init__(self, reference_model):
+        self.model = reference_model
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        for known, logits in self._seen:
+            if torch.equal(known, ids):
+                return logits
+        with torch.no_grad():
+            logits = self.model(ids)
+        self._seen.append((ids, logits))
+        return logits
+
+
+def run_cell(
+    method: str,
+    model,
+    references: References,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    *,
+    repeats: int,
+    budget: float,
+    tol: float,
+    device: torch.device,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Prefill ``prompt`` (B, P), decode ``new_tokens`` greedily, up to ``repeats`` times.
+
+    Returns the result row and the K + 1 greedy tokens of the first run (B, K + 1): the argmax of
+    the last prefill logits and of every decoding step's logits.
+    """
+    batch, prompt_len = prompt.shape
+    setups, prefills, decodes, runs = [], [], [], []
+    after_prefill = peak = 0
+    err, tokens = None, None
+    while common.should_repeat(
+        [p + d for p, d in zip(prefills, decodes, strict=True)], repeats, budget
+    ):
+        common.sync(device)
+        began = time.perf_counter()
+        stepper = MODEL_STEPPERS[method](model, prompt_len + new_tokens, batch)
+        common.sync(device)
+        setups.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        with torch.no_grad():
+            prompt_logits = stepper.prefill(prompt)
+        common.sync(device)
+        prefills.append(time.perf_counter() - began)
+        after_prefill = stepper.nbytes
+        first = prompt_logits[:, -1].argmax(dim=-1)
+        fed, logits, chunks, peak = generate_timed(stepper, first, new_tokens, device)
+        peak = max(peak, after_prefill)
+        del stepper
+        decodes.append(sum(c for _, _, c in chunks))
+        runs.append(chunks)
+        if err is None:
+            tokens = torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1)
+            reference = references(torch.cat([prompt, fed], dim=1))
+            err = common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
+            if not err <= tol:
+                break
+    prefill, decode = common.median(prefills), common.median(decodes)
+    row = {
+        "method": method,
+        "P": prompt_len,
+        "K": new_tokens,
+        "status": "ok" if err <= tol else common.failed_status(err, tol),
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "total_s": prefill + decode,
+        "tokens_per_s": batch * new_tokens / decode,
+        "per_token_s": decode / new_tokens,
+        "setup_s": common.median(setups),
+        "cache_bytes_after_prefill": after_prefill,
+        "peak_cache_bytes": peak,
+        "max_rel_err": err,
+        "tol": tol,
+        "repeats": len(decodes),
+        "prefill_times_s": prefills,
+        "decode_times_s": decodes,
+        "chunks": [
+            (prompt_len + a, prompt_len + b, common.median([r[i][2] for r in runs]) / (b - a))
+            for i, (a, b, _) in enumerate(runs[0])
+        ],
+    }
+    return row, tokens
+
+
+def compare_tokens(
+    tokens: torch.Tensor,
+    expected: torch.Tensor,
+    reference: torch.Tensor,
+    prompt_len: int,
+    tol: float,
+) -> dict[str, Any]:
+    """Whether greedy ``tokens`` (B, K + 1) equal ``expected``; where not, whether it is a tie.
+
+    ``reference`` (B, P + K, vocab) holds the float64 logits of the sequence ``tokens`` came
+    from; the logits that chose token j sit at position P - 1 + j. At the first difference, a gap
+    between the reference's two largest logits within 2 ``tol`` (relative to the largest reference
+    logit, as in the agreement check) is a tie that two correct methods may break differently.
+    """
+    differs = (tokens != expected).any(dim=0).nonzero()
+    if differs.numel() == 0:
+        return {"tokens_match": True}
+    step = int(differs[0])
+    row = int((tokens[:, step] != expected[:, step]).nonzero()[0])
+    scale = reference.abs().max().item()
+    top = reference[row, prompt_len - 1 + step].topk(2).values
+    gap = float((top[0] - top[1]).item() / max(scale, 1e-300))
+    return {
+        "tokens_match": False,
+        "first_token_diff": step,
+        "token_gap": gap,
+        "tie": gap <= 2 * tol,
+    }
+
+
+def run(config: ContextConfig) -> dict[str, Any]:
+    """Run the sweep over context lengths for every mixer; the report."""
+    unknown = [m for m in config.methods if m not in MODEL_STEPPERS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; expected some of {tuple(MODEL_STEPPERS)}")
+    prompt_lens = sorted(set(config.prompt_lens))
+    if not prompt_lens or prompt_lens[0] < 1:
+        raise ValueError(f"prompt lengths must be positive, got {config.prompt_lens}")
+    if config.new_tokens < 1:
+        raise ValueError(f"new_tokens must be >= 1, got {config.new_tokens}")
+    device = common.resolve_device(config.device)
+    dtype = common.DTYPES[config.dtype]
+    tol = MODEL_TOL[dtype] if config.tol is None else config.tol
+    new_tokens = config.new_tokens
+    max_len = prompt_lens[-1] + new_tokens
+    warm_p = min(config.warmup_len, prompt_lens[0])
+    warm_k = min(config.warmup_len, new_tokens)
+
+    rows: list[dict[str, Any]] = []
+    gate = common.BudgetGate(config.budget)
+    with common.torch_threads(config.threads):
+        machine = common.machine_info(device, dtype)
+        warning = common.contention_warning(machine)
+        if warning:
+            print(warning, file=sys.stderr)
+        gen = torch.Generator().manual_seed(config.seed)
+        prompts = torch.randint(
+            0, config.vocab_size, (config.batch, prompt_lens[-1]), generator=gen
+        ).to(device)
+        bar = tqdm(
+            total=len(config.mixers) * len(prompt_lens) * len(config.methods),
+            desc="bench context",
+            unit="run",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for mixer in config.mixers:
+                bar.set_postfix_str(f"{mixer} building the model (max_len {max_len})")
+                model, reference_model = build_model(config, mixer, max_len, device, dtype)
+                warm_refs = References(reference_model)
+                for method in config.methods:  # warm-up
+                    run_cell(
+                        method,
+                        model,
+                        warm_refs,
+                        prompts[:, :warm_p],
+                        warm_k,
+                        repeats=1,
+                        budget=float("inf"),
+                        tol=tol,
+                        device=device,
+                    )
+                del warm_refs
+                for prompt_len in prompt_lens:
+                    references = References(reference_model)
+                    expected: tuple[str, torch.Tensor] | None = None
+                    worst = 0.0
+                    for method in config.methods:
+                        bar.set_postfix_str(f"{mixer} P={prompt_len} {method}")
+                        base = {
+                            "mixer": mixer,
+                            "method": method,
+                            "P": prompt_len,
+                            "K": new_tokens,
+                            "tol": tol,
+                        }
+                        blocked = gate.check((mixer, method), prompt_len + new_tokens)
+                        if blocked is not None:
+                            rows.append({**base, **blocked})
+                            bar.update(1)
+                            continue
+                        row, tokens = run_cell(
+                            method,
+                            model,
+                            references,
+                            prompts[:, :prompt_len],
+                            new_tokens,
+                            repeats=config.repeats,
+                            budget=config.budget,
+                            tol=tol,
+                            device=device,
+                        )
+                        row = {"mixer": mixer, **row}
+                        worst = max(worst, row["max_rel_err"])
+                        if row["status"] == "ok":
+                            if expected is None:
+                                expected = (method, tokens)
+                                row["tokens_match"] = True
+                            else:
+                                fed = torch.cat([prompts[:, :prompt_len], tokens[:, :-1]], dim=1)
+                                check = compare_tokens(
+                                    tokens, expected[1], references(fed), prompt_len, tol
+                                )
+                                row.update(check, tokens_compared_with=expected[0])
+                                if not check["tokens_match"] and not check["tie"]:
+                                    row["status"] = (
+                                        f"FAILED (greedy tokens differ from {expected[0]}'s at "
+                                        f"step {check['first_token_diff']}, where the reference's "
+                                        f"top-2 logit gap {check['token_gap']:.1e} > 2 tol)"
+                                    )
+                        gate.record(
+                            (mixer, method),
+                            prompt_len + new_tokens,
+                            row,
+                            what=f"{mixer} {method}",
+                            at=f"P={prompt_len}",
+                            time_key="total_s",
+                        )
+                        rows.append(row)
+                        bar.update(1)
+                    bar.write(
+                        f"{mixer} P={prompt_len}: largest relative difference of the logits from "
+                        f"the float64 forward pass {worst:.2e} (tol {tol:.0e})"
+                    )
+                    del references
+                del model, reference_model
+
+    for row in rows:
+        row.update(
+            benchmark="context",
+            batch=config.batch,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            dtype=config.dtype,
+            device=str(device),
+            threads=machine["torch_threads"],
+        )
+    return {
+        "benchmark": "context",
+        "machine": machine,
+        "config": dataclasses.asdict(config),
+        "rows": rows,
+        "ratios": [
+            {"mixer": mixer, "K": new_tokens, **r}
+            for mixer in config.mixers
+            for r in common.ratios_at_largest(
+                [r for r in rows if r["mixer"] == mixer], RATIOS, ("P",), time_key="decode_s"
+            )
+        ],
+        "failures": gate.failures,
+        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
+        "tol": tol,
+    }
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def table(report: dict[str, Any]) -> str:
+    """Per mixer: decode tokens/s per P and method with speed-ups; prefill time and cache bytes."""
+    rows = report["rows"]
+    cfg = report["config"]
+    methods = list(cfg["methods"])
+    pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
+    lines = [
+        f"## Context benchmark: decode tokens/s after a prompt of P tokens "
+        f"(K = {cfg['new_tokens']} new tokens, median of up to {cfg['repeats']} runs)",
+        "",
+        f"Machine: {common.machine_line(report['machine'])}",
+        f"ConvLM: d_model {cfg['d_model']}, {cfg['n_layers']} layers, vocab {cfg['vocab_size']}, "
+        f"batch {cfg['batch']}, random weights, greedy; budget {cfg['budget']:g} s per run "
+        "(prefill + decode).",
+        "",
+    ]
+
+    def status(r: dict[str, Any]) -> str:
+        return r["status"].split(" ")[0]
+
+    for mixer in cfg["mixers"]:
+        by = {(r["method"], r["P"]): r for r in rows if r["mixer"] == mixer}
+        prompt_lens = sorted({p for _, p in by})
+        header = ["P", *(f"{m} tok/s" for m in methods)]
+        header += [f"{a}/{b}" for a, b in pairs]
+        body = []
+        for p in prompt_lens:
+            line = [str(p)]
+            for m in methods:
+                r = by[(m, p)]
+                line.append(f"{r['tokens_per_s']:.0f}" if r["status"] == "ok" else status(r))
+            for a, b in pairs:
+                ra, rb = by[(a, p)], by[(b, p)]
+                both = ra["status"] == "ok" and rb["status"] == "ok"
+                line.append(common.fmt_ratio(ra["decode_s"], rb["decode_s"]) if both else "-")
+            body.append(line)
+        memory_header = ["P", *(f"{m} prefill" for m in methods)]
+        memory_header += [f"{m} cache (prefilled / peak)" for m in methods if m != "recompute"]
+        memory = []
+        for p in prompt_lens:
+            line = [str(p)]
+            for m in methods:
+                r = by[(m, p)]
+                ok = r["status"] == "ok"
+                line.append(common.fmt_seconds(r["prefill_s"]) if ok else status(r))
+            for m in methods:
+                if m == "recompute":
+                    continue
+                r = by[(m, p)]
+                line.append(
+                    f"{common.fmt_bytes(r['cache_bytes_after_prefill'])} / "
+                    f"{common.fmt_bytes(r['peak_cache_bytes'])}"
+                    if r["status"] == "ok"
+                    else status(r)
+                )
+            memory.append(line)
+        lines += [
+            f"### mixer {mixer}",
+            "",
+            "Decoding K tokens after the prefill (a/b: decode time of a over that of b, the "
+            "speed-up of b in tokens/s):",
+            "",
+            common.markdown_table(header, body),
+            "",
+            "Prefill of the P prompt tokens, and the bytes the cache holds:",
+            "",
+            common.markdown_table(memory_header, memory),
+            "",
+        ]
+    for r in report["ratios"]:
+        lines.append(
+            f"- {r['mixer']}: decode tokens/s of {r['denominator']} over {r['numerator']} "
+            f"({r['numerator']}/{r['denominator']} decode time) at the largest context both "
+            f"reached (P={r['P']}, K={r['K']}): {r['ratio']:.2f}x"
+        )
+    for r in rows:
+        if r["status"].startswith("skipped"):
+            lines.append(f"- {r['mixer']} {r['method']} at P={r['P']}: {r['status']}")
+        elif r.get("tokens_match") is False and r["status"] == "ok":
+            lines.append(
+                f"- {r['mixer']} {r['method']} at P={r['P']}: greedy tokens differ from "
+                f"{r['tokens_compared_with']}'s from step {r['first_token_diff']} on, at a tie "
+                f"(reference top-2 logit gap {r['token_gap']:.1e} <= 2 tol)"
+            )
+    lines.append(
+        f"- agreement: largest relative difference of the logits from the float64 forward pass "
+        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e}); greedy tokens compared across "
+        "methods" + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
+    )
+    return "\n".join(lines) + "\n"
+
+
+CSV_COLUMNS = (
+    "benchmark",
+    "mixer",
+    "method",
+    "P",
+    "K",
+    "status",
+    "tokens_per_s",
+    "decode_s",
+    "per_token_s",
+    "prefill_s",
+    "total_s",
+    "setup_s",
+    "cache_bytes_after_prefill",
+    "peak_cache_bytes",
+    "max_rel_err",
+    "tol",
+    "tokens_match",
+    "repeats",
+    "projected_s",
+    "batch",
+    "d_model",
+    "n_layers",
+    "dtype",
+    "device",
+    "threads",
+)
+
+
+def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
+    """context.json, context.csv, context_table.md and the PNGs, in ``out``."""
+    out = Path(out)
+    written = [
+        common.write_json(out / "context.json", report),
+        common.write_csv(out / "context.csv", report["rows"], CSV_COLUMNS),
+    ]
+    (out / "context_table.md").write_text(table(report))
+    written.append(out / "context_table.md")
+    if make_plots:
+        written += plot(report, out)
+    return written
+
+
+def plot(report: dict[str, Any], out: Path) -> list[Path]:
+    cfg = report["config"]
+    subtitle = common.machine_line(report["machine"])
+    what = f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
+    k = cfg["new_tokens"]
+
+    def series(key: str, methods: list[str]) -> list[dict[str, Any]]:
+        lines = []
+        for i, mixer in enumerate(cfg["mixers"]):
+            for m in methods:
+                done = sorted(
+                    (
+                        r
+                        for r in report["rows"]
+                        if r["mixer"] == mixer and r["method"] == m and r["status"] == "ok"
+                    ),
+                    key=lambda r: r["P"],
+                )
+                lines.append(
+                    {
+                        "method": m,
+                        "label": f"{m} {mixer}",
+                        "linestyle": plots.LINESTYLES[i % len(plots.LINESTYLES)],
+                        "x": [r["P"] for r in done],
+                        "y": [r[key] for r in done],
+                    }
+                )
+        return lines
+
+    methods = list(cfg["methods"])
+    return [
+        plots.loglog_lines(
+            series("tokens_per_s", methods),
+            xlabel="context length P (prompt tokens before decoding)",
+            ylabel="decode tokens / s",
+            title=f"Decode throughput at context P, K={k} new tokens ({what})",
+            subtitle=subtitle,
+            path=out / "context_tokens_per_s.png",
+        ),
+        plots.loglog_lines(
+            series("prefill_s", methods),
+            xlabel="context length P",
+            ylabel="prefill time (s)",
+            title=f"Prefill time of P prompt tokens ({what})",
+            subtitle=subtitle,
+            path=out / "context_prefill_time.png",
+        ),
+        plots.loglog_lines(
+            series("peak_cache_bytes", [m for m in methods if m != "recompute"]),
+            xlabel="context length P",
+            ylabel="peak bytes held by the cache",
+            title=f"Decoding cache at context P, K={k} ({what})",
+            subtitle=subtitle,
+            path=out / "context_cache_bytes.png",
+        ),
+    ]
