@@ -73,7 +73,8 @@ class RecomputeConv:
         t = self._t
         self._u[:, :, t] = u_t
         self._t = t + 1
-        return causal_conv(self._u[:, :, : t + 1], self.h[:, : t + 1])[:, :, t]
+        # clone: a view would keep the whole (B, D, t + 1) convolution alive with the output.
+        return causal_conv(self._u[:, :, : t + 1], self.h[:, : t + 1])[:, :, t].clone()
 
 
 def _engine_factory(method: str) -> Callable[[torch.Tensor, int, int], Stepper]:
