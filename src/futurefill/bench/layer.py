@@ -63,6 +63,9 @@ class RecomputeConv:
     def __init__(self, h: torch.Tensor, max_len: int, batch_size: int):
         self.h = h[:, :max_len]
         self._u = torch.zeros(batch_size, h.shape[0], max_len, dtype=h.dtype, device=h.device)
+        # Outputs go to one preallocated buffer: thousands of small long-lived tensors between
+        # ever larger FFT temporaries fragment the heap (3 GB resident at L = 2048).
+        self._y = torch.zeros(max_len, batch_size, h.shape[0], dtype=h.dtype, device=h.device)
         self._t = 0
 
     @property
@@ -73,8 +76,9 @@ class RecomputeConv:
         t = self._t
         self._u[:, :, t] = u_t
         self._t = t + 1
-        # clone: a view would keep the whole (B, D, t + 1) convolution alive with the output.
-        return causal_conv(self._u[:, :, : t + 1], self.h[:, : t + 1])[:, :, t].clone()
+        y = self._y[t]
+        y.copy_(causal_conv(self._u[:, :, : t + 1], self.h[:, : t + 1])[:, :, t])
+        return y
 
 
 def _engine_factory(method: str) -> Callable[[torch.Tensor, int, int], Stepper]:
