@@ -24,7 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +402,41 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
         for row in rows:
             writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
     return path
+
+
+def write_report(
+    out: Path,
+    name: str,
+    report: dict[str, Any],
+    columns: Sequence[str],
+    table_text: str,
+    plot: Callable[[dict[str, Any], Path], list[Path]] | None,
+    per_position_keys: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write ``<name>.json``, ``<name>.csv``, ``<name>_table.md``, with ``per_position_keys``
+    ``<name>_per_position.csv`` (mean step time per chunk of every ok row), and the PNGs of
+    ``plot(report, out)`` unless ``plot`` is None; return the paths written."""
+    out = Path(out)
+    rows = report["rows"]
+    written = [
+        write_json(out / f"{name}.json", report),
+        write_csv(out / f"{name}.csv", rows, columns),
+    ]
+    if per_position_keys is not None:
+        chunk_rows = [
+            {**{k: r[k] for k in per_position_keys}, "start": a, "stop": b, "mean_step_s": s}
+            for r in rows
+            if r["status"] == "ok"
+            for a, b, s in r["chunks"]
+        ]
+        chunk_columns = (*per_position_keys, "start", "stop", "mean_step_s")
+        written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, chunk_columns))
+    table_path = out / f"{name}_table.md"
+    table_path.write_text(table_text)
+    written.append(table_path)
+    if plot is not None:
+        written += plot(report, out)
+    return written
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

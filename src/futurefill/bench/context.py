@@ -460,16 +460,9 @@ CSV_COLUMNS = (
 
 def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
     """context.json, context.csv, context_table.md and the PNGs, in ``out``."""
-    out = Path(out)
-    written = [
-        common.write_json(out / "context.json", report),
-        common.write_csv(out / "context.csv", report["rows"], CSV_COLUMNS),
-    ]
-    (out / "context_table.md").write_text(table(report))
-    written.append(out / "context_table.md")
-    if make_plots:
-        written += plot(report, out)
-    return written
+    return common.write_report(
+        out, "context", report, CSV_COLUMNS, table(report), plot if make_plots else None
+    )
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:

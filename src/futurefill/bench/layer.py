@@ -448,28 +448,10 @@ CSV_COLUMNS = (
 
 def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
     """layer.json, layer.csv, layer_per_position.csv, layer_table.md and the PNGs, in ``out``."""
-    out = Path(out)
-    rows = report["rows"]
-    written = [
-        common.write_json(out / "layer.json", report),
-        common.write_csv(out / "layer.csv", rows, CSV_COLUMNS),
-        common.write_csv(
-            out / "layer_per_position.csv",
-            [
-                {"method": r["method"], "L": r["L"], "start": a, "stop": b, "mean_step_s": s}
-                for r in rows
-                if r["status"] == "ok"
-                for a, b, s in r["chunks"]
-            ],
-            ("method", "L", "start", "stop", "mean_step_s"),
-        ),
-    ]
-    text = table(report)
-    (out / "layer_table.md").write_text(text)
-    written.append(out / "layer_table.md")
-    if make_plots:
-        written += plot(report, out)
-    return written
+    plotter = plot if make_plots else None
+    return common.write_report(
+        out, "layer", report, CSV_COLUMNS, table(report), plotter, ("method", "L")
+    )
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:

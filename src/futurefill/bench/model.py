@@ -452,34 +452,15 @@ CSV_COLUMNS = (
 
 def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
     """model.json, model.csv, model_per_position.csv, model_table.md and the PNGs, in ``out``."""
-    out = Path(out)
-    rows = report["rows"]
-    written = [
-        common.write_json(out / "model.json", report),
-        common.write_csv(out / "model.csv", rows, CSV_COLUMNS),
-        common.write_csv(
-            out / "model_per_position.csv",
-            [
-                {
-                    "mixer": r["mixer"],
-                    "method": r["method"],
-                    "L": r["L"],
-                    "start": a,
-                    "stop": b,
-                    "mean_step_s": s,
-                }
-                for r in rows
-                if r["status"] == "ok"
-                for a, b, s in r["chunks"]
-            ],
-            ("mixer", "method", "L", "start", "stop", "mean_step_s"),
-        ),
-    ]
-    (out / "model_table.md").write_text(table(report))
-    written.append(out / "model_table.md")
-    if make_plots:
-        written += plot(report, out)
-    return written
+    return common.write_report(
+        out,
+        "model",
+        report,
+        CSV_COLUMNS,
+        table(report),
+        plot if make_plots else None,
+        ("mixer", "method", "L"),
+    )
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:

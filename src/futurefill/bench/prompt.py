@@ -326,16 +326,9 @@ CSV_COLUMNS = (
 
 def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
     """prompt.json, prompt.csv, prompt_table.md and the PNGs, in ``out``."""
-    out = Path(out)
-    written = [
-        common.write_json(out / "prompt.json", report),
-        common.write_csv(out / "prompt.csv", report["rows"], CSV_COLUMNS),
-    ]
-    (out / "prompt_table.md").write_text(table(report))
-    written.append(out / "prompt_table.md")
-    if make_plots:
-        written += plot(report, out)
-    return written
+    return common.write_report(
+        out, "prompt", report, CSV_COLUMNS, table(report), plot if make_plots else None
+    )
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
