@@ -27,8 +27,8 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 
 
 # Presets. quick: `make demo`, well under a minute and a half on two CPU cores.
-# full: the FutureFill methods reach L = 2^16 (128 channels, batch 1, float32); naive and
-# recompute stop where one run is projected past the budget. Its context sweep decodes K = 256
+# full: the FutureFill methods reach L = 2^18 (128 channels, batch 1, float32, every core); naive
+# and recompute stop where one run is projected past the budget (naive reaches 2^16 on 2 cores). Its context sweep decodes K = 256
 # tokens after prompts of up to 2^15 tokens (the ConvLM of the project target).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
@@ -43,9 +43,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "context": {"prompt_lens": (128, 512), "new_tokens": 32, "repeats": 1, "budget": 3.0},
     },
     "full": {
-        "layer": {"lengths": _pow2(8, 16), "repeats": 3, "budget": 200.0, "slope_from": 2**12},
+        "layer": {"lengths": _pow2(8, 18), "repeats": 3, "budget": 250.0, "slope_from": 2**12},
         "prompt": {
-            "prompt_lens": (1024, 4096, 16384),
+            "prompt_lens": (1024, 4096, 16384, 65536),
             "gen_lens": (1024, 4096, 16384),
             "budget": 200.0,
         },
