@@ -18,7 +18,7 @@ def test_options_override_preset_which_overrides_defaults():
     parser = top_cli.build_parser()
     args = parser.parse_args(["bench", "layer", "--preset", "full", "--budget", "5"])
     config = cli.resolve_config("layer", args)
-    assert config.lengths[-1] == 2**16  # the full preset reaches L = 2^16
+    assert config.lengths[-1] == 2**18  # the full preset reaches L = 2^18
     assert config.budget == 5.0  # the option beats the preset
     assert config.channels == 128 and config.batch == 1 and config.dtype == "float32"
     args = parser.parse_args(["bench", "layer", "--min-log2", "4", "--max-log2", "6"])
