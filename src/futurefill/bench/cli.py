@@ -28,8 +28,9 @@ def _pow2(lo: int, hi: int) -> tuple[int, ...]:
 
 # Presets. quick: `make demo`, well under a minute and a half on two CPU cores.
 # full: the FutureFill methods reach L = 2^18 (128 channels, batch 1, float32, every core); naive
-# and recompute stop where one run is projected past the budget (naive reaches 2^16 on 2 cores). Its context sweep decodes K = 256
-# tokens after prompts of up to 2^15 tokens (the ConvLM of the project target).
+# and recompute stop where one run is projected past the budget (naive reaches 2^16 on 2 cores).
+# Its prompt grid reaches P = 2^16; its context sweep decodes K = 256 tokens after prompts of up
+# to 2^15 tokens (the ConvLM of the project target).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "layer": {"lengths": _pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
