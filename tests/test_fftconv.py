@@ -62,6 +62,24 @@ def test_prompt_conv_outputs_and_future(p, n, seed):
         assert rel_err(future, futurefill(u, h, n)) < 1e-12
 
 
+@pytest.mark.parametrize(
+    ("p", "n"), [(1, 0), (1, 1), (7, 1), (60, 10), (64, 1), (65, 63), (257, 7), (7, 257)]
+)
+def test_prompt_conv_both_fft_lengths(p, n):
+    """Short futures take two half-length products, long ones one full product: both exact."""
+    h = decaying_filter(4, p + n + 5)
+    u = random_input(3, 4, p)
+    y, future = prompt_conv(u, h, n)
+    ref = reference_conv(torch.cat([u, torch.zeros(3, 4, n, dtype=u.dtype)], -1), h)
+    assert y.shape == (3, 4, p) and future.shape == (3, 4, n)
+    assert rel_err(y, ref[..., :p]) < 1e-12
+    if n:
+        assert rel_err(future, ref[..., p:]) < 1e-12
+    y32, future32 = prompt_conv(u.float(), h.float(), n)
+    assert y32.dtype == future32.dtype == torch.float32
+    assert rel_err(torch.cat([y32, future32], -1), ref) < 1e-5
+
+
 def test_offline_bad_inputs():
     h = decaying_filter(3, 10)
     with pytest.raises(ValueError, match="shorter than the input length"):
