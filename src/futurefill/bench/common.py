@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime
 import json
 import math
@@ -369,6 +370,44 @@ def report_failures(name: str, failures: Sequence[str]) -> int:
     lines.append(bar)
     print("\n".join(lines), file=sys.stderr)
     return 1
+
+
+def finish_report(
+    name: str,
+    config: Any,
+    machine: dict[str, Any],
+    device: torch.device,
+    rows: list[dict[str, Any]],
+    gate: BudgetGate,
+    tol: float,
+    row_fields: Sequence[str],
+    **results: Any,
+) -> dict[str, Any]:
+    """The report of a sweep: rows tagged with the benchmark and its setting, then the results.
+
+    Every row gets ``benchmark=name``, the ``config`` fields named in ``row_fields``, the dtype,
+    device and thread count; the report holds the machine, the config, the rows, ``results``
+    (slopes, ratios, ...), the failed agreement checks and the largest relative error.
+    """
+    setting = {field: getattr(config, field) for field in row_fields}
+    for row in rows:
+        row.update(
+            benchmark=name,
+            **setting,
+            dtype=config.dtype,
+            device=str(device),
+            threads=machine["torch_threads"],
+        )
+    return {
+        "benchmark": name,
+        "machine": machine,
+        "config": dataclasses.asdict(config),
+        "rows": rows,
+        **results,
+        "failures": gate.failures,
+        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
+        "tol": tol,
+    }
 
 
 # ------------------------------------------------------------------------------ output files

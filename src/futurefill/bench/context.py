@@ -306,32 +306,23 @@ def run(config: ContextConfig) -> dict[str, Any]:
                     del references
                 del model, reference_model
 
-    for row in rows:
-        row.update(
-            benchmark="context",
-            batch=config.batch,
-            d_model=config.d_model,
-            n_layers=config.n_layers,
-            dtype=config.dtype,
-            device=str(device),
-            threads=machine["torch_threads"],
-        )
-    return {
-        "benchmark": "context",
-        "machine": machine,
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "ratios": [
+    return common.finish_report(
+        "context",
+        config,
+        machine,
+        device,
+        rows,
+        gate,
+        tol,
+        ("batch", "d_model", "n_layers"),
+        ratios=[
             {"mixer": mixer, "K": new_tokens, **r}
             for mixer in config.mixers
             for r in common.ratios_at_largest(
                 [r for r in rows if r["mixer"] == mixer], RATIOS, ("P",), time_key="decode_s"
             )
         ],
-        "failures": gate.failures,
-        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
-        "tol": tol,
-    }
+    )
 
 
 # ------------------------------------------------------------------------------ output

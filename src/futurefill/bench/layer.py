@@ -298,26 +298,18 @@ def run(config: LayerConfig) -> dict[str, Any]:
                 )
             del h, u, reference
 
-    for row in rows:
-        row.update(
-            benchmark="layer",
-            channels=config.channels,
-            batch=config.batch,
-            dtype=config.dtype,
-            device=str(device),
-            threads=machine["torch_threads"],
-        )
-    return {
-        "benchmark": "layer",
-        "machine": machine,
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "slopes": slopes(rows, config.methods, config.slope_from),
-        "ratios": common.ratios_at_largest(rows, RATIOS, ("L",)),
-        "failures": gate.failures,
-        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
-        "tol": tol,
-    }
+    return common.finish_report(
+        "layer",
+        config,
+        machine,
+        device,
+        rows,
+        gate,
+        tol,
+        ("channels", "batch"),
+        slopes=slopes(rows, config.methods, config.slope_from),
+        ratios=common.ratios_at_largest(rows, RATIOS, ("L",)),
+    )
 
 
 def slopes(

@@ -314,36 +314,27 @@ def run(config: ModelConfig) -> dict[str, Any]:
                     )
                 del model, reference
 
-    for row in rows:
-        row.update(
-            benchmark="model",
-            batch=config.batch,
-            d_model=config.d_model,
-            n_layers=config.n_layers,
-            dtype=config.dtype,
-            device=str(device),
-            threads=machine["torch_threads"],
-        )
-    return {
-        "benchmark": "model",
-        "machine": machine,
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "slopes": {
+    return common.finish_report(
+        "model",
+        config,
+        machine,
+        device,
+        rows,
+        gate,
+        tol,
+        ("batch", "d_model", "n_layers"),
+        slopes={
             mixer: _slopes([r for r in rows if r["mixer"] == mixer], config)
             for mixer in config.mixers
         },
-        "ratios": [
+        ratios=[
             {"mixer": mixer, **r}
             for mixer in config.mixers
             for r in common.ratios_at_largest(
                 [r for r in rows if r["mixer"] == mixer], RATIOS, ("L",)
             )
         ],
-        "failures": gate.failures,
-        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
-        "tol": tol,
-    }
+    )
 
 
 def _slopes(rows: list[dict[str, Any]], config: ModelConfig) -> dict[str, Any]:

@@ -211,25 +211,17 @@ def run(config: PromptConfig) -> dict[str, Any]:
                     f"reference {worst:.2e} (tol {tol:.0e})"
                 )
 
-    for row in rows:
-        row.update(
-            benchmark="prompt",
-            channels=config.channels,
-            batch=config.batch,
-            dtype=config.dtype,
-            device=str(device),
-            threads=machine["torch_threads"],
-        )
-    return {
-        "benchmark": "prompt",
-        "machine": machine,
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "ratios": common.ratios_at_largest(rows, RATIOS, ("P", "K"), time_key="decode_s"),
-        "failures": gate.failures,
-        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
-        "tol": tol,
-    }
+    return common.finish_report(
+        "prompt",
+        config,
+        machine,
+        device,
+        rows,
+        gate,
+        tol,
+        ("channels", "batch"),
+        ratios=common.ratios_at_largest(rows, RATIOS, ("P", "K"), time_key="decode_s"),
+    )
 
 
 # ------------------------------------------------------------------------------ output
