@@ -16,15 +16,6 @@ from reference import rel_err
 VOCAB, MAX_LEN = 32, 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(mixer: str = "stu_tensordot", dtype=torch.float64, seed: int = 0) -> ConvLM:
     torch.manual_seed(seed)
     config = ConvLMConfig(

@@ -17,15 +17,6 @@ VOCAB, MAX_LEN = 32, 48
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(mixer: str, dtype=torch.float64, seed: int = 0, **overrides) -> ConvLM:
     torch.manual_seed(seed)
     values = dict(
