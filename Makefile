@@ -16,7 +16,7 @@ $(STAMP): $(PY) pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/futurefill bench all --preset quick --out results
-	$(VENV)/bin/futurefill generate "The with statement" --max-new-tokens 300 --compare
+	$(VENV)/bin/futurefill generate "The with statement" --max-new-tokens 2000 --compare
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests
