@@ -108,12 +108,30 @@ def test_cache_holds_one_engine_per_long_filter_bank():
     assert len(make_layer("longconv", torch.float64).setup_cache(1).engines) == 1
     assert len(make_layer("stu_tensordot", torch.float64).setup_cache(1).engines) == 1
     stu = make_layer("stu", torch.float64).setup_cache(3)
-    assert [e.channels for e in stu.engines] == [D * 2 * 6]
+    # The full STU form shares its bank of 2k = 12 filters: channels folded into the batch.
+    assert [(e.batch_size, e.channels) for e in stu.engines] == [(3 * D, 2 * 6)]
     hyena = make_layer("hyena_order3", torch.float64).setup_cache(2, 10)
     assert len(hyena.engines) == 3
     assert all(e.channels == D and e.max_len == 10 for e in hyena.engines)
     assert hyena.short is not None and hyena.short.inputs.shape == (3, 2, 4 * D)
     assert hyena.nbytes > sum(e.nbytes for e in hyena.engines)
+
+
+def test_full_stu_holds_its_filter_spectra_once():
+    """The continuous engine's level spectra are (2k, ...), not (d_model * 2k, ...): its bytes
+    grow with d_model only through the per-row buffers."""
+    layer = make_layer("stu", torch.float64)
+    (engine,) = layer.setup_cache(1, method="continuous", tile_len=2).engines
+    assert all(spec.shape[0] == 2 * 6 for spec in engine._spectra.values())
+
+
+def test_engines_hold_a_snapshot_of_the_filters():
+    layer = make_layer("longconv", torch.float64)
+    cache = layer.setup_cache(1, method="continuous")
+    before = cache.engines[0].h.clone()
+    with torch.no_grad():
+        layer.filters.mul_(2.0)
+    assert torch.equal(cache.engines[0].h, before)
 
 
 @pytest.mark.parametrize("name", LAYERS)

@@ -105,6 +105,11 @@ class Mixer(nn.Module, ABC):
     def step(self, x_t: torch.Tensor, cache: MixerCache) -> torch.Tensor:
         """Output for one more input per sequence: ``(batch, d_model) -> (batch, d_model)``."""
 
+    def engine_batch_size(self, batch_size: int) -> int:
+        """Rows each engine decodes per step for ``batch_size`` sequences: ``batch_size``, unless
+        the layer folds its channels into the batch to share one filter bank among them."""
+        return batch_size
+
     def short_cache(self, batch_size: int) -> ShortConvCache | None:
         """The ring buffer of the layer's short convolution, if it has one."""
         return None
@@ -136,7 +141,13 @@ class Mixer(nn.Module, ABC):
         with torch.no_grad():
             filters = self.long_filters()
         engines = [
-            make_engine(h, method, max_len=max_len, batch_size=batch_size, **engine_options)
+            make_engine(
+                h,
+                method,
+                max_len=max_len,
+                batch_size=self.engine_batch_size(batch_size),
+                **engine_options,
+            )
             for h in filters
         ]
         return MixerCache(engines, self.short_cache(batch_size))

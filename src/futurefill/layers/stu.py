@@ -20,8 +20,10 @@ The minus branch follows the STU paper, ``U-_{t,j} = sum_i (-1)^i phi_j[i] u_{t-
 the filter lag), so it is a time-invariant convolution and needs no parity at decode time. (Writing
 it as ``phi_j * ((-1)^t u)`` instead differs by an overall factor ``(-1)^t``.)
 
-Decoding: the full form runs one engine over the ``d_model * 2k`` (channel, filter) pairs; the
-tensordot form runs one depthwise engine over ``d_model`` channels.
+Decoding: the full form runs one engine whose channels are the 2k filters of the bank and whose
+batch is ``batch * d_model`` (every input channel is a row that all 2k filters see), so the
+filter spectra are held once, not once per channel; the tensordot form runs one depthwise engine
+over ``d_model`` channels.
 """
 
 from __future__ import annotations
@@ -115,8 +117,10 @@ class STU(Mixer):
     def long_filters(self) -> list[torch.Tensor]:
         if self.tensordot:
             return [self._depthwise_filters()]
-        # Row c * 2k + j is filter j, for channel c: the order of the flattened features.
-        return [self.filters.repeat(self.d_model, 1)]
+        return [self.filters]  # (2k, max_len), shared by every channel: see engine_batch_size
+
+    def engine_batch_size(self, batch_size: int) -> int:
+        return batch_size if self.tensordot else batch_size * self.d_model
 
     def _depthwise_filters(self) -> torch.Tensor:
         """The tensordot form's per-channel filters, ``(d_model, max_len)``."""
@@ -143,14 +147,16 @@ class STU(Mixer):
         if self.tensordot:
             return engine.prefill((x @ self.m_in).transpose(1, 2)).transpose(1, 2)
         batch, length, d = x.shape
-        u = x.transpose(1, 2).unsqueeze(2).expand(batch, d, 2 * self.num_eigh, length)
-        features = engine.prefill(u.reshape(batch, -1, length))  # (B, d_model * 2k, length)
-        return self._mix(features.transpose(1, 2))
+        rows = x.transpose(1, 2).reshape(batch * d, 1, length)  # (B * d_model, 1, length)
+        features = engine.prefill(rows.expand(-1, 2 * self.num_eigh, -1))  # (B * d, 2k, length)
+        # Feature c * 2k + j is filter j on channel c, as in forward.
+        features = features.reshape(batch, d, 2 * self.num_eigh, length).permute(0, 3, 1, 2)
+        return self._mix(features.flatten(2))
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, cache: MixerCache) -> torch.Tensor:
         (engine,) = cache.engines
         if self.tensordot:
             return engine.step(x_t @ self.m_in)
-        u = x_t.unsqueeze(-1).expand(-1, -1, 2 * self.num_eigh)  # (B, d_model, 2k)
-        return self._mix(engine.step(u.reshape(x_t.shape[0], -1)))
+        rows = x_t.reshape(-1, 1).expand(-1, 2 * self.num_eigh)  # (B * d_model, 2k)
+        return self._mix(engine.step(rows).reshape(x_t.shape[0], -1))

@@ -58,7 +58,7 @@ class OnlineConvEngine(ABC):
             )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.h = h.detach().to(self.compute_dtype)
+        self.h = h.detach().to(self.compute_dtype, copy=True)  # a snapshot, not a view of h
         self.channels = channels
         self.max_len = max_len
         self.batch_size = int(batch_size)
