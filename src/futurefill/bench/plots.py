@@ -32,7 +32,11 @@ def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, path: Path) -> Pat
     ax.set_title(f"{title}\n{subtitle}", fontsize=9)
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.1)
-    ax.legend(fontsize=8)
+    if len(ax.get_legend_handles_labels()[1]) > 6:  # many lines: the legend beside the axes
+        fig.set_size_inches(10, 4.8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
