@@ -118,3 +118,20 @@ def test_rejected_step_leaves_engine_usable(method):
             conv.step(u[:1, :, t])
         outputs.append(conv.step(u[..., t]).unsqueeze(-1))
     assert rel_err(torch.cat(outputs, -1), reference_conv(u, h)) < 1e-10
+
+
+def test_bad_out_buffer_is_rejected_and_changes_nothing(method):
+    h = decaying_filter(3, 20)
+    u = random_input(2, 3, 20)
+    conv = make(method, h=h)
+    outputs = []
+    for t in range(20):
+        with pytest.raises(ValueError, match=r"out must have shape \(batch_size, channels\)"):
+            conv.step(u[..., t], out=torch.empty(2, 4, dtype=torch.float64))
+        with pytest.raises(TypeError, match=r"out has dtype torch\.float32"):
+            conv.step(u[..., t], out=torch.empty(2, 3))
+        with pytest.raises(ValueError, match="out is on meta"):
+            conv.step(u[..., t], out=torch.empty(2, 3, dtype=torch.float64, device="meta"))
+        assert conv.position == t
+        outputs.append(conv.step(u[..., t]))
+    assert rel_err(torch.stack(outputs, -1), reference_conv(u, h)) < 1e-10

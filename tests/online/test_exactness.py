@@ -101,6 +101,45 @@ def test_feedback_loop(method, opts, prompt_len):
 
 
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("prompt_len", [0, 1, 37])
+def test_feedback_loop_into_one_out_buffer(method, opts, prompt_len):
+    """step(u_t, out=y): the output lands in the caller's buffer, which is then read for the next
+    input and overwritten by the next step; the sequence is still exact."""
+    length, batch, channels = 150, 2, 3
+    h = decaying_filter(channels, length)
+    prompt = random_input(batch, channels, prompt_len)[..., :prompt_len] if prompt_len else None
+    u0 = np.linspace(-1, 1, batch * channels).reshape(batch, channels)
+    _ref_u, ref_y = reference_feedback(
+        u0, h.numpy(), length, None if prompt is None else prompt.numpy()
+    )
+    conv = OnlineConv(h, method=method, batch_size=batch, **opts)
+    y_t = torch.empty(batch, channels, dtype=torch.float64)
+    outputs = []
+    if prompt is not None:
+        outputs.append(conv.prefill(prompt))
+        u_t = torch.tanh(outputs[-1][..., -1])
+    else:
+        u_t = torch.from_numpy(u0)
+    while conv.position < length:
+        assert conv.step(u_t, out=y_t) is y_t
+        outputs.append(y_t.clone().unsqueeze(-1))
+        torch.tanh(y_t, out=u_t)  # the input buffer is reused too
+    assert rel_err(torch.cat(outputs, -1), ref_y) < 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_out_buffer_in_half_precision(method):
+    h = decaying_filter(3, 40).to(torch.bfloat16)
+    u = random_input(2, 3, 40).to(torch.bfloat16)
+    conv = OnlineConv(h, method=method, batch_size=2)
+    out = torch.empty(2, 3, dtype=torch.bfloat16)
+    expected = OnlineConv(h, method=method, batch_size=2)
+    for t in range(40):
+        assert conv.step(u[..., t], out=out) is out
+        assert torch.equal(out, expected.step(u[..., t]))
+
+
+@pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
 def test_float32_within_output_scale(method, opts):
     length = 257
     h = decaying_filter(4, length)

@@ -87,8 +87,9 @@ class OnlineConv:
     >>> conv = OnlineConv(h, method="continuous", batch_size=2)
     >>> y_prompt = conv.prefill(torch.randn(2, 4, 10, dtype=torch.float64))  # (2, 4, 10)
     >>> y_10 = conv.step(torch.randn(2, 4, dtype=torch.float64))             # (2, 4)
+    >>> y_11 = conv.step(torch.randn(2, 4, dtype=torch.float64), out=y_10)   # into y_10's memory
     >>> conv.position
-    11
+    12
     """
 
     def __init__(

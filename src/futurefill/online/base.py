@@ -6,11 +6,14 @@ An engine produces, one input at a time, exactly the outputs of the offline caus
     engine = SomeEngine(h, max_len=L, batch_size=B)
     y_prompt = engine.prefill(u_prompt)  # optional, once, first: (B, D, P) -> (B, D, P)
     y_t = engine.step(u_t)                   # (B, D) -> (B, D), up to max_len inputs in all
+                                             # (or engine.step(u_t, out=y_t): no allocation)
     engine.reset()                           # back to an empty sequence
 
 Buffers are allocated when the engine is built, at prefill (sized by what is left to generate) and
-at reset; never in ``step``. Every check runs before any state changes, so an input rejected with
-an error leaves the engine as it was.
+at reset. ``step`` allocates only the tensor it returns, and nothing with ``out=``; the FFT levels
+of the FutureFill methods allocate their temporaries once per finished block, not per step. Every
+check runs before any state changes, so an input rejected with an error leaves the engine as it
+was.
 """
 
 from __future__ import annotations
@@ -112,17 +115,20 @@ class OnlineConvEngine(ABC):
         self._prefilled = True
         return y.to(self.dtype)
 
-    def step(self, u_t: torch.Tensor) -> torch.Tensor:
+    def step(self, u_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Consume one input per sequence and return the next output.
 
         Parameters
         ----------
         u_t : Tensor, shape (batch_size, channels).
+        out : Tensor, shape (batch_size, channels), optional
+            Where to write the output (h's dtype and device, not a view of the engine's buffers).
+            With it the step allocates nothing (in float32 and float64).
 
         Returns
         -------
-        Tensor, shape (batch_size, channels): ``y[position]``. The engine never writes to it again,
-        even after ``reset()``.
+        Tensor, shape (batch_size, channels): ``y[position]``; ``out`` itself when given. Without
+        ``out`` it is a new tensor the engine never writes to again, even after ``reset()``.
         """
         if u_t.shape != self._step_shape:
             raise ValueError(
@@ -131,13 +137,21 @@ class OnlineConvEngine(ABC):
             )
         if u_t.dtype != self.dtype or u_t.device != self.device:
             self._check_tensor(u_t, "u_t")
+        if out is not None:
+            if out.shape != self._step_shape:
+                raise ValueError(
+                    f"out must have shape (batch_size, channels) = {self._step_shape}, "
+                    f"got {tuple(out.shape)}"
+                )
+            self._check_tensor(out, "out")
         if self._position >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
         if u_t.requires_grad:  # decoding is inference: keep the buffers out of autograd graphs
             u_t = u_t.detach()
         if self.compute_dtype != self.dtype:
-            return self._step(u_t.to(self.compute_dtype)).to(self.dtype)
-        return self._step(u_t)
+            y = self._step(u_t.to(self.compute_dtype), None)
+            return y.to(self.dtype) if out is None else out.copy_(y)
+        return self._step(u_t, out)
 
     def reset(self) -> None:
         """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
@@ -170,8 +184,9 @@ class OnlineConvEngine(ABC):
         """Outputs of the prompt ``u`` (batch, channels, P); set up decoding from position P."""
 
     @abstractmethod
-    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
-        """Output at ``self._position`` for input ``u_t``; must advance ``self._position``."""
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        """Output at ``self._position`` for input ``u_t``, written to ``out`` when given, else to
+        a tensor the engine never writes again; must advance ``self._position``."""
 
     @abstractmethod
     def _reset(self) -> None:

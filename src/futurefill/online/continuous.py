@@ -135,11 +135,11 @@ class ContinuousConv(OnlineConvEngine):
         self._c[..., seen : seen + keep] += torch.fft.irfft(spec, n=2 * b)[..., b : b + keep]
         self._c_tile.copy_(self._c[..., seen : seen + b0].permute(2, 0, 1))
 
-    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         j = (self._position - self._offset) % self.tile_len
         self._x_rows[j].copy_(u_t)
         self._c_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._c_rows[j].clone()
+        y = self._c_rows[j].clone() if out is None else out.copy_(self._c_rows[j])
         self._position += 1
         if j == self.tile_len - 1:
             self._end_tile(self._position - self._offset)

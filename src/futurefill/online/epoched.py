@@ -108,11 +108,11 @@ class EpochedConv(OnlineConvEngine):
         self._cache.copy_(future.permute(2, 0, 1))
         self._epoch_start = seen
 
-    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         j = self._position - self._epoch_start
         self._x_rows[j].copy_(u_t)
         self._cache_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._cache_rows[j].clone()
+        y = self._cache_rows[j].clone() if out is None else out.copy_(self._cache_rows[j])
         self._position += 1
         if j == self.epoch_len - 1 and self._position < self.max_len:
             self._refill(self._position)

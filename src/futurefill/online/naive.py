@@ -43,12 +43,12 @@ class NaiveConv(OnlineConvEngine):
         self._x[..., : u.shape[-1]].copy_(u)
         return causal_conv(u, self.h)
 
-    def _step(self, u_t: torch.Tensor) -> torch.Tensor:
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         t = self._position
         self._x[..., t].copy_(u_t)
         products = self._products[..., : t + 1]
         torch.mul(self._x[..., : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=products)
-        y = self._y[t]
+        y = self._y[t] if out is None else out
         torch.sum(products, dim=-1, out=y)
         self._position = t + 1
         return y
