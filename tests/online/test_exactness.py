@@ -77,8 +77,11 @@ def test_random_cases(method, length, prompt_frac, batch, channels, knob, slack,
 
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("prompt_len", [0, 1, 37])
-def test_feedback_loop(method, opts, prompt_len):
-    """u[t+1] = tanh(y[t]): each input depends on the output just produced."""
+@pytest.mark.parametrize("into_buffer", [False, True], ids=["returned", "out"])
+def test_feedback_loop(method, opts, prompt_len, into_buffer):
+    """u[t+1] = tanh(y[t]): each input depends on the output just produced. With ``into_buffer``
+    every output lands in one caller buffer (``step(u_t, out=y)``), read for the next input and
+    overwritten by the next step, and the input buffer is reused too."""
     length, batch, channels = 150, 2, 3
     h = decaying_filter(channels, length)
     prompt = random_input(batch, channels, prompt_len)[..., :prompt_len] if prompt_len else None
@@ -92,38 +95,17 @@ def test_feedback_loop(method, opts, prompt_len):
         outputs.append(conv.prefill(prompt))
         u_t = torch.tanh(outputs[-1][..., -1])
     else:
-        u_t = torch.from_numpy(u0)
+        u_t = torch.from_numpy(u0.copy())
+    y_buffer = torch.empty(batch, channels, dtype=torch.float64)
     while conv.position < length:
-        y_t = conv.step(u_t)
-        outputs.append(y_t.unsqueeze(-1))
-        u_t = torch.tanh(y_t)
-    assert rel_err(torch.cat(outputs, -1), ref_y) < 1e-10
-
-
-@pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("prompt_len", [0, 1, 37])
-def test_feedback_loop_into_one_out_buffer(method, opts, prompt_len):
-    """step(u_t, out=y): the output lands in the caller's buffer, which is then read for the next
-    input and overwritten by the next step; the sequence is still exact."""
-    length, batch, channels = 150, 2, 3
-    h = decaying_filter(channels, length)
-    prompt = random_input(batch, channels, prompt_len)[..., :prompt_len] if prompt_len else None
-    u0 = np.linspace(-1, 1, batch * channels).reshape(batch, channels)
-    _ref_u, ref_y = reference_feedback(
-        u0, h.numpy(), length, None if prompt is None else prompt.numpy()
-    )
-    conv = OnlineConv(h, method=method, batch_size=batch, **opts)
-    y_t = torch.empty(batch, channels, dtype=torch.float64)
-    outputs = []
-    if prompt is not None:
-        outputs.append(conv.prefill(prompt))
-        u_t = torch.tanh(outputs[-1][..., -1])
-    else:
-        u_t = torch.from_numpy(u0)
-    while conv.position < length:
-        assert conv.step(u_t, out=y_t) is y_t
-        outputs.append(y_t.clone().unsqueeze(-1))
-        torch.tanh(y_t, out=u_t)  # the input buffer is reused too
+        if into_buffer:
+            assert conv.step(u_t, out=y_buffer) is y_buffer
+            outputs.append(y_buffer.clone().unsqueeze(-1))
+            torch.tanh(y_buffer, out=u_t)
+        else:
+            y_t = conv.step(u_t)
+            outputs.append(y_t.unsqueeze(-1))
+            u_t = torch.tanh(y_t)
     assert rel_err(torch.cat(outputs, -1), ref_y) < 1e-10
 
 
