@@ -130,20 +130,9 @@ class OnlineConvEngine(ABC):
         Tensor, shape (batch_size, channels): ``y[position]``; ``out`` itself when given. Without
         ``out`` it is a new tensor the engine never writes to again, even after ``reset()``.
         """
-        if u_t.shape != self._step_shape:
-            raise ValueError(
-                f"u_t must have shape (batch_size, channels) = {self._step_shape}, "
-                f"got {tuple(u_t.shape)}"
-            )
-        if u_t.dtype != self.dtype or u_t.device != self.device:
-            self._check_tensor(u_t, "u_t")
+        self._check_row(u_t, "u_t")
         if out is not None:
-            if out.shape != self._step_shape:
-                raise ValueError(
-                    f"out must have shape (batch_size, channels) = {self._step_shape}, "
-                    f"got {tuple(out.shape)}"
-                )
-            self._check_tensor(out, "out")
+            self._check_row(out, "out")
         if self._position >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
         if u_t.requires_grad:  # decoding is inference: keep the buffers out of autograd graphs
@@ -175,6 +164,16 @@ class OnlineConvEngine(ABC):
             raise TypeError(f"{name} has dtype {x.dtype}, expected {self.dtype} (the dtype of h)")
         if x.device != self.device:
             raise ValueError(f"{name} is on {x.device}, expected {self.device} (the device of h)")
+
+    def _check_row(self, x: torch.Tensor, name: str) -> None:
+        """One step's tensor: shape (batch_size, channels), h's dtype and device."""
+        if x.shape != self._step_shape:
+            raise ValueError(
+                f"{name} must have shape (batch_size, channels) = {self._step_shape}, "
+                f"got {tuple(x.shape)}"
+            )
+        if x.dtype != self.dtype or x.device != self.device:
+            self._check_tensor(x, name)
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(shape, dtype=self.compute_dtype, device=self.device)
