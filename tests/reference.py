@@ -60,3 +60,25 @@ def reference_feedback(
             u[..., t] = u0 if t == 0 else np.tanh(y[..., t - 1])
         y[..., t] = np.einsum("bds,ds->bd", u[..., : t + 1], h[:, t::-1])
     return u, y
+
+
+def decode_chunks(
+    module, x, prompt_len: int, method: str = "continuous", *, max_len=None, chunk: int = 1, **opts
+):
+    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
+    as one chunk (none if 0), then chunks of ``chunk`` positions. Returns the outputs joined
+    along dim 1 and the session (closed)."""
+    from futurefill import decoding
+
+    length = x.shape[1]
+    with (
+        torch.no_grad(),
+        decoding(
+            module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
+        ) as session,
+    ):
+        outputs = [module(x[:, :prompt_len])] if prompt_len else []
+        for t in range(prompt_len, length, chunk):
+            outputs.append(module(x[:, t : t + chunk]))
+        assert session.position == length
+    return torch.cat(outputs, dim=1), session

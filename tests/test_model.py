@@ -1,4 +1,5 @@
-"""ConvLM: cached decoding gives the parallel forward's logits; cache life cycle; save/load."""
+"""ConvLM: decoding through its forward in a session gives the parallel forward's logits; the
+session life cycle on a whole model; save/load."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill import METHODS, ConvLM, ConvLMCache, ConvLMConfig
+from futurefill import METHODS, ConvLM, ConvLMConfig, decoding
 from futurefill.model import MIXERS
-from reference import rel_err
+from futurefill.nn import EngineState
+from reference import decode_chunks, rel_err
 
 VOCAB, MAX_LEN = 32, 48
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -41,14 +43,6 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def teacher_forced(model: ConvLM, ids: torch.Tensor, prompt_len: int, cache: ConvLMCache):
-    """Logits (B, T, vocab) from prefilling ``prompt_len`` tokens and stepping the rest."""
-    logits = [model.prefill(ids[:, :prompt_len], cache)] if prompt_len else []
-    for t in range(prompt_len, ids.shape[1]):
-        logits.append(model.step(ids[:, t], cache).unsqueeze(1))
-    return torch.cat(logits, dim=1)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mixer", MIXERS)
@@ -58,10 +52,8 @@ def test_teacher_forced_decoding_matches_forward(mixer, method, dtype):
     with torch.no_grad():
         expected = model(ids)
     for prompt_len in (0, 9, 23):
-        cache = model.setup_cache(2, 23, method)
-        logits = teacher_forced(model, ids, prompt_len, cache)
+        logits, _ = decode_chunks(model, ids, prompt_len, method)
         assert logits.dtype == dtype
-        assert cache.position == 23
         assert rel_err(logits, expected) < TOL[dtype], (prompt_len, rel_err(logits, expected))
 
 
@@ -72,7 +64,7 @@ def test_bfloat16_decoding_agrees_to_bfloat16_precision(mixer):
     ids = random_ids(2, 20)
     with torch.no_grad():
         expected = model(ids).double()
-    logits = teacher_forced(model, ids, 8, model.setup_cache(2, 20, "continuous"))
+    logits, _ = decode_chunks(model, ids, 8)
     assert logits.dtype == torch.bfloat16
     assert rel_err(logits.double(), expected) < 3e-2
 
@@ -92,48 +84,54 @@ def test_teacher_forced_decoding_random(mixer, method, batch, length, prompt_fra
     prompt_len = round(prompt_frac * length)
     with torch.no_grad():
         expected = model(ids)
-    logits = teacher_forced(model, ids, prompt_len, model.setup_cache(batch, method=method))
+    logits, _ = decode_chunks(model, ids, prompt_len, method, max_len=MAX_LEN)
     assert rel_err(logits, expected) < 1e-9
 
 
-def test_cache_life_cycle():
+def test_session_life_cycle():
     model = tiny_model("hyena")
     ids = random_ids(3, 12)
-    cache = model.setup_cache(3, 16, "continuous", tile_len=2)
-    assert (cache.batch_size, cache.max_len, cache.method) == (3, 16, "continuous")
-    assert (cache.dtype, cache.position) == (torch.float64, 0)
-    assert len(cache.layers) == 2 and len(cache.engines) == 2 * 2  # order 2: 2 engines a layer
-    assert cache.nbytes > 0 and "position=0" in repr(cache)
-    first = teacher_forced(model, ids, 5, cache)
-    assert cache.position == 12
-    with pytest.raises(RuntimeError, match=r"cache\.reset"):
-        model.prefill(ids[:, :2], cache)
-    cache.reset()
-    assert cache.position == 0 and all(e.position == 0 for e in cache.engines)
-    assert torch.equal(teacher_forced(model, ids, 5, cache), first)
+    with torch.no_grad(), decoding(model, batch_size=3, max_len=16, tile_len=2) as session:
+        assert (session.batch_size, session.max_len, session.method) == (3, 16, "continuous")
+        assert session.position == 0 and "position=0" in repr(session)
+        first = torch.cat([model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 12)], 1)
+        assert session.position == 12
+        engines = [s.engine for s in session.states.values() if isinstance(s, EngineState)]
+        assert len(engines) == 2 * 2  # 2 layers, order 2: 2 long convolutions a layer
+        assert {e.tile_len for e in engines} == {2}
+        assert session.nbytes > 0
+        session.reset()
+        assert session.position == 0 and all(e.position == 0 for e in engines)
+        again = torch.cat([model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 12)], 1)
+        assert torch.equal(again, first)
+    assert "closed" in repr(session)
+    with torch.no_grad():  # an ordinary module again
+        assert rel_err(model(ids), first) < 1e-9
 
 
-def test_step_past_the_cache_length_raises():
+def test_feeding_past_the_session_length_raises_before_anything_moves():
     model = tiny_model("longconv")
-    cache = model.setup_cache(1, 3)
-    model.prefill(random_ids(1, 3), cache)
-    with pytest.raises(RuntimeError, match="cache is full"):
-        model.step(torch.tensor([1]), cache)
-    assert cache.position == 3
+    with torch.no_grad(), decoding(model, batch_size=1, max_len=3) as session:
+        model(random_ids(1, 3))
+        with pytest.raises(ValueError, match="no room for 1 more"):
+            model(torch.tensor([[1]]))
+        assert session.position == 3
 
 
 def test_engine_options_reach_every_engine():
     model = tiny_model("stu")
-    assert {e.epoch_len for e in model.setup_cache(1, 20, "epoched", epoch_len=3).engines} == {3}
+    with (
+        torch.no_grad(),
+        decoding(model, batch_size=1, max_len=20, method="epoched", epoch_len=3) as session,
+    ):
+        model(random_ids(1, 4))
+        assert {s.engine.epoch_len for s in session.states.values()} == {3}
     with pytest.raises(ValueError, match="epoch_len applies"):
-        model.setup_cache(1, 20, "continuous", epoch_len=3)
+        decoding(model, batch_size=1, method="continuous", epoch_len=3)
 
 
-def test_decoding_needs_no_gradients_and_forward_has_them():
+def test_forward_has_gradients():
     model = tiny_model("stu_tensordot")
-    cache = model.setup_cache(1, 4)
-    assert not model.prefill(random_ids(1, 2), cache).requires_grad
-    assert not model.step(torch.tensor([3]), cache).requires_grad
     model(random_ids(2, 10)).logsumexp(-1).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
 
@@ -159,10 +157,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, mixer, dtype):
         assert torch.equal(loaded(ids), model(ids))
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
-    cache, loaded_cache = model.setup_cache(2, 20), loaded.setup_cache(2, 20)
-    assert torch.equal(
-        teacher_forced(loaded, ids, 7, loaded_cache), teacher_forced(model, ids, 7, cache)
-    )
+    assert torch.equal(decode_chunks(loaded, ids, 7)[0], decode_chunks(model, ids, 7)[0])
 
 
 def test_saved_config_is_plain_json(tmp_path):
@@ -204,13 +199,10 @@ def test_int32_ids_work():
 
 def test_bad_ids_are_rejected():
     model = tiny_model("longconv")
-    cache = model.setup_cache(2, 10)
     with pytest.raises(TypeError, match="integer dtype"):
         model(torch.zeros(2, 3))
     with pytest.raises(TypeError, match="integer dtype"):
         model(torch.zeros(2, 3, dtype=torch.uint8))
-    with pytest.raises(TypeError, match="integer dtype"):
-        model.prefill(torch.zeros(2, 3), cache)
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 32\)"):
         model(torch.tensor([[1, 32]]))
     with pytest.raises(ValueError, match=r"token ids in \[-1, 1\]"):
@@ -219,26 +211,39 @@ def test_bad_ids_are_rejected():
         model(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="exceeds max_len=48"):
         model(torch.zeros(1, MAX_LEN + 1, dtype=torch.long))
-    with pytest.raises(ValueError, match="exceeds max_len=10"):
-        model.prefill(torch.zeros(2, 11, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="cache was built for batch_size=2"):
-        model.prefill(torch.zeros(3, 4, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match=r"shape \(batch_size=2,\)"):
-        model.step(torch.zeros(2, 1, dtype=torch.long), cache)
-    with pytest.raises(TypeError, match="integer dtype"):
-        model.step(torch.zeros(2), cache)
-    with pytest.raises(ValueError, match="outside the vocabulary"):
-        model.step(torch.tensor([0, 99]), cache)
-    assert cache.position == 0  # rejected input changes nothing
+    with torch.no_grad(), decoding(model, batch_size=2, max_len=10) as session:
+        with pytest.raises(ValueError, match="no room for 11 more"):
+            model(torch.zeros(2, 11, dtype=torch.long))
+        with pytest.raises(ValueError, match="session is for batch_size=2"):
+            model(torch.zeros(3, 4, dtype=torch.long))
+        with pytest.raises(TypeError, match="integer dtype"):
+            model(torch.zeros(2, 1))
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            model(torch.tensor([[0], [99]]))
+        assert session.position == 0  # rejected input changes nothing
+        model(torch.zeros(2, 4, dtype=torch.long))
+        assert session.position == 4
 
 
-def test_bad_cache_arguments_are_rejected():
+def test_bad_session_arguments_are_rejected():
     model = tiny_model("longconv")
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        model.setup_cache(0)
-    with pytest.raises(ValueError, match=r"max_len must be in \[1, config.max_len=48\]"):
-        model.setup_cache(1, MAX_LEN + 1)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        decoding(model, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size must be an int"):
+        decoding(model, batch_size=2.7)
+    with pytest.raises(ValueError, match="exceeds the model's max_len 48"):
+        decoding(model, batch_size=1, max_len=MAX_LEN + 1)
     with pytest.raises(TypeError, match="max_len must be an int"):
-        model.setup_cache(1, 4.0)
+        decoding(model, batch_size=1, max_len=3.9)
     with pytest.raises(ValueError, match="unknown method"):
-        model.setup_cache(1, 4, "fastest")
+        decoding(model, batch_size=1, method="fastest")
+
+
+def test_a_dtype_change_during_a_session_is_reported_in_model_terms():
+    model = tiny_model("longconv", torch.float32)
+    with torch.no_grad(), decoding(model, batch_size=1, max_len=10) as session:
+        model(random_ids(1, 4))
+        model.double()
+        with pytest.raises(RuntimeError, match="dtype or device changed during the session"):
+            model(random_ids(1, 1))
+        assert session.position == 4

@@ -2,17 +2,19 @@
 
 from futurefill.fftconv import causal_conv, futurefill, prompt_conv
 from futurefill.generation import GenerationOutput, generate
-from futurefill.model import ConvLM, ConvLMCache, ConvLMConfig
+from futurefill.model import ConvLM, ConvLMConfig
+from futurefill.nn import DecodingSession, decoding
 from futurefill.online import METHODS, OnlineConv
 
 __all__ = [
     "METHODS",
     "ConvLM",
-    "ConvLMCache",
     "ConvLMConfig",
+    "DecodingSession",
     "GenerationOutput",
     "OnlineConv",
     "causal_conv",
+    "decoding",
     "futurefill",
     "generate",
     "prompt_conv",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["causal_conv", "compute_dtype", "fft_size", "futurefill", "prompt_conv"]
+__all__ = ["bank_conv", "causal_conv", "compute_dtype", "fft_size", "futurefill", "prompt_conv"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -76,9 +76,15 @@ def causal_conv(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
     Complexity O(length log length) per channel (one real FFT of size ``fft_size(2*length)``).
 
+    Every output is computed from the spectrum of the whole input, so a NaN or an infinity
+    anywhere in ``u`` turns every output NaN, earlier ones included, and a huge input adds its
+    rounding error (about 1e-7 of its size in float32) to earlier outputs too. The online engines
+    (:class:`futurefill.OnlineConv`) never look back: output t depends on inputs 0..t only.
+
     See Also
     --------
     futurefill : the contribution of a block of inputs to the outputs after it.
+    bank_conv : every channel with every filter of a shared bank.
     futurefill.OnlineConv : the same outputs, one step at a time.
     """
     _check_pair(u, h, "u")
@@ -86,6 +92,35 @@ def causal_conv(u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if h.shape[-1] < length:
         raise ValueError(f"filter_len {h.shape[-1]} is shorter than the input length {length}")
     return _linear_conv_slice(u, h[:, :length], 0, length)
+
+
+def bank_conv(u: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Causal convolution of every channel of ``u`` with every filter of a shared bank, by FFT.
+
+    Parameters
+    ----------
+    u : Tensor, shape (batch, channels, length)
+    bank : Tensor, shape (filters, filter_len), ``filter_len >= length``; same dtype and device.
+
+    Returns
+    -------
+    Tensor, shape (batch, channels, filters, length): entry ``[b, c, f]`` is
+    ``causal_conv`` of channel c with filter f. One FFT per channel and one per filter, not one
+    per (channel, filter) pair: O((channels + filters) L log L + channels filters L).
+    """
+    if u.dim() != 3 or bank.dim() != 2:
+        raise ValueError(
+            f"need u (batch, channels, length) and bank (filters, filter_len), got "
+            f"{tuple(u.shape)} and {tuple(bank.shape)}"
+        )
+    length = u.shape[-1]
+    if bank.shape[-1] < length:
+        raise ValueError(f"filter_len {bank.shape[-1]} is shorter than the input length {length}")
+    n = fft_size(2 * length)
+    dtype = compute_dtype(u.dtype)
+    spec_u = torch.fft.rfft(u.to(dtype), n=n).unsqueeze(2)  # (batch, channels, 1, n//2+1)
+    spec_h = torch.fft.rfft(bank[:, :length].to(dtype), n=n)  # (filters, n//2+1)
+    return torch.fft.irfft(spec_u * spec_h, n=n)[..., :length].to(u.dtype)
 
 
 def futurefill(v: torch.Tensor, h: torch.Tensor, n: int) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Auto-regressive generation from a :class:`~futurefill.model.ConvLM` with cached convolutions.
+"""Auto-regressive generation from any model whose time mixing is :mod:`futurefill.nn`.
 
-The prompt is consumed once by :meth:`ConvLM.prefill` (one parallel FFT pass that seeds every
-layer's online engine) and each new token costs one :meth:`ConvLM.step`: the long convolutions
-are never recomputed, and the logits are those of the model's own parallel forward pass, to
-rounding, whichever engine ``method`` runs them.
+The model's own ``forward`` does the work inside a decoding session (:func:`futurefill.decoding`):
+the prompt goes in as one chunk (one parallel FFT pass that seeds every long convolution's online
+engine) and each new token as a chunk of one position, so the long convolutions are never
+recomputed, and the logits are those of the model's parallel forward pass, to rounding, whichever
+engine ``method`` runs them.
 
 Ragged batches (prompts of different lengths) come right-padded with ``prompt_lengths``. All
 sequences advance together, one position per step: the shortest common prefix is prefilled in
@@ -19,8 +20,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from torch import nn
 
+from futurefill.checks import check_int
 from futurefill.model import check_token_ids
+from futurefill.nn import decoding, decoding_max_len
+from futurefill.online import ENGINE_OPTIONS
 
 __all__ = ["GenerationOutput", "generate", "select_next_tokens"]
 
@@ -94,13 +99,16 @@ def generate(
 
     Parameters
     ----------
-    model : ConvLM
-        (Or any module with the same ``config``, ``setup_cache``, ``prefill`` and ``step``.)
+    model : nn.Module
+        Any module whose forward maps ids ``(batch, length)`` to logits
+        ``(batch, length, vocab_size)`` (or to an object with ``.logits``, as Hugging Face models
+        return) and whose time mixing is :mod:`futurefill.nn` (a :class:`~futurefill.ConvLM`, a
+        loaded checkpoint, your own model).
     input_ids : LongTensor, shape (batch, width)
         Prompts, right-padded when their lengths differ (the padding is never read).
     max_new_tokens : int >= 0
         Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
-        ``model.config.max_len`` for the longest prompt.
+        the model's max length (its shortest filter) for the longest prompt.
     method : {"continuous", "epoched", "naive"}
         The online convolution engine of every layer; all give the same tokens.
     temperature : float >= 0
@@ -139,93 +147,102 @@ def generate(
     token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
 
     Cost: one prefill of the shortest prompt, then ``max prompt length - min prompt length +
-    max_new_tokens - 1`` steps, each stepping every layer's engines once.
+    max_new_tokens - 1`` steps, each one call of ``model`` on one position per sequence.
     """
-    config = model.config
-    weight = next(model.parameters())
-    device = weight.device
+    for name in engine_options:
+        if name not in ENGINE_OPTIONS:
+            raise TypeError(
+                f"generate() got an unexpected keyword argument {name!r}; its engine options are "
+                f"{', '.join(f'{k} ({m})' for k, m in ENGINE_OPTIONS.items())}"
+            )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    weight = next(model.parameters(), None)
+    device = weight.device if weight is not None else getattr(input_ids, "device", None)
     ids = _check_input_ids(input_ids, device)
     batch, width = ids.shape
-    max_new_tokens = _check_int(max_new_tokens, "max_new_tokens", 0)
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
     lengths_list = _check_prompt_lengths(prompt_lengths, batch, width)
     lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
     in_prompt = torch.arange(width, device=device) < lengths[:, None]  # (batch, width)
-    check_token_ids(ids[in_prompt], config.vocab_size, "input_ids")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    check_token_ids(ids[in_prompt], vocab or torch.iinfo(torch.long).max, "input_ids")
     p_min, p_max = min(lengths_list), max(lengths_list)
-    if p_max + max_new_tokens > config.max_len:
+    max_len = decoding_max_len(model)
+    if max_len is not None and p_max + max_new_tokens > max_len:
         raise ValueError(
             f"prompt length {p_max} + max_new_tokens {max_new_tokens} = "
-            f"{p_max + max_new_tokens} exceeds the model's max_len {config.max_len}"
+            f"{p_max + max_new_tokens} exceeds the model's max_len {max_len}"
         )
     do_sample = _resolve_sampling(do_sample, temperature, top_k, top_p, generator, device)
     if eos_token_id is not None:
-        eos_token_id = _check_int(eos_token_id, "eos_token_id", 0)
-        if eos_token_id >= config.vocab_size:
-            raise ValueError(
-                f"eos_token_id {eos_token_id} is outside the vocabulary [0, {config.vocab_size})"
-            )
+        eos_token_id = check_int(eos_token_id, "eos_token_id", 0)
+        if vocab is not None and eos_token_id >= vocab:
+            raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {vocab})")
         pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
     if pad_token_id is not None:
-        pad_token_id = _check_int(pad_token_id, "pad_token_id", None)
+        pad_token_id = check_int(pad_token_id, "pad_token_id", None)
     put, end = _streamer_calls(streamer)
 
     total = p_max + max_new_tokens
-    vocab = config.vocab_size
-    dtype = weight.dtype
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)  # prompt, then generated
     tokens[:, :width].copy_(torch.where(in_prompt, ids, 0)[:, :total])
-    all_logits = (
-        torch.full((batch, total - p_min, vocab), float("nan"), dtype=dtype, device=device)
-        if return_logits
-        else None
-    )
-    new_index = torch.arange(max_new_tokens, device=device)
     if max_new_tokens == 0:
         empty = tokens[:, :0]
-        return GenerationOutput(empty, all_logits[:, :0]) if return_logits else empty
+        if not return_logits:
+            return empty
+        with torch.no_grad():
+            logits = _last_logits(model(tokens[:, :1]), batch)
+        return GenerationOutput(empty, logits.new_empty(batch, 0, logits.shape[-1]))
 
-    cache = model.setup_cache(batch, total - 1, method, **engine_options)
-    logits = model.prefill(tokens[:, :p_min], cache)[:, -1]  # (batch, vocab): for position p_min
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     no_token = torch.full((batch,), -1, dtype=torch.long, device=device)
-    for p in range(p_min, total):  # choose the token at position p
-        if all_logits is not None:
-            all_logits[:, p - p_min].copy_(logits)
-        chosen = select_next_tokens(
-            logits,
-            do_sample=do_sample,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            generator=generator,
+    with decoding(model, batch_size=batch, max_len=total - 1, method=method, **engine_options):
+        logits = _last_logits(model(tokens[:, :p_min]), batch)  # (batch, vocab): position p_min
+        all_logits = (
+            logits.new_full((batch, total - p_min, logits.shape[-1]), float("nan"))
+            if return_logits
+            else None
         )
-        reading = p < lengths  # (batch,): still inside its prompt
-        fed = torch.where(reading, tokens[:, p], chosen)
-        kept = fed
-        if eos_token_id is not None:
-            kept = torch.where(finished, pad_token_id, fed)
-            finished |= (fed == eos_token_id) & ~reading
-        tokens[:, p].copy_(kept)
-        if put is not None:
-            new = (p >= lengths) & (p < lengths + max_new_tokens)
-            put(torch.where(new, kept, no_token))
-        if p == total - 1:
-            break
-        if eos_token_id is not None and bool(
-            (finished | (p + 1 >= lengths + max_new_tokens)).all()
-        ):
-            after = torch.arange(p + 1, total, device=device) >= lengths[:, None]
-            tokens[:, p + 1 :].masked_fill_(after, pad_token_id)
-            break
-        logits = model.step(fed, cache, check_ids=False)
+        for p in range(p_min, total):  # choose the token at position p
+            if all_logits is not None:
+                all_logits[:, p - p_min].copy_(logits)
+            chosen = select_next_tokens(
+                logits,
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
+            reading = p < lengths  # (batch,): still inside its prompt
+            fed = torch.where(reading, tokens[:, p], chosen)
+            kept = fed
+            if eos_token_id is not None:
+                kept = torch.where(finished, pad_token_id, fed)
+                finished |= (fed == eos_token_id) & ~reading
+            tokens[:, p].copy_(kept)
+            if put is not None:
+                new = (p >= lengths) & (p < lengths + max_new_tokens)
+                put(torch.where(new, kept, no_token))
+            if p == total - 1:
+                break
+            if eos_token_id is not None and bool(
+                (finished | (p + 1 >= lengths + max_new_tokens)).all()
+            ):
+                after = torch.arange(p + 1, total, device=device) >= lengths[:, None]
+                tokens[:, p + 1 :].masked_fill_(after, pad_token_id)
+                break
+            logits = _last_logits(model(fed[:, None]), batch)
     if end is not None:
         end()
 
+    new_index = torch.arange(max_new_tokens, device=device)
     positions = lengths[:, None] + new_index  # (batch, max_new_tokens)
     new_tokens = tokens.gather(1, positions)
     if all_logits is None:
         return new_tokens
-    rows = (positions - p_min).unsqueeze(-1).expand(-1, -1, vocab)
+    rows = (positions - p_min).unsqueeze(-1).expand(-1, -1, all_logits.shape[-1])
     new_logits = all_logits.gather(1, rows)
     if eos_token_id is not None:
         is_eos = new_tokens == eos_token_id
@@ -237,12 +254,17 @@ def generate(
 # ---------------------------------------------------------------------- argument checks
 
 
-def _check_int(value: Any, name: str, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _last_logits(output: Any, batch: int) -> torch.Tensor:
+    """The last position's logits ``(batch, vocab)`` of a model's output ``(batch, n, vocab)``
+    (a tensor, or an object with ``.logits``)."""
+    logits = getattr(output, "logits", output)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[0] != batch:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise TypeError(
+            "generate needs a model whose forward returns logits (batch, length, vocab_size), or "
+            f"an object with .logits; got {shape}"
+        )
+    return logits[:, -1]
 
 
 def _check_input_ids(input_ids: Any, device: torch.device) -> torch.Tensor:
@@ -303,7 +325,7 @@ def _resolve_sampling(
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_k is not None:
-        _check_int(top_k, "top_k", 1)
+        check_int(top_k, "top_k", 1)
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
             raise TypeError(f"top_p must be a float, got {type(top_p).__name__}")

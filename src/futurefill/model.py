@@ -1,21 +1,17 @@
-"""ConvLM: a small language model whose sequence mixing is long convolutions, with cached decoding.
+"""ConvLM: a small language model whose sequence mixing is long convolutions.
 
-Read top to bottom: the config, the MLP, a residual block, the decoding cache, the model.
+Read top to bottom: the config, the MLP, a residual block, the model.
 
 ::
 
     ids (batch, length) -> embedding -> n_layers x [x + mixer(norm(x)); x + mlp(norm(x))]
                         -> norm -> lm head -> logits (batch, length, vocab_size)
 
-The mixer is chosen by ``config.mixer`` (:mod:`futurefill.layers`). Three ways to run:
-
-* ``model(ids)``: the whole sequence in parallel, long convolutions by FFT (training, scoring);
-* ``cache = model.setup_cache(batch, max_len, method)``, then ``model.prefill(prompt, cache)``
-  (one parallel pass that seeds every layer's online engine) and ``model.step(ids_t, cache)``
-  (one token per sequence, each layer's engines stepped once): generation;
-* :func:`futurefill.generate` wraps the second.
-
-All three give the same logits to rounding, for every engine method.
+The mixer is chosen by ``config.mixer`` (:mod:`futurefill.layers`). There is one forward: outside
+a decoding session it maps whole sequences (training, scoring); inside one
+(:func:`futurefill.decoding`) it continues them chunk by chunk through every layer's online
+engine, which is what :func:`futurefill.generate` does. Both give the same logits to rounding,
+for every engine method.
 """
 
 from __future__ import annotations
@@ -28,10 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from futurefill.layers import STU, Hyena, LongConv, Mixer, MixerCache
-from futurefill.online.base import OnlineConvEngine
+from futurefill.layers import STU, Hyena, LongConv
 
-__all__ = ["MIXERS", "ConvLM", "ConvLMCache", "ConvLMConfig", "check_token_ids"]
+__all__ = ["MIXERS", "ConvLM", "ConvLMConfig", "check_token_ids"]
 
 MIXERS = ("longconv", "stu", "stu_tensordot", "hyena")
 CONFIG_FILE = "config.json"
@@ -88,7 +83,7 @@ class ConvLMConfig:
         return cls(**values)
 
 
-def make_mixer(config: ConvLMConfig) -> Mixer:
+def make_mixer(config: ConvLMConfig) -> nn.Module:
     """The sequence-mixing layer named by ``config.mixer``."""
     d, length = config.d_model, config.max_len
     if config.mixer == "longconv":
@@ -133,94 +128,22 @@ class Block(nn.Module):
         x = x + self.mixer(self.mixer_norm(x))
         return x + self.mlp(self.mlp_norm(x))
 
-    def prefill(self, x: torch.Tensor, cache: MixerCache) -> torch.Tensor:
-        """``(batch, P, d_model) -> (batch, P, d_model)``, seeding the mixer's cache."""
-        x = x + self.mixer.prefill(self.mixer_norm(x), cache)
-        return x + self.mlp(self.mlp_norm(x))
-
-    def step(self, x_t: torch.Tensor, cache: MixerCache) -> torch.Tensor:
-        """``(batch, d_model) -> (batch, d_model)``, one token."""
-        x_t = x_t + self.mixer.step(self.mixer_norm(x_t), cache)
-        return x_t + self.mlp(self.mlp_norm(x_t))
-
-
-class ConvLMCache:
-    """Decoding state of a :class:`ConvLM`: one :class:`MixerCache` per layer.
-
-    Built by :meth:`ConvLM.setup_cache` for a fixed (batch_size, max_len, method); every buffer
-    is allocated there (the continuous engine sizes its own at prefill). Life cycle::
-
-        cache = model.setup_cache(batch_size, max_len, "continuous")
-        logits = model.prefill(prompt, cache)   # optional, first; (B, P) -> (B, P, vocab)
-        logits_t = model.step(ids_t, cache)     # (B,) -> (B, vocab), up to max_len tokens in all
-        cache.reset()                           # start a new batch of sequences
-
-    The cache holds a snapshot of every layer's long filters: build a new one after the model's
-    weights change (training) or after moving the model to another device or dtype.
-
-    Attributes
-    ----------
-    layers : list of MixerCache, one per block.
-    batch_size, max_len, method : as given to ``setup_cache``.
-    dtype, device : those of the model when the cache was built.
-    position : int, tokens consumed so far (prompt included).
-    """
-
-    def __init__(
-        self,
-        layers: list[MixerCache],
-        *,
-        batch_size: int,
-        max_len: int,
-        method: str,
-        dtype: torch.dtype,
-        device: torch.device,
-    ):
-        self.layers = layers
-        self.batch_size = batch_size
-        self.max_len = max_len
-        self.method = method
-        self.dtype = dtype
-        self.device = device
-        self.position = 0
-
-    @property
-    def engines(self) -> list[OnlineConvEngine]:
-        """Every online engine of every layer, in the order a step calls them."""
-        return [engine for layer in self.layers for engine in layer.engines]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by all the layers' engines and buffers."""
-        return sum(layer.nbytes for layer in self.layers)
-
-    def reset(self) -> None:
-        """Forget the sequences: back to position 0, ready for ``prefill`` or ``step``."""
-        for layer in self.layers:
-            layer.reset()
-        self.position = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"ConvLMCache(layers={len(self.layers)}, batch_size={self.batch_size}, "
-            f"max_len={self.max_len}, method={self.method!r}, position={self.position}, "
-            f"nbytes={self.nbytes})"
-        )
-
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
     """TypeError unless ``ids`` is an int64 or int32 tensor; ValueError if an id is outside
-    ``[0, vocab_size)`` (one device sync)."""
+    ``[0, vocab_size)`` (one reduction and one device sync)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(
             f"{name} must have an integer dtype (torch.long or torch.int), got {ids.dtype}"
         )
-    if bool(((ids < 0) | (ids >= vocab_size)).any()):
+    if ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.stack(torch.aminmax(ids)).tolist())
+    if low < 0 or high >= vocab_size:
         raise ValueError(
-            f"{name} has token ids in [{int(ids.min())}, {int(ids.max())}], outside the "
-            f"vocabulary [0, {vocab_size})"
+            f"{name} has token ids in [{low}, {high}], outside the vocabulary [0, {vocab_size})"
         )
 
 
@@ -233,11 +156,12 @@ class ConvLM(nn.Module):
 
     Examples
     --------
+    >>> from futurefill import decoding
     >>> model = ConvLM(ConvLMConfig(d_model=16, n_layers=2, max_len=64))
     >>> logits = model(torch.randint(0, 256, (2, 10)))                  # (2, 10, 256)
-    >>> cache = model.setup_cache(batch_size=2, max_len=32)
-    >>> last = model.prefill(torch.randint(0, 256, (2, 10)), cache)[:, -1]  # (2, 256)
-    >>> nxt = model.step(last.argmax(-1), cache)                            # (2, 256)
+    >>> with decoding(model, batch_size=2, max_len=32):
+    ...     last = model(torch.randint(0, 256, (2, 10)))[:, -1]           # (2, 256)
+    ...     nxt = model(last.argmax(-1)[:, None])                         # (2, 1, 256)
     """
 
     def __init__(self, config: ConvLMConfig):
@@ -251,125 +175,17 @@ class ConvLM(nn.Module):
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    # ------------------------------------------------------------------ parallel
-
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits for every position: ``(batch, length) -> (batch, length, vocab_size)``.
 
-        ``length <= config.max_len``; ids must be integers in ``[0, vocab_size)``.
+        ``length <= config.max_len``; ids must be integers in ``[0, vocab_size)``. In a decoding
+        session, ``ids`` are the next ``length`` tokens of every sequence.
         """
         self._check_sequence(ids, self.config.max_len)
         x = self.embed(ids)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
-
-    # ------------------------------------------------------------------ cached decoding
-
-    def setup_cache(
-        self,
-        batch_size: int,
-        max_len: int | None = None,
-        method: str = "continuous",
-        **engine_options: int,
-    ) -> ConvLMCache:
-        """Allocate the decoding state for ``batch_size`` sequences of up to ``max_len`` tokens.
-
-        Parameters
-        ----------
-        batch_size : int
-        max_len : int, optional
-            Longest sequence (prompt plus fed tokens); default and maximum ``config.max_len``.
-        method : {"continuous", "epoched", "naive"}
-            The online convolution engine of every layer (see :mod:`futurefill.online`).
-        **engine_options
-            ``epoch_len`` (epoched) or ``tile_len`` (continuous), passed to every engine.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        max_len = self.config.max_len if max_len is None else max_len
-        if isinstance(max_len, bool) or not isinstance(max_len, int):
-            raise TypeError(f"max_len must be an int, got {type(max_len).__name__}")
-        if not 1 <= max_len <= self.config.max_len:
-            raise ValueError(
-                f"max_len must be in [1, config.max_len={self.config.max_len}], got {max_len}"
-            )
-        layers = [
-            block.mixer.setup_cache(batch_size, max_len, method, **engine_options)
-            for block in self.blocks
-        ]
-        weight = self.embed.weight
-        return ConvLMCache(
-            layers,
-            batch_size=batch_size,
-            max_len=max_len,
-            method=method,
-            dtype=weight.dtype,
-            device=weight.device,
-        )
-
-    @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, cache: ConvLMCache) -> torch.Tensor:
-        """Consume prompts in one parallel pass; seed every layer's engine.
-
-        Parameters
-        ----------
-        ids : LongTensor, shape (cache.batch_size, P), ``1 <= P <= cache.max_len``.
-        cache : ConvLMCache at position 0 (fresh or reset).
-
-        Returns
-        -------
-        Tensor, shape (batch, P, vocab_size): the logits ``forward(ids)`` gives, to rounding.
-        """
-        if cache.position != 0:
-            raise RuntimeError(
-                f"prefill must come first: the cache is at position {cache.position}; "
-                "call cache.reset() to start new sequences"
-            )
-        self._check_sequence(ids, cache.max_len)
-        if ids.shape[0] != cache.batch_size:
-            raise ValueError(
-                f"ids has batch {ids.shape[0]}, but the cache was built for batch_size="
-                f"{cache.batch_size}"
-            )
-        if ids.shape[1] < 1:
-            raise ValueError("prefill needs at least one token per sequence")
-        x = self.embed(ids)
-        for block, layer in zip(self.blocks, cache.layers, strict=True):
-            x = block.prefill(x, layer)
-        cache.position = ids.shape[1]
-        return self.head(self.norm(x))
-
-    @torch.no_grad()
-    def step(
-        self, ids_t: torch.Tensor, cache: ConvLMCache, *, check_ids: bool = True
-    ) -> torch.Tensor:
-        """Consume one token per sequence and return the logits for the next one.
-
-        Parameters
-        ----------
-        ids_t : LongTensor, shape (cache.batch_size,), the token at position ``cache.position``.
-        cache : ConvLMCache, below its ``max_len``.
-        check_ids : bool
-            Check that the ids are in the vocabulary (one device sync on GPUs). :func:`generate`
-            turns it off: the ids it samples are in range by construction.
-
-        Returns
-        -------
-        Tensor, shape (batch, vocab_size): the logits ``forward`` gives at this position.
-        """
-        if not isinstance(ids_t, torch.Tensor) or ids_t.shape != (cache.batch_size,):
-            shape = tuple(ids_t.shape) if isinstance(ids_t, torch.Tensor) else type(ids_t).__name__
-            raise ValueError(f"ids_t must have shape (batch_size={cache.batch_size},), got {shape}")
-        if check_ids:
-            check_token_ids(ids_t, self.config.vocab_size, "ids_t")
-        if cache.position >= cache.max_len:
-            raise RuntimeError(f"the cache is full (max_len={cache.max_len}); call cache.reset()")
-        x_t = self.embed(ids_t)
-        for block, layer in zip(self.blocks, cache.layers, strict=True):
-            x_t = block.step(x_t, layer)
-        cache.position += 1
-        return self.head(self.norm(x_t))
 
     # ------------------------------------------------------------------ persistence
 

@@ -47,6 +47,9 @@ class _Off:
     def step(self, ids_t):
         return self.stepper.step(ids_t) * (1 + self.rel)
 
+    def close(self):
+        self.stepper.close()
+
 
 def test_context_runs_and_writes_json_csv_png(bench, out_dir):
     methods = ("naive", "epoched", "continuous", "recompute")

@@ -40,6 +40,9 @@ class _Off:
     def step(self, ids_t):
         return self.stepper.step(ids_t) * (1 + self.rel)
 
+    def close(self):
+        self.stepper.close()
+
 
 def test_model_runs_and_writes_json_csv_png(bench, out_dir):
     assert bench.run_cli(*TINY, "--repeats", "2", "--out", str(out_dir)) == 0

@@ -1,4 +1,5 @@
-"""Every mixer decodes, token by token with every engine, exactly what its FFT forward computes."""
+"""Every mixer decodes, inside a decoding session with every engine, exactly what its FFT forward
+computes: the layers have one forward, which is also their decode path."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill import METHODS
-from futurefill.layers import STU, Hyena, LongConv, Mixer, MixerCache
-from reference import rel_err
+from futurefill import METHODS, decoding
+from futurefill.layers import STU, Hyena, LongConv
+from futurefill.nn import EngineState
+from reference import decode_chunks, rel_err
 
 D, MAX_LEN = 8, 48
 LAYERS = {
@@ -30,19 +32,13 @@ CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 
 
-def make_layer(name: str, dtype: torch.dtype, seed: int = 0) -> Mixer:
+def make_layer(name: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return LAYERS[name]().to(dtype)
 
 
-def decode(layer: Mixer, x: torch.Tensor, prompt_len: int, cache: MixerCache) -> torch.Tensor:
-    """Prefill ``prompt_len`` positions (if any), step through the rest: (B, T, D)."""
-    outputs = []
-    if prompt_len:
-        outputs.append(layer.prefill(x[:, :prompt_len], cache))
-    for t in range(prompt_len, x.shape[1]):
-        outputs.append(layer.step(x[:, t], cache).unsqueeze(1))
-    return torch.cat(outputs, dim=1)
+def engines(session) -> list:
+    return [s.engine for s in session.states.values() if isinstance(s, EngineState)]
 
 
 DEFAULT_CASES = [(method, {}) for method in METHODS]
@@ -60,12 +56,10 @@ def test_decode_matches_forward(name, dtype, method, opts):
     x = torch.randn(2, length, D, dtype=torch.float64).to(dtype)
     with torch.no_grad():
         expected = layer(x)
-    for prompt_len in (0, 1, 9, length):
-        cache = layer.setup_cache(2, length, method, **opts)
-        y = decode(layer, x, prompt_len, cache)
+    for prompt_len, chunk in ((0, 1), (1, 1), (9, 1), (length, 1), (0, 5), (4, length)):
+        y, _ = decode_chunks(layer, x, prompt_len, method, chunk=chunk, **opts)
         assert y.dtype == dtype
-        assert cache.position == length
-        assert rel_err(y, expected) < TOL[dtype], (prompt_len, rel_err(y, expected))
+        assert rel_err(y, expected) < TOL[dtype], (prompt_len, chunk, rel_err(y, expected))
 
 
 @settings(max_examples=20)
@@ -85,7 +79,7 @@ def test_decode_matches_forward_random(name, method, length, prompt_frac, batch,
     with torch.no_grad():
         expected = layer(x)
     prompt_len = round(prompt_frac * length)
-    y = decode(layer, x, prompt_len, layer.setup_cache(batch, MAX_LEN, method))
+    y, _ = decode_chunks(layer, x, prompt_len, method, max_len=MAX_LEN)
     assert rel_err(y, expected) < 1e-9
 
 
@@ -93,54 +87,71 @@ def test_decode_matches_forward_random(name, method, length, prompt_frac, batch,
 def test_reset_starts_a_new_sequence(name):
     layer = make_layer(name, torch.float64)
     x1, x2 = torch.randn(2, 2, 20, D, dtype=torch.float64)
-    cache = layer.setup_cache(2, 20)
-    decode(layer, x1, 7, cache)
-    cache.reset()
-    assert cache.position == 0
     with torch.no_grad():
         expected = layer(x2)
-    for prompt_len in (0, 5):
-        cache.reset()
-        assert rel_err(decode(layer, x2, prompt_len, cache), expected) < 1e-9
+        with decoding(layer, batch_size=2, max_len=20) as session:
+            layer(x1[:, :7])
+            layer(x1[:, 7:8])
+            for prompt_len in (0, 5):
+                session.reset()
+                assert session.position == 0
+                y = [layer(x2[:, :prompt_len])] if prompt_len else []
+                y += [layer(x2[:, t : t + 1]) for t in range(prompt_len, 20)]
+                assert rel_err(torch.cat(y, dim=1), expected) < 1e-9
 
 
-def test_cache_holds_one_engine_per_long_filter_bank():
-    assert len(make_layer("longconv", torch.float64).setup_cache(1).engines) == 1
-    assert len(make_layer("stu_tensordot", torch.float64).setup_cache(1).engines) == 1
-    stu = make_layer("stu", torch.float64).setup_cache(3)
-    # The full STU form shares its bank of 2k = 12 filters: channels folded into the batch.
-    assert [(e.batch_size, e.channels) for e in stu.engines] == [(3 * D, 2 * 6)]
-    hyena = make_layer("hyena_order3", torch.float64).setup_cache(2, 10)
-    assert len(hyena.engines) == 3
-    assert all(e.channels == D and e.max_len == 10 for e in hyena.engines)
-    assert hyena.short is not None and hyena.short.inputs.shape == (3, 2, 4 * D)
-    assert hyena.nbytes > sum(e.nbytes for e in hyena.engines)
+def test_session_holds_one_engine_per_long_convolution():
+    x = torch.randn(3, 4, D, dtype=torch.float64)
+    for name, count in (("longconv", 1), ("stu_tensordot", 1), ("stu", 1), ("hyena_order3", 3)):
+        layer = make_layer(name, torch.float64)
+        with torch.no_grad(), decoding(layer, batch_size=3, max_len=10) as session:
+            layer(x)
+            assert len(engines(session)) == count, name
+            assert all(e.max_len == 10 for e in engines(session))
+    stu = make_layer("stu", torch.float64)
+    with torch.no_grad(), decoding(stu, batch_size=3) as session:
+        stu(x)
+        # The full STU form shares its bank of 2k = 12 filters: channels folded into the batch.
+        assert [(e.batch_size, e.channels) for e in engines(session)] == [(3 * D, 2 * 6)]
+    hyena = make_layer("hyena_order3", torch.float64)
+    with torch.no_grad(), decoding(hyena, batch_size=2, max_len=10) as session:
+        hyena(x[:2])
+        assert session.states["short"].history.shape == (2, 4 * D, 3)
+        assert session.nbytes > sum(e.nbytes for e in engines(session))
 
 
 def test_full_stu_holds_its_filter_spectra_once():
     """The continuous engine's level spectra are (2k, ...), not (d_model * 2k, ...): its bytes
     grow with d_model only through the per-row buffers."""
     layer = make_layer("stu", torch.float64)
-    (engine,) = layer.setup_cache(1, method="continuous", tile_len=2).engines
+    with torch.no_grad(), decoding(layer, batch_size=1, tile_len=2) as session:
+        layer(torch.randn(1, 3, D, dtype=torch.float64))
+        (engine,) = engines(session)
     assert all(spec.shape[0] == 2 * 6 for spec in engine._spectra.values())
 
 
 def test_engines_hold_a_snapshot_of_the_filters():
     layer = make_layer("longconv", torch.float64)
-    cache = layer.setup_cache(1, method="continuous")
-    before = cache.engines[0].h.clone()
-    with torch.no_grad():
-        layer.filters.mul_(2.0)
-    assert torch.equal(cache.engines[0].h, before)
+    x = torch.randn(1, 6, D, dtype=torch.float64)
+    with torch.no_grad(), decoding(layer, batch_size=1) as session:
+        first = layer(x[:, :3])
+        before = engines(session)[0].h.clone()
+        layer.conv.weight.mul_(2.0)
+        assert torch.equal(engines(session)[0].h, before)
+        session.reset()
+        assert torch.equal(layer(x[:, :3]), first)  # this session keeps its snapshot
 
 
 @pytest.mark.parametrize("name", LAYERS)
 def test_decoding_does_not_build_autograd_graphs(name):
     layer = make_layer(name, torch.float64)
-    cache = layer.setup_cache(1, 4)
     x = torch.randn(1, 4, D, dtype=torch.float64, requires_grad=True)
-    assert not layer.prefill(x[:, :2], cache).requires_grad
-    assert not layer.step(x[:, 2], cache).requires_grad
+    with decoding(layer, batch_size=1, max_len=4):
+        prompt_out = layer(x[:, :2])
+        step_out = layer(x[:, 2:3])
+    # The engines hold detached state; only the position-wise layers around them see x's graph.
+    assert layer(x).requires_grad
+    assert prompt_out.shape == (1, 2, D) and step_out.shape == (1, 1, D)
 
 
 def test_forward_is_differentiable():
@@ -151,29 +162,30 @@ def test_forward_is_differentiable():
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
 
 
-def test_setup_cache_errors():
+def test_session_errors():
     layer = make_layer("longconv", torch.float64)
-    with pytest.raises(ValueError, match=r"max_len must be in \[1, 48\]"):
-        layer.setup_cache(1, MAX_LEN + 1)
+    with pytest.raises(ValueError, match="exceeds the model's max_len 48"):
+        decoding(layer, batch_size=1, max_len=MAX_LEN + 1)
     with pytest.raises(ValueError, match="unknown method"):
-        layer.setup_cache(1, 10, "fast")
+        decoding(layer, batch_size=1, method="fast")
     with pytest.raises(ValueError, match="tile_len applies"):
-        layer.setup_cache(1, 10, "naive", tile_len=4)
+        decoding(layer, batch_size=1, method="naive", tile_len=4)
 
 
 def test_forward_input_errors():
     layer = make_layer("stu", torch.float64)
     with pytest.raises(ValueError, match="exceeds the filter length"):
         layer(torch.zeros(1, MAX_LEN + 1, D, dtype=torch.float64))
-    with pytest.raises(ValueError, match="d_model=8"):
+    with pytest.raises(ValueError, match="channels=8"):
         layer(torch.zeros(1, 4, D + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match="d_model must be >= 1"):
+    with pytest.raises(ValueError, match="channels must be >= 1"):
         LongConv(0, 4)
 
 
 def test_step_past_max_len_raises():
     layer = make_layer("hyena", torch.float64)
-    cache = layer.setup_cache(1, 3)
-    layer.prefill(torch.randn(1, 3, D, dtype=torch.float64), cache)
-    with pytest.raises(RuntimeError, match="max_len"):
-        layer.step(torch.randn(1, D, dtype=torch.float64), cache)
+    with torch.no_grad(), decoding(layer, batch_size=1, max_len=3) as session:
+        layer(torch.randn(1, 3, D, dtype=torch.float64))
+        with pytest.raises(ValueError, match="max_len=3"):
+            layer(torch.randn(1, 1, D, dtype=torch.float64))
+        assert session.position == 3

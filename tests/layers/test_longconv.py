@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from futurefill.layers import LongConv
-from futurefill.layers.longconv import decaying_filters
+from futurefill.nn import decaying_filters
 from reference import reference_conv, rel_err
 
 
@@ -16,9 +16,9 @@ def test_forward_matches_reference():
     x = torch.randn(2, 17, 5, dtype=torch.float64)
     with torch.no_grad():
         y = layer(x)
-    h = layer.filters.detach().numpy()
+    h = layer.conv.weight.detach().numpy()
     conv = reference_conv(x.numpy().transpose(0, 2, 1), h).transpose(0, 2, 1)  # (B, T, D)
-    mixed = conv + layer.skip.detach().numpy() * x.numpy()
+    mixed = conv + layer.conv.skip.detach().numpy() * x.numpy()
     ref = mixed @ layer.out_proj.weight.detach().numpy().T + layer.out_proj.bias.detach().numpy()
     assert rel_err(y, ref) < 1e-13
 
@@ -38,7 +38,23 @@ def test_initial_filters_are_unit_norm_and_decay():
 def test_filters_follow_the_default_dtype():
     torch.set_default_dtype(torch.float64)
     try:
-        assert LongConv(3, 8).filters.dtype == torch.float64
+        assert LongConv(3, 8).conv.weight.dtype == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)
-    assert LongConv(3, 8).filters.dtype == torch.float32
+    assert LongConv(3, 8).conv.weight.dtype == torch.float32
+
+
+def test_checkpoints_from_before_futurefill_nn_load():
+    """Saved with the layer's own ``filters`` and ``skip``: renamed to ``conv.weight/skip``."""
+    torch.manual_seed(0)
+    layer = LongConv(3, 8)
+    state = layer.state_dict()
+    legacy = {
+        ("filters" if k == "conv.weight" else "skip" if k == "conv.skip" else k): v
+        for k, v in state.items()
+    }
+    assert "filters" in legacy and "skip" in legacy
+    loaded = LongConv(3, 8)
+    loaded.load_state_dict(legacy)
+    for key, value in state.items():
+        assert torch.equal(loaded.state_dict()[key], value), key

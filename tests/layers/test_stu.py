@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from futurefill.fftconv import bank_conv
 from futurefill.layers import STU, spectral_filters
-from futurefill.layers.stu import filter_bank_conv
 from reference import rel_err
 
 D, L, K = 4, 24, 5
@@ -80,9 +80,9 @@ def test_minus_branch_is_the_alternating_input_branch_times_the_parity(x):
         np.testing.assert_allclose(minus[..., j], other, rtol=0, atol=1e-14)
 
 
-def test_filter_bank_conv_matches_loop(x):
+def test_bank_conv_matches_loop(x):
     bank = torch.randn(3, L, dtype=torch.float64)
-    out = filter_bank_conv(x.transpose(1, 2), bank)  # (B, D, 3, T)
+    out = bank_conv(x.transpose(1, 2), bank)  # (B, D, 3, T)
     for j in range(3):
         ref = lagged_sum(x.numpy(), bank[j].numpy())  # (B, T, D)
         assert rel_err(out[:, :, j].transpose(1, 2), ref) < 1e-13

@@ -1,11 +1,12 @@
 """``futurefill bench context``: the ConvLM's decode throughput at a given context length.
 
-For every context length P, every mixer and every method: a fresh cache with ``max_len = P + K``,
-``model.prefill`` of P random token ids (seeded; timed: ``prefill_s``), then K greedy decoding steps
-``model.step(ids_t, cache, check_ids=False)``, each fed the argmax of the previous logits (timed in
-dyadic chunks: ``decode_s``). Reported per cell: decode tokens/s ``B K / decode_s``, prefill time,
-the bytes the cache holds after the prefill and at its peak. One model per mixer serves every P:
-its ``max_len`` is the largest P + K (the STU filters depend on it).
+For every context length P, every mixer and every method: a fresh decoding session with
+``max_len = P + K``, the model's forward on P random token ids (seeded; timed: ``prefill_s``),
+then K greedy decoding steps (the forward on one token per sequence), each fed the argmax of the
+previous logits (timed in dyadic chunks: ``decode_s``). Reported per cell: decode tokens/s
+``B K / decode_s``, prefill time, the bytes the session holds after the prefill and at its peak.
+One model per mixer serves every P: its ``max_len`` is the largest P + K (the STU filters depend
+on it).
 
 This is the setting of the question "how fast does the model decode once it has seen P tokens?":
 naive decoding costs O(P) per token, FutureFill (epoched, continuous) O(log^2) amortised.
@@ -122,7 +123,7 @@ def run_cell(
         first = prompt_logits[:, -1].argmax(dim=-1)
         fed, logits, chunks, peak = generate_timed(stepper, first, new_tokens, device)
         peak = max(peak, after_prefill)
-        del stepper
+        stepper.close()
         decodes.append(sum(c for _, _, c in chunks))
         runs.append(chunks)
         if err is None:

@@ -4,13 +4,14 @@ For every mixer, a randomly initialised :class:`~futurefill.model.ConvLM` (seede
 tokens greedily, one :meth:`~futurefill.model.ConvLM.step` per token, each token the argmax of the
 previous logits (the real feedback loop: nothing is pre-computed). Methods:
 
-* ``naive``, ``epoched``, ``continuous``: ``model.setup_cache(batch, L, method)`` then ``step``;
+* ``naive``, ``epoched``, ``continuous``: the model's forward, one token per call, in a
+  ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
 Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
 tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> factory
-``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits``, ``nbytes`` and
-``prefill(ids) -> logits``, which :mod:`futurefill.bench.context` uses).
+``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits``, ``nbytes``,
+``prefill(ids) -> logits``, which :mod:`futurefill.bench.context` uses, and ``close()``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from futurefill.bench import common, plots
+from futurefill.nn import decoding
 
 MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
 # Agreement tolerance of the logits, relative to their largest magnitude. Half precisions round the
@@ -42,22 +44,29 @@ RATIOS = (("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuo
 
 
 class CachedStepper:
-    """``model.step`` with a cache of the given engine method (what :func:`generate` runs)."""
+    """The model's forward in a decoding session of the given method (what :func:`generate`
+    runs); ``close()`` ends the session."""
 
     def __init__(self, model, max_len: int, batch_size: int, method: str):
         self.model = model
-        self.cache = model.setup_cache(batch_size, max_len=max_len, method=method)
+        self.session = decoding(model, batch_size=batch_size, max_len=max_len, method=method)
 
     @property
     def nbytes(self) -> int:
-        return self.cache.nbytes
+        return self.session.nbytes
 
+    @torch.no_grad()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh cache."""
-        return self.model.prefill(ids, self.cache)
+        """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh session."""
+        return self.model(ids)
 
+    @torch.no_grad()
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
-        return self.model.step(ids_t, self.cache, check_ids=False)
+        """``(B,) -> (B, vocab)``: one token per sequence."""
+        return self.model(ids_t[:, None])[:, 0]
+
+    def close(self) -> None:
+        self.session.close()
 
 
 class RecomputeStepper:
@@ -86,6 +95,9 @@ class RecomputeStepper:
         self._ids[:, t] = ids_t
         self._t = t + 1
         return self.model(self._ids[:, : t + 1])[:, -1]
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 def _cached(method: str) -> Callable[[Any, int, int], Any]:
@@ -181,7 +193,7 @@ def run_cell(
         common.sync(device)
         setups.append(time.perf_counter() - began)
         ids, logits, chunks, peak = generate_timed(stepper, first, length, device)
-        del stepper
+        stepper.close()
         times.append(sum(c for _, _, c in chunks))
         runs.append(chunks)
         if err is None:

@@ -1,19 +1,21 @@
-"""Causal sequence-mixing layers with a parallel (FFT) forward and an online decode path.
+"""Causal sequence-mixing layers built from :mod:`futurefill.nn`: one forward each.
+
+Every layer maps ``(batch, length, d_model)`` to the same shape causally. Its long and short
+convolutions are futurefill.nn modules, so inside a decoding session (:func:`futurefill.decoding`)
+the same forward continues the sequence one chunk at a time through the online engines.
 
 =========  =====================================================  ================================
-layer      mixing                                                 decode engines
+layer      mixing                                                 futurefill.nn modules
 =========  =====================================================  ================================
-LongConv   explicit per-channel filters                           1 x d_model channels
-STU        spectral filters, full form (M+ and M-)                1 x d_model * 2k channels
-STU        tensordot approximation (``tensordot=True``)           1 x d_model channels
-Hyena      order N: implicit filters, gating, short convs         N x d_model channels + ring
+LongConv   explicit per-channel filters, ``D * u`` skip           LongConv (d_model channels)
+STU        spectral filters, full form (M+ and M-)                FilterBankConv (2k filters)
+STU        tensordot approximation (``tensordot=True``)           LongConv, implicit filter
+Hyena      order N: implicit filters, gating, short convs         ShortConv + N x LongConv
 =========  =====================================================  ================================
 """
 
-from futurefill.layers.base import Mixer, MixerCache
 from futurefill.layers.hyena import Hyena, HyenaFilter
 from futurefill.layers.longconv import LongConv
-from futurefill.layers.shortconv import ShortConv, ShortConvCache
 from futurefill.layers.spectral import hankel_matrix, spectral_filters, top_eigenpairs
 from futurefill.layers.stu import STU
 
@@ -22,10 +24,6 @@ __all__ = [
     "Hyena",
     "HyenaFilter",
     "LongConv",
-    "Mixer",
-    "MixerCache",
-    "ShortConv",
-    "ShortConvCache",
     "hankel_matrix",
     "spectral_filters",
     "top_eigenpairs",

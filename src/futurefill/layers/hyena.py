@@ -7,8 +7,8 @@ For ``u`` (batch, length, d_model)::
     for n = 1..N:  z = x_n ⊙ (h_n * z + b_n ⊙ z)              * = causal long convolution
     y = out_proj(z)
 
-``short_conv`` is a causal depthwise convolution with kernel 3 (decoded with a ring buffer, see
-:mod:`futurefill.layers.shortconv`). The long filters are implicit::
+``short_conv`` is a causal depthwise convolution with kernel 3 (:class:`futurefill.nn.ShortConv`).
+The long filters are implicit::
 
     h_n[c, t] = FFN(pos(t))[n, c] * exp(-|delta_c| t / (L - 1))
 
@@ -17,21 +17,21 @@ frequencies f_i, an FFN with sine activations, and per-channel decay rates ``del
 the window from 1 down to 1e-2 over 30% (fastest channel) to 150% (slowest) of the length, as in
 the reference implementation (safari). The b_n ⊙ z term is the per-channel skip of its FFT conv.
 
-Decoding materialises the N filters once (:meth:`Hyena.long_filters`) and runs N engines of
-``d_model`` channels, one after the other within a step since engine n's input is stream n-1's
-gated output.
+Decoding: the short conv and the N long convolutions are :mod:`futurefill.nn` modules, so the
+forward is also the decode path; each long convolution materialises its filter once per decoding
+session (:meth:`HyenaFilter.forward` for its order).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from futurefill.fftconv import causal_conv
-from futurefill.layers.base import Mixer, MixerCache
-from futurefill.layers.shortconv import ShortConv, ShortConvCache
+from futurefill import nn as ffnn
 
 __all__ = ["Hyena", "HyenaFilter", "Sin"]
 
@@ -94,14 +94,21 @@ class HyenaFilter(nn.Module):
             nn.Linear(hidden, order * d_model, bias=False),
         )
 
-    def forward(self, length: int) -> torch.Tensor:
-        """The first ``length`` taps of every filter, ``(order, d_model, length)``."""
-        h = self.ffn(self.pos[:length])  # (length, order * d_model)
-        h = h.T.reshape(self.order, self.d_model, length)
-        return h * self.window[:, :length]
+    def forward(self, length: int, n: int) -> torch.Tensor:
+        """The first ``length`` taps of the filters of order ``n``, ``(d_model, length)``.
+
+        The FFN's hidden features are shared by the orders; its last layer's rows
+        ``n * d_model .. (n + 1) * d_model - 1`` give order n.
+        """
+        *trunk, last = self.ffn
+        hidden = self.pos[:length]
+        for layer in trunk:
+            hidden = layer(hidden)  # (length, hidden)
+        rows = last.weight[n * self.d_model : (n + 1) * self.d_model]
+        return F.linear(hidden, rows).T * self.window[:, :length]
 
 
-class Hyena(Mixer):
+class Hyena(nn.Module):
     """Hyena operator of order N (see the module docstring).
 
     Parameters
@@ -129,45 +136,27 @@ class Hyena(Mixer):
         pos_dim: int = 17,
         short_kernel: int = 3,
     ):
-        super().__init__(d_model, max_len)
+        super().__init__()
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
+        self.d_model = d_model
         self.order = order
         self.in_proj = nn.Linear(d_model, (order + 1) * d_model)
-        self.short = ShortConv((order + 1) * d_model, short_kernel)
+        self.short = ffnn.ShortConv((order + 1) * d_model, short_kernel)
         self.filter = HyenaFilter(d_model, order, max_len, pos_dim=pos_dim, hidden=filter_hidden)
+        self.long = nn.ModuleList(
+            ffnn.LongConv(d_model, max_len, filter=functools.partial(self._order_filter, n))
+            for n in range(order)
+        )
         self.bias = nn.Parameter(torch.randn(order, d_model))
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def long_filters(self) -> list[torch.Tensor]:
-        return list(self.filter(self.max_len).unbind(0))
-
-    def short_cache(self, batch_size: int) -> ShortConvCache:
-        return self.short.setup_cache(batch_size)
+    def _order_filter(self, n: int, length: int) -> torch.Tensor:
+        return self.filter(length, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, length, d_model) -> (batch, length, d_model)``, long convolutions by FFT."""
-        self._check_length(x)
+        """``(batch, length, d_model) -> (batch, length, d_model)``."""
         v, *gates = self.short(self.in_proj(x)).split(self.d_model, dim=-1)
-        filters = self.filter(x.shape[1])  # (order, d_model, length)
         for n, gate in enumerate(gates):
-            conv = causal_conv(v.transpose(1, 2), filters[n]).transpose(1, 2)
-            v = gate * torch.addcmul(conv, self.bias[n], v)
-        return self.out_proj(v)
-
-    @torch.no_grad()
-    def prefill(self, x: torch.Tensor, cache: MixerCache) -> torch.Tensor:
-        self._check_length(x)
-        z = self.short.prefill(self.in_proj(x), cache.short)
-        v, *gates = z.split(self.d_model, dim=-1)
-        for n, (gate, engine) in enumerate(zip(gates, cache.engines, strict=True)):
-            conv = engine.prefill(v.transpose(1, 2)).transpose(1, 2)
-            v = gate * torch.addcmul(conv, self.bias[n], v)
-        return self.out_proj(v)
-
-    @torch.no_grad()
-    def step(self, x_t: torch.Tensor, cache: MixerCache) -> torch.Tensor:
-        v, *gates = self.short.step(self.in_proj(x_t), cache.short).split(self.d_model, dim=-1)
-        for n, (gate, engine) in enumerate(zip(gates, cache.engines, strict=True)):
-            v = gate * torch.addcmul(engine.step(v), self.bias[n], v)
+            v = gate * torch.addcmul(self.long[n](v), self.bias[n], v)
         return self.out_proj(v)

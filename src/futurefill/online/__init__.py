@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from futurefill.checks import check_int
 from futurefill.online.base import OnlineConvEngine
-from futurefill.online.continuous import ContinuousConv, default_tile_len
+from futurefill.online.continuous import ContinuousConv, check_tile_len, default_tile_len
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
 
@@ -29,11 +30,40 @@ __all__ = [
     "NaiveConv",
     "OnlineConv",
     "OnlineConvEngine",
+    "check_engine_options",
     "default_epoch_len",
     "default_tile_len",
 ]
 
 METHODS = ("naive", "epoched", "continuous")
+
+
+# The knob of each method (see the table above); every other method takes none.
+ENGINE_OPTIONS = {"epoch_len": "epoched", "tile_len": "continuous"}
+
+
+def check_engine_options(method: str, options: dict[str, object]) -> None:
+    """Raise unless ``method`` is known and ``options`` are valid knobs of it.
+
+    An unknown option name is a TypeError naming the known ones; a knob of another method, an
+    ``epoch_len`` below 1 or a ``tile_len`` that is not a power of two is a ValueError.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    for name, value in options.items():
+        if name not in ENGINE_OPTIONS:
+            known = ", ".join(f"{k} ({m})" for k, m in ENGINE_OPTIONS.items())
+            raise TypeError(f"unknown engine option {name!r}; the options are {known}")
+        if value is None:
+            continue
+        if ENGINE_OPTIONS[name] != method:
+            raise ValueError(
+                f"{name} applies to method={ENGINE_OPTIONS[name]!r} only, not {method!r}"
+            )
+        if name == "tile_len":
+            check_tile_len(value)
+        else:
+            check_int(value, name)
 
 
 def make_engine(
@@ -42,21 +72,16 @@ def make_engine(
     *,
     max_len: int | None = None,
     batch_size: int = 1,
-    epoch_len: int | None = None,
-    tile_len: int | None = None,
+    **options: int | None,
 ) -> OnlineConvEngine:
-    """Build the engine for ``method``; the options of other methods must be left as None."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if epoch_len is not None and method != "epoched":
-        raise ValueError(f"epoch_len applies to method='epoched' only, not {method!r}")
-    if tile_len is not None and method != "continuous":
-        raise ValueError(f"tile_len applies to method='continuous' only, not {method!r}")
+    """Build the engine for ``method`` with its knob (``epoch_len`` or ``tile_len``), if any."""
+    check_engine_options(method, options)
+    knobs = {name: value for name, value in options.items() if value is not None}
     if method == "naive":
         return NaiveConv(h, max_len=max_len, batch_size=batch_size)
     if method == "epoched":
-        return EpochedConv(h, max_len=max_len, batch_size=batch_size, epoch_len=epoch_len)
-    return ContinuousConv(h, max_len=max_len, batch_size=batch_size, tile_len=tile_len)
+        return EpochedConv(h, max_len=max_len, batch_size=batch_size, **knobs)
+    return ContinuousConv(h, max_len=max_len, batch_size=batch_size, **knobs)
 
 
 class OnlineConv:
@@ -111,10 +136,20 @@ class OnlineConv:
             epoch_len=epoch_len,
             tile_len=tile_len,
         )
-        # Bound directly: the per-token call goes straight to the engine.
-        self.step = self.engine.step
-        self.prefill = self.engine.prefill
-        self.reset = self.engine.reset
+
+    def prefill(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume a prompt ``(batch_size, channels, P)`` at once; return its outputs, same
+        shape. Must come first (see :meth:`OnlineConvEngine.prefill`)."""
+        return self.engine.prefill(u)
+
+    def step(self, u_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Consume one input per sequence ``(batch_size, channels)``; return the next output,
+        same shape, written into ``out`` when given (see :meth:`OnlineConvEngine.step`)."""
+        return self.engine.step(u_t, out)
+
+    def reset(self) -> None:
+        """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
+        self.engine.reset()
 
     @property
     def position(self) -> int:

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from futurefill.checks import check_int
 from futurefill.fftconv import compute_dtype
 
 
@@ -51,20 +52,17 @@ class OnlineConvEngine(ABC):
             raise ValueError(f"h must be non-empty, got shape {tuple(h.shape)}")
         self.dtype = h.dtype
         self.compute_dtype = compute_dtype(h.dtype)
-        max_len = filter_len if max_len is None else int(max_len)
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        max_len = filter_len if max_len is None else check_int(max_len, "max_len")
+        batch_size = check_int(batch_size, "batch_size")
         if max_len > filter_len:
             raise ValueError(
                 f"max_len {max_len} exceeds filter_len {filter_len}: the filter must be at least "
                 "as long as the longest sequence"
             )
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.h = h.detach().to(self.compute_dtype, copy=True)  # a snapshot, not a view of h
         self.channels = channels
         self.max_len = max_len
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.device = h.device
         self._step_shape = (self.batch_size, channels)
         self._position = 0
@@ -167,6 +165,11 @@ class OnlineConvEngine(ABC):
 
     def _check_row(self, x: torch.Tensor, name: str) -> None:
         """One step's tensor: shape (batch_size, channels), h's dtype and device."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape (batch_size, channels) = "
+                f"{self._step_shape}, got {type(x).__name__}"
+            )
         if x.shape != self._step_shape:
             raise ValueError(
                 f"{name} must have shape (batch_size, channels) = {self._step_shape}, "

@@ -23,8 +23,17 @@ from __future__ import annotations
 
 import torch
 
+from futurefill.checks import check_int
 from futurefill.fftconv import prompt_conv
 from futurefill.online.base import OnlineConvEngine
+
+
+def check_tile_len(tile_len: object) -> int:
+    """``tile_len`` as an int, or an error unless it is a positive power of two."""
+    tile_len = check_int(tile_len, "tile_len", None)
+    if tile_len < 1 or tile_len & (tile_len - 1):
+        raise ValueError(f"tile_len must be a positive power of two, got {tile_len}")
+    return tile_len
 
 
 def default_tile_len(channels: int, batch_size: int, device: torch.device) -> int:
@@ -68,10 +77,7 @@ class ContinuousConv(OnlineConvEngine):
         super().__init__(h, max_len=max_len, batch_size=batch_size)
         if tile_len is None:
             tile_len = default_tile_len(self.channels, self.batch_size, self.device)
-        tile_len = int(tile_len)
-        if tile_len < 1 or tile_len & (tile_len - 1):
-            raise ValueError(f"tile_len must be a positive power of two, got {tile_len}")
-        self.tile_len = tile_len
+        self.tile_len = tile_len = check_tile_len(tile_len)
         head = self._zeros(tile_len, 1, self.channels)
         width = min(tile_len, self.max_len)
         head[:width, 0].copy_(self.h[:, :width].t())

@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from futurefill.checks import check_int
 from futurefill.fftconv import fft_size, prompt_conv
 from futurefill.online.base import OnlineConvEngine
 
@@ -48,9 +49,9 @@ class EpochedConv(OnlineConvEngine):
         epoch_len: int | None = None,
     ):
         super().__init__(h, max_len=max_len, batch_size=batch_size)
-        epoch_len = default_epoch_len(self.max_len) if epoch_len is None else int(epoch_len)
-        if epoch_len < 1:
-            raise ValueError(f"epoch_len must be >= 1, got {epoch_len}")
+        if epoch_len is None:
+            epoch_len = default_epoch_len(self.max_len)
+        epoch_len = check_int(epoch_len, "epoch_len")
         self.epoch_len = epoch_len
         # Filter zero-padded so that every refill may read h[0 .. t + E].
         padded_len = fft_size(self.max_len + epoch_len)

@@ -1,4 +1,4 @@
-"""The short causal depthwise convolution and its ring-buffer decoding."""
+"""The short causal depthwise convolution and its decoding with a history buffer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from futurefill.layers import ShortConv
-from reference import rel_err
+from futurefill import decoding
+from futurefill.nn import ShortConv
+from reference import decode_chunks, rel_err
 
 
 def reference_short_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -33,29 +34,37 @@ def test_forward_matches_loop(kernel_size):
 
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 3, 5])
-@pytest.mark.parametrize("prompt_len", [0, 1, 2, 3, 7])
-def test_ring_buffer_decoding_matches_forward(kernel_size, prompt_len):
+@pytest.mark.parametrize(
+    ("prompt_len", "chunk"), [(0, 1), (1, 1), (2, 1), (3, 1), (7, 1), (0, 5), (2, 12)]
+)
+def test_session_decoding_matches_forward(kernel_size, prompt_len, chunk):
     torch.manual_seed(0)
     conv = ShortConv(4, kernel_size).double()
     x = torch.randn(3, 12, 4, dtype=torch.float64)
     with torch.no_grad():
         expected = conv(x)
-        cache = conv.setup_cache(3)
-        for _ in range(2):  # a reset cache behaves as a fresh one
-            outputs = [conv.prefill(x[:, :prompt_len], cache)] if prompt_len else []
-            outputs += [conv.step(x[:, t], cache).unsqueeze(1) for t in range(prompt_len, 12)]
-            assert cache.position == 12
-            assert rel_err(torch.cat(outputs, dim=1), expected) < 1e-14
-            cache.reset()
-            assert cache.position == 0
+    y, _ = decode_chunks(conv, x, prompt_len, chunk=chunk, max_len=12)
+    assert rel_err(y, expected) < 1e-14
 
 
-def test_ring_buffer_is_small_and_on_the_layer_dtype():
+def test_reset_zeroes_the_history():
+    torch.manual_seed(0)
+    conv = ShortConv(4, 3).double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    with torch.no_grad(), decoding(conv, batch_size=2, max_len=9) as session:
+        first = torch.cat([conv(x[:, :4]), conv(x[:, 4:])], dim=1)
+        session.reset()
+        assert session.position == 0
+        assert torch.equal(torch.cat([conv(x[:, :4]), conv(x[:, 4:])], dim=1), first)
+
+
+def test_history_is_small_and_on_the_layer_dtype():
     conv = ShortConv(5, 3).to(torch.float32)
-    cache = conv.setup_cache(2)
-    assert cache.inputs.shape == (2, 2, 5)
-    assert cache.inputs.dtype == torch.float32
-    assert cache.nbytes == 2 * 2 * 5 * 4
+    with decoding(conv, batch_size=2, max_len=100) as session:
+        (state,) = session.states.values()
+        assert state.history.shape == (2, 5, 2)
+        assert state.history.dtype == torch.float32
+        assert session.nbytes == 2 * 2 * 5 * 4
 
 
 def test_kernel_size_must_be_positive():

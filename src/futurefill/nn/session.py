@@ -1,0 +1,282 @@
+"""Decoding sessions: the state of every futurefill.nn module of a model, for one batch.
+
+Outside a session a :class:`DecodingModule` is an ordinary module: its forward maps a whole
+sequence, by FFT, with autograd. Inside one, the same forward consumes the *next chunk* of the
+sequence and keeps what the rest will need (online convolution engines, short-conv histories)
+in the module::
+
+    with futurefill.decoding(model, batch_size=2, max_len=1024, method="continuous") as session:
+        logits = model(prompt_ids)            # (2, P): the first chunk, prefilled in one pass
+        logits = model(next_ids[:, None])     # (2, 1): one more position per sequence
+        session.position, session.nbytes      # positions consumed; bytes held by the state
+        session.reset()                       # new sequences, same session
+
+Position-wise layers (Linear, norms, activations, gating) need nothing: they see the chunk. The
+session allocates each module's state when it opens (short-conv histories) or at the module's first
+chunk (engines, sized by the filter taps materialised once at ``max_len``), never per step.
+
+Checks before any state changes: the batch size and the room left are checked on the model's
+first tensor argument (``(batch, length)``, or ``input_ids=``) before its forward runs; a module
+whose input dtype or device changed since the session's first chunk raises. An exception raised
+inside the model's forward for another reason may leave modules at different positions: call
+``session.reset()`` after it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from futurefill.checks import check_int
+from futurefill.online import METHODS, check_engine_options
+
+__all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "decoding_max_len"]
+
+
+class ModuleState(ABC):
+    """What one module keeps between the chunks of a session.
+
+    Parameters
+    ----------
+    session : DecodingSession
+    name : str
+        The module's qualified name in the model (for error messages).
+    """
+
+    def __init__(self, session: DecodingSession, name: str):
+        self.session = session
+        self.name = name or "the model"
+        self.dtype: torch.dtype | None = None  # of the inputs, fixed by the first chunk
+        self.device: torch.device | None = None
+
+    def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
+        """Raise unless ``x`` continues this session: same dtype and device as its first chunk,
+        the session's batch size, and room left for its length (the last dimension)."""
+        if self.dtype is None:
+            self.dtype, self.device = x.dtype, x.device
+        elif x.dtype != self.dtype or x.device != self.device:
+            raise RuntimeError(
+                f"{type(module).__name__} {self.name!r} started this decoding session with "
+                f"{self.dtype} inputs on {self.device} and now gets {x.dtype} on {x.device}: the "
+                "model's dtype or device changed during the session; open a new session"
+            )
+        if x.shape[0] != self.session.batch_size:
+            raise ValueError(
+                f"{type(module).__name__} {self.name!r} got a batch of {x.shape[0]}; the decoding "
+                f"session is for batch_size={self.session.batch_size}"
+            )
+        if self.position + x.shape[-1] > self.session.max_len:
+            raise ValueError(
+                f"{type(module).__name__} {self.name!r} is at position {self.position} of the "
+                f"session's max_len={self.session.max_len}: no room for {x.shape[-1]} more; call "
+                "session.reset() or open a session with a larger max_len"
+            )
+
+    @property
+    @abstractmethod
+    def position(self) -> int:
+        """Positions consumed so far."""
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Back to position 0 (keeping the allocations)."""
+
+
+class DecodingModule(nn.Module, ABC):
+    """Base class of the modules that keep their decoding state in a session.
+
+    Parameters
+    ----------
+    max_len : int or None
+        Longest sequence the module can process (its filter length); None: no limit.
+    """
+
+    def __init__(self, max_len: int | None):
+        super().__init__()
+        self.max_len = None if max_len is None else check_int(max_len, "max_len")
+        self._state: ModuleState | None = None
+
+    @property
+    def decoding(self) -> bool:
+        """Whether the module is in a decoding session (its forward continues a sequence)."""
+        return self._state is not None
+
+    @abstractmethod
+    def open_state(self, session: DecodingSession, name: str) -> ModuleState:
+        """The state this module keeps in ``session`` (called once, when the session opens)."""
+
+
+def decoding_max_len(model: nn.Module) -> int | None:
+    """The longest sequence every futurefill.nn module of ``model`` accepts (None: no limit)."""
+    limits = [m.max_len for m in model.modules() if isinstance(m, DecodingModule) and m.max_len]
+    return min(limits) if limits else None
+
+
+class DecodingSession:
+    """Decoding state of a whole model; see the module docstring and :func:`decoding`.
+
+    Attributes
+    ----------
+    batch_size, max_len, method : as given.
+    engine_options : dict, ``epoch_len`` or ``tile_len`` for every engine.
+    states : dict, module name -> :class:`ModuleState`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        batch_size: int,
+        max_len: int | None = None,
+        method: str = "continuous",
+        **engine_options: int | None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        modules = [(n, m) for n, m in model.named_modules() if isinstance(m, DecodingModule)]
+        if not modules:
+            raise ValueError(
+                f"{type(model).__name__} has no futurefill.nn modules, so it cannot decode: its "
+                "time mixing must use futurefill.nn.LongConv, FilterBankConv or ShortConv"
+            )
+        self.batch_size = check_int(batch_size, "batch_size")
+        limit = decoding_max_len(model)
+        if max_len is None:
+            if limit is None:
+                raise ValueError("max_len is required: no module of the model has a length limit")
+            max_len = limit
+        self.max_len = check_int(max_len, "max_len")
+        if limit is not None and self.max_len > limit:
+            name = next(n for n, m in modules if m.max_len == limit)
+            raise ValueError(
+                f"max_len {self.max_len} exceeds the model's max_len {limit} (the filter length "
+                f"of {name!r})"
+            )
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        check_engine_options(method, engine_options)
+        for name, module in modules:
+            if module.decoding:
+                raise RuntimeError(
+                    f"{name!r} is already in a decoding session: close that one first"
+                )
+        self.method = method
+        self.engine_options = {k: v for k, v in engine_options.items() if v is not None}
+        self.model = model
+        self.states = {name: module.open_state(self, name) for name, module in modules}
+        self._modules = [module for _, module in modules]
+        for module, state in zip(self._modules, self.states.values(), strict=True):
+            module._state = state
+        self._hook = model.register_forward_pre_hook(self._check_call, with_kwargs=True)
+
+    @property
+    def position(self) -> int:
+        """Positions consumed so far by every sequence (those of the first module)."""
+        return next(iter(self.states.values())).position
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every module's state (engines, histories)."""
+        return sum(state.nbytes for state in self.states.values())
+
+    @property
+    def closed(self) -> bool:
+        return self._hook is None
+
+    def reset(self) -> None:
+        """Start new sequences: every module back to position 0, allocations and filters kept."""
+        for state in self.states.values():
+            state.reset()
+
+    def close(self) -> None:
+        """Leave the session: the model's modules are ordinary modules again."""
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook = None
+        for module in self._modules:
+            module._state = None
+
+    def __enter__(self) -> DecodingSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"DecodingSession(modules={len(self.states)}, batch_size={self.batch_size}, "
+            f"max_len={self.max_len}, method={self.method!r}, position={self.position}, "
+            f"nbytes={self.nbytes}{', closed' if self.closed else ''})"
+        )
+
+    def _check_call(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Before the model's forward: its ids fit the session (so no module moves on error)."""
+        ids = next((a for a in args if isinstance(a, torch.Tensor)), kwargs.get("input_ids"))
+        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
+            return
+        batch, length = ids.shape[:2]
+        if batch != self.batch_size:
+            raise ValueError(
+                f"the model got a batch of {batch}; the decoding session is for "
+                f"batch_size={self.batch_size}"
+            )
+        if self.position + length > self.max_len:
+            raise ValueError(
+                f"the decoding session is at position {self.position} of max_len={self.max_len}: "
+                f"no room for {length} more; call session.reset() or open a session with a "
+                "larger max_len"
+            )
+
+
+def decoding(
+    model: nn.Module,
+    *,
+    batch_size: int,
+    max_len: int | None = None,
+    method: str = "continuous",
+    **engine_options: int | None,
+) -> DecodingSession:
+    """Open a decoding session over every futurefill.nn module of ``model``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module whose time mixing is futurefill.nn (``LongConv``, ``FilterBankConv``,
+        ``ShortConv``); position-wise layers need nothing.
+    batch_size : int
+        Sequences decoded together; every chunk the model gets has this batch.
+    max_len : int, optional
+        Longest sequence (prompt plus generated); default and maximum the smallest ``max_len``
+        of the model's modules.
+    method : {"continuous", "epoched", "naive"}
+        The online convolution engine of every long convolution (:mod:`futurefill.online`).
+    **engine_options
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous).
+
+    Returns
+    -------
+    DecodingSession, a context manager: the modules decode until it closes.
+
+    Examples
+    --------
+    >>> from futurefill.nn import LongConv
+    >>> conv = LongConv(channels=4, max_len=16).double()
+    >>> x = torch.randn(2, 10, 4, dtype=torch.float64)
+    >>> with decoding(conv, batch_size=2) as session:
+    ...     y = torch.cat([conv(x[:, :6]), conv(x[:, 6:7]), conv(x[:, 7:])], dim=1)
+    ...     position = session.position
+    >>> position, bool(torch.allclose(y, conv(x)))
+    (10, True)
+    """
+    return DecodingSession(
+        model, batch_size=batch_size, max_len=max_len, method=method, **engine_options
+    )
