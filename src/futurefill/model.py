@@ -26,7 +26,7 @@ from torch import nn
 
 from futurefill.layers import STU, Hyena, LongConv
 
-__all__ = ["MIXERS", "ConvLM", "ConvLMConfig", "check_token_ids"]
+__all__ = ["MIXERS", "ConvLM", "ConvLMConfig", "check_token_dtype", "check_token_ids"]
 
 MIXERS = ("longconv", "stu", "stu_tensordot", "hyena")
 CONFIG_FILE = "config.json"
@@ -132,18 +132,23 @@ class Block(nn.Module):
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str = "ids") -> None:
     """TypeError unless ``ids`` is an int64 or int32 tensor; ValueError if an id is outside
     ``[0, vocab_size)`` (one reduction and one device sync)."""
+    check_token_dtype(ids, name)
+    if ids.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(ids))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"{name} has token ids in [{low}, {high}], outside the vocabulary [0, {vocab_size})"
+        )
+
+
+def check_token_dtype(ids: torch.Tensor, name: str = "ids") -> None:
+    """TypeError unless ``ids`` is an int64 or int32 tensor (reads no data)."""
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise TypeError(
             f"{name} must have an integer dtype (torch.long or torch.int), got {ids.dtype}"
-        )
-    if ids.numel() == 0:
-        return
-    low, high = (int(v) for v in torch.stack(torch.aminmax(ids)).tolist())
-    if low < 0 or high >= vocab_size:
-        raise ValueError(
-            f"{name} has token ids in [{low}, {high}], outside the vocabulary [0, {vocab_size})"
         )
 
 
@@ -182,7 +187,7 @@ class ConvLM(nn.Module):
         session, ``ids`` are the next ``length`` tokens of every sequence.
         """
         self._check_sequence(ids, self.config.max_len)
-        x = self.embed(ids)
+        x = self._embed(ids)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
@@ -221,8 +226,22 @@ class ConvLM(nn.Module):
 
     # ------------------------------------------------------------------ checks
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(batch, length) -> (batch, length, d_model)``; an id outside the vocabulary is a
+        ValueError. On the CPU the embedding's own bounds check finds it (no extra pass over the
+        ids, no sync per token); elsewhere (CUDA reports it only as a device-side assert) the
+        ids are checked first."""
+        if ids.device.type != "cpu":
+            check_token_ids(ids, self.config.vocab_size)
+            return self.embed(ids)
+        try:
+            return self.embed(ids)
+        except IndexError:
+            check_token_ids(ids, self.config.vocab_size)
+            raise
+
     def _check_sequence(self, ids: torch.Tensor, max_len: int) -> None:
-        check_token_ids(ids, self.config.vocab_size)
+        check_token_dtype(ids)
         if ids.dim() != 2:
             raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
         if ids.shape[1] > max_len:

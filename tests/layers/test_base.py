@@ -116,7 +116,7 @@ def test_session_holds_one_engine_per_long_convolution():
     hyena = make_layer("hyena_order3", torch.float64)
     with torch.no_grad(), decoding(hyena, batch_size=2, max_len=10) as session:
         hyena(x[:2])
-        assert session.states["short"].history.shape == (2, 4 * D, 3)
+        assert session.states["short"].history.shape == (2, 3, 4 * D)
         assert session.nbytes > sum(e.nbytes for e in engines(session))
 
 

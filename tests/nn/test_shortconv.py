@@ -62,7 +62,7 @@ def test_history_is_small_and_on_the_layer_dtype():
     conv = ShortConv(5, 3).to(torch.float32)
     with decoding(conv, batch_size=2, max_len=100) as session:
         (state,) = session.states.values()
-        assert state.history.shape == (2, 5, 2)
+        assert state.history.shape == (2, 2, 5)
         assert state.history.dtype == torch.float32
         assert session.nbytes == 2 * 2 * 5 * 4
 

@@ -56,10 +56,12 @@ class EngineState(ModuleState):
     def __init__(self, session: DecodingSession, name: str):
         super().__init__(session, name)
         self.engine: OnlineConvEngine | None = None
+        self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
+        self._position = 0
 
     @property
     def position(self) -> int:
-        return 0 if self.engine is None else self.engine.position
+        return self._position
 
     @property
     def nbytes(self) -> int:
@@ -68,10 +70,22 @@ class EngineState(ModuleState):
     def reset(self) -> None:
         if self.engine is not None:
             self.engine.reset()
+        self._position = 0
 
-    def consume(self, rows: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
-        """Outputs of the next chunk ``rows`` ``(engine batch, filters, n)``, same shape; the
-        first chunk materialises the module's filter taps at the session's ``max_len``."""
+    def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+        """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first
+        chunk materialises the module's filter taps at the session's ``max_len``."""
+        # The per-token case first, with the checks it needs inline (checked in full below).
+        if (
+            type(u) is torch.Tensor
+            and u.shape == self.step_shape
+            and u.dtype is self.dtype
+            and self._position < self.session.max_len
+        ):
+            self._position += 1
+            return module.step_output(self.engine.step(module.step_rows(u[:, 0])))
+        module.check_input(u)
+        self.check_input(u, module)
         if self.engine is None:
             session = self.session
             with torch.no_grad():
@@ -80,15 +94,17 @@ class EngineState(ModuleState):
                 h,
                 session.method,
                 max_len=session.max_len,
-                batch_size=rows.shape[0],
+                batch_size=u.shape[0] * module.rows_per_sequence,
                 **session.engine_options,
             )
-        n = rows.shape[-1]
+            self.step_shape = (u.shape[0], 1, u.shape[2])
+        n = u.shape[1]
+        self._position += n
         if self.engine.position == 0 and n > 1:
-            return self.engine.prefill(rows)
-        if n == 1:
-            return self.engine.step(rows[..., 0]).unsqueeze(-1)
-        return torch.stack([self.engine.step(rows[..., i]) for i in range(n)], dim=-1)
+            rows = module.sequence_rows(u)  # (rows, filters, n)
+            return module.sequence_output(self.engine.prefill(rows), u.shape[0])
+        steps = [module.step_output(self.engine.step(module.step_rows(u[:, i]))) for i in range(n)]
+        return steps[0] if n == 1 else torch.cat(steps, dim=1)
 
 
 class _OnlineConv(DecodingModule):
@@ -135,7 +151,8 @@ class _OnlineConv(DecodingModule):
     def open_state(self, session: DecodingSession, name: str) -> EngineState:
         return EngineState(session, name)
 
-    def _check(self, u: torch.Tensor) -> None:
+    def check_input(self, u: torch.Tensor) -> None:
+        """Raise unless ``u`` is ``(batch, length <= max_len, channels)``."""
         if not isinstance(u, torch.Tensor):
             raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
         if u.dim() != 3 or u.shape[-1] != self.channels:
@@ -146,27 +163,36 @@ class _OnlineConv(DecodingModule):
             raise ValueError(f"length {u.shape[1]} exceeds the filter length {self.max_len}")
 
     def _convolve(self, u: torch.Tensor) -> torch.Tensor:
-        """``(batch, length, channels)``: by FFT, or through the engine in a session."""
-        self._check(u)
-        x = u.transpose(1, 2)  # (batch, channels, length)
+        """``u`` ``(batch, length, channels)``: by FFT, or through the engine in a session."""
         if self._state is None:
-            return self._offline(x, self.filter_taps(x.shape[-1]))
-        self._state.check_input(x, self)
-        rows = self._rows(x)
-        y = self._state.consume(rows, self)
-        return self._unrows(y, x.shape[0])
+            self.check_input(u)
+            return self._offline(u, self.filter_taps(u.shape[1]))
+        return self._state.consume(u, self)
+
+    # How the module's input maps to an engine's rows (batch) x filters (channels) and back; the
+    # engine decodes ``batch * rows_per_sequence`` rows. Depthwise: the identity, up to layout.
+    rows_per_sequence = 1
+
+    def sequence_rows(self, u: torch.Tensor) -> torch.Tensor:
+        """``(batch, n, channels)`` -> the engine's ``(rows, filters, n)``."""
+        return u.transpose(1, 2)
+
+    def sequence_output(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        """The engine's ``(rows, filters, n)`` -> the module's output ``(batch, n, ...)``."""
+        return y.transpose(1, 2)
+
+    def step_rows(self, u_t: torch.Tensor) -> torch.Tensor:
+        """``(batch, channels)`` -> the engine's ``(rows, filters)``."""
+        return u_t
+
+    def step_output(self, y_t: torch.Tensor) -> torch.Tensor:
+        """The engine's ``(rows, filters)`` -> the module's output ``(batch, 1, ...)``."""
+        return y_t.unsqueeze(1)
 
     @abstractmethod
-    def _offline(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The whole sequence ``x`` ``(batch, channels, length)`` by FFT with taps ``h``."""
-
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, channels, n)`` -> the engine's ``(rows, filters, n)``."""
-        return x
-
-    def _unrows(self, y: torch.Tensor, batch: int) -> torch.Tensor:
-        """The engine's ``(rows, filters, n)`` -> what :meth:`_offline` returns."""
-        return y
+    def _offline(self, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The output for a whole sequence ``u`` ``(batch, length, channels)`` by FFT, with the
+        filter taps ``h`` ``(filters, length)``."""
 
 
 class LongConv(_OnlineConv):
@@ -206,11 +232,8 @@ class LongConv(_OnlineConv):
         y = self._convolve(u)
         return y if self.skip is None else torch.addcmul(y, self.skip, u)
 
-    def _offline(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return causal_conv(x, h).transpose(1, 2)
-
-    def _unrows(self, y: torch.Tensor, batch: int) -> torch.Tensor:
-        return y.transpose(1, 2)
+    def _offline(self, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return causal_conv(u.transpose(1, 2), h).transpose(1, 2)
 
     def extra_repr(self) -> str:
         kind = "explicit" if self.weight is not None else "implicit"
@@ -249,17 +272,26 @@ class FilterBankConv(_OnlineConv):
         """``(batch, length, channels) -> (batch, length, channels, filters)``."""
         return self._convolve(u)
 
-    def _offline(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return bank_conv(x, h).permute(0, 3, 1, 2)
+    def _offline(self, u: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return bank_conv(u.transpose(1, 2), h).permute(0, 3, 1, 2)
 
-    def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, n = x.shape
-        # Every (sequence, channel) is a row that all the filters see.
-        return x.reshape(batch * channels, 1, n).expand(-1, self.filters, -1)
+    @property
+    def rows_per_sequence(self) -> int:
+        return self.channels  # every (sequence, channel) is a row that all the filters see
 
-    def _unrows(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+    def sequence_rows(self, u: torch.Tensor) -> torch.Tensor:
+        batch, n, channels = u.shape
+        return u.transpose(1, 2).reshape(batch * channels, 1, n).expand(-1, self.filters, -1)
+
+    def sequence_output(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         rows, filters, n = y.shape
         return y.reshape(batch, rows // batch, filters, n).permute(0, 3, 1, 2)
+
+    def step_rows(self, u_t: torch.Tensor) -> torch.Tensor:
+        return u_t.reshape(-1, 1).expand(-1, self.filters)
+
+    def step_output(self, y_t: torch.Tensor) -> torch.Tensor:
+        return y_t.reshape(-1, 1, self.channels, self.filters)
 
     def extra_repr(self) -> str:
         kind = "explicit" if self.weight is not None else "implicit"

@@ -15,9 +15,10 @@ Position-wise layers (Linear, norms, activations, gating) need nothing: they see
 session allocates each module's state when it opens (short-conv histories) or at the module's first
 chunk (engines, sized by the filter taps materialised once at ``max_len``), never per step.
 
-Checks before any state changes: the batch size and the room left are checked on the model's
-first tensor argument (``(batch, length)``, or ``input_ids=``) before its forward runs; a module
-whose input dtype or device changed since the session's first chunk raises. An exception raised
+Every module checks its chunk before its state changes: the session's batch size, room left
+before ``max_len``, and the same dtype and device as the session's first chunk (a model cast or
+moved during a session gets an error saying so). Since every module of a model sees a chunk of
+the same length, the first module to run raises before any state has moved. An exception raised
 inside the model's forward for another reason may leave modules at different positions: call
 ``session.reset()`` after it.
 """
@@ -25,7 +26,6 @@ inside the model's forward for another reason may leave modules at different pos
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
 
 import torch
 from torch import nn
@@ -53,8 +53,8 @@ class ModuleState(ABC):
         self.device: torch.device | None = None
 
     def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
-        """Raise unless ``x`` continues this session: same dtype and device as its first chunk,
-        the session's batch size, and room left for its length (the last dimension)."""
+        """Raise unless ``x`` ``(batch, length, ...)`` continues this session: same dtype and
+        device as its first chunk, the session's batch size, and room left for its length."""
         if self.dtype is None:
             self.dtype, self.device = x.dtype, x.device
         elif x.dtype != self.dtype or x.device != self.device:
@@ -68,10 +68,10 @@ class ModuleState(ABC):
                 f"{type(module).__name__} {self.name!r} got a batch of {x.shape[0]}; the decoding "
                 f"session is for batch_size={self.session.batch_size}"
             )
-        if self.position + x.shape[-1] > self.session.max_len:
+        if self.position + x.shape[1] > self.session.max_len:
             raise ValueError(
                 f"{type(module).__name__} {self.name!r} is at position {self.position} of the "
-                f"session's max_len={self.session.max_len}: no room for {x.shape[-1]} more; call "
+                f"session's max_len={self.session.max_len}: no room for {x.shape[1]} more; call "
                 "session.reset() or open a session with a larger max_len"
             )
 
@@ -175,7 +175,7 @@ class DecodingSession:
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
             module._state = state
-        self._hook = model.register_forward_pre_hook(self._check_call, with_kwargs=True)
+        self._open = True
 
     @property
     def position(self) -> int:
@@ -189,7 +189,7 @@ class DecodingSession:
 
     @property
     def closed(self) -> bool:
-        return self._hook is None
+        return not self._open
 
     def reset(self) -> None:
         """Start new sequences: every module back to position 0, allocations and filters kept."""
@@ -198,10 +198,9 @@ class DecodingSession:
 
     def close(self) -> None:
         """Leave the session: the model's modules are ordinary modules again."""
-        if self._hook is None:
+        if not self._open:
             return
-        self._hook.remove()
-        self._hook = None
+        self._open = False
         for module in self._modules:
             module._state = None
 
@@ -217,24 +216,6 @@ class DecodingSession:
             f"max_len={self.max_len}, method={self.method!r}, position={self.position}, "
             f"nbytes={self.nbytes}{', closed' if self.closed else ''})"
         )
-
-    def _check_call(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        """Before the model's forward: its ids fit the session (so no module moves on error)."""
-        ids = next((a for a in args if isinstance(a, torch.Tensor)), kwargs.get("input_ids"))
-        if not isinstance(ids, torch.Tensor) or ids.dim() < 2:
-            return
-        batch, length = ids.shape[:2]
-        if batch != self.batch_size:
-            raise ValueError(
-                f"the model got a batch of {batch}; the decoding session is for "
-                f"batch_size={self.batch_size}"
-            )
-        if self.position + length > self.max_len:
-            raise ValueError(
-                f"the decoding session is at position {self.position} of max_len={self.max_len}: "
-                f"no room for {length} more; call session.reset() or open a session with a "
-                "larger max_len"
-            )
 
 
 def decoding(
