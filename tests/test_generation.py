@@ -270,6 +270,10 @@ def test_whole_length_can_be_used():
         ({"eos_token_id": 32}, ValueError, r"eos_token_id 32 is outside the vocabulary"),
         ({"streamer": 3}, TypeError, "streamer must be callable"),
         ({"method": "fastest"}, ValueError, "unknown method"),
+        ({"tile": 4}, TypeError, r"generate\(\) got an unexpected keyword argument 'tile'"),
+        ({"method": "naive", "tile_len": 4}, ValueError, "tile_len applies"),
+        ({"tile_len": 3}, ValueError, "tile_len must be a positive power of two"),
+        ({"epoch_len": 0, "method": "epoched"}, ValueError, "epoch_len must be >= 1"),
     ],
 )
 def test_bad_arguments_get_clear_errors(kwargs, error, match):
@@ -277,6 +281,25 @@ def test_bad_arguments_get_clear_errors(kwargs, error, match):
     args = {"input_ids": random_ids(2, 4), "max_new_tokens": 5, **kwargs}
     with pytest.raises(error, match=match):
         generate(model, **args)
+
+
+def test_a_model_without_futurefill_nn_is_rejected():
+    model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, 4), torch.nn.Linear(4, VOCAB))
+    with pytest.raises(ValueError, match=r"has no futurefill\.nn modules"):
+        generate(model, random_ids(1, 3), 2)
+
+
+def test_a_model_not_returning_logits_is_rejected():
+    class Features(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = tiny_model("longconv")
+
+        def forward(self, ids):
+            return self.model(ids)[..., 0]  # (batch, length)
+
+    with pytest.raises(TypeError, match=r"logits \(batch, length, vocab_size\)"):
+        generate(Features(), random_ids(1, 3), 2)
 
 
 def test_prompt_padding_may_hold_any_value():

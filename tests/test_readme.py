@@ -3,8 +3,6 @@
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).resolve().parents[1] / "README.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
@@ -21,15 +19,26 @@ def check_generate(ns: dict) -> None:
     assert int(ns["tokens"].min()) >= 0 and int(ns["tokens"].max()) < 256
 
 
-CHECKS = [check_online_conv, check_generate]
+def check_own_model(ns: dict) -> None:
+    assert tuple(ns["tokens"].shape) == (2, 100)
+    assert ns["model"].long.weight.shape == (64, 2048)
+
+
+def check_session(ns: dict) -> None:
+    assert tuple(ns["logits"].shape) == (2, 1, 256)
+    assert ns["session"].closed and ns["session"].position == 17
+
+
+CHECKS = [check_online_conv, check_generate, check_own_model, check_session]
 
 
 def test_readme_snippets_are_the_checked_ones():
     assert len(SNIPPETS) == len(CHECKS)
 
 
-@pytest.mark.parametrize("index", range(len(CHECKS)))
-def test_snippet_runs(index):
+def test_snippets_run_in_order():
+    """One namespace, as a reader runs them one after the other."""
     namespace: dict = {}
-    exec(compile("import torch\n" + SNIPPETS[index], str(README), "exec"), namespace)
-    CHECKS[index](namespace)
+    for snippet, check in zip(SNIPPETS, CHECKS, strict=True):
+        exec(compile("import torch\n" + snippet, str(README), "exec"), namespace)
+        check(namespace)

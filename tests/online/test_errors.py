@@ -1,5 +1,8 @@
 """Bad input gets a clear error, and a rejected call leaves the engine usable."""
 
+import pydoc
+
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +138,34 @@ def test_bad_out_buffer_is_rejected_and_changes_nothing(method):
         assert conv.position == t
         outputs.append(conv.step(u[..., t]))
     assert rel_err(torch.stack(outputs, -1), reference_conv(u, h)) < 1e-10
+
+
+def test_non_integer_sizes_are_rejected_not_truncated():
+    h = decaying_filter(3, 20)
+    with pytest.raises(TypeError, match=r"batch_size must be an int, got 2\.7"):
+        OnlineConv(h, batch_size=2.7)
+    with pytest.raises(TypeError, match=r"max_len must be an int, got 3\.9"):
+        OnlineConv(h, max_len=3.9)
+    with pytest.raises(TypeError, match="batch_size must be an int, got a bool"):
+        OnlineConv(h, batch_size=True)
+    with pytest.raises(TypeError, match=r"epoch_len must be an int, got 2\.5"):
+        OnlineConv(h, method="epoched", epoch_len=2.5)
+    with pytest.raises(TypeError, match="tile_len must be an int"):
+        OnlineConv(h, method="continuous", tile_len=4.0)
+    assert OnlineConv(h, batch_size=np.int64(2)).engine.batch_size == 2
+
+
+def test_a_list_is_not_a_step_input(method):
+    conv = make(method)
+    with pytest.raises(TypeError, match=r"u_t must be a torch\.Tensor of shape"):
+        conv.step([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    with pytest.raises(TypeError, match=r"out must be a torch\.Tensor"):
+        conv.step(torch.zeros(2, 3, dtype=torch.float64), out=[0.0])
+    assert conv.position == 0
+
+
+def test_help_shows_the_methods():
+    for name in ("prefill", "step", "reset"):
+        method = getattr(OnlineConv, name)
+        assert callable(method) and method.__doc__, name
+    assert "step(self, u_t" in pydoc.render_doc(OnlineConv, renderer=pydoc.plaintext)

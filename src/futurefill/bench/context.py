@@ -115,7 +115,7 @@ def run_cell(
         common.sync(device)
         setups.append(time.perf_counter() - began)
         began = time.perf_counter()
-        with torch.no_grad():
+        with torch.inference_mode():
             prompt_logits = stepper.prefill(prompt)
         common.sync(device)
         prefills.append(time.perf_counter() - began)

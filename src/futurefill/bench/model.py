@@ -55,12 +55,12 @@ class CachedStepper:
     def nbytes(self) -> int:
         return self.session.nbytes
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh session."""
         return self.model(ids)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
         """``(B,) -> (B, vocab)``: one token per sequence."""
         return self.model(ids_t[:, None])[:, 0]
@@ -82,14 +82,14 @@ class RecomputeStepper:
     def nbytes(self) -> int:
         return self._ids.numel() * self._ids.element_size()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         prompt_len = ids.shape[1]
         self._ids[:, :prompt_len] = ids
         self._t = prompt_len
         return self.model(ids)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
         t = self._t
         self._ids[:, t] = ids_t
@@ -155,7 +155,7 @@ def generate_timed(
     chunks = []
     peak = stepper.nbytes
     tok = first
-    with torch.no_grad():
+    with torch.inference_mode():
         common.sync(device)
         for start, stop in common.chunk_bounds(length):
             began = time.perf_counter()

@@ -1,0 +1,230 @@
+"""futurefill.nn.LongConv and FilterBankConv: forward against numpy, and decoding in a session
+(every method, prompts of 0, 1 and many positions, chunks of 1, 5 and the whole remainder,
+the feedback loop) against the same float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from futurefill import METHODS, decoding
+from futurefill.nn import FilterBankConv, LongConv
+from reference import decaying_filter, decode_chunks, reference_conv, reference_feedback, rel_err
+
+C, MAX_LEN = 3, 40
+OPTIONS = {
+    "naive": [{}],
+    "epoched": [{"epoch_len": 1}, {"epoch_len": 4}, {}],
+    "continuous": [{"tile_len": 1}, {"tile_len": 4}, {}],
+}
+CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
+# (prompt length, chunk length): stepping from the start, 1-token and longer prompts, chunks of
+# 5 after nothing, the whole remainder after a prompt.
+SCHEDULES = [(0, 1), (1, 1), (9, 1), (0, 5), (4, 100), (23, 1)]
+
+
+class CountingFilter:
+    """An implicit filter ``length -> (channels, length)`` that counts its calls."""
+
+    def __init__(self, channels: int, dtype=torch.float64):
+        self.h = decaying_filter(channels, MAX_LEN, dtype, seed=5)
+        self.calls = 0
+
+    def __call__(self, length: int) -> torch.Tensor:
+        self.calls += 1
+        return self.h[:, :length]
+
+
+def explicit(dtype=torch.float64, skip=False) -> LongConv:
+    torch.manual_seed(0)
+    conv = LongConv(C, MAX_LEN, skip=skip).to(dtype)
+    if skip:
+        with torch.no_grad():
+            conv.skip.uniform_(-1, 1)
+    return conv
+
+
+def reference_longconv(conv: LongConv, u: torch.Tensor) -> np.ndarray:
+    """numpy.convolve per channel (+ skip), time-major (B, T, C)."""
+    h = conv.filter_taps(MAX_LEN).detach().double().numpy()
+    y = reference_conv(u.double().numpy().transpose(0, 2, 1), h).transpose(0, 2, 1)
+    if conv.skip is not None:
+        y = y + conv.skip.detach().double().numpy() * u.double().numpy()
+    return y
+
+
+def reference_bank(bank: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(B, T, C) with bank (F, T') -> (B, T, C, F)."""
+    out = [reference_conv(u.transpose(0, 2, 1), np.tile(f, (u.shape[2], 1))) for f in bank]
+    return np.stack(out, axis=-1).transpose(0, 2, 1, 3)
+
+
+def random_u(batch: int, length: int, channels: int = C, seed: int = 1, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, channels, generator=gen, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_forward_matches_numpy(skip):
+    conv = explicit(skip=skip)
+    u = random_u(2, 23)
+    assert rel_err(conv(u).detach(), reference_longconv(conv, u)) < 1e-13
+
+
+@pytest.mark.parametrize(("method", "opts"), CASES)
+@pytest.mark.parametrize(("prompt_len", "chunk"), SCHEDULES)
+def test_explicit_decoding_matches_numpy(method, opts, prompt_len, chunk):
+    conv = explicit(skip=True)
+    u = random_u(3, 23)
+    y, _ = decode_chunks(conv, u, prompt_len, method, chunk=chunk, **opts)
+    assert rel_err(y, reference_longconv(conv, u)) < 1e-10
+
+
+@pytest.mark.parametrize(("method", "opts"), CASES)
+@pytest.mark.parametrize(("prompt_len", "chunk"), SCHEDULES)
+def test_implicit_decoding_matches_numpy(method, opts, prompt_len, chunk):
+    filt = CountingFilter(C)
+    conv = LongConv(C, MAX_LEN, filter=filt)
+    u = random_u(2, 23, seed=2)
+    y, _ = decode_chunks(conv, u, prompt_len, method, max_len=30, chunk=chunk, **opts)
+    assert rel_err(y, reference_longconv(conv, u)) < 1e-10
+    assert filt.calls == 2  # the reference's call above, and once in the session
+
+
+@pytest.mark.parametrize(("method", "opts"), CASES)
+@pytest.mark.parametrize(("prompt_len", "chunk"), SCHEDULES)
+def test_filter_bank_decoding_matches_numpy(method, opts, prompt_len, chunk):
+    bank = decaying_filter(4, MAX_LEN, seed=3)
+    conv = FilterBankConv(C, MAX_LEN, 4, filter=lambda length: bank[:, :length])
+    u = random_u(2, 23, seed=4)
+    expected = reference_bank(bank.numpy(), u.numpy())
+    assert rel_err(conv(u), expected) < 1e-13
+    y, _ = decode_chunks(conv, u, prompt_len, method, chunk=chunk, **opts)
+    assert y.shape == (2, 23, C, 4)
+    assert rel_err(y, expected) < 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float32_decoding(method):
+    conv = explicit(torch.float32, skip=True)
+    u = random_u(2, 37, dtype=torch.float32)
+    for prompt_len in (0, 1, 20):
+        y, _ = decode_chunks(conv, u, prompt_len, method)
+        assert y.dtype == torch.float32
+        assert rel_err(y, reference_longconv(conv, u)) < 1e-4
+
+
+@settings(max_examples=30)
+@given(
+    method=st.sampled_from(METHODS),
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 4),
+    length=st.integers(1, MAX_LEN),
+    prompt_frac=st.floats(0, 1),
+    chunk=st.integers(1, 7),
+    seed=st.integers(0, 2**16),
+)
+def test_decoding_matches_numpy_random(method, batch, channels, length, prompt_frac, chunk, seed):
+    torch.manual_seed(seed)
+    conv = LongConv(channels, MAX_LEN, skip=True).double()
+    u = random_u(batch, length, channels, seed)
+    y, _ = decode_chunks(conv, u, round(prompt_frac * length), method, chunk=chunk)
+    assert rel_err(y, reference_longconv(conv, u)) < 1e-10
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("prompt_len", [0, 1, 13])
+def test_feedback_loop(method, prompt_len):
+    """u[t+1] = tanh(y[t]): every input depends on the output before it."""
+    length = 31
+    conv = explicit()
+    h = conv.weight.detach().numpy()
+    u0 = random_u(2, 1, seed=7)[:, 0]
+    prompt = random_u(2, prompt_len, seed=8) if prompt_len else None
+    _, outputs = reference_feedback(
+        u0.numpy(), h, length, None if prompt is None else prompt.numpy().transpose(0, 2, 1)
+    )
+    with torch.no_grad(), decoding(conv, batch_size=2, max_len=length, method=method):
+        ys = [conv(prompt)] if prompt_len else []
+        u_t = u0[:, None] if not prompt_len else torch.tanh(ys[0][:, -1:])
+        for _ in range(prompt_len, length):
+            y_t = conv(u_t)
+            ys.append(y_t)
+            u_t = torch.tanh(y_t)
+    assert rel_err(torch.cat(ys, dim=1), outputs.transpose(0, 2, 1)) < 1e-10
+
+
+def test_implicit_filter_is_materialised_once_per_session():
+    filt = CountingFilter(C)
+    conv = LongConv(C, MAX_LEN, filter=filt)
+    u = random_u(1, 20)
+    with torch.no_grad(), decoding(conv, batch_size=1, max_len=20) as session:
+        assert filt.calls == 0  # nothing before the first chunk
+        conv(u[:, :5])
+        for t in range(5, 20):
+            conv(u[:, t : t + 1])
+        assert filt.calls == 1
+        session.reset()
+        conv(u[:, :1])
+        assert filt.calls == 1  # a reset keeps the session's filter
+    with torch.no_grad(), decoding(conv, batch_size=1, max_len=20):
+        conv(u[:, :3])
+    assert filt.calls == 2  # a new session materialises it again
+
+
+def test_the_session_filter_has_the_session_length():
+    lengths = []
+    conv = LongConv(C, MAX_LEN, filter=lambda n: lengths.append(n) or torch.ones(C, n))
+    with torch.no_grad(), decoding(conv, batch_size=1, max_len=17):
+        conv(torch.ones(1, 3, C))
+    assert lengths == [17]
+
+
+def test_a_second_session_on_the_same_module_starts_fresh():
+    conv = explicit()
+    u1, u2 = random_u(2, 15, seed=1), random_u(2, 15, seed=2)
+    decode_chunks(conv, u1, 6)
+    y, _ = decode_chunks(conv, u2, 0, "naive")
+    assert rel_err(y, reference_longconv(conv, u2)) < 1e-10
+
+
+def test_autograd_outside_a_session():
+    torch.manual_seed(0)
+    conv = LongConv(2, 8, skip=True).double()
+    u = random_u(1, 6, 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda u: torch.nn.functional.gelu(conv(u)), (u,))
+    conv(u).square().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad[:, :6].abs().sum() > 0
+    assert conv.weight.grad[:, 6:].abs().sum() == 0  # taps beyond the sequence are unused
+    assert conv.skip.grad is not None and u.grad is not None
+
+    scale = torch.ones(2, 1, dtype=torch.float64, requires_grad=True)
+    implicit = LongConv(2, 8, filter=lambda n: scale * torch.ones(2, n, dtype=torch.float64))
+    implicit(random_u(1, 6, 2)).sum().backward()
+    assert scale.grad is not None and scale.grad.abs().sum() > 0
+
+
+def test_module_errors():
+    with pytest.raises(TypeError, match="filter must be a callable"):
+        LongConv(C, 10, filter=torch.ones(C, 10))
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        LongConv(0, 10)
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        LongConv(C, 10.5)
+    conv = explicit()
+    with pytest.raises(ValueError, match=r"\(batch, length, channels=3\)"):
+        conv(torch.zeros(1, 5, C + 1, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"u must be a torch\.Tensor"):
+        conv([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="exceeds the filter length 40"):
+        conv(torch.zeros(1, MAX_LEN + 1, C, dtype=torch.float64))
+    wrong = LongConv(C, 10, filter=lambda n: torch.ones(C + 1, n))
+    with pytest.raises(ValueError, match=r"filter\(4\) must return a tensor \(3, >= 4\)"):
+        wrong(torch.ones(1, 4, C))
+    short = LongConv(C, 10, filter=lambda n: torch.ones(C, 3))
+    with pytest.raises(ValueError, match="returned 3 taps, fewer than the 10 asked for"):
+        with decoding(short, batch_size=1):
+            short(torch.ones(1, 4, C))
