@@ -6,6 +6,8 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
+from futurefill import argtypes
+
 # Modules that each define ``register(subparsers)``: adds its subcommand, with ``func`` set to a
 # callable taking the parsed arguments and returning an exit code.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -16,7 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = argtypes.ArgumentParser(
         prog="futurefill", description="Fast exact generation from convolutional sequence models."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -26,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, then run the subcommand: bad options exit 2 with one line, before any work."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    prog = " ".join(["futurefill", args.command, getattr(args, "bench_command", "") or ""]).strip()
+    return argtypes.run_command(prog, lambda: args.func(args))
 
 
 if __name__ == "__main__":

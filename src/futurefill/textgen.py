@@ -25,6 +25,7 @@ from typing import TextIO
 
 import torch
 
+from futurefill import argtypes
 from futurefill.data import ByteStreamDecoder, encode
 
 __all__ = [
@@ -251,14 +252,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("prompt", help="text to continue (UTF-8; empty: start a new line)")
-    parser.add_argument("--max-new-tokens", type=int, default=200, help="bytes to generate")
-    parser.add_argument("--method", choices=METHODS, default="continuous")
     parser.add_argument(
-        "--temperature", type=float, default=0.8, help="sampling temperature; 0 for greedy"
+        "--max-new-tokens", type=argtypes.bounded_int(1), default=200, help="bytes to generate"
     )
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--method", choices=METHODS, default="continuous", help="online convolution engine"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=argtypes.finite_float(0),
+        default=0.8,
+        help="sampling temperature; 0 for greedy",
+    )
+    parser.add_argument(
+        "--top-k", type=argtypes.bounded_int(1), default=None, help="sample among the k likeliest"
+    )
+    parser.add_argument(
+        "--top-p",
+        type=argtypes.finite_float(0, 1, low_open=True),
+        default=None,
+        help="nucleus sampling: the likeliest bytes holding this probability",
+    )
+    parser.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed")
     parser.add_argument(
         "--compare",
         action="store_true",
@@ -266,13 +281,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--repeats",
-        type=int,
+        type=argtypes.bounded_int(1),
         default=3,
         help="with --compare: runs per method, taking turns; the table shows the fastest",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=argtypes.threads,
         default=1,
         help="torch CPU threads: decoding one sequence runs many tiny ops, which extra threads "
         "only slow down",
@@ -291,14 +306,12 @@ def _error(message: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.max_new_tokens < 1:
-        return _error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.repeats < 1:
-        return _error(f"--repeats must be >= 1, got {args.repeats}")
-    if args.threads < 1:
-        return _error(f"--threads must be >= 1, got {args.threads}")
-    if args.temperature < 0:
-        return _error(f"--temperature must be >= 0, got {args.temperature}")
+    if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        return _error("--top-k and --top-p sample: they need --temperature > 0 (0 is greedy)")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        return _error("the prompt is not valid UTF-8 text")
     try:
         model = load_checkpoint(args.checkpoint)
     except (FileNotFoundError, ValueError) as exc:

@@ -5,6 +5,7 @@ import shlex
 import pytest
 
 from futurefill import cli as top_cli
+from futurefill.argtypes import UsageError
 from futurefill.bench import cli
 
 
@@ -51,7 +52,7 @@ def test_lengths_and_log2_range_exclusive():
     args = top_cli.build_parser().parse_args(
         ["bench", "layer", "--lengths", "8", "--min-log2", "3", "--max-log2", "4"]
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="either --lengths or --min-log2"):
         cli.resolve_config("layer", args)
 
 

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from futurefill import argtypes
 from futurefill.bench import common
+from futurefill.model import MIXERS
 
 BENCHMARKS = ("layer", "prompt", "model", "context")
 NEEDS_MODEL = ("model", "context")  # skipped by ``all`` where futurefill.model is missing
@@ -71,37 +73,104 @@ def _module(name: str):
 
 # ------------------------------------------------------------------------------ arguments
 
+LENGTH = argtypes.bounded_int(1, None, "a length")  # memory: check_memory
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PRESETS), help="quick (make demo) or full")
-    p.add_argument("--out", type=Path, help="directory for JSON, CSV, table and PNGs (results)")
-    p.add_argument("--device", help="cpu (default), cuda, cuda:1, ...")
-    p.add_argument("--dtype", choices=sorted(common.DTYPES), help="default float32")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
-    p.add_argument("--repeats", type=int, help="runs per cell; the median is reported")
+
+def _default(bench: str, field: str) -> str:
+    """`` (default X)``, with the presets' values where they set the option."""
+    config = _module(bench).CONFIG
+    value = next(f.default for f in dataclasses.fields(config) if f.name == field)
+    if isinstance(value, tuple):
+        value = " ".join(map(str, value))
+    unset = {"threads": "all cores", "tol": "by dtype", "slope_from": "none"}
+    shown = unset.get(field, value) if value is None else value
+    presets = [p for p in sorted(PRESETS) if field in PRESETS[p].get(bench, {})]
+    note = f"; --preset {'/'.join(presets)} sets it" if presets else ""
+    return f" (default {shown}{note})"
+
+
+def _add_common(p: argparse.ArgumentParser, bench: str) -> None:
+    def add(flag: str, help: str, **kwargs: Any) -> None:
+        field = flag[2:].replace("-", "_")
+        p.add_argument(flag, help=help + _default(bench, field), **kwargs)
+
     p.add_argument(
-        "--budget", type=float, help="seconds one run may take; longer projected runs are skipped"
+        "--preset", choices=sorted(PRESETS), help="quick (make demo) or full (default: none)"
     )
-    p.add_argument("--tol", type=float, help="agreement tolerance, relative to the output scale")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--warmup-len", type=int, help="length of the warm-up run of every method")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    p.add_argument("--no-plots", dest="plots", action="store_false", default=None)
+    add("--out", "directory for JSON, CSV, table and PNGs", type=argtypes.output_dir)
+    add("--device", "cpu, cuda or cuda:N", type=argtypes.device_name)
+    add("--dtype", "working precision", choices=sorted(common.DTYPES))
+    add("--threads", "torch intra-op threads, 1 to the cores", type=argtypes.threads)
+    add("--repeats", "runs per cell; the median is reported", type=argtypes.bounded_int(1))
+    budget = argtypes.finite_float(0, low_open=True)
+    add("--budget", "seconds one run may take; longer projected runs are skipped", type=budget)
+    tol = argtypes.finite_float(0, low_open=True)
+    add("--tol", "agreement tolerance relative to the output scale; by dtype if unset", type=tol)
+    add("--seed", "seed of the random inputs and weights", type=argtypes.seed)
+    add("--warmup-len", "length of the warm-up run of every method", type=LENGTH)
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bars (default: shown)",
+    )
+    p.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_false",
+        default=None,
+        help="no PNG plots (default: written)",
+    )
 
 
-def _add_lengths(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--lengths", type=int, nargs="+", help=f"{what} to sweep")
-    p.add_argument("--min-log2", type=int, help=f"sweep {what} 2^min-log2 .. 2^max-log2")
-    p.add_argument("--max-log2", type=int)
+def _add_lengths(p: argparse.ArgumentParser, bench: str, what: str) -> None:
+    p.add_argument(
+        "--lengths", type=LENGTH, nargs="+", help=f"{what} to sweep" + _default(bench, "lengths")
+    )
+    exponent = argtypes.bounded_int(0, 40, "an exponent")
+    p.add_argument(
+        "--min-log2",
+        type=exponent,
+        help=f"sweep {what} 2^min-log2 .. 2^max-log2, instead of --lengths (default: unset)",
+    )
+    p.add_argument("--max-log2", type=exponent, help="see --min-log2 (default: unset)")
 
 
-def _add_model_options(p: argparse.ArgumentParser, methods: str) -> None:
-    p.add_argument("--methods", nargs="+", help=methods)
-    p.add_argument("--mixers", nargs="+", help="stu_tensordot longconv stu hyena")
-    p.add_argument("--batch", type=int, help="batch size B (default 1)")
-    p.add_argument("--d-model", type=int, help="model width (default 128)")
-    p.add_argument("--n-layers", type=int, help="layers (default 4)")
-    p.add_argument("--vocab-size", type=int, help="vocabulary (default 256)")
+def _add_sizes(p: argparse.ArgumentParser, bench: str) -> None:
+    size = argtypes.bounded_int(1, 2**20, "a size")
+    p.add_argument("--batch", type=size, help="batch size B" + _default(bench, "batch"))
+    if bench in ("layer", "prompt"):
+        p.add_argument("--channels", type=size, help="channels D" + _default(bench, "channels"))
+        return
+    p.add_argument("--d-model", type=size, help="model width" + _default(bench, "d_model"))
+    p.add_argument("--n-layers", type=size, help="layers" + _default(bench, "n_layers"))
+    p.add_argument("--vocab-size", type=size, help="vocabulary" + _default(bench, "vocab_size"))
+    p.add_argument(
+        "--mixers",
+        nargs="+",
+        choices=MIXERS,
+        metavar="MIXER",
+        help=f"{', '.join(MIXERS)}" + _default(bench, "mixers"),
+    )
+
+
+def _add_methods(p: argparse.ArgumentParser, bench: str, methods: Sequence[str]) -> None:
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=methods,
+        metavar="METHOD",
+        help=f"{', '.join(methods)}" + _default(bench, "methods"),
+    )
+
+
+def _add_slope(p: argparse.ArgumentParser, bench: str) -> None:
+    p.add_argument(
+        "--slope-from",
+        type=LENGTH,
+        help="also fit the slope over L >= this" + _default(bench, "slope_from"),
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,60 +184,115 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
     layer = sub.add_parser("layer", help="one online convolution, total time against L")
-    _add_common(layer)
-    _add_lengths(layer, "generated lengths L")
-    layer.add_argument("--methods", nargs="+", help="naive epoched continuous recompute offline")
-    layer.add_argument("--channels", type=int, help="channels D (default 128)")
-    layer.add_argument("--batch", type=int, help="batch size B (default 1)")
-    layer.add_argument("--slope-from", type=int, help="also fit the slope over L >= this")
+    _add_common(layer, "layer")
+    _add_lengths(layer, "layer", "generated lengths L")
+    _add_methods(layer, "layer", _module("layer").LAYER_METHODS)
+    _add_sizes(layer, "layer")
+    _add_slope(layer, "layer")
     layer.set_defaults(func=_run_one, bench="layer")
 
     prompt = sub.add_parser("prompt", help="prompt of length P, then K generated steps")
-    _add_common(prompt)
-    prompt.add_argument("--prompt-lens", type=int, nargs="+", help="prompt lengths P")
-    prompt.add_argument("--gen-lens", type=int, nargs="+", help="generated lengths K")
-    prompt.add_argument("--methods", nargs="+", help="naive epoched continuous")
-    prompt.add_argument("--channels", type=int, help="channels D (default 128)")
-    prompt.add_argument("--batch", type=int, help="batch size B (default 1)")
+    _add_common(prompt, "prompt")
+    prompt.add_argument(
+        "--prompt-lens",
+        type=LENGTH,
+        nargs="+",
+        help="prompt lengths P" + _default("prompt", "prompt_lens"),
+    )
+    prompt.add_argument(
+        "--gen-lens",
+        type=LENGTH,
+        nargs="+",
+        help="generated lengths K" + _default("prompt", "gen_lens"),
+    )
+    _add_methods(prompt, "prompt", _module("prompt").ONLINE_METHODS)
+    _add_sizes(prompt, "prompt")
     prompt.set_defaults(func=_run_one, bench="prompt")
 
     model = sub.add_parser("model", help="the ConvLM end to end: tokens/s against context length")
-    _add_common(model)
-    _add_lengths(model, "generated lengths (context)")
-    _add_model_options(model, "naive epoched continuous recompute")
-    model.add_argument("--slope-from", type=int, help="also fit the slope over L >= this")
+    _add_common(model, "model")
+    _add_lengths(model, "model", "generated lengths (context)")
+    _add_methods(model, "model", _module("model").MODEL_METHODS)
+    _add_sizes(model, "model")
+    _add_slope(model, "model")
     model.set_defaults(func=_run_one, bench="model")
 
     context = sub.add_parser(
         "context", help="the ConvLM: decode tokens/s after a prompt of P tokens, against P"
     )
-    _add_common(context)
+    _add_common(context, "context")
     context.add_argument(
         "--prompt-lens",
         "--prompt-len",
         "--contexts",
         dest="prompt_lens",
-        type=int,
+        type=LENGTH,
         nargs="+",
-        help="context lengths P: prompt tokens prefilled before decoding (default 1024 4096)",
+        help="context lengths P: prompt tokens prefilled before decoding"
+        + _default("context", "prompt_lens"),
     )
-    context.add_argument("--new-tokens", type=int, help="tokens K decoded at each P (default 256)")
-    _add_model_options(context, "naive epoched continuous (default), recompute")
+    context.add_argument(
+        "--new-tokens",
+        type=LENGTH,
+        help="tokens K decoded at each P" + _default("context", "new_tokens"),
+    )
+    _add_methods(context, "context", tuple(_module("model").MODEL_STEPPERS))
+    _add_sizes(context, "context")
     context.set_defaults(func=_run_one, bench="context")
 
     every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
-    every.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    every.add_argument("--out", type=Path, default=Path("results"))
-    every.add_argument("--device")
-    every.add_argument("--dtype", choices=sorted(common.DTYPES))
-    every.add_argument("--threads", type=int)
-    every.add_argument("--repeats", type=int)
-    every.add_argument("--budget", type=float)
-    every.add_argument("--seed", type=int)
-    every.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    every.add_argument("--no-plots", dest="plots", action="store_false", default=None)
     every.add_argument(
-        "--skip", nargs="+", choices=BENCHMARKS, default=[], help="benchmarks to leave out"
+        "--preset",
+        choices=sorted(PRESETS),
+        default="quick",
+        help="quick (make demo) or full (default quick)",
+    )
+    every.add_argument(
+        "--out",
+        type=argtypes.output_dir,
+        default=Path("results"),
+        help="directory for every benchmark's files (default results)",
+    )
+    every.add_argument(
+        "--device", type=argtypes.device_name, help="cpu, cuda or cuda:N (default cpu)"
+    )
+    every.add_argument(
+        "--dtype", choices=sorted(common.DTYPES), help="working precision (default float32)"
+    )
+    every.add_argument(
+        "--threads", type=argtypes.threads, help="torch intra-op threads (default all cores)"
+    )
+    every.add_argument(
+        "--repeats", type=argtypes.bounded_int(1), help="runs per cell (default: the preset's)"
+    )
+    every.add_argument(
+        "--budget",
+        type=argtypes.finite_float(0, low_open=True),
+        help="seconds one run may take (default: the preset's)",
+    )
+    every.add_argument(
+        "--seed", type=argtypes.seed, help="seed of the random inputs and weights (default 0)"
+    )
+    every.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        default=None,
+        help="no progress bars (default: shown)",
+    )
+    every.add_argument(
+        "--no-plots",
+        dest="plots",
+        action="store_false",
+        default=None,
+        help="no PNG plots (default: written)",
+    )
+    every.add_argument(
+        "--skip",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=[],
+        help="benchmarks to leave out (default none)",
     )
     every.set_defaults(func=_run_all)
 
@@ -190,15 +314,30 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
     lo, hi = getattr(args, "min_log2", None), getattr(args, "max_log2", None)
     if lo is not None or hi is not None:
         if lo is None or hi is None:
-            raise SystemExit("--min-log2 and --max-log2 go together")
+            raise argtypes.UsageError("--min-log2 and --max-log2 go together")
         if "lengths" in given:
-            raise SystemExit("give either --lengths or --min-log2/--max-log2, not both")
+            raise argtypes.UsageError("give either --lengths or --min-log2/--max-log2, not both")
+        if lo > hi:
+            raise argtypes.UsageError(f"--min-log2 {lo} is above --max-log2 {hi}")
         given["lengths"] = _pow2(lo, hi)
     values.update(given)
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)
-    return cls(**values)
+    config = cls(**values)
+    check_memory(name, config)
+    return config
+
+
+def check_memory(name: str, config: Any) -> None:
+    """UsageError when the largest run would need more memory than the machine has."""
+    need = _module(name).peak_bytes(config)
+    have = argtypes.total_memory()
+    if need > have:
+        raise argtypes.UsageError(
+            f"the largest run of bench {name} needs about {common.fmt_bytes(need)} by estimate, "
+            f"more than this machine's {common.fmt_bytes(have)}; lower the lengths, batch or width"
+        )
 
 
 def equivalent_command(name: str, config: Any) -> str:
@@ -240,16 +379,16 @@ def _run_one(args: argparse.Namespace) -> int:
 
 def _run_all(args: argparse.Namespace) -> int:
     code = 0
-    for name in BENCHMARKS:
-        if name in args.skip:
-            continue
+    names = [name for name in BENCHMARKS if name not in args.skip]
+    configs = {name: resolve_config(name, args) for name in names}  # every check before any run
+    for name in names:
         if name in NEEDS_MODEL and not model_available():
             print(
                 f"bench {name}: skipped, futurefill.model (ConvLM) is not available",
                 file=sys.stderr,
             )
             continue
-        code = max(code, run_benchmark(name, resolve_config(name, args)))
+        code = max(code, run_benchmark(name, configs[name]))
     return code
 
 
@@ -263,10 +402,10 @@ def model_available() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``futurefill bench ...`` on its own (the same as the ``futurefill`` console script)."""
-    parser = argparse.ArgumentParser(prog="futurefill")
+    parser = argtypes.ArgumentParser(prog="futurefill")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return argtypes.run_command(f"futurefill bench {args.bench_command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,13 @@ import torch
 from tqdm import tqdm
 
 from futurefill.bench import common, plots
-from futurefill.bench.model import MODEL_STEPPERS, MODEL_TOL, build_model, generate_timed
+from futurefill.bench.model import (
+    MODEL_STEPPERS,
+    MODEL_TOL,
+    build_model,
+    generate_timed,
+    model_peak_bytes,
+)
 
 CONTEXT_METHODS = ("naive", "epoched", "continuous")
 # (numerator, denominator) of decode-time ratios = speed-up of the denominator in tokens/s.
@@ -187,6 +193,11 @@ def compare_tokens(
         "token_gap": gap,
         "tie": gap <= 2 * tol,
     }
+
+
+def peak_bytes(config: ContextConfig) -> int:
+    """An upper estimate of the memory of the largest run (see :func:`model.model_peak_bytes`)."""
+    return model_peak_bytes(config, max(config.prompt_lens) + config.new_tokens)
 
 
 def run(config: ContextConfig) -> dict[str, Any]:

@@ -225,6 +225,13 @@ def _not_run(method: str, length: int, status: str, tol: float) -> dict[str, Any
     return {"method": method, "L": length, "status": status, "tol": tol, "repeats": 0}
 
 
+def peak_bytes(config: LayerConfig) -> int:
+    """An upper estimate of the memory of the largest run: the naive engine's three
+    (batch, channels, L) buffers, and the float64 reference's FFT convolution (~8 of them)."""
+    size = common.DTYPES[config.dtype].itemsize
+    return config.batch * config.channels * max(config.lengths) * (3 * size + 8 * 8)
+
+
 def run(config: LayerConfig) -> dict[str, Any]:
     """Run the sweep; the report (machine, config, rows, slopes, ratios, failures)."""
     unknown = [m for m in config.methods if m not in LAYER_METHODS and m not in STEPPERS]

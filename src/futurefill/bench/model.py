@@ -244,6 +244,20 @@ def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
     return model, reference
 
 
+def model_peak_bytes(config: Any, length: int) -> int:
+    """An upper estimate of the memory of a run of ``length`` tokens: every layer's naive engine
+    (three buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by
+    every channel) and the float64 reference forward (about six activations of that size)."""
+    size = common.DTYPES[config.dtype].itemsize
+    filters = 48 if "stu" in config.mixers else 2  # full STU bank; Hyena's two orders
+    per_position = config.batch * config.d_model * filters
+    return length * per_position * (3 * size * config.n_layers + 6 * 8)
+
+
+def peak_bytes(config: ModelConfig) -> int:
+    return model_peak_bytes(config, max(config.lengths))
+
+
 def run(config: ModelConfig) -> dict[str, Any]:
     """Run the sweep for every mixer; the report (machine, config, rows, slopes, ratios)."""
     unknown = [m for m in config.methods if m not in MODEL_STEPPERS]

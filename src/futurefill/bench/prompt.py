@@ -123,6 +123,13 @@ def run_cell(
     }
 
 
+def peak_bytes(config: PromptConfig) -> int:
+    """An upper estimate of the memory of the largest run (see :func:`layer.peak_bytes`)."""
+    size = common.DTYPES[config.dtype].itemsize
+    length = max(config.prompt_lens) + max(config.gen_lens)
+    return config.batch * config.channels * length * (3 * size + 8 * 8)
+
+
 def run(config: PromptConfig) -> dict[str, Any]:
     """Run the grid; the report (machine, config, rows, ratios, failures)."""
     unknown = [m for m in config.methods if m not in STEPPERS or m == "recompute"]
