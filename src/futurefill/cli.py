@@ -28,8 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, then run the subcommand: bad options exit 2 with one line, before any work."""
-    args = build_parser().parse_args(argv)
+    """Parse, then run the subcommand; the exit status (2 with one line for a bad option, before
+    any work; 0 after ``--help``)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the error (or the help)
+        return int(exc.code or 0)
     prog = " ".join(["futurefill", args.command, getattr(args, "bench_command", "") or ""]).strip()
     return argtypes.run_command(prog, lambda: args.func(args))
 
