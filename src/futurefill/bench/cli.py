@@ -146,22 +146,17 @@ def _add_sizes(p: argparse.ArgumentParser, bench: str) -> None:
     p.add_argument("--d-model", type=size, help="model width" + _default(bench, "d_model"))
     p.add_argument("--n-layers", type=size, help="layers" + _default(bench, "n_layers"))
     p.add_argument("--vocab-size", type=size, help="vocabulary" + _default(bench, "vocab_size"))
-    p.add_argument(
-        "--mixers",
-        nargs="+",
-        choices=MIXERS,
-        metavar="MIXER",
-        help=f"{', '.join(MIXERS)}" + _default(bench, "mixers"),
-    )
+    _add_names(p, bench, "mixers", MIXERS)
 
 
-def _add_methods(p: argparse.ArgumentParser, bench: str, methods: Sequence[str]) -> None:
+def _add_names(p: argparse.ArgumentParser, bench: str, field: str, names: Sequence[str]) -> None:
+    """``--methods`` or ``--mixers``: one or more of ``names``."""
     p.add_argument(
-        "--methods",
+        f"--{field}",
         nargs="+",
-        choices=methods,
-        metavar="METHOD",
-        help=f"{', '.join(methods)}" + _default(bench, "methods"),
+        choices=names,
+        metavar=field[:-1].upper(),
+        help=", ".join(names) + _default(bench, field),
     )
 
 
@@ -186,7 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     layer = sub.add_parser("layer", help="one online convolution, total time against L")
     _add_common(layer, "layer")
     _add_lengths(layer, "layer", "generated lengths L")
-    _add_methods(layer, "layer", _module("layer").LAYER_METHODS)
+    _add_names(layer, "layer", "methods", _module("layer").LAYER_METHODS)
     _add_sizes(layer, "layer")
     _add_slope(layer, "layer")
     layer.set_defaults(func=_run_one, bench="layer")
@@ -205,14 +200,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         help="generated lengths K" + _default("prompt", "gen_lens"),
     )
-    _add_methods(prompt, "prompt", _module("prompt").ONLINE_METHODS)
+    _add_names(prompt, "prompt", "methods", _module("prompt").ONLINE_METHODS)
     _add_sizes(prompt, "prompt")
     prompt.set_defaults(func=_run_one, bench="prompt")
 
     model = sub.add_parser("model", help="the ConvLM end to end: tokens/s against context length")
     _add_common(model, "model")
     _add_lengths(model, "model", "generated lengths (context)")
-    _add_methods(model, "model", _module("model").MODEL_METHODS)
+    _add_names(model, "model", "methods", _module("model").MODEL_METHODS)
     _add_sizes(model, "model")
     _add_slope(model, "model")
     model.set_defaults(func=_run_one, bench="model")
@@ -236,7 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=LENGTH,
         help="tokens K decoded at each P" + _default("context", "new_tokens"),
     )
-    _add_methods(context, "context", tuple(_module("model").MODEL_STEPPERS))
+    _add_names(context, "context", "methods", tuple(_module("model").MODEL_STEPPERS))
     _add_sizes(context, "context")
     context.set_defaults(func=_run_one, bench="context")
 

@@ -57,11 +57,6 @@ class EngineState(ModuleState):
         super().__init__(session, name)
         self.engine: OnlineConvEngine | None = None
         self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
-        self._position = 0
-
-    @property
-    def position(self) -> int:
-        return self._position
 
     @property
     def nbytes(self) -> int:

@@ -51,6 +51,7 @@ class ModuleState(ABC):
         self.name = name or "the model"
         self.dtype: torch.dtype | None = None  # of the inputs, fixed by the first chunk
         self.device: torch.device | None = None
+        self._position = 0
 
     def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
         """Raise unless ``x`` ``(batch, length, ...)`` continues this session: same dtype and
@@ -76,9 +77,9 @@ class ModuleState(ABC):
             )
 
     @property
-    @abstractmethod
     def position(self) -> int:
         """Positions consumed so far."""
+        return self._position
 
     @property
     @abstractmethod

@@ -34,11 +34,6 @@ class HistoryState(ModuleState):
             dtype=weight.dtype,
             device=weight.device,
         )
-        self._position = 0
-
-    @property
-    def position(self) -> int:
-        return self._position
 
     @property
     def nbytes(self) -> int:
