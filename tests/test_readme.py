@@ -29,7 +29,11 @@ def check_session(ns: dict) -> None:
     assert ns["session"].closed and ns["session"].position == 17
 
 
-CHECKS = [check_online_conv, check_generate, check_own_model, check_session]
+def check_bundled(ns: dict) -> None:
+    assert tuple(ns["new"].shape) == (1, 80) and isinstance(ns["text"], str)
+
+
+CHECKS = [check_online_conv, check_generate, check_own_model, check_session, check_bundled]
 
 
 def test_readme_snippets_are_the_checked_ones():
