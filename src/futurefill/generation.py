@@ -25,7 +25,7 @@ from torch import nn
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
 from futurefill.nn import decoding, decoding_max_len
-from futurefill.online import ENGINE_OPTIONS
+from futurefill.online import ENGINE_OPTIONS, engine_options_text
 
 __all__ = ["GenerationOutput", "generate", "select_next_tokens"]
 
@@ -155,7 +155,7 @@ def generate(
         if name not in ENGINE_OPTIONS:
             raise TypeError(
                 f"generate() got an unexpected keyword argument {name!r}; its engine options are "
-                f"{', '.join(f'{k} ({m})' for k, m in ENGINE_OPTIONS.items())}"
+                f"{engine_options_text()}"
             )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")

@@ -75,7 +75,7 @@ def assert_decoding_matches_forward(
     tol = (default_rtol(reference.dtype) if rtol is None else rtol) * max(scale, 1e-30)
     prompt_lens = (0, length // 2) if prompt_lens is None else tuple(prompt_lens)
     for method in methods:
-        options = {k: v for k, v in engine_options.items() if ENGINE_OPTIONS.get(k) == method}
+        options = {k: v for k, v in engine_options.items() if method in ENGINE_OPTIONS.get(k, ())}
         for prompt_len in prompt_lens:
             with decoding(model, batch_size=batch, max_len=length, method=method, **options):
                 chunks = [_logits(model(input_ids[:, :prompt_len]))] if prompt_len else []

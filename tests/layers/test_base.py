@@ -27,6 +27,7 @@ OPTIONS = {
     "naive": [{}],
     "epoched": [{"epoch_len": 1}, {"epoch_len": 5}, {}],
     "continuous": [{"tile_len": 1}, {"tile_len": 4}, {}],
+    "deamortized": [{"tile_len": 1}, {"tile_len": 4}, {}],
 }
 CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}

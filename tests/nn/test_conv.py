@@ -19,6 +19,7 @@ OPTIONS = {
     "naive": [{}],
     "epoched": [{"epoch_len": 1}, {"epoch_len": 4}, {}],
     "continuous": [{"tile_len": 1}, {"tile_len": 4}, {}],
+    "deamortized": [{"tile_len": 1}, {"tile_len": 4}, {}],
 }
 CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 # (prompt length, chunk length): stepping from the start, 1-token and longer prompts, chunks of

@@ -15,6 +15,7 @@ OPTIONS = {
     "naive": [{}],
     "epoched": [{"epoch_len": 1}, {"epoch_len": 2}, {"epoch_len": 5}, {}],
     "continuous": [{"tile_len": 1}, {"tile_len": 2}, {"tile_len": 8}, {}],
+    "deamortized": [{"tile_len": 1}, {"tile_len": 2}, {"tile_len": 8}, {}],
 }
 CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 CASE_IDS = [f"{m}-{next(iter(o.items()), ('default', ''))}" for m, o in CASES]

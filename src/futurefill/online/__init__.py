@@ -8,6 +8,9 @@ method       time for L steps            memory (after P prompt)    notes
 naive        O(L^2)                      O(P + K)                   direct dot product per step
 epoched      O(L^1.5 sqrt(log L))        O(P + K) inputs + O(E)     epoch_len E ~ sqrt(L log L)
 continuous   O(L log^2 L)                O(K)                       tile_len b0 below FFT levels
+deamortized  O(L log^2 L), every step    O(K)                       continuous, its FFT jobs on
+             bounded (no stalls)                                    worker threads with b steps
+                                                                    of slack each; tile_len b0
 ===========  ==========================  =========================  ==============================
 
 (K = max_len - P, the steps left after a prompt of length P.)
@@ -20,12 +23,14 @@ import torch
 from futurefill.checks import check_int
 from futurefill.online.base import OnlineConvEngine
 from futurefill.online.continuous import ContinuousConv, check_tile_len, default_tile_len
+from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
 
 __all__ = [
     "METHODS",
     "ContinuousConv",
+    "DeamortizedConv",
     "EpochedConv",
     "NaiveConv",
     "OnlineConv",
@@ -35,11 +40,16 @@ __all__ = [
     "default_tile_len",
 ]
 
-METHODS = ("naive", "epoched", "continuous")
+METHODS = ("naive", "epoched", "continuous", "deamortized")
 
 
-# The knob of each method (see the table above); every other method takes none.
-ENGINE_OPTIONS = {"epoch_len": "epoched", "tile_len": "continuous"}
+# The knobs and the methods that take them (see the table above).
+ENGINE_OPTIONS = {"epoch_len": ("epoched",), "tile_len": ("continuous", "deamortized")}
+
+
+def engine_options_text() -> str:
+    """``epoch_len (epoched), tile_len (continuous/deamortized)``, for error messages."""
+    return ", ".join(f"{name} ({'/'.join(takers)})" for name, takers in ENGINE_OPTIONS.items())
 
 
 def check_engine_options(method: str, options: dict[str, object]) -> None:
@@ -52,14 +62,14 @@ def check_engine_options(method: str, options: dict[str, object]) -> None:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     for name, value in options.items():
         if name not in ENGINE_OPTIONS:
-            known = ", ".join(f"{k} ({m})" for k, m in ENGINE_OPTIONS.items())
-            raise TypeError(f"unknown engine option {name!r}; the options are {known}")
+            raise TypeError(
+                f"unknown engine option {name!r}; the options are {engine_options_text()}"
+            )
         if value is None:
             continue
-        if ENGINE_OPTIONS[name] != method:
-            raise ValueError(
-                f"{name} applies to method={ENGINE_OPTIONS[name]!r} only, not {method!r}"
-            )
+        if method not in ENGINE_OPTIONS[name]:
+            takers = " or ".join(f"method={m!r}" for m in ENGINE_OPTIONS[name])
+            raise ValueError(f"{name} applies to {takers} only, not {method!r}")
         if name == "tile_len":
             check_tile_len(value)
         else:
@@ -81,6 +91,8 @@ def make_engine(
         return NaiveConv(h, max_len=max_len, batch_size=batch_size)
     if method == "epoched":
         return EpochedConv(h, max_len=max_len, batch_size=batch_size, **knobs)
+    if method == "deamortized":
+        return DeamortizedConv(h, max_len=max_len, batch_size=batch_size, **knobs)
     return ContinuousConv(h, max_len=max_len, batch_size=batch_size, **knobs)
 
 
