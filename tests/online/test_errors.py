@@ -49,7 +49,9 @@ def test_unknown_method_and_foreign_options():
         OnlineConv(h, method="continuous", tile_len=0)
     with pytest.raises(ValueError, match="epoch_len applies to method='epoched' only"):
         OnlineConv(h, method="continuous", epoch_len=4)
-    with pytest.raises(ValueError, match="tile_len applies to method='continuous' or method='deamortized' only"):
+    with pytest.raises(
+        ValueError, match="tile_len applies to method='continuous' or method='deamortized' only"
+    ):
         OnlineConv(h, method="naive", tile_len=4)
 
 

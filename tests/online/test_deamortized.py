@@ -1,0 +1,124 @@
+"""The deamortized engine's life cycle with FFT jobs in flight on worker threads: reset, a new
+prefill, a job that raises, collection of the engine, determinism; and its schedule's coverage."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from futurefill import OnlineConv
+from futurefill.online.deamortized import DeamortizedConv, _levels
+from reference import decaying_filter, random_input, reference_conv, rel_err
+
+L, B, D = 300, 2, 3
+
+
+def run(engine: DeamortizedConv, u: torch.Tensor, prompt_len: int, stop: int | None = None):
+    outputs = [engine.prefill(u[..., :prompt_len])] if prompt_len else []
+    for t in range(prompt_len, u.shape[-1] if stop is None else stop):
+        outputs.append(engine.step(u[..., t]).unsqueeze(-1))
+    return torch.cat(outputs, dim=-1)
+
+
+def engine(tile_len: int = 2) -> DeamortizedConv:
+    return DeamortizedConv(decaying_filter(D, L), batch_size=B, tile_len=tile_len)
+
+
+def test_every_pair_is_covered_once():
+    """The schedule of FUTUREFILL.md 4b, counted pair by pair (no filter, no rounding)."""
+    for b0 in (1, 2, 4):
+        n = 200
+        count = np.zeros((n, n), dtype=int)
+        for i in range(n):
+            for t in range(i, n):
+                if t // b0 - i // b0 <= 1:
+                    count[i, t] += 1  # direct
+            for b in _levels(b0, n):
+                block = i // b
+                first = (block + 2) * b
+                last = (block + (4 if block % 2 == 0 else 3)) * b
+                count[i, first : min(last, n)] += 1
+        assert (np.triu(count) == np.triu(np.ones_like(count))).all(), b0
+
+
+def test_jobs_run_on_worker_threads_and_are_joined_at_their_deadline():
+    conv = engine(tile_len=4)
+    u = random_input(B, D, L)
+    run(conv, u, 0, stop=100)
+    assert conv._jobs, "a job should be in flight between its block's end and its deadline"
+    names = {t.name for t in threading.enumerate()}
+    assert any(name.startswith("futurefill-deamortized") for name in names)
+
+
+@pytest.mark.parametrize("prompt_len", [0, 1, 57])
+def test_reset_and_a_new_prefill_with_jobs_in_flight(prompt_len):
+    conv = engine()
+    u1, u2 = random_input(B, D, L, seed=1), random_input(B, D, L, seed=2)
+    run(conv, u1, 0, stop=131)  # mid-sequence, jobs in flight
+    conv.reset()
+    y = run(conv, u2, prompt_len)
+    assert rel_err(y, reference_conv(u2, decaying_filter(D, L))) < 1e-10
+    conv.reset()
+    y = run(conv, u1, 0)
+    assert rel_err(y, reference_conv(u1, decaying_filter(D, L))) < 1e-10
+
+
+def test_outputs_are_deterministic():
+    u = random_input(B, D, L)
+    first = run(engine(), u, 10)
+    assert all(torch.equal(run(engine(), u, 10), first) for _ in range(3))
+
+
+def test_a_failing_job_raises_at_its_deadline_then_until_reset(monkeypatch):
+    conv = engine(tile_len=2)
+    u = random_input(B, D, L)
+    real_job = conv._job
+
+    def failing_job(b, block):
+        if b == 4 and block == 3:
+            raise FloatingPointError("injected")
+        return real_job(b, block)
+
+    monkeypatch.setattr(conv, "_job", failing_job)
+    with pytest.raises(FloatingPointError, match="injected"):
+        run(conv, u, 0)
+    position = conv.position
+    assert position == 20  # block 3 of size 4 ends at 16; its deadline is output 20
+    with pytest.raises(RuntimeError, match="a FutureFill job of this engine failed"):
+        conv.step(u[..., position])
+    monkeypatch.setattr(conv, "_job", real_job)
+    conv.reset()
+    assert rel_err(run(conv, u, 0), reference_conv(u, decaying_filter(D, L))) < 1e-10
+
+
+def test_collecting_the_engine_with_jobs_in_flight_leaks_no_thread():
+    conv = DeamortizedConv(decaying_filter(8, 4096), batch_size=1, tile_len=1)
+    run(conv, random_input(1, 8, 4096), 0, stop=2048 + 5)  # a 1024-block job in flight
+    assert conv._jobs
+    threads = list(conv._pool._threads)
+    assert threads and all(t.is_alive() for t in threads)
+    del conv
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+
+
+def test_half_precision_and_out_buffer():
+    h = decaying_filter(D, 100)
+    u = random_input(B, D, 100)
+    conv = OnlineConv(h.to(torch.bfloat16), method="deamortized", batch_size=B, tile_len=2)
+    reference = OnlineConv(h.to(torch.bfloat16), method="continuous", batch_size=B, tile_len=2)
+    out = torch.empty(B, D, dtype=torch.bfloat16)
+    for t in range(100):
+        u_t = u[..., t].to(torch.bfloat16)
+        expected = reference.step(u_t)
+        conv.step(u_t, out=out)
+        assert (
+            out.double() - expected.double()
+        ).abs().max() <= 4e-2 * expected.double().abs().max()
