@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from futurefill import OnlineConv
+from futurefill.online import deamortized
 from futurefill.online.deamortized import DeamortizedConv, _levels
 from reference import decaying_filter, random_input, reference_conv, rel_err
 
@@ -46,13 +46,13 @@ def test_every_pair_is_covered_once():
         assert (np.triu(count) == np.triu(np.ones_like(count))).all(), b0
 
 
-def test_jobs_run_on_worker_threads_and_are_joined_at_their_deadline():
+def test_jobs_run_on_the_background_worker_and_are_joined_at_their_deadline():
     conv = engine(tile_len=4)
     u = random_input(B, D, L)
     run(conv, u, 0, stop=100)
     assert conv._jobs, "a job should be in flight between its block's end and its deadline"
-    names = {t.name for t in threading.enumerate()}
-    assert any(name.startswith("futurefill-deamortized") for name in names)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("futurefill-deamortized") == 1
 
 
 @pytest.mark.parametrize("prompt_len", [0, 1, 57])
@@ -77,36 +77,38 @@ def test_outputs_are_deterministic():
 def test_a_failing_job_raises_at_its_deadline_then_until_reset(monkeypatch):
     conv = engine(tile_len=2)
     u = random_input(B, D, L)
-    real_job = conv._job
+    submit = deamortized._Background.submit.__func__
 
-    def failing_job(b, block):
-        if b == 4 and block == 3:
+    def failing(cls, deadline, slices, job):
+        def fail():
             raise FloatingPointError("injected")
-        return real_job(b, block)
 
-    monkeypatch.setattr(conv, "_job", failing_job)
+        submit(cls, deadline, [fail] * len(slices) if deadline == 20 else slices, job)
+
+    monkeypatch.setattr(deamortized._Background, "submit", classmethod(failing))
     with pytest.raises(FloatingPointError, match="injected"):
         run(conv, u, 0)
-    position = conv.position
-    assert position == 20  # block 3 of size 4 ends at 16; its deadline is output 20
+    assert conv.position == 20  # the deadline of the failing jobs
     with pytest.raises(RuntimeError, match="a FutureFill job of this engine failed"):
-        conv.step(u[..., position])
-    monkeypatch.setattr(conv, "_job", real_job)
+        conv.step(u[..., 20])
+    monkeypatch.undo()
     conv.reset()
     assert rel_err(run(conv, u, 0), reference_conv(u, decaying_filter(D, L))) < 1e-10
 
 
-def test_collecting_the_engine_with_jobs_in_flight_leaks_no_thread():
-    conv = DeamortizedConv(decaying_filter(8, 4096), batch_size=1, tile_len=1)
-    run(conv, random_input(1, 8, 4096), 0, stop=2048 + 5)  # a 1024-block job in flight
-    assert conv._jobs
-    threads = list(conv._pool._threads)
-    assert threads and all(t.is_alive() for t in threads)
-    del conv
-    gc.collect()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
+def test_collecting_engines_with_jobs_in_flight_leaks_nothing():
+    for _ in range(3):
+        conv = DeamortizedConv(decaying_filter(8, 4096), batch_size=1, tile_len=1)
+        run(conv, random_input(1, 8, 4096), 0, stop=2048 + 5)  # a 1024-block job in flight
+        jobs = list(conv._jobs.values())
+        assert jobs
+        del conv
+        gc.collect()
+        assert all(job.cancelled for job in jobs)  # their queued slices are skipped
+        for job in jobs:
+            assert job.done.wait(timeout=30)
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("futurefill-deamortized") == 1  # one worker for the process
 
 
 def test_half_precision_and_out_buffer():
