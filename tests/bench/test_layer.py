@@ -30,6 +30,12 @@ def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
             assert [c[:2] for c in r["chunks"]] == [
                 list(b) for b in layer.common.chunk_bounds(r["L"])
             ]
+        if r["method"] in layer.ONLINE_METHODS:  # every step timed: the latency distribution
+            assert 0 < r["step_median_s"] <= r["step_p99_s"] <= r["step_p999_s"] <= r["step_max_s"]
+            assert 0 <= r["step_max_at"] < r["L"]
+            assert [a for a, _, _ in r["trace"]] == list(range(r["L"]))  # L <= 256 buckets
+            top, mid = max(t for _, t, _ in r["trace"]), [m for _, _, m in r["trace"]]
+            assert top == pytest.approx(r["step_max_s"]) and min(mid) > 0
     for m in LAYER_METHODS:
         assert report["slopes"][m]["points"] == 3
         assert isinstance(report["slopes"][m]["all"], float)
@@ -46,7 +52,13 @@ def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
     assert {r["method"] for r in per_position} == set(LAYER_METHODS)
     table = (out_dir / "layer_table.md").read_text()
     assert "| L " in table and "naive/continuous" in table and "slope" in table
-    for name in ("layer_total_time", "layer_time_per_token", "layer_cache_bytes"):
+    assert "median / p99.9 / max" in table
+    for name in (
+        "layer_total_time",
+        "layer_time_per_token",
+        "layer_cache_bytes",
+        "layer_step_latency",
+    ):
         bench.assert_png(out_dir / f"{name}.png")
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -33,15 +34,17 @@ from futurefill.bench import common, plots
 from futurefill.fftconv import causal_conv
 from futurefill.online import make_engine
 
-LAYER_METHODS = ("naive", "epoched", "continuous", "recompute", "offline")
-ONLINE_METHODS = ("naive", "epoched", "continuous")
+LAYER_METHODS = ("naive", "epoched", "continuous", "deamortized", "recompute", "offline")
+ONLINE_METHODS = ("naive", "epoched", "continuous", "deamortized")
 # (numerator, denominator) pairs whose time ratio is reported at the largest L both reached.
 RATIOS = (
     ("naive", "epoched"),
     ("naive", "continuous"),
     ("recompute", "continuous"),
     ("continuous", "offline"),
+    ("deamortized", "continuous"),
 )
+LATENCY_BUCKETS = 256  # positions are cut into this many buckets for the latency trace
 
 
 class Stepper(Protocol):
@@ -134,27 +137,50 @@ def random_inputs(batch: int, channels: int, length: int, seed: int) -> torch.Te
 
 def time_steps(
     stepper: Stepper, inputs: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, list[tuple[int, int, float]], int]:
-    """Feed ``inputs`` (L, B, D) one step at a time; outputs (B, D, L), chunk times, peak bytes.
+) -> tuple[torch.Tensor, list[tuple[int, int, float]], int, np.ndarray]:
+    """Feed ``inputs`` (L, B, D) one step at a time; outputs (B, D, L), chunk times, peak bytes
+    and the time of every step (L,).
 
-    The timer runs once per dyadic chunk (:func:`common.chunk_bounds`); ``nbytes`` is sampled
+    One timer runs per dyadic chunk (:func:`common.chunk_bounds`), another around every step
+    (host time: on CUDA a step's kernels may still run after it returns); ``nbytes`` is sampled
     between chunks, outside the timed region.
     """
     step = stepper.step
     outputs: list[torch.Tensor] = []
     append = outputs.append
     chunks = []
+    step_times = np.empty(inputs.shape[0])
     peak = stepper.nbytes
-    sync = common.sync
+    sync, clock = common.sync, time.perf_counter
     sync(device)
     for start, stop in common.chunk_bounds(inputs.shape[0]):
-        began = time.perf_counter()
+        began = clock()
         for t in range(start, stop):
+            before = clock()
             append(step(inputs[t]))
+            step_times[t] = clock() - before
         sync(device)
-        chunks.append((start, stop, time.perf_counter() - began))
+        chunks.append((start, stop, clock() - began))
         peak = max(peak, stepper.nbytes)
-    return torch.stack(outputs, dim=-1), chunks, peak
+    return torch.stack(outputs, dim=-1), chunks, peak, step_times
+
+
+def latency(step_times: np.ndarray) -> dict[str, Any]:
+    """The distribution of step times: median, p99, p99.9, max (and where), and a trace of the
+    largest and the median step per bucket of positions, for the plot."""
+    buckets = np.array_split(step_times, min(LATENCY_BUCKETS, len(step_times)))
+    starts = np.cumsum([0] + [len(b) for b in buckets[:-1]])
+    return {
+        "step_median_s": float(np.median(step_times)),
+        "step_p99_s": float(np.percentile(step_times, 99)),
+        "step_p999_s": float(np.percentile(step_times, 99.9)),
+        "step_max_s": float(step_times.max()),
+        "step_max_at": int(step_times.argmax()),
+        "trace": [
+            (int(a), float(b.max()), float(np.median(b)))
+            for a, b in zip(starts, buckets, strict=True)
+        ],
+    }
 
 
 def run_cell(
@@ -173,7 +199,7 @@ def run_cell(
     times: list[float] = []
     setups: list[float] = []
     runs: list[list[tuple[int, int, float]]] = []
-    peak, err = None, None
+    peak, err, steps = None, None, {}
     inputs = u.permute(2, 0, 1).contiguous()  # (L, B, D): inputs[t] is one contiguous step
     while common.should_repeat(times, repeats, budget):
         common.sync(device)
@@ -189,10 +215,12 @@ def run_cell(
             stepper = STEPPERS[method](h, length, batch)
             common.sync(device)
             setups.append(time.perf_counter() - began)
-            y, chunks, peak = time_steps(stepper, inputs, device)
+            y, chunks, peak, step_times = time_steps(stepper, inputs, device)
             del stepper
             times.append(sum(c for _, _, c in chunks))
             runs.append(chunks)
+            if times[-1] == min(times):  # the latency of the fastest run
+                steps = latency(step_times)
         if err is None:  # outputs are deterministic: check the first run
             err = common.rel_err(y, reference)
             if not err <= tol:  # also catches NaN
@@ -218,6 +246,7 @@ def run_cell(
         "repeats": len(times),
         "times_s": times,
         "chunks": chunk_rows,
+        **steps,
     }
 
 
@@ -353,6 +382,14 @@ def _cell(row: dict[str, Any]) -> str:
     return "-"
 
 
+def _latency_cell(row: dict[str, Any]) -> str:
+    if row["status"] != "ok" or "step_max_s" not in row:
+        return _cell(row)
+    spread = row["step_max_s"] / row["step_median_s"]
+    times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
+    return " / ".join(common.fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
+
+
 def table(report: dict[str, Any]) -> str:
     """The terminal/Markdown summary: total time per L and method, ratios, cache, slopes."""
     rows = report["rows"]
@@ -390,6 +427,11 @@ def table(report: dict[str, Any]) -> str:
         ]
         for length in lengths
     ]
+    online = [m for m in methods if m in ONLINE_METHODS]
+    latency_header = ["L", *(f"{m} median / p99.9 / max" for m in online)]
+    latency_body = [
+        [str(length), *(_latency_cell(by[(m, length)]) for m in online)] for length in lengths
+    ]
     cfg = report["config"]
     lines = [
         f"## Layer benchmark: total time for L steps (median of up to {cfg['repeats']} runs)",
@@ -401,6 +443,10 @@ def table(report: dict[str, Any]) -> str:
         common.markdown_table(header, body),
         "",
         common.markdown_table(cache_header, cache_body) if cache_methods else "",
+        "",
+        "Time of one step (the fastest run's), and the largest over its median:",
+        "",
+        common.markdown_table(latency_header, latency_body) if online else "",
         "",
     ]
     lines += _notes(report)
@@ -437,6 +483,11 @@ CSV_COLUMNS = (
     "max_rel_err",
     "tol",
     "repeats",
+    "step_median_s",
+    "step_p99_s",
+    "step_p999_s",
+    "step_max_s",
+    "step_max_at",
     "channels",
     "batch",
     "dtype",
@@ -466,7 +517,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             key=lambda r: r["L"],
         )
 
-    total, per_pos, cache = [], [], []
+    total, per_pos, cache, trace = [], [], [], []
     for m in methods:
         done = ok(m)
         slope = report["slopes"][m]["all"]
@@ -491,6 +542,26 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
                     if m != "offline"
                     else [last["per_token_s"]] * 2,
                     "linestyle": "--" if m == "offline" else "-",
+                }
+            )
+        if done and "trace" in done[-1]:
+            last = done[-1]
+            positions = [a + 1 for a, _, _ in last["trace"]]  # 1-based: a log axis
+            trace.append(
+                {
+                    "method": m,
+                    "label": f"{m}: largest step per bucket (L={last['L']})",
+                    "x": positions,
+                    "y": [top for _, top, _ in last["trace"]],
+                }
+            )
+            trace.append(
+                {
+                    "method": m,
+                    "label": f"{m}: median step per bucket",
+                    "x": positions,
+                    "y": [mid for _, _, mid in last["trace"]],
+                    "linestyle": ":",
                 }
             )
         if m != "offline":
@@ -526,5 +597,19 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             title=f"Cache (engine buffers) against L ({what})",
             subtitle=subtitle,
             path=out / "layer_cache_bytes.png",
+        ),
+        *(
+            [
+                plots.loglog_lines(
+                    trace,
+                    xlabel=f"position t (buckets of L/{LATENCY_BUCKETS} steps)",
+                    ylabel="time of one step (s)",
+                    title=f"Step latency against position, at the largest L run ({what})",
+                    subtitle=subtitle,
+                    path=out / "layer_step_latency.png",
+                )
+            ]
+            if trace
+            else []
         ),
     ]

@@ -18,6 +18,7 @@ STYLE = {
     "naive": ("tab:red", "o"),
     "epoched": ("tab:orange", "s"),
     "continuous": ("tab:blue", "^"),
+    "deamortized": ("tab:green", "v"),
     "recompute": ("tab:gray", "x"),
     "offline": ("black", "."),
 }

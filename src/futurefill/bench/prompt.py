@@ -89,7 +89,7 @@ def run_cell(
         common.sync(device)
         prefills.append(time.perf_counter() - began)
         after_prefill = engine.nbytes
-        y_gen, chunks, peak = time_steps(engine, inputs, device)
+        y_gen, chunks, peak, _ = time_steps(engine, inputs, device)
         peak = max(peak, after_prefill)
         decodes.append(sum(c for _, _, c in chunks))
         runs.append(chunks)
