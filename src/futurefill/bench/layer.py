@@ -546,7 +546,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             )
         if done and "trace" in done[-1]:
             last = done[-1]
-            positions = [a + 1 for a, _, _ in last["trace"]]  # 1-based: a log axis
+            positions = [a for a, _, _ in last["trace"]]
             trace.append(
                 {
                     "method": m,
@@ -607,6 +607,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
                     title=f"Step latency against position, at the largest L run ({what})",
                     subtitle=subtitle,
                     path=out / "layer_step_latency.png",
+                    logx=False,
                 )
             ]
             if trace

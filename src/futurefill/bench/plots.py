@@ -53,6 +53,7 @@ def loglog_lines(
     subtitle: str,
     path: Path,
     logy: bool = True,
+    logx: bool = True,
 ) -> Path:
     """One line per entry of ``series``: dicts with x, y, label, method and optional linestyle."""
     fig = Figure(figsize=(7, 4.8))
@@ -70,7 +71,8 @@ def loglog_lines(
             label=s["label"],
             markersize=4,
         )
-    ax.set_xscale("log", base=2)
+    if logx:
+        ax.set_xscale("log", base=2)
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

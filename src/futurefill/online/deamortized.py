@@ -7,7 +7,8 @@ one step in b stalls for it. Here every FFT job gets b steps of slack. With tile
     direct:   output t adds h[t-i] u_i for every input i of its tile and of the tile before
               (each input is pushed into the rest of its tile and the whole next tile)
     level b:  a finished block I adds its contribution to outputs [(I+2) b, (I+4) b) if I is
-              even, [(I+2) b, (I+3) b) if I is odd: one FFT of size 4b (input b, filter h[:4b])
+              even, [(I+2) b, (I+3) b) if I is odd: lags b+1 .. 4b-1 (3b-1), one FFT of the
+              block with h[b : 4b] at size 4b (with h[b : 3b] at size 2b)
 
 Every pair (input i, output t >= i) is covered exactly once: pairs within one tile or two
 adjacent tiles directly, every other one by the unique level b with floor(t/b) - floor(i/b) in
@@ -23,11 +24,20 @@ After a prompt of length P, the prompt's contribution to the K = max_len - P out
 kept (one FFT, as in Continuous-FutureFill) and the schedule runs over the generated inputs only.
 Memory O(K): the generated inputs, the prompt part, the rings (4b per level, 8K in all).
 
-Worker threads: one per level that can run (log2(K / b0)), idle between jobs, shut down when the
-engine is collected; a job holds references to the buffers it writes, so none is freed under
-it. A job that raises re-raises at its deadline step; the engine then needs ``reset()``.
-On CUDA the jobs are issued from the worker threads on the default stream (correct, but not
-overlapped with the main thread's kernels; a side stream per level is future work).
+The jobs run on one background thread for the whole process (:class:`_Background`), slices of
+every engine's jobs earliest deadline first; a step that reaches a deadline runs what is left
+itself. A slice holds references to the tensors it writes, so none is freed under it; collecting
+or resetting an engine cancels its queued slices. A job that raises re-raises at its deadline
+step; the engine then needs ``reset()``.
+
+Where it stands (measured, 2-core VM, 128 channels, float32): the stalls shrink where the worker
+keeps up (L = 2^14: largest step 1.6 ms instead of 85 ms) but not at L = 2^18 (249 ms instead of
+395 ms; median 8 us; total 1.21x continuous's): the jobs are ~3x the FFT work of
+Continuous-FutureFill and the worker needs the GIL between its ops while the decoding thread
+holds it, so on two cores the background cannot absorb the largest levels in time. Bounding
+every step needs the largest FFTs cut into per-step slices (a four-step FFT), which is not done.
+On CUDA the jobs are issued from the worker thread on the default stream (correct, but not
+overlapped with the decoding thread's kernels; a side stream is future work, untested here).
 """
 
 from __future__ import annotations
@@ -47,9 +57,11 @@ from futurefill.online.base import OnlineConvEngine
 from futurefill.online.continuous import check_tile_len, default_tile_len
 
 # Jobs are cut into slices over their rows (batch x channels) of about SLICE_POINTS FFT points,
-# so that a short job with an early deadline never waits long behind a long one. Measured
-# alternative (L = 2^16, 128 channels): running the short jobs' slices in the decoding thread, one
-# per step, raised the median step from 5.8 us to 33-40 us and the total 3-5x; not done.
+# so that a short job with an early deadline never waits long behind a long one. Measured on a
+# 2-core x86 VM (128 channels, float32, 1 thread), largest step at L = 2^18 with slices of 2^18 /
+# 2^21 / 2^23 points: 249 / 129 / 170 ms (continuous: 346-395 ms), total over continuous's 1.21 /
+# 1.34 / 1.90. Running the short jobs' slices in the decoding thread instead, one per step,
+# raised the median step from 5.8 us to 33-40 us and the total 3-5x at L = 2^16: not done.
 SLICE_POINTS = 1 << 18
 
 
