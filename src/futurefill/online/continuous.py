@@ -21,6 +21,8 @@ Filter spectra for every level (rfft of ``h[0 : 2b]`` at length 2b) are computed
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from futurefill.checks import check_int
@@ -55,7 +57,64 @@ def default_tile_len(channels: int, batch_size: int, device: torch.device) -> in
     return 64 if channels * batch_size <= 512 else 128
 
 
-class ContinuousConv(OnlineConvEngine):
+class TiledEngine(OnlineConvEngine):
+    """What Continuous- and Deamortized-FutureFill share: tiles of b0 inputs whose outputs get the
+    direct part, each input pushed into a time-major window of outputs (the rest of its tile, and
+    for the deamortized schedule the whole next tile too), and a hook at every tile's end.
+
+    Parameters
+    ----------
+    tile_len : int, optional
+        The direct-computation tile b0, a power of two; default :func:`default_tile_len`.
+    window_tiles : int
+        Tiles of outputs an input is pushed into (1: its own; 2: its own and the next).
+    """
+
+    def __init__(
+        self,
+        h: torch.Tensor,
+        *,
+        max_len: int | None,
+        batch_size: int,
+        tile_len: int | None,
+        window_tiles: int,
+    ):
+        super().__init__(h, max_len=max_len, batch_size=batch_size)
+        if tile_len is None:
+            tile_len = default_tile_len(self.channels, self.batch_size, self.device)
+        self.tile_len = tile_len = check_tile_len(tile_len)
+        taps = window_tiles * tile_len
+        head = self._zeros(taps, 1, self.channels)
+        width = min(taps, self.max_len)
+        head[:width, 0].copy_(self.h[:, :width].t())
+        self._h_head = head  # (taps, 1, D): what an input adds to the outputs of its window
+
+    def _tile_views(self, window: torch.Tensor) -> None:
+        """The current tile's inputs, and the views every step uses into them and into
+        ``window`` (time-major outputs, starting at the current tile), built once."""
+        b0 = self.tile_len
+        self._x_tile = self._zeros(b0, self.batch_size, self.channels)
+        self._x_rows = list(self._x_tile.unbind(0))
+        self._out_rows = list(window[:b0].unbind(0))
+        self._out_rests = [window[j:] for j in range(b0)]  # outputs j .. end of the window
+        self._h_rests = [self._h_head[: len(window) - j] for j in range(b0)]
+
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        j = (self._position - self._offset) % self.tile_len
+        self._x_rows[j].copy_(u_t)
+        self._out_rests[j].addcmul_(self._h_rests[j], u_t)
+        y = self._out_rows[j].clone() if out is None else out.copy_(self._out_rows[j])
+        self._position += 1
+        if j == self.tile_len - 1:
+            self._end_tile(self._position - self._offset)
+        return y
+
+    @abstractmethod
+    def _end_tile(self, seen: int) -> None:
+        """After the step that completed ``seen`` local inputs, a multiple of the tile."""
+
+
+class ContinuousConv(TiledEngine):
     """Online causal convolution by Continuous-FutureFill. See :class:`OnlineConvEngine`.
 
     Parameters
@@ -74,14 +133,9 @@ class ContinuousConv(OnlineConvEngine):
         batch_size: int = 1,
         tile_len: int | None = None,
     ):
-        super().__init__(h, max_len=max_len, batch_size=batch_size)
-        if tile_len is None:
-            tile_len = default_tile_len(self.channels, self.batch_size, self.device)
-        self.tile_len = tile_len = check_tile_len(tile_len)
-        head = self._zeros(tile_len, 1, self.channels)
-        width = min(tile_len, self.max_len)
-        head[:width, 0].copy_(self.h[:, :width].t())
-        self._h_head = head  # (b0, 1, D): what an input adds to the rest of its tile
+        super().__init__(
+            h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=1
+        )
         self._spectra: dict[int, torch.Tensor] = {}
         self._reset()
 
@@ -94,13 +148,9 @@ class ContinuousConv(OnlineConvEngine):
         # Long buffers are channel-major: the FFTs of the levels run along their last dimension.
         self._x = self._zeros(batch, channels, padded)  # generated inputs
         self._c = self._zeros(batch, channels, padded)  # known part of every future output
-        # The current tile, time-major, with the views each step uses built once here.
-        self._x_tile = self._zeros(b0, batch, channels)
+        # The current tile's outputs, time-major; the step's views into it built once.
         self._c_tile = self._zeros(b0, batch, channels)
-        self._x_rows = list(self._x_tile.unbind(0))
-        self._c_rows = list(self._c_tile.unbind(0))
-        self._c_rests = [self._c_tile[j:] for j in range(b0)]  # outputs j .. b0-1 of the tile
-        self._h_rests = [self._h_head[: b0 - j] for j in range(b0)]
+        self._tile_views(self._c_tile)
         levels = []
         b = b0
         while b < remaining:
@@ -140,13 +190,3 @@ class ContinuousConv(OnlineConvEngine):
         keep = min(b, self._c.shape[-1] - seen)
         self._c[..., seen : seen + keep] += torch.fft.irfft(spec, n=2 * b)[..., b : b + keep]
         self._c_tile.copy_(self._c[..., seen : seen + b0].permute(2, 0, 1))
-
-    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        j = (self._position - self._offset) % self.tile_len
-        self._x_rows[j].copy_(u_t)
-        self._c_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._c_rows[j].clone() if out is None else out.copy_(self._c_rows[j])
-        self._position += 1
-        if j == self.tile_len - 1:
-            self._end_tile(self._position - self._offset)
-        return y

@@ -53,8 +53,7 @@ from typing import ClassVar
 import torch
 
 from futurefill.fftconv import prompt_conv
-from futurefill.online.base import OnlineConvEngine
-from futurefill.online.continuous import check_tile_len, default_tile_len
+from futurefill.online.continuous import TiledEngine
 
 # Jobs are cut into slices over their rows (batch x channels) of about SLICE_POINTS FFT points,
 # so that a short job with an early deadline never waits long behind a long one. Measured on a
@@ -153,7 +152,7 @@ def _levels(b0: int, remaining: int) -> list[int]:
     return levels
 
 
-class DeamortizedConv(OnlineConvEngine):
+class DeamortizedConv(TiledEngine):
     """Online causal convolution with bounded work per step. See :class:`OnlineConvEngine`.
 
     Parameters
@@ -173,14 +172,9 @@ class DeamortizedConv(OnlineConvEngine):
         batch_size: int = 1,
         tile_len: int | None = None,
     ):
-        super().__init__(h, max_len=max_len, batch_size=batch_size)
-        if tile_len is None:
-            tile_len = default_tile_len(self.channels, self.batch_size, self.device)
-        self.tile_len = b0 = check_tile_len(tile_len)
-        head = self._zeros(2 * b0, 1, self.channels)
-        width = min(2 * b0, self.max_len)
-        head[:width, 0].copy_(self.h[:, :width].t())
-        self._h_head = head  # (2 b0, 1, D): what an input adds to its tile and the next
+        super().__init__(
+            h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
+        )
         self._spectra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # (even, odd) jobs
         self._jobs: dict[int, Job] = {}
         weakref.finalize(self, _cancel, self._jobs)
@@ -200,11 +194,7 @@ class DeamortizedConv(OnlineConvEngine):
         self._prompt: torch.Tensor | None = None  # the prompt's part of every output
         # Outputs of the current tile and the next, time-major; the step's views built once.
         self._direct = self._zeros(2 * b0, batch, channels)
-        self._x_tile = self._zeros(b0, batch, channels)
-        self._x_rows = list(self._x_tile.unbind(0))
-        self._d_rows = list(self._direct[:b0].unbind(0))
-        self._d_rests = [self._direct[j:] for j in range(b0)]
-        self._h_rests = [self._h_head[: 2 * b0 - j] for j in range(b0)]
+        self._tile_views(self._direct)
         levels = _levels(b0, remaining)
         self._rings = {b: self._zeros(batch, channels, 4 * b) for b in levels}
         self._spectra = {b: self._spectra.get(b) for b in levels}
@@ -240,14 +230,7 @@ class DeamortizedConv(OnlineConvEngine):
             raise RuntimeError(
                 f"a FutureFill job of this engine failed: call reset() ({self._failed!r})"
             )
-        j = (self._position - self._offset) % self.tile_len
-        self._x_rows[j].copy_(u_t)
-        self._d_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._d_rows[j].clone() if out is None else out.copy_(self._d_rows[j])
-        self._position += 1
-        if j == self.tile_len - 1:
-            self._end_tile(self._position - self._offset)
-        return y
+        return super()._step(u_t, out)
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file it, join the jobs due now, start the
