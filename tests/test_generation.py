@@ -311,3 +311,12 @@ def test_prompt_padding_may_hold_any_value():
         generate(model, padded, 5, prompt_lengths=[4, 2]),
         generate(model, ids, 5, prompt_lengths=[4, 2]),
     )
+
+
+def test_deamortized_jobs_run_under_generates_inference_mode():
+    """generate() decodes in inference mode; the deamortized engine's background jobs write into
+    its buffers from another thread, which must be allowed too."""
+    model = tiny_model("longconv")
+    ids = random_ids(2, 5)
+    tokens = generate(model, ids, 40, method="deamortized", tile_len=1)
+    assert torch.equal(tokens, generate(model, ids, 40, method="continuous", tile_len=1))

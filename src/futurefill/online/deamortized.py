@@ -134,10 +134,13 @@ class _Background:
 
 
 def _run(work: Callable[[], None], job: Job) -> None:
+    """Run one slice in this thread. Inference mode (which is per thread): the engine's buffers
+    may be inference tensors (made under ``generate``), which only it may update in place."""
     error = None
     if not job.cancelled and job.error is None:
         try:
-            work()
+            with torch.inference_mode():
+                work()
         except BaseException as exc:  # handed to the decoding thread at the job's deadline
             error = exc
     job.finish_slice(error)
