@@ -133,3 +133,13 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="max_len is required"):
         decoding(ShortConv(3), batch_size=1)
     assert not m.first.decoding  # nothing was opened
+
+
+def test_a_rejected_first_chunk_fixes_nothing():
+    m = model()
+    with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
+        with pytest.raises(ValueError, match="is for batch_size=2"):
+            m(u(batch=3, length=2, dtype=torch.float32).double())
+        m.float()  # the session has seen no accepted chunk: float32 is still fine
+        y = m(u(length=4, dtype=torch.float32))
+        assert y.dtype == torch.float32 and session.position == 4

@@ -94,12 +94,16 @@ class EngineState(ModuleState):
             )
             self.step_shape = (u.shape[0], 1, u.shape[2])
         n = u.shape[1]
-        self._position += n
         if self.engine.position == 0 and n > 1:
             rows = module.sequence_rows(u)  # (rows, filters, n)
-            return module.sequence_output(self.engine.prefill(rows), u.shape[0])
-        steps = [module.step_output(self.engine.step(module.step_rows(u[:, i]))) for i in range(n)]
-        return steps[0] if n == 1 else torch.cat(steps, dim=1)
+            y = module.sequence_output(self.engine.prefill(rows), u.shape[0])
+        else:
+            steps = [
+                module.step_output(self.engine.step(module.step_rows(u[:, i]))) for i in range(n)
+            ]
+            y = steps[0] if n == 1 else torch.cat(steps, dim=1)
+        self._position += n
+        return y
 
 
 class _OnlineConv(DecodingModule):

@@ -56,9 +56,7 @@ class ModuleState(ABC):
     def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
         """Raise unless ``x`` ``(batch, length, ...)`` continues this session: same dtype and
         device as its first chunk, the session's batch size, and room left for its length."""
-        if self.dtype is None:
-            self.dtype, self.device = x.dtype, x.device
-        elif x.dtype != self.dtype or x.device != self.device:
+        if self.dtype is not None and (x.dtype != self.dtype or x.device != self.device):
             raise RuntimeError(
                 f"{type(module).__name__} {self.name!r} started this decoding session with "
                 f"{self.dtype} inputs on {self.device} and now gets {x.dtype} on {x.device}: the "
@@ -75,6 +73,7 @@ class ModuleState(ABC):
                 f"session's max_len={self.session.max_len}: no room for {x.shape[1]} more; call "
                 "session.reset() or open a session with a larger max_len"
             )
+        self.dtype, self.device = x.dtype, x.device  # fixed by the first chunk accepted
 
     @property
     def position(self) -> int:
