@@ -109,7 +109,7 @@ def generate(
     max_new_tokens : int >= 0
         Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
         the model's max length (its shortest filter) for the longest prompt.
-    method : {"continuous", "epoched", "naive"}
+    method : {"continuous", "epoched", "naive", "deamortized"}
         The online convolution engine of every layer; all give the same tokens.
     temperature : float >= 0
         Divides the logits before sampling; 0 means greedy.
@@ -139,7 +139,7 @@ def generate(
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
     **engine_options
-        ``epoch_len`` (epoched) or ``tile_len`` (continuous).
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
     Returns
     -------

@@ -238,10 +238,10 @@ def decoding(
     max_len : int, optional
         Longest sequence (prompt plus generated); default and maximum the smallest ``max_len``
         of the model's modules.
-    method : {"continuous", "epoched", "naive"}
+    method : {"continuous", "epoched", "naive", "deamortized"}
         The online convolution engine of every long convolution (:mod:`futurefill.online`).
     **engine_options
-        ``epoch_len`` (epoched) or ``tile_len`` (continuous).
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
     Returns
     -------

@@ -107,7 +107,7 @@ class OnlineConv:
     h : Tensor, shape (channels, filter_len)
         The filters; the engine computes on h's device and in h's dtype (half precisions in
         float32). Inputs must match both.
-    method : {"continuous", "epoched", "naive"}
+    method : {"continuous", "epoched", "naive", "deamortized"}
         The algorithm (see the module docstring for the trade-offs).
     max_len : int, optional
         Largest total length, prompt plus generated; default and maximum ``filter_len``.
