@@ -6,8 +6,8 @@ sequence and keeps what the rest will need (online convolution engines, short-co
 in the module::
 
     with futurefill.decoding(model, batch_size=2, max_len=1024, method="continuous") as session:
-        logits = model(prompt_ids)            # (2, P): the first chunk, prefilled in one pass
-        logits = model(next_ids[:, None])     # (2, 1): one more position per sequence
+        logits = model(prompt_ids)            # ids (2, P): the first chunk, one parallel pass
+        logits = model(next_ids[:, None])     # ids (2, 1): one more position per sequence
         session.position, session.nbytes      # positions consumed; bytes held by the state
         session.reset()                       # new sequences, same session
 
@@ -170,7 +170,6 @@ class DecodingSession:
                 )
         self.method = method
         self.engine_options = {k: v for k, v in engine_options.items() if v is not None}
-        self.model = model
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
