@@ -207,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="the ConvLM end to end: tokens/s against context length")
     _add_common(model, "model")
     _add_lengths(model, "model", "generated lengths (context)")
-    _add_names(model, "model", "methods", _module("model").MODEL_METHODS)
+    _add_names(model, "model", "methods", tuple(_module("model").MODEL_STEPPERS))
     _add_sizes(model, "model")
     _add_slope(model, "model")
     model.set_defaults(func=_run_one, bench="model")

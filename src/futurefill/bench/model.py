@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from futurefill.bench import common, plots
 from futurefill.nn import decoding
+from futurefill.online import METHODS
 
 MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
 # Agreement tolerance of the logits, relative to their largest magnitude. Half precisions round the
@@ -108,7 +109,7 @@ def _cached(method: str) -> Callable[[Any, int, int], Any]:
 
 
 MODEL_STEPPERS: dict[str, Callable[[Any, int, int], Any]] = {
-    **{m: _cached(m) for m in ("naive", "epoched", "continuous")},
+    **{m: _cached(m) for m in METHODS},
     "recompute": RecomputeStepper,
 }
 
@@ -262,7 +263,7 @@ def run(config: ModelConfig) -> dict[str, Any]:
     """Run the sweep for every mixer; the report (machine, config, rows, slopes, ratios)."""
     unknown = [m for m in config.methods if m not in MODEL_STEPPERS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {MODEL_METHODS}")
+        raise ValueError(f"unknown methods {unknown}; expected some of {tuple(MODEL_STEPPERS)}")
     lengths = sorted(set(config.lengths))
     if not lengths or lengths[0] < 1:
         raise ValueError(f"lengths must be positive, got {config.lengths}")
