@@ -45,10 +45,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on."""
+    """CPU cores this process may run on (the affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
+    except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
 
 

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from futurefill.argtypes import available_cores
+
 DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -55,14 +57,6 @@ class AgreementError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------ machine
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def cpu_model() -> str:

@@ -78,7 +78,7 @@ class EngineState(ModuleState):
             and self._position < self.session.max_len
         ):
             self._position += 1
-            return module.step_output(self.engine.step(module.step_rows(u[:, 0])))
+            return self._step(u[:, 0], module)
         module.check_input(u)
         self.check_input(u, module)
         if self.engine is None:
@@ -98,12 +98,14 @@ class EngineState(ModuleState):
             rows = module.sequence_rows(u)  # (rows, filters, n)
             y = module.sequence_output(self.engine.prefill(rows), u.shape[0])
         else:
-            steps = [
-                module.step_output(self.engine.step(module.step_rows(u[:, i]))) for i in range(n)
-            ]
+            steps = [self._step(u[:, i], module) for i in range(n)]
             y = steps[0] if n == 1 else torch.cat(steps, dim=1)
         self._position += n
         return y
+
+    def _step(self, u_t: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+        """One position ``(batch, channels)`` through the engine: ``(batch, 1, ...)``."""
+        return module.step_output(self.engine.step(module.step_rows(u_t)))
 
 
 class _OnlineConv(DecodingModule):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.online import METHODS, check_engine_options
+from futurefill.online import check_engine_options
 
 __all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "decoding_max_len"]
 
@@ -160,9 +160,7 @@ class DecodingSession:
                 f"max_len {self.max_len} exceeds the model's max_len {limit} (the filter length "
                 f"of {name!r})"
             )
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-        check_engine_options(method, engine_options)
+        check_engine_options(method, engine_options)  # the method's name too
         for name, module in modules:
             if module.decoding:
                 raise RuntimeError(
