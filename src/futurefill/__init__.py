@@ -5,6 +5,7 @@ from futurefill.generation import GenerationOutput, generate
 from futurefill.model import ConvLM, ConvLMConfig
 from futurefill.nn import DecodingSession, decoding
 from futurefill.online import METHODS, OnlineConv
+from futurefill.pretrained import HyenaLM, HyenaLMConfig, load_pretrained
 
 __all__ = [
     "METHODS",
@@ -12,11 +13,14 @@ __all__ = [
     "ConvLMConfig",
     "DecodingSession",
     "GenerationOutput",
+    "HyenaLM",
+    "HyenaLMConfig",
     "OnlineConv",
     "causal_conv",
     "decoding",
     "futurefill",
     "generate",
+    "load_pretrained",
     "prompt_conv",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,15 @@
+"""Public checkpoints: :func:`load_pretrained` reads a local directory (HyenaDNA's Hugging Face
+port or original release, the safari Hyena LMs, futurefill's own ConvLM) into a model that
+:func:`futurefill.generate` decodes exactly with every method."""
+
+from futurefill.pretrained.formats import FORMATS, CheckpointError, detect_format, load_pretrained
+from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
+
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "HyenaLM",
+    "HyenaLMConfig",
+    "detect_format",
+    "load_pretrained",
+]
