@@ -18,7 +18,6 @@ from typing import Any
 
 from futurefill import argtypes
 from futurefill.bench import common
-from futurefill.model import MIXERS
 
 BENCHMARKS = ("layer", "prompt", "model", "context")
 NEEDS_MODEL = ("model", "context")  # skipped by ``all`` where futurefill.model is missing
@@ -64,6 +63,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "budget": 60.0,
         },
     },
+    # A HyenaDNA-large-1m-shaped model (random weights) decoding after long DNA prompts, against
+    # recompute (a full forward per token: the Hugging Face port's generate()).
+    "hyenadna": {
+        "context": {
+            "prompt_lens": _pow2(12, 18),
+            "new_tokens": 32,
+            "methods": ("naive", "epoched", "continuous", "recompute"),
+            "mixers": ("hyenadna",),
+            "d_model": 256,
+            "n_layers": 8,
+            "vocab_size": 16,
+            "repeats": 1,
+            "budget": 200.0,
+        },
+    },
 }
 
 
@@ -94,8 +108,13 @@ def _add_common(p: argparse.ArgumentParser, bench: str) -> None:
         field = flag[2:].replace("-", "_")
         p.add_argument(flag, help=help + _default(bench, field), **kwargs)
 
+    presets = sorted(name for name in PRESETS if bench in PRESETS[name])
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), help="quick (make demo) or full (default: none)"
+        "--preset",
+        choices=presets,
+        help="quick (make demo), full"
+        + (", hyenadna (HyenaDNA-large-1m shape)" if "hyenadna" in presets else "")
+        + " (default: none)",
     )
     add("--out", "directory for JSON, CSV, table and PNGs", type=argtypes.output_dir)
     add("--device", "cpu, cuda or cuda:N", type=argtypes.device_name)
@@ -146,7 +165,7 @@ def _add_sizes(p: argparse.ArgumentParser, bench: str) -> None:
     p.add_argument("--d-model", type=size, help="model width" + _default(bench, "d_model"))
     p.add_argument("--n-layers", type=size, help="layers" + _default(bench, "n_layers"))
     p.add_argument("--vocab-size", type=size, help="vocabulary" + _default(bench, "vocab_size"))
-    _add_names(p, bench, "mixers", MIXERS)
+    _add_names(p, bench, "mixers", _module("model").BENCH_MIXERS)
 
 
 def _add_names(p: argparse.ArgumentParser, bench: str, field: str, names: Sequence[str]) -> None:
@@ -238,7 +257,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
     every.add_argument(
         "--preset",
-        choices=sorted(PRESETS),
+        choices=[p for p in sorted(PRESETS) if all(b in PRESETS[p] for b in BENCHMARKS)],
         default="quick",
         help="quick (make demo) or full (default quick)",
     )

@@ -340,20 +340,33 @@ def run(config: ContextConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ output
 
 
+def model_name(cfg: dict[str, Any]) -> str:
+    """What the mixers build: ConvLM, or HyenaLM shaped like HyenaDNA-large-1m."""
+    names = []
+    if any(m != "hyenadna" for m in cfg["mixers"]):
+        names.append("ConvLM")
+    if "hyenadna" in cfg["mixers"]:
+        names.append(
+            "HyenaLM (mixer hyenadna: HyenaDNA-large-1m's order-2 Hyena, emb_dim 5, filter FFN 64 "
+            "wide with 2 inner layers, filters on the 1M grid, MLP 4 x d_model)"
+        )
+    return " / ".join(names)
+
+
 def table(report: dict[str, Any]) -> str:
     """Per mixer: decode tokens/s per P and method with speed-ups; prefill time and cache bytes."""
     rows = report["rows"]
     cfg = report["config"]
     methods = list(cfg["methods"])
-    pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
+    pairs = [p for p in RATIOS if p[0] in methods and p[1] in methods]
     lines = [
         f"## Context benchmark: decode tokens/s after a prompt of P tokens "
         f"(K = {cfg['new_tokens']} new tokens, median of up to {cfg['repeats']} runs)",
         "",
         f"Machine: {common.machine_line(report['machine'])}",
-        f"ConvLM: d_model {cfg['d_model']}, {cfg['n_layers']} layers, vocab {cfg['vocab_size']}, "
-        f"batch {cfg['batch']}, random weights, greedy; budget {cfg['budget']:g} s per run "
-        "(prefill + decode).",
+        f"{model_name(cfg)}: d_model {cfg['d_model']}, {cfg['n_layers']} layers, vocab "
+        f"{cfg['vocab_size']}, batch {cfg['batch']}, random weights, greedy; budget "
+        f"{cfg['budget']:g} s per run (prefill + decode).",
         "",
     ]
 
@@ -471,7 +484,8 @@ def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) ->
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
     cfg = report["config"]
     subtitle = common.machine_line(report["machine"])
-    what = f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
+    kind = "HyenaLM" if tuple(cfg["mixers"]) == ("hyenadna",) else "ConvLM"
+    what = f"{kind} d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
     k = cfg["new_tokens"]
 
     def series(key: str, methods: list[str]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from futurefill.bench import common, plots
+from futurefill.model import MIXERS, ConvLM, ConvLMConfig
 from futurefill.nn import decoding
 from futurefill.online import METHODS
 
@@ -75,7 +76,7 @@ class RecomputeStepper:
 
     def __init__(self, model, max_len: int, batch_size: int):
         self.model = model
-        device = model.embed.weight.device
+        device = next(model.parameters()).device
         self._ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
         self._t = 0
 
@@ -225,20 +226,47 @@ def run_cell(
     }
 
 
-def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
-    """The seeded, randomly initialised ConvLM for ``mixer`` and its float64 reference copy."""
-    from futurefill.model import ConvLM, ConvLMConfig
+# The HyenaDNA release's largest model (``hyenadna-large-1m-seqlen``): its hyper-parameters
+# besides width and depth (``--d-model 256 --n-layers 8`` give its shape).
+HYENADNA_LARGE_1M = {
+    "max_seq_len": 1_000_002,
+    "order": 2,
+    "emb_dim": 5,
+    "filter_order": 64,
+    "num_inner_mlps": 2,
+    "activation_freq": 10.0,
+}
+BENCH_MIXERS = (*MIXERS, "hyenadna")
 
+
+def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
+    """The seeded, randomly initialised model for ``mixer`` and its float64 reference copy:
+    a ConvLM, or for ``hyenadna`` a :class:`~futurefill.pretrained.HyenaLM` shaped like
+    HyenaDNA-large-1m (filters on its 1M grid, MLP 4 x width) at the config's width and depth."""
     torch.manual_seed(config.seed)
-    model = ConvLM(
-        ConvLMConfig(
-            vocab_size=config.vocab_size,
-            d_model=config.d_model,
-            n_layers=config.n_layers,
-            max_len=max_len,
-            mixer=mixer,
-        )
-    ).eval()
+    if mixer == "hyenadna":
+        from futurefill.pretrained import HyenaLM, HyenaLMConfig
+
+        hyper = {**HYENADNA_LARGE_1M, "max_seq_len": max(HYENADNA_LARGE_1M["max_seq_len"], max_len)}
+        model = HyenaLM(
+            HyenaLMConfig(
+                vocab_size=config.vocab_size,
+                d_model=config.d_model,
+                n_layer=config.n_layers,
+                d_inner=4 * config.d_model,
+                **hyper,
+            )
+        ).eval()
+    else:
+        model = ConvLM(
+            ConvLMConfig(
+                vocab_size=config.vocab_size,
+                d_model=config.d_model,
+                n_layers=config.n_layers,
+                max_len=max_len,
+                mixer=mixer,
+            )
+        ).eval()
     model = model.to(device=device, dtype=dtype)
     # From the cast model, so both hold the same (rounded) weights.
     reference = copy.deepcopy(model).to(dtype=torch.float64)
