@@ -29,11 +29,23 @@ def check_session(ns: dict) -> None:
     assert ns["session"].closed and ns["session"].position == 17
 
 
+def check_pretrained(ns: dict) -> None:
+    assert tuple(ns["prompt"].shape) == (1, 11) and tuple(ns["new"].shape) == (1, 50)
+    assert set(ns["sequence"]) <= set("ACGTN[]CLSEPBOMKRUDV")
+
+
 def check_bundled(ns: dict) -> None:
     assert tuple(ns["new"].shape) == (1, 80) and isinstance(ns["text"], str)
 
 
-CHECKS = [check_online_conv, check_generate, check_own_model, check_session, check_bundled]
+CHECKS = [
+    check_online_conv,
+    check_generate,
+    check_own_model,
+    check_session,
+    check_pretrained,
+    check_bundled,
+]
 
 
 def test_readme_snippets_are_the_checked_ones():

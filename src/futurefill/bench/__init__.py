@@ -30,7 +30,10 @@ context
     tokens greedily (``--prompt-lens P [P ...] --new-tokens K``); decode tokens/s, prefill time
     and cache bytes against P, per method and mixer; logits checked against the float64 forward
     pass and greedy tokens compared across methods. Measures the project target with
-    ``futurefill bench context --prompt-lens 32768 --new-tokens 256``.
+    ``futurefill bench context --prompt-lens 32768 --new-tokens 256``. ``--mixers hyenadna``
+    builds a HyenaDNA-shaped :class:`~futurefill.pretrained.HyenaLM` instead;
+    ``--preset hyenadna`` is HyenaDNA-large-1m's shape (8 layers, width 256) after prompts of
+    2^12 .. 2^18 tokens, recompute (the HF port's generate()) included.
 all
     layer, prompt, model and context with one preset into one directory (``make demo`` runs
     ``futurefill bench all --preset quick --out results``).

@@ -68,14 +68,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "hyenadna": {
         "context": {
             "prompt_lens": _pow2(12, 18),
-            "new_tokens": 32,
+            "new_tokens": 16,
             "methods": ("naive", "epoched", "continuous", "recompute"),
             "mixers": ("hyenadna",),
             "d_model": 256,
             "n_layers": 8,
             "vocab_size": 16,
             "repeats": 1,
-            "budget": 200.0,
+            "budget": 400.0,
         },
     },
 }

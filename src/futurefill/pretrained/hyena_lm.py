@@ -295,6 +295,22 @@ class HyenaLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embeddings.word_embeddings.weight
+        self.initialize()
+
+    @torch.no_grad()
+    def initialize(self, std: float = 0.02) -> None:
+        """The public code's initialisation (GPT-2's scheme): every Linear (the filter FFN's
+        included) and the embedding N(0, std), biases zero, and the projections back into the
+        residual stream (``out_proj``, ``fc2``) N(0, std / sqrt(2 n_layer)). Positional features,
+        decay rates, ``D`` (standard normal) and ``freq`` keep their construction values."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for name, param in self.named_parameters():
+            if name.endswith(("out_proj.weight", "fc2.weight")):
+                nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layer))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         check_token_dtype(ids)
