@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from futurefill.argtypes import available_cores
 
@@ -335,6 +336,179 @@ def ratios_at_largest(
     return out
 
 
+# ------------------------------------------------------------------------------ the sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One size of a sweep: ``fields`` go into its rows (``{"L": 64}``, ``{"P": 8, "K": 4}``),
+    ``size`` drives the budget projection, ``label`` names it in messages (``L=64``)."""
+
+    fields: dict[str, int]
+    size: int
+    label: str
+
+
+def run_sweep(
+    name: str,
+    config: Any,
+    *,
+    tol: float,
+    groups: Sequence[str | None],
+    cells: Sequence[Cell],
+    warm: Cell,
+    open_group: Callable[[str | None], Any],
+    open_cell: Callable[[Any, Cell], Any],
+    measure: Callable[[str, Any, Cell, int, float], dict[str, Any]],
+    compare: Callable[[list[dict[str, Any]], Any], None] | None = None,
+    checked: str = "from the float64 reference",
+) -> tuple[dict[str, Any], torch.Tensor, list[dict[str, Any]], BudgetGate]:
+    """The loop every benchmark runs: for each group (a mixer, or ``None``) and each cell in
+    increasing size, every method of ``config.methods``, with warm-up, budget skips and the
+    agreement check. Returns the machine record, the device, the rows and the gate.
+
+    ``open_group(group)`` builds what the group's cells share (a model); ``open_cell(state,
+    cell)`` the operands of one cell (inputs, the float64 reference); ``measure(method, operands,
+    cell, repeats, budget)`` runs one method on one cell and returns its row (``status``,
+    ``max_rel_err`` and the cell's timings); it runs once on ``warm`` per group first, untimed.
+    ``compare(rows, operands)`` may check the cell's rows against each other (greedy tokens).
+    """
+    device = resolve_device(config.device)
+    dtype = DTYPES[config.dtype]
+    rows: list[dict[str, Any]] = []
+    gate = BudgetGate(config.budget)
+    with torch_threads(config.threads):
+        machine = machine_info(device, dtype)
+        warning = contention_warning(machine)
+        if warning:
+            print(warning, file=sys.stderr)
+        bar = tqdm(
+            total=len(groups) * len(cells) * len(config.methods),
+            desc=f"bench {name}",
+            unit="run",
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for group in groups:
+                where = "" if group is None else f"{group} "
+                bar.set_postfix_str(f"{where}setting up")
+                state = open_group(group)
+                warm_operands = open_cell(state, warm)
+                for method in config.methods:
+                    measure(method, warm_operands, warm, 1, float("inf"))
+                del warm_operands
+                for cell in cells:
+                    operands = open_cell(state, cell)
+                    cell_rows, worst = [], 0.0
+                    for method in config.methods:
+                        bar.set_postfix_str(f"{where}{cell.label} {method}")
+                        head = {} if group is None else {"mixer": group}
+                        head.update(method=method, **cell.fields)
+                        key = (group, method)
+                        blocked = gate.check(key, cell.size)
+                        if blocked is not None:
+                            rows.append({**head, "tol": tol, **blocked})
+                        else:
+                            row = {
+                                **head,
+                                **measure(method, operands, cell, config.repeats, config.budget),
+                            }
+                            worst = max(worst, row["max_rel_err"])
+                            cell_rows.append(row)
+                            rows.append(row)
+                        bar.update(1)
+                    if compare is not None:
+                        compare(cell_rows, operands)
+                    for row in cell_rows:
+                        gate.record(
+                            (group, row["method"]),
+                            cell.size,
+                            row,
+                            what=f"{where}{row['method']}",
+                            at=cell.label,
+                            time_key="total_s",
+                        )
+                    bar.write(
+                        f"{where}{cell.label}: largest relative difference {checked} "
+                        f"{worst:.2e} (tol {tol:.0e})"
+                    )
+                    del operands
+                del state
+    return machine, device, rows, gate
+
+
+def repeat_runs(
+    run_once: Callable[[], tuple[dict[str, Any], Any]],
+    check: Callable[[Any], float],
+    repeats: int,
+    budget: float,
+    tol: float,
+) -> tuple[list[dict[str, Any]], float]:
+    """Run ``run_once()`` (one timed run: its record with ``seconds``, and its outputs) up to
+    ``repeats`` times within ``budget``; ``check(outputs)`` gives the first run's error, and a run
+    beyond the tolerance ends the repeats. Returns the records and that error."""
+    records: list[dict[str, Any]] = []
+    err: float | None = None
+    while should_repeat([r["seconds"] for r in records], repeats, budget):
+        record, outputs = run_once()
+        records.append(record)
+        if err is None:  # outputs are deterministic: check the first run
+            err = check(outputs)
+            if not err <= tol:  # also catches NaN
+                break
+        del outputs
+    return records, err
+
+
+def median_chunks(runs: Sequence[Sequence[tuple[int, int, float]]], offset: int = 0) -> list:
+    """Per chunk ``[a, b)`` of the runs: ``(offset + a, offset + b, median mean step time)``."""
+    return [
+        (offset + a, offset + b, median([r[i][2] for r in runs]) / (b - a))
+        for i, (a, b, _) in enumerate(runs[0])
+    ]
+
+
+def prefill_decode_times(records: Sequence[dict[str, Any]], gen_len: int) -> dict[str, Any]:
+    """The timing fields of a prefill-then-decode row from its runs' records."""
+    prefills = [r["prefill"] for r in records]
+    decodes = [r["decode"] for r in records]
+    prefill, decode = median(prefills), median(decodes)
+    return {
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "total_s": prefill + decode,
+        "per_token_s": decode / gen_len,
+        "cache_bytes_after_prefill": records[-1]["after_prefill"],
+        "peak_cache_bytes": records[-1]["peak"],
+        "repeats": len(records),
+        "prefill_times_s": prefills,
+        "decode_times_s": decodes,
+    }
+
+
+def status_of(err: float, tol: float) -> str:
+    return "ok" if err <= tol else failed_status(err, tol)
+
+
+def per_mixer_ratios(
+    rows: Sequence[dict[str, Any]],
+    mixers: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    size_keys: Sequence[str],
+    time_key: str = "total_s",
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """:func:`ratios_at_largest` for each mixer's rows, tagged with the mixer and ``fields``."""
+    return [
+        {"mixer": mixer, **fields, **r}
+        for mixer in mixers
+        for r in ratios_at_largest(
+            [r for r in rows if r["mixer"] == mixer], pairs, size_keys, time_key
+        )
+    ]
+
+
 # ------------------------------------------------------------------------------ agreement
 
 
@@ -437,6 +611,13 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return path
 
 
+def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> tuple[str, ...]:
+    """The columns of ``<name>.csv``: the cell's keys, its status and values, the agreement, the
+    repeats, ``extra``, then the run's setting (each argument a space-separated list)."""
+    head = ("benchmark", *keys.split(), "status", *values.split(), "max_rel_err", "tol")
+    return (*head, "repeats", *extra.split(), *setting.split(), "dtype", "device", "threads")
+
+
 def write_report(
     out: Path,
     name: str,
@@ -470,6 +651,40 @@ def write_report(
     if plot is not None:
         written += plot(report, out)
     return written
+
+
+def notes(
+    report: dict[str, Any],
+    size_keys: Sequence[str],
+    *,
+    what: str = "time",
+    checked: str = "from the float64 reference",
+) -> list[str]:
+    """The bullet lines under a table: each ratio at the largest size both methods reached,
+    each budget skip, and the agreement check."""
+
+    def at(r: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={r[k]}" for k in size_keys)
+
+    def who(r: dict[str, Any]) -> str:
+        return f"{r['mixer']}: " if "mixer" in r else ""
+
+    lines = [
+        f"- {who(r)}{r['numerator']}/{r['denominator']} {what} at the largest size both reached "
+        f"({at(r)}): {r['ratio']:.2f}x"
+        for r in report["ratios"]
+    ]
+    lines += [
+        f"- {who(r)}{r['method']} at {at(r)}: {r['status']}"
+        for r in report["rows"]
+        if r["status"].startswith("skipped")
+    ]
+    failed = "; ".join(report["failures"])
+    lines.append(
+        f"- agreement: largest relative difference {checked} {report['max_rel_err']:.2e} "
+        f"(tol {report['tol']:.0e})" + (f"; FAILED: {failed}" if failed else "")
+    )
+    return lines
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

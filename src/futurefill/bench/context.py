@@ -24,13 +24,11 @@ over the whole context at every step) is left out by default and, when asked for
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from futurefill.bench import common, plots
 from futurefill.bench.model import (
@@ -102,67 +100,59 @@ def run_cell(
     budget: float,
     tol: float,
     device: torch.device,
-) -> tuple[dict[str, Any], torch.Tensor]:
+) -> dict[str, Any]:
     """Prefill ``prompt`` (B, P), decode ``new_tokens`` greedily, up to ``repeats`` times.
 
-    Returns the result row and the K + 1 greedy tokens of the first run (B, K + 1): the argmax of
-    the last prefill logits and of every decoding step's logits.
+    The row holds, under ``_tokens``, the K + 1 greedy tokens of the first run (B, K + 1): the
+    argmax of the last prefill logits and of every decoding step's logits (for :func:`compare`,
+    which removes them).
     """
     batch, prompt_len = prompt.shape
-    setups, prefills, decodes, runs = [], [], [], []
-    after_prefill = peak = 0
-    err, tokens = None, None
-    while common.should_repeat(
-        [p + d for p, d in zip(prefills, decodes, strict=True)], repeats, budget
-    ):
+
+    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
         common.sync(device)
         began = time.perf_counter()
         stepper = MODEL_STEPPERS[method](model, prompt_len + new_tokens, batch)
         common.sync(device)
-        setups.append(time.perf_counter() - began)
+        setup = time.perf_counter() - began
         began = time.perf_counter()
         with torch.inference_mode():
             prompt_logits = stepper.prefill(prompt)
         common.sync(device)
-        prefills.append(time.perf_counter() - began)
+        prefill = time.perf_counter() - began
         after_prefill = stepper.nbytes
         first = prompt_logits[:, -1].argmax(dim=-1)
         fed, logits, chunks, peak = generate_timed(stepper, first, new_tokens, device)
-        peak = max(peak, after_prefill)
         stepper.close()
-        decodes.append(sum(c for _, _, c in chunks))
-        runs.append(chunks)
-        if err is None:
-            tokens = torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1)
-            reference = references(torch.cat([prompt, fed], dim=1))
-            err = common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
-            if not err <= tol:
-                break
-    prefill, decode = common.median(prefills), common.median(decodes)
-    row = {
+        decode = sum(c for _, _, c in chunks)
+        record = {"seconds": prefill + decode, "setup": setup, "prefill": prefill}
+        record.update(decode=decode, chunks=chunks, after_prefill=after_prefill)
+        record["peak"] = max(peak, after_prefill)
+        return record, (prompt_logits, fed, logits)
+
+    tokens: list[torch.Tensor] = []
+
+    def check(outputs: tuple[torch.Tensor, ...]) -> float:
+        prompt_logits, fed, logits = outputs
+        tokens.append(torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1))
+        reference = references(torch.cat([prompt, fed], dim=1))
+        return common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
+
+    records, err = common.repeat_runs(run_once, check, repeats, budget, tol)
+    times = common.prefill_decode_times(records, new_tokens)
+    return {
         "method": method,
         "P": prompt_len,
         "K": new_tokens,
-        "status": "ok" if err <= tol else common.failed_status(err, tol),
-        "prefill_s": prefill,
-        "decode_s": decode,
-        "total_s": prefill + decode,
-        "tokens_per_s": batch * new_tokens / decode,
-        "per_token_s": decode / new_tokens,
-        "setup_s": common.median(setups),
-        "cache_bytes_after_prefill": after_prefill,
-        "peak_cache_bytes": peak,
+        "status": common.status_of(err, tol),
+        **times,
+        "tokens_per_s": batch * new_tokens / times["decode_s"],
+        "setup_s": common.median([r["setup"] for r in records]),
         "max_rel_err": err,
         "tol": tol,
-        "repeats": len(decodes),
-        "prefill_times_s": prefills,
-        "decode_times_s": decodes,
-        "chunks": [
-            (prompt_len + a, prompt_len + b, common.median([r[i][2] for r in runs]) / (b - a))
-            for i, (a, b, _) in enumerate(runs[0])
-        ],
+        "chunks": common.median_chunks([r["chunks"] for r in records], offset=prompt_len),
+        "_tokens": tokens[0],
     }
-    return row, tokens
 
 
 def compare_tokens(
@@ -200,6 +190,30 @@ def peak_bytes(config: ContextConfig) -> int:
     return model_peak_bytes(config, max(config.prompt_lens) + config.new_tokens)
 
 
+def compare(rows: list[dict[str, Any]], operands: tuple, tol: float) -> None:
+    """Greedy tokens of every ok row against the first ok row's (a difference fails the row
+    unless it is a tie of the float64 reference); removes the rows' ``_tokens``."""
+    _, references, prompt = operands
+    expected: tuple[str, torch.Tensor] | None = None
+    for row in rows:
+        tokens = row.pop("_tokens")
+        if row["status"] != "ok":
+            continue
+        if expected is None:
+            expected = (row["method"], tokens)
+            row["tokens_match"] = True
+            continue
+        fed = torch.cat([prompt, tokens[:, :-1]], dim=1)
+        check = compare_tokens(tokens, expected[1], references(fed), prompt.shape[1], tol)
+        row.update(check, tokens_compared_with=expected[0])
+        if not check["tokens_match"] and not check["tie"]:
+            row["status"] = (
+                f"FAILED (greedy tokens differ from {expected[0]}'s at step "
+                f"{check['first_token_diff']}, where the reference's top-2 logit gap "
+                f"{check['token_gap']:.1e} > 2 tol)"
+            )
+
+
 def run(config: ContextConfig) -> dict[str, Any]:
     """Run the sweep over context lengths for every mixer; the report."""
     unknown = [m for m in config.methods if m not in MODEL_STEPPERS]
@@ -213,111 +227,46 @@ def run(config: ContextConfig) -> dict[str, Any]:
     device = common.resolve_device(config.device)
     dtype = common.DTYPES[config.dtype]
     tol = MODEL_TOL[dtype] if config.tol is None else config.tol
-    new_tokens = config.new_tokens
-    max_len = prompt_lens[-1] + new_tokens
-    warm_p = min(config.warmup_len, prompt_lens[0])
-    warm_k = min(config.warmup_len, new_tokens)
+    k = config.new_tokens
+    max_len = prompt_lens[-1] + k
+    gen = torch.Generator().manual_seed(config.seed)
+    prompts = torch.randint(0, config.vocab_size, (config.batch, prompt_lens[-1]), generator=gen)
+    prompts = prompts.to(device)
 
-    rows: list[dict[str, Any]] = []
-    gate = common.BudgetGate(config.budget)
-    with common.torch_threads(config.threads):
-        machine = common.machine_info(device, dtype)
-        warning = common.contention_warning(machine)
-        if warning:
-            print(warning, file=sys.stderr)
-        gen = torch.Generator().manual_seed(config.seed)
-        prompts = torch.randint(
-            0, config.vocab_size, (config.batch, prompt_lens[-1]), generator=gen
-        ).to(device)
-        bar = tqdm(
-            total=len(config.mixers) * len(prompt_lens) * len(config.methods),
-            desc="bench context",
-            unit="run",
-            disable=not config.progress,
-            dynamic_ncols=True,
+    def open_cell(models, cell: common.Cell) -> tuple:
+        model, reference_model = models
+        return model, References(reference_model), prompts[:, : cell.fields["P"]]
+
+    def measure(method, operands, cell, repeats, budget):
+        model, references, prompt = operands
+        new_tokens = cell.fields["K"]
+        return run_cell(
+            method,
+            model,
+            references,
+            prompt,
+            new_tokens,
+            repeats=repeats,
+            budget=budget,
+            tol=tol,
+            device=device,
         )
-        with bar:
-            for mixer in config.mixers:
-                bar.set_postfix_str(f"{mixer} building the model (max_len {max_len})")
-                model, reference_model = build_model(config, mixer, max_len, device, dtype)
-                warm_refs = References(reference_model)
-                for method in config.methods:  # warm-up
-                    run_cell(
-                        method,
-                        model,
-                        warm_refs,
-                        prompts[:, :warm_p],
-                        warm_k,
-                        repeats=1,
-                        budget=float("inf"),
-                        tol=tol,
-                        device=device,
-                    )
-                del warm_refs
-                for prompt_len in prompt_lens:
-                    references = References(reference_model)
-                    expected: tuple[str, torch.Tensor] | None = None
-                    worst = 0.0
-                    for method in config.methods:
-                        bar.set_postfix_str(f"{mixer} P={prompt_len} {method}")
-                        base = {
-                            "mixer": mixer,
-                            "method": method,
-                            "P": prompt_len,
-                            "K": new_tokens,
-                            "tol": tol,
-                        }
-                        blocked = gate.check((mixer, method), prompt_len + new_tokens)
-                        if blocked is not None:
-                            rows.append({**base, **blocked})
-                            bar.update(1)
-                            continue
-                        row, tokens = run_cell(
-                            method,
-                            model,
-                            references,
-                            prompts[:, :prompt_len],
-                            new_tokens,
-                            repeats=config.repeats,
-                            budget=config.budget,
-                            tol=tol,
-                            device=device,
-                        )
-                        row = {"mixer": mixer, **row}
-                        worst = max(worst, row["max_rel_err"])
-                        if row["status"] == "ok":
-                            if expected is None:
-                                expected = (method, tokens)
-                                row["tokens_match"] = True
-                            else:
-                                fed = torch.cat([prompts[:, :prompt_len], tokens[:, :-1]], dim=1)
-                                check = compare_tokens(
-                                    tokens, expected[1], references(fed), prompt_len, tol
-                                )
-                                row.update(check, tokens_compared_with=expected[0])
-                                if not check["tokens_match"] and not check["tie"]:
-                                    row["status"] = (
-                                        f"FAILED (greedy tokens differ from {expected[0]}'s at "
-                                        f"step {check['first_token_diff']}, where the reference's "
-                                        f"top-2 logit gap {check['token_gap']:.1e} > 2 tol)"
-                                    )
-                        gate.record(
-                            (mixer, method),
-                            prompt_len + new_tokens,
-                            row,
-                            what=f"{mixer} {method}",
-                            at=f"P={prompt_len}",
-                            time_key="total_s",
-                        )
-                        rows.append(row)
-                        bar.update(1)
-                    bar.write(
-                        f"{mixer} P={prompt_len}: largest relative difference of the logits from "
-                        f"the float64 forward pass {worst:.2e} (tol {tol:.0e})"
-                    )
-                    del references
-                del model, reference_model
 
+    warm_p, warm_k = min(config.warmup_len, prompt_lens[0]), min(config.warmup_len, k)
+    machine, device, rows, gate = common.run_sweep(
+        "context",
+        config,
+        tol=tol,
+        groups=config.mixers,
+        cells=[common.Cell({"P": p, "K": k}, p + k, f"P={p}") for p in prompt_lens],
+        warm=common.Cell({"P": warm_p, "K": warm_k}, warm_p + warm_k, "warm-up"),
+        open_group=lambda mixer: build_model(config, mixer, max_len, device, dtype),
+        open_cell=open_cell,
+        measure=measure,
+        compare=lambda rows, operands: compare(rows, operands, tol),
+        checked="of the logits from the float64 forward pass",
+    )
+    ratios = common.per_mixer_ratios(rows, config.mixers, RATIOS, ("P",), "decode_s", K=k)
     return common.finish_report(
         "context",
         config,
@@ -327,13 +276,7 @@ def run(config: ContextConfig) -> dict[str, Any]:
         gate,
         tol,
         ("batch", "d_model", "n_layers"),
-        ratios=[
-            {"mixer": mixer, "K": new_tokens, **r}
-            for mixer in config.mixers
-            for r in common.ratios_at_largest(
-                [r for r in rows if r["mixer"] == mixer], RATIOS, ("P",), time_key="decode_s"
-            )
-        ],
+        ratios=ratios,
     )
 
 
@@ -422,55 +365,30 @@ def table(report: dict[str, Any]) -> str:
             common.markdown_table(memory_header, memory),
             "",
         ]
-    for r in report["ratios"]:
-        lines.append(
-            f"- {r['mixer']}: decode tokens/s of {r['denominator']} over {r['numerator']} "
-            f"({r['numerator']}/{r['denominator']} decode time) at the largest context both "
-            f"reached (P={r['P']}, K={r['K']}): {r['ratio']:.2f}x"
-        )
-    for r in rows:
-        if r["status"].startswith("skipped"):
-            lines.append(f"- {r['mixer']} {r['method']} at P={r['P']}: {r['status']}")
-        elif r.get("tokens_match") is False and r["status"] == "ok":
-            lines.append(
-                f"- {r['mixer']} {r['method']} at P={r['P']}: greedy tokens differ from "
-                f"{r['tokens_compared_with']}'s from step {r['first_token_diff']} on, at a tie "
-                f"(reference top-2 logit gap {r['token_gap']:.1e} <= 2 tol)"
-            )
-    lines.append(
-        f"- agreement: largest relative difference of the logits from the float64 forward pass "
-        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e}); greedy tokens compared across "
-        "methods" + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
-    )
+    lines += [
+        f"- {r['mixer']}: decode tokens/s of {r['denominator']} over {r['numerator']} at the "
+        f"largest context both reached (P={r['P']}, K={r['K']}): {r['ratio']:.2f}x"
+        for r in report["ratios"]
+    ]
+    lines += [
+        f"- {r['mixer']} {r['method']} at P={r['P']}: greedy tokens differ from "
+        f"{r['tokens_compared_with']}'s from step {r['first_token_diff']} on, at a tie "
+        f"(reference top-2 logit gap {r['token_gap']:.1e} <= 2 tol)"
+        for r in rows
+        if r.get("tokens_match") is False and r["status"] == "ok"
+    ]
+    checked = "of the logits from the float64 forward pass"
+    lines += common.notes({**report, "ratios": []}, ("P",), checked=checked)
+    lines[-1] += "; greedy tokens compared across methods"
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = (
-    "benchmark",
-    "mixer",
-    "method",
-    "P",
-    "K",
-    "status",
-    "tokens_per_s",
-    "decode_s",
-    "per_token_s",
-    "prefill_s",
-    "total_s",
-    "setup_s",
-    "cache_bytes_after_prefill",
+CSV_COLUMNS = common.csv_columns(
+    "mixer method P K",
+    "tokens_per_s decode_s per_token_s prefill_s total_s setup_s cache_bytes_after_prefill "
     "peak_cache_bytes",
-    "max_rel_err",
-    "tol",
-    "tokens_match",
-    "repeats",
-    "projected_s",
-    "batch",
-    "d_model",
-    "n_layers",
-    "dtype",
-    "device",
-    "threads",
+    "tokens_match projected_s",
+    "batch d_model n_layers",
 )
 
 
@@ -482,59 +400,37 @@ def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) ->
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    cfg = report["config"]
-    subtitle = common.machine_line(report["machine"])
+    cfg, rows = report["config"], report["rows"]
+    methods, k = cfg["methods"], cfg["new_tokens"]
+    cached = [m for m in methods if m != "recompute"]
+    groups = {"by": "mixer", "values": cfg["mixers"], "label": "{method} {value}"}
     kind = "HyenaLM" if tuple(cfg["mixers"]) == ("hyenadna",) else "ConvLM"
     what = f"{kind} d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
-    k = cfg["new_tokens"]
-
-    def series(key: str, methods: list[str]) -> list[dict[str, Any]]:
-        lines = []
-        for i, mixer in enumerate(cfg["mixers"]):
-            for m in methods:
-                done = sorted(
-                    (
-                        r
-                        for r in report["rows"]
-                        if r["mixer"] == mixer and r["method"] == m and r["status"] == "ok"
-                    ),
-                    key=lambda r: r["P"],
-                )
-                lines.append(
-                    {
-                        "method": m,
-                        "label": f"{m} {mixer}",
-                        "linestyle": plots.LINESTYLES[i % len(plots.LINESTYLES)],
-                        "x": [r["P"] for r in done],
-                        "y": [r[key] for r in done],
-                    }
-                )
-        return lines
-
-    methods = list(cfg["methods"])
-    return [
-        plots.loglog_lines(
-            series("tokens_per_s", methods),
-            xlabel="context length P (prompt tokens before decoding)",
-            ylabel="decode tokens / s",
-            title=f"Decode throughput at context P, K={k} new tokens ({what})",
-            subtitle=subtitle,
-            path=out / "context_tokens_per_s.png",
-        ),
-        plots.loglog_lines(
-            series("prefill_s", methods),
-            xlabel="context length P",
-            ylabel="prefill time (s)",
-            title=f"Prefill time of P prompt tokens ({what})",
-            subtitle=subtitle,
-            path=out / "context_prefill_time.png",
-        ),
-        plots.loglog_lines(
-            series("peak_cache_bytes", [m for m in methods if m != "recompute"]),
-            xlabel="context length P",
-            ylabel="peak bytes held by the cache",
-            title=f"Decoding cache at context P, K={k} ({what})",
-            subtitle=subtitle,
-            path=out / "context_cache_bytes.png",
-        ),
-    ]
+    return plots.figures(
+        report,
+        out,
+        what,
+        [
+            (
+                "context_tokens_per_s",
+                plots.method_lines(rows, methods, "P", "tokens_per_s", **groups),
+                "context length P (prompt tokens before decoding)",
+                "decode tokens / s",
+                f"Decode throughput at context P, K={k} new tokens",
+            ),
+            (
+                "context_prefill_time",
+                plots.method_lines(rows, methods, "P", "prefill_s", **groups),
+                "context length P",
+                "prefill time (s)",
+                "Prefill time of P prompt tokens",
+            ),
+            (
+                "context_cache_bytes",
+                plots.method_lines(rows, cached, "P", "peak_cache_bytes", **groups),
+                "context length P",
+                "peak bytes held by the cache",
+                f"Decoding cache at context P, K={k}",
+            ),
+        ],
+    )

@@ -20,7 +20,6 @@ Steppers come from :data:`STEPPERS` (name -> factory ``(h, max_len, batch_size) 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from futurefill.bench import common, plots
 from futurefill.fftconv import causal_conv
@@ -185,73 +183,56 @@ def latency(step_times: np.ndarray) -> dict[str, Any]:
 
 def run_cell(
     method: str,
-    h: torch.Tensor,
-    u: torch.Tensor,
-    reference: torch.Tensor,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     *,
     repeats: int,
     budget: float,
     tol: float,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Run one method at one length (L = u.shape[-1]) up to ``repeats`` times; one result row."""
+    """Run one method on ``operands`` = (h, u, float64 reference) at L = u.shape[-1], up to
+    ``repeats`` times; one result row."""
+    h, u, reference = operands
     batch, _, length = u.shape
-    times: list[float] = []
-    setups: list[float] = []
-    runs: list[list[tuple[int, int, float]]] = []
-    peak, err, steps = None, None, {}
     inputs = u.permute(2, 0, 1).contiguous()  # (L, B, D): inputs[t] is one contiguous step
-    while common.should_repeat(times, repeats, budget):
+
+    def run_once() -> tuple[dict[str, Any], torch.Tensor]:
         common.sync(device)
+        began = time.perf_counter()
         if method == "offline":
-            began = time.perf_counter()
             y = causal_conv(u, h)
             common.sync(device)
-            times.append(time.perf_counter() - began)
-            setups.append(0.0)
-            runs.append([(0, length, times[-1])])
-        else:
-            began = time.perf_counter()
-            stepper = STEPPERS[method](h, length, batch)
-            common.sync(device)
-            setups.append(time.perf_counter() - began)
-            y, chunks, peak, step_times = time_steps(stepper, inputs, device)
-            del stepper
-            times.append(sum(c for _, _, c in chunks))
-            runs.append(chunks)
-            if times[-1] == min(times):  # the latency of the fastest run
-                steps = latency(step_times)
-        if err is None:  # outputs are deterministic: check the first run
-            err = common.rel_err(y, reference)
-            if not err <= tol:  # also catches NaN
-                break
-        del y
+            seconds = time.perf_counter() - began
+            return {"seconds": seconds, "setup": 0.0, "chunks": [(0, length, seconds)]}, y
+        stepper = STEPPERS[method](h, length, batch)
+        common.sync(device)
+        setup = time.perf_counter() - began
+        y, chunks, peak, step_times = time_steps(stepper, inputs, device)
+        seconds = sum(c for _, _, c in chunks)
+        record = {"seconds": seconds, "setup": setup, "chunks": chunks, "peak": peak}
+        return {**record, "steps": step_times}, y
+
+    records, err = common.repeat_runs(
+        run_once, lambda y: common.rel_err(y, reference), repeats, budget, tol
+    )
+    times = [r["seconds"] for r in records]
+    fastest = min(records, key=lambda r: r["seconds"])
     total = common.median(times)
-    # Per chunk: the median over repeats of the mean step time in that chunk.
-    chunk_rows = [
-        (start, stop, common.median([r[i][2] for r in runs]) / (stop - start))
-        for i, (start, stop, _) in enumerate(runs[0])
-    ]
-    ok = err <= tol
     return {
         "method": method,
         "L": length,
-        "status": "ok" if ok else common.failed_status(err, tol),
+        "status": common.status_of(err, tol),
         "total_s": total,
         "per_token_s": total / length,
-        "setup_s": common.median(setups),
-        "peak_cache_bytes": peak,
+        "setup_s": common.median([r["setup"] for r in records]),
+        "peak_cache_bytes": records[-1].get("peak"),
         "max_rel_err": err,
         "tol": tol,
-        "repeats": len(times),
+        "repeats": len(records),
         "times_s": times,
-        "chunks": chunk_rows,
-        **steps,
+        "chunks": common.median_chunks([r["chunks"] for r in records]),
+        **(latency(fastest["steps"]) if "steps" in fastest else {}),
     }
-
-
-def _not_run(method: str, length: int, status: str, tol: float) -> dict[str, Any]:
-    return {"method": method, "L": length, "status": status, "tol": tol, "repeats": 0}
 
 
 def peak_bytes(config: LayerConfig) -> int:
@@ -269,71 +250,38 @@ def run(config: LayerConfig) -> dict[str, Any]:
     lengths = sorted(set(config.lengths))
     if not lengths or lengths[0] < 1:
         raise ValueError(f"lengths must be positive, got {config.lengths}")
-    device = common.resolve_device(config.device)
     dtype = common.DTYPES[config.dtype]
+    device = common.resolve_device(config.device)
     tol = common.default_tol(dtype) if config.tol is None else config.tol
     max_len = max(lengths[-1], config.warmup_len)
+    warm_len = min(config.warmup_len, lengths[0])
 
-    with common.torch_threads(config.threads):
-        machine = common.machine_info(device, dtype)
-        warning = common.contention_warning(machine)
-        if warning:
-            print(warning, file=sys.stderr)
-        h_full = decaying_filter(config.channels, max_len, config.seed)
-        u_full = random_inputs(config.batch, config.channels, max_len, config.seed)
-
-        def operands(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            h = h_full[:, :length].to(device=device, dtype=dtype).contiguous()
-            u = u_full[..., :length].to(device=device, dtype=dtype).contiguous()
-            reference = causal_conv(u.to(torch.float64), h.to(torch.float64))
-            return h, u, reference
-
-        # Warm-up: every method once at a small size (allocator, FFT plans, lazy imports).
-        warm = operands(min(config.warmup_len, lengths[0]))
-        for method in config.methods:
-            run_cell(method, *warm, repeats=1, budget=float("inf"), tol=tol, device=device)
-
-        rows: list[dict[str, Any]] = []
-        gate = common.BudgetGate(config.budget)
-        bar = tqdm(
-            total=len(lengths) * len(config.methods),
-            desc="bench layer",
-            unit="run",
-            disable=not config.progress,
-            dynamic_ncols=True,
+    def open_group(_: None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            decaying_filter(config.channels, max_len, config.seed),
+            random_inputs(config.batch, config.channels, max_len, config.seed),
         )
-        with bar:
-            for length in lengths:
-                h, u, reference = operands(length)
-                worst = 0.0
-                for method in config.methods:
-                    bar.set_postfix_str(f"L={length} {method}")
-                    blocked = gate.check(method, length)
-                    if blocked is not None:
-                        row = {**_not_run(method, length, blocked["status"], tol), **blocked}
-                    else:
-                        row = run_cell(
-                            method,
-                            h,
-                            u,
-                            reference,
-                            repeats=config.repeats,
-                            budget=config.budget,
-                            tol=tol,
-                            device=device,
-                        )
-                        worst = max(worst, row["max_rel_err"])
-                        gate.record(
-                            method, length, row, what=method, at=f"L={length}", time_key="total_s"
-                        )
-                    rows.append(row)
-                    bar.update(1)
-                bar.write(
-                    f"L={length}: largest relative difference from the float64 reference "
-                    f"{worst:.2e} (tol {tol:.0e})"
-                )
-            del h, u, reference
 
+    def open_cell(full: tuple[torch.Tensor, torch.Tensor], cell: common.Cell) -> tuple:
+        h_full, u_full = full
+        h = h_full[:, : cell.size].to(device=device, dtype=dtype).contiguous()
+        u = u_full[..., : cell.size].to(device=device, dtype=dtype).contiguous()
+        return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
+
+    def measure(method, operands, cell, repeats, budget):
+        return run_cell(method, operands, repeats=repeats, budget=budget, tol=tol, device=device)
+
+    machine, device, rows, gate = common.run_sweep(
+        "layer",
+        config,
+        tol=tol,
+        groups=[None],
+        cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
+        warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),
+        open_group=open_group,
+        open_cell=open_cell,
+        measure=measure,
+    )
     return common.finish_report(
         "layer",
         config,
@@ -449,50 +397,15 @@ def table(report: dict[str, Any]) -> str:
         common.markdown_table(latency_header, latency_body) if online else "",
         "",
     ]
-    lines += _notes(report)
+    lines += common.notes(report, ("L",))
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _notes(report: dict[str, Any]) -> list[str]:
-    lines = []
-    for r in report["ratios"]:
-        lines.append(
-            f"- {r['numerator']}/{r['denominator']} at the largest L both reached "
-            f"(L={r['L']}): {r['ratio']:.2f}x"
-        )
-    skipped = [r for r in report["rows"] if r["status"].startswith("skipped")]
-    for r in skipped:
-        lines.append(f"- {r['method']} at L={r['L']}: {r['status']}")
-    lines.append(
-        f"- agreement: largest relative difference from the float64 reference "
-        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e})"
-        + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
-    )
-    return lines
-
-
-CSV_COLUMNS = (
-    "benchmark",
-    "method",
-    "L",
-    "status",
-    "total_s",
-    "per_token_s",
-    "setup_s",
-    "peak_cache_bytes",
-    "max_rel_err",
-    "tol",
-    "repeats",
-    "step_median_s",
-    "step_p99_s",
-    "step_p999_s",
-    "step_max_s",
-    "step_max_at",
-    "channels",
-    "batch",
-    "dtype",
-    "device",
-    "threads",
+CSV_COLUMNS = common.csv_columns(
+    "method L",
+    "total_s per_token_s setup_s peak_cache_bytes",
+    "step_median_s step_p99_s step_p999_s step_max_s step_max_at",
+    "channels batch",
 )
 
 
@@ -505,112 +418,79 @@ def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) ->
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    rows = report["rows"]
-    methods = report["config"]["methods"]
-    subtitle = common.machine_line(report["machine"])
-    cfg = report["config"]
-    what = f"D={cfg['channels']}, B={cfg['batch']}"
-
-    def ok(method: str) -> list[dict[str, Any]]:
-        return sorted(
-            (r for r in rows if r["method"] == method and r["status"] == "ok"),
-            key=lambda r: r["L"],
-        )
-
-    total, per_pos, cache, trace = [], [], [], []
-    for m in methods:
-        done = ok(m)
-        slope = report["slopes"][m]["all"]
-        label = m if slope is None else f"{m} (slope {slope:.2f})"
-        total.append(
+    rows, cfg = report["rows"], report["config"]
+    methods = cfg["methods"]
+    total = plots.method_lines(rows, methods, "L", "total_s")
+    for line in total:
+        slope = report["slopes"][line["method"]]["all"]
+        line["label"] += "" if slope is None else f" (slope {slope:.2f})"
+    per_position = plots.chunk_lines(rows, [m for m in methods if m != "offline"], "L")
+    done = [r for r in rows if r["method"] == "offline" and r["status"] == "ok"]
+    if done:  # not stepped: its time per token as a flat reference line
+        last = max(done, key=lambda r: r["L"])
+        per_position.append(
             {
-                "method": m,
-                "label": label,
-                "x": [r["L"] for r in done],
-                "y": [r["total_s"] for r in done],
+                "method": "offline",
+                "label": f"offline (L={last['L']})",
+                "x": [1, last["L"]],
+                "y": [last["per_token_s"]] * 2,
+                "linestyle": "--",
             }
         )
+    trace = []
+    for method in methods:
+        done = [r for r in rows if r["method"] == method and r["status"] == "ok" and "trace" in r]
         if done:
-            last = done[-1]
-            mids = [(a + b) / 2 for a, b, _ in last["chunks"]]
-            per_pos.append(
+            last = max(done, key=lambda r: r["L"])
+            at = [a for a, _, _ in last["trace"]]
+            trace += [
                 {
-                    "method": m,
-                    "label": f"{m} (L={last['L']})",
-                    "x": mids if m != "offline" else [1, last["L"]],
-                    "y": [s for _, _, s in last["chunks"]]
-                    if m != "offline"
-                    else [last["per_token_s"]] * 2,
-                    "linestyle": "--" if m == "offline" else "-",
-                }
-            )
-        if done and "trace" in done[-1]:
-            last = done[-1]
-            positions = [a for a, _, _ in last["trace"]]
-            trace.append(
-                {
-                    "method": m,
-                    "label": f"{m}: largest step per bucket (L={last['L']})",
-                    "x": positions,
+                    "method": method,
+                    "label": f"{method}: largest step per bucket (L={last['L']})",
+                    "x": at,
                     "y": [top for _, top, _ in last["trace"]],
-                }
-            )
-            trace.append(
+                },
                 {
-                    "method": m,
-                    "label": f"{m}: median step per bucket",
-                    "x": positions,
+                    "method": method,
+                    "label": f"{method}: median step per bucket",
+                    "x": at,
                     "y": [mid for _, _, mid in last["trace"]],
                     "linestyle": ":",
-                }
-            )
-        if m != "offline":
-            cache.append(
-                {
-                    "method": m,
-                    "label": m,
-                    "x": [r["L"] for r in done],
-                    "y": [r["peak_cache_bytes"] for r in done],
-                }
-            )
-    return [
-        plots.loglog_lines(
-            total,
-            xlabel="generated length L",
-            ylabel="total time (s)",
-            title=f"Online convolution: total time for L steps ({what})",
-            subtitle=subtitle,
-            path=out / "layer_total_time.png",
-        ),
-        plots.loglog_lines(
-            per_pos,
-            xlabel="position t (mean over dyadic chunks)",
-            ylabel="time per token (s)",
-            title=f"Time per token against position, at the largest L run ({what})",
-            subtitle=subtitle,
-            path=out / "layer_time_per_token.png",
-        ),
-        plots.loglog_lines(
-            cache,
-            xlabel="generated length L",
-            ylabel="peak bytes held",
-            title=f"Cache (engine buffers) against L ({what})",
-            subtitle=subtitle,
-            path=out / "layer_cache_bytes.png",
-        ),
-        *(
-            [
-                plots.loglog_lines(
-                    trace,
-                    xlabel=f"position t (buckets of L/{LATENCY_BUCKETS} steps)",
-                    ylabel="time of one step (s)",
-                    title=f"Step latency against position, at the largest L run ({what})",
-                    subtitle=subtitle,
-                    path=out / "layer_step_latency.png",
-                    logx=False,
-                )
+                },
             ]
-            if trace
-            else []
+    cached = [m for m in methods if m != "offline"]
+    specs = [
+        (
+            "layer_total_time",
+            total,
+            "generated length L",
+            "total time (s)",
+            "Online convolution: total time for L steps",
+        ),
+        (
+            "layer_time_per_token",
+            per_position,
+            "position t (mean over dyadic chunks)",
+            "time per token (s)",
+            "Time per token against position, at the largest L run",
+        ),
+        (
+            "layer_cache_bytes",
+            plots.method_lines(rows, cached, "L", "peak_cache_bytes"),
+            "generated length L",
+            "peak bytes held",
+            "Cache (engine buffers) against L",
         ),
     ]
+    if trace:
+        specs.append(
+            (
+                "layer_step_latency",
+                trace,
+                f"position t (buckets of L/{LATENCY_BUCKETS} steps)",
+                "time of one step (s)",
+                "Step latency against position, at the largest L run",
+                {"logx": False},
+            )
+        )
+    return plots.figures(report, out, f"D={cfg['channels']}, B={cfg['batch']}", specs)

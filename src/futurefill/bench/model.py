@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from futurefill.bench import common, plots
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
@@ -186,43 +184,40 @@ def run_cell(
 ) -> dict[str, Any]:
     """Generate ``length`` tokens with ``method`` up to ``repeats`` times; one result row."""
     batch = first.shape[0]
-    times, setups, runs = [], [], []
-    peak, err = None, None
-    while common.should_repeat(times, repeats, budget):
+
+    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
         common.sync(device)
         began = time.perf_counter()
         stepper = MODEL_STEPPERS[method](model, length, batch)
         common.sync(device)
-        setups.append(time.perf_counter() - began)
+        setup = time.perf_counter() - began
         ids, logits, chunks, peak = generate_timed(stepper, first, length, device)
         stepper.close()
-        times.append(sum(c for _, _, c in chunks))
-        runs.append(chunks)
-        if err is None:
-            with torch.no_grad():
-                reference = reference_model(ids)
-            err = common.rel_err(logits, reference)
-            if not err <= tol:
-                break
+        seconds = sum(c for _, _, c in chunks)
+        return {"seconds": seconds, "setup": setup, "chunks": chunks, "peak": peak}, (ids, logits)
+
+    def check(outputs: tuple[torch.Tensor, torch.Tensor]) -> float:
+        ids, logits = outputs
+        with torch.no_grad():
+            return common.rel_err(logits, reference_model(ids))
+
+    records, err = common.repeat_runs(run_once, check, repeats, budget, tol)
+    times = [r["seconds"] for r in records]
     total = common.median(times)
-    ok = err <= tol
     return {
         "method": method,
         "L": length,
-        "status": "ok" if ok else common.failed_status(err, tol),
+        "status": common.status_of(err, tol),
         "total_s": total,
         "tokens_per_s": batch * length / total,
         "per_token_s": total / length,
-        "setup_s": common.median(setups),
-        "peak_cache_bytes": peak,
+        "setup_s": common.median([r["setup"] for r in records]),
+        "peak_cache_bytes": records[-1]["peak"],
         "max_rel_err": err,
         "tol": tol,
-        "repeats": len(times),
+        "repeats": len(records),
         "times_s": times,
-        "chunks": [
-            (a, b, common.median([r[i][2] for r in runs]) / (b - a))
-            for i, (a, b, _) in enumerate(runs[0])
-        ],
+        "chunks": common.median_chunks([r["chunks"] for r in records]),
     }
 
 
@@ -299,76 +294,28 @@ def run(config: ModelConfig) -> dict[str, Any]:
     dtype = common.DTYPES[config.dtype]
     tol = MODEL_TOL[dtype] if config.tol is None else config.tol
     max_len = max(lengths[-1], config.warmup_len)
+    warm_len = min(config.warmup_len, lengths[0])
+    gen = torch.Generator().manual_seed(config.seed)
+    first = torch.randint(0, config.vocab_size, (config.batch,), generator=gen).to(device)
 
-    rows: list[dict[str, Any]] = []
-    gate = common.BudgetGate(config.budget)
-    with common.torch_threads(config.threads):
-        machine = common.machine_info(device, dtype)
-        warning = common.contention_warning(machine)
-        if warning:
-            print(warning, file=sys.stderr)
-        gen = torch.Generator().manual_seed(config.seed)
-        first = torch.randint(0, config.vocab_size, (config.batch,), generator=gen).to(device)
-        bar = tqdm(
-            total=len(config.mixers) * len(lengths) * len(config.methods),
-            desc="bench model",
-            unit="run",
-            disable=not config.progress,
-            dynamic_ncols=True,
+    def measure(method, models, cell, repeats, budget):
+        length = cell.fields["L"]
+        return run_cell(
+            method, *models, first, length, repeats=repeats, budget=budget, tol=tol, device=device
         )
-        with bar:
-            for mixer in config.mixers:
-                model, reference = build_model(config, mixer, max_len, device, dtype)
-                for method in config.methods:  # warm-up
-                    run_cell(
-                        method,
-                        model,
-                        reference,
-                        first,
-                        min(config.warmup_len, lengths[0]),
-                        repeats=1,
-                        budget=float("inf"),
-                        tol=tol,
-                        device=device,
-                    )
-                for length in lengths:
-                    worst = 0.0
-                    for method in config.methods:
-                        bar.set_postfix_str(f"{mixer} L={length} {method}")
-                        base = {"mixer": mixer, "method": method, "L": length, "tol": tol}
-                        blocked = gate.check((mixer, method), length)
-                        if blocked is not None:
-                            row = {**base, **blocked}
-                        else:
-                            row = run_cell(
-                                method,
-                                model,
-                                reference,
-                                first,
-                                length,
-                                repeats=config.repeats,
-                                budget=config.budget,
-                                tol=tol,
-                                device=device,
-                            )
-                            row = {"mixer": mixer, **row}
-                            worst = max(worst, row["max_rel_err"])
-                            gate.record(
-                                (mixer, method),
-                                length,
-                                row,
-                                what=f"{mixer} {method}",
-                                at=f"L={length}",
-                                time_key="total_s",
-                            )
-                        rows.append(row)
-                        bar.update(1)
-                    bar.write(
-                        f"{mixer} L={length}: largest relative difference of the logits from the "
-                        f"float64 forward pass {worst:.2e} (tol {tol:.0e})"
-                    )
-                del model, reference
 
+    machine, device, rows, gate = common.run_sweep(
+        "model",
+        config,
+        tol=tol,
+        groups=config.mixers,
+        cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
+        warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),
+        open_group=lambda mixer: build_model(config, mixer, max_len, device, dtype),
+        open_cell=lambda models, cell: models,
+        measure=measure,
+        checked="of the logits from the float64 forward pass",
+    )
     return common.finish_report(
         "model",
         config,
@@ -382,13 +329,7 @@ def run(config: ModelConfig) -> dict[str, Any]:
             mixer: _slopes([r for r in rows if r["mixer"] == mixer], config)
             for mixer in config.mixers
         },
-        ratios=[
-            {"mixer": mixer, **r}
-            for mixer in config.mixers
-            for r in common.ratios_at_largest(
-                [r for r in rows if r["mixer"] == mixer], RATIOS, ("L",)
-            )
-        ],
+        ratios=common.per_mixer_ratios(rows, config.mixers, RATIOS, ("L",)),
     )
 
 
@@ -457,42 +398,14 @@ def table(report: dict[str, Any]) -> str:
             + [""] * (len(header) - 1 - len(methods))
         )
         lines += [f"### mixer {mixer}", "", common.markdown_table(header, body), ""]
-    for r in report["ratios"]:
-        lines.append(
-            f"- {r['mixer']}: {r['numerator']}/{r['denominator']} time at the largest L both "
-            f"reached (L={r['L']}): {r['ratio']:.2f}x"
-        )
-    for r in rows:
-        if r["status"].startswith("skipped"):
-            lines.append(f"- {r['mixer']} {r['method']} at L={r['L']}: {r['status']}")
-    lines.append(
-        f"- agreement: largest relative difference of the logits from the float64 forward pass "
-        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e})"
-        + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
-    )
+    lines += common.notes(report, ("L",), checked="of the logits from the float64 forward pass")
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = (
-    "benchmark",
-    "mixer",
-    "method",
-    "L",
-    "status",
-    "total_s",
-    "tokens_per_s",
-    "per_token_s",
-    "setup_s",
-    "peak_cache_bytes",
-    "max_rel_err",
-    "tol",
-    "repeats",
-    "batch",
-    "d_model",
-    "n_layers",
-    "dtype",
-    "device",
-    "threads",
+CSV_COLUMNS = common.csv_columns(
+    "mixer method L",
+    "total_s tokens_per_s per_token_s setup_s peak_cache_bytes",
+    setting="batch d_model n_layers",
 )
 
 
@@ -510,75 +423,36 @@ def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) ->
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    cfg = report["config"]
-    subtitle = common.machine_line(report["machine"])
+    cfg, rows = report["config"], report["rows"]
+    methods, mixers = cfg["methods"], cfg["mixers"]
+    cached = [m for m in methods if m != "recompute"]
+    groups = {"by": "mixer", "values": mixers, "label": "{method} {value}"}
     what = f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
-    tps, per_pos, cache = [], [], []
-    for i, mixer in enumerate(cfg["mixers"]):
-        style = plots.LINESTYLES[i % len(plots.LINESTYLES)]
-        for m in cfg["methods"]:
-            done = sorted(
-                (
-                    r
-                    for r in report["rows"]
-                    if r["mixer"] == mixer and r["method"] == m and r["status"] == "ok"
-                ),
-                key=lambda r: r["L"],
-            )
-            label = f"{m} {mixer}"
-            tps.append(
-                {
-                    "method": m,
-                    "label": label,
-                    "linestyle": style,
-                    "x": [r["L"] for r in done],
-                    "y": [r["tokens_per_s"] for r in done],
-                }
-            )
-            if done:
-                last = done[-1]
-                per_pos.append(
-                    {
-                        "method": m,
-                        "label": f"{label} (L={last['L']})",
-                        "linestyle": style,
-                        "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
-                        "y": [s for _, _, s in last["chunks"]],
-                    }
-                )
-            if m != "recompute":
-                cache.append(
-                    {
-                        "method": m,
-                        "label": label,
-                        "linestyle": style,
-                        "x": [r["L"] for r in done],
-                        "y": [r["peak_cache_bytes"] for r in done],
-                    }
-                )
-    return [
-        plots.loglog_lines(
-            tps,
-            xlabel="generated tokens L (context length)",
-            ylabel="tokens / s",
-            title=f"Generation throughput against context length ({what})",
-            subtitle=subtitle,
-            path=out / "model_tokens_per_s.png",
-        ),
-        plots.loglog_lines(
-            per_pos,
-            xlabel="position t (mean over dyadic chunks)",
-            ylabel="time per token (s)",
-            title=f"Time per token against position, at the largest L run ({what})",
-            subtitle=subtitle,
-            path=out / "model_time_per_token.png",
-        ),
-        plots.loglog_lines(
-            cache,
-            xlabel="generated tokens L",
-            ylabel="peak bytes held by the cache",
-            title=f"Decoding cache against L ({what})",
-            subtitle=subtitle,
-            path=out / "model_cache_bytes.png",
-        ),
-    ]
+    return plots.figures(
+        report,
+        out,
+        what,
+        [
+            (
+                "model_tokens_per_s",
+                plots.method_lines(rows, methods, "L", "tokens_per_s", **groups),
+                "generated tokens L",
+                "tokens / s",
+                "ConvLM generation throughput",
+            ),
+            (
+                "model_time_per_token",
+                plots.chunk_lines(rows, methods, "L", **groups),
+                "position t (mean over dyadic chunks)",
+                "time per token (s)",
+                "Time per token against position, at the largest L run",
+            ),
+            (
+                "model_cache_bytes",
+                plots.method_lines(rows, cached, "L", "peak_cache_bytes", **groups),
+                "generated tokens L",
+                "peak bytes held by the cache",
+                "Decoding cache against L",
+            ),
+        ],
+    )

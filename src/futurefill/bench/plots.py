@@ -78,3 +78,95 @@ def loglog_lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     return _finish(fig, ax, title, subtitle, path)
+
+
+def _ok_rows(rows: Sequence[dict[str, Any]], method: str, where: dict[str, Any], x: str) -> list:
+    return sorted(
+        (
+            r
+            for r in rows
+            if r["method"] == method
+            and r["status"] == "ok"
+            and all(r.get(k) == v for k, v in where.items())
+        ),
+        key=lambda r: r[x],
+    )
+
+
+def method_lines(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    x: str,
+    y: str,
+    *,
+    by: str | None = None,
+    values: Sequence[Any] = (None,),
+    label: str = "{method}",
+) -> list[dict[str, Any]]:
+    """One line per method (and per value of the row field ``by``, one line style each): the
+    ok rows' ``y`` against ``x``. ``label`` is formatted with ``method`` and ``value``."""
+    lines = []
+    for i, value in enumerate(values):
+        where = {} if by is None else {by: value}
+        for method in methods:
+            done = _ok_rows(rows, method, where, x)
+            lines.append(
+                {
+                    "method": method,
+                    "label": label.format(method=method, value=value),
+                    "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                    "x": [r[x] for r in done],
+                    "y": [r[y] for r in done],
+                }
+            )
+    return lines
+
+
+def chunk_lines(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    size: str,
+    *,
+    by: str | None = None,
+    values: Sequence[Any] = (None,),
+    label: str = "{method}",
+) -> list[dict[str, Any]]:
+    """Mean step time per dyadic chunk of positions at each method's largest ok run."""
+    lines = []
+    for i, value in enumerate(values):
+        where = {} if by is None else {by: value}
+        for method in methods:
+            done = _ok_rows(rows, method, where, size)
+            if not done:
+                continue
+            last = done[-1]
+            lines.append(
+                {
+                    "method": method,
+                    "label": label.format(method=method, value=value) + f" ({size}={last[size]})",
+                    "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                    "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
+                    "y": [s for _, _, s in last["chunks"]],
+                }
+            )
+    return lines
+
+
+def figures(report: dict[str, Any], out: Path, what: str, specs: Sequence[tuple]) -> list[Path]:
+    """One PNG per ``(name, lines, xlabel, ylabel, title[, options])`` in ``specs``; the title
+    gets ``what`` in parentheses, the subtitle names the machine."""
+    from futurefill.bench.common import machine_line
+
+    subtitle = machine_line(report["machine"])
+    return [
+        loglog_lines(
+            lines,
+            xlabel=xlabel,
+            ylabel=ylabel,
+            title=f"{title} ({what})",
+            subtitle=subtitle,
+            path=out / f"{name}.png",
+            **(options[0] if options else {}),
+        )
+        for name, lines, xlabel, ylabel, title, *options in specs
+    ]

@@ -13,13 +13,11 @@ continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), indep
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from futurefill.bench import common, plots
 from futurefill.bench.layer import (
@@ -61,9 +59,7 @@ CONFIG = PromptConfig
 
 def run_cell(
     method: str,
-    h: torch.Tensor,
-    u: torch.Tensor,
-    reference: torch.Tensor,
+    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     prompt_len: int,
     *,
     repeats: int,
@@ -72,54 +68,38 @@ def run_cell(
     device: torch.device,
 ) -> dict[str, Any]:
     """Prefill ``u[..., :P]`` then step through the rest, up to ``repeats`` times; one row."""
+    h, u, reference = operands
     batch, _, total_len = u.shape
     gen_len = total_len - prompt_len
     prompt = u[..., :prompt_len]
     inputs = u[..., prompt_len:].permute(2, 0, 1).contiguous()  # (K, B, D)
-    prefills, decodes, runs = [], [], []
-    after_prefill = peak = 0
-    err = None
-    while common.should_repeat(
-        [p + d for p, d in zip(prefills, decodes, strict=True)], repeats, budget
-    ):
+
+    def run_once() -> tuple[dict[str, Any], torch.Tensor]:
         engine = STEPPERS[method](h, total_len, batch)
         common.sync(device)
         began = time.perf_counter()
         y_prompt = engine.prefill(prompt)
         common.sync(device)
-        prefills.append(time.perf_counter() - began)
+        prefill = time.perf_counter() - began
         after_prefill = engine.nbytes
         y_gen, chunks, peak, _ = time_steps(engine, inputs, device)
-        peak = max(peak, after_prefill)
-        decodes.append(sum(c for _, _, c in chunks))
-        runs.append(chunks)
-        del engine
-        if err is None:
-            err = common.rel_err(torch.cat([y_prompt, y_gen], dim=-1), reference)
-            if not err <= tol:
-                break
-    prefill, decode = common.median(prefills), common.median(decodes)
-    ok = err <= tol
+        decode = sum(c for _, _, c in chunks)
+        record = {"seconds": prefill + decode, "prefill": prefill, "decode": decode}
+        record.update(chunks=chunks, after_prefill=after_prefill, peak=max(peak, after_prefill))
+        return record, torch.cat([y_prompt, y_gen], dim=-1)
+
+    records, err = common.repeat_runs(
+        run_once, lambda y: common.rel_err(y, reference), repeats, budget, tol
+    )
     return {
         "method": method,
         "P": prompt_len,
         "K": gen_len,
-        "status": "ok" if ok else common.failed_status(err, tol),
-        "prefill_s": prefill,
-        "decode_s": decode,
-        "total_s": prefill + decode,
-        "per_token_s": decode / gen_len,
-        "cache_bytes_after_prefill": after_prefill,
-        "peak_cache_bytes": peak,
+        "status": common.status_of(err, tol),
+        **common.prefill_decode_times(records, gen_len),
         "max_rel_err": err,
         "tol": tol,
-        "repeats": len(decodes),
-        "prefill_times_s": prefills,
-        "decode_times_s": decodes,
-        "chunks": [
-            (a, b, common.median([r[i][2] for r in runs]) / (b - a))
-            for i, (a, b, _) in enumerate(runs[0])
-        ],
+        "chunks": common.median_chunks([r["chunks"] for r in records]),
     }
 
 
@@ -137,87 +117,44 @@ def run(config: PromptConfig) -> dict[str, Any]:
         raise ValueError(f"unknown methods {unknown}; expected some of {ONLINE_METHODS}")
     if min(config.prompt_lens) < 1 or min(config.gen_lens) < 1:
         raise ValueError("prompt and generated lengths must be >= 1")
-    device = common.resolve_device(config.device)
     dtype = common.DTYPES[config.dtype]
+    device = common.resolve_device(config.device)
     tol = common.default_tol(dtype) if config.tol is None else config.tol
     # Cells from small to large total length, so budget projections come from smaller cells.
-    cells = sorted(
+    grid = sorted(
         {(p, k) for p in config.prompt_lens for k in config.gen_lens}, key=lambda c: (sum(c), c)
     )
-    max_len = max(max(sum(c) for c in cells), 2 * config.warmup_len)
+    cells = [common.Cell({"P": p, "K": k}, p + k, f"P={p}, K={k}") for p, k in grid]
+    warm = config.warmup_len
+    max_len = max(max(sum(c) for c in grid), 2 * warm)
 
-    with common.torch_threads(config.threads):
-        machine = common.machine_info(device, dtype)
-        warning = common.contention_warning(machine)
-        if warning:
-            print(warning, file=sys.stderr)
-        h_full = decaying_filter(config.channels, max_len, config.seed)
-        u_full = random_inputs(config.batch, config.channels, max_len, config.seed)
-
-        def operands(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            h = h_full[:, :length].to(device=device, dtype=dtype).contiguous()
-            u = u_full[..., :length].to(device=device, dtype=dtype).contiguous()
-            return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
-
-        warm = operands(2 * config.warmup_len)
-        for method in config.methods:
-            run_cell(
-                method,
-                *warm,
-                config.warmup_len,
-                repeats=1,
-                budget=float("inf"),
-                tol=tol,
-                device=device,
-            )
-
-        rows: list[dict[str, Any]] = []
-        gate = common.BudgetGate(config.budget)
-        bar = tqdm(
-            total=len(cells) * len(config.methods),
-            desc="bench prompt",
-            unit="run",
-            disable=not config.progress,
-            dynamic_ncols=True,
+    def open_group(_: None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            decaying_filter(config.channels, max_len, config.seed),
+            random_inputs(config.batch, config.channels, max_len, config.seed),
         )
-        with bar:
-            for prompt_len, gen_len in cells:
-                h, u, reference = operands(prompt_len + gen_len)
-                worst = 0.0
-                for method in config.methods:
-                    bar.set_postfix_str(f"P={prompt_len} K={gen_len} {method}")
-                    base = {"method": method, "P": prompt_len, "K": gen_len, "tol": tol}
-                    blocked = gate.check(method, prompt_len + gen_len)
-                    if blocked is not None:
-                        row = {**base, **blocked}
-                    else:
-                        row = run_cell(
-                            method,
-                            h,
-                            u,
-                            reference,
-                            prompt_len,
-                            repeats=config.repeats,
-                            budget=config.budget,
-                            tol=tol,
-                            device=device,
-                        )
-                        worst = max(worst, row["max_rel_err"])
-                        gate.record(
-                            method,
-                            prompt_len + gen_len,
-                            row,
-                            what=method,
-                            at=f"P={prompt_len}, K={gen_len}",
-                            time_key="total_s",
-                        )
-                    rows.append(row)
-                    bar.update(1)
-                bar.write(
-                    f"P={prompt_len}, K={gen_len}: largest relative difference from the float64 "
-                    f"reference {worst:.2e} (tol {tol:.0e})"
-                )
 
+    def open_cell(full: tuple[torch.Tensor, torch.Tensor], cell: common.Cell) -> tuple:
+        h_full, u_full = full
+        h = h_full[:, : cell.size].to(device=device, dtype=dtype).contiguous()
+        u = u_full[..., : cell.size].to(device=device, dtype=dtype).contiguous()
+        return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
+
+    def measure(method, operands, cell, repeats, budget):
+        p = cell.fields["P"]
+        return run_cell(method, operands, p, repeats=repeats, budget=budget, tol=tol, device=device)
+
+    machine, device, rows, gate = common.run_sweep(
+        "prompt",
+        config,
+        tol=tol,
+        groups=[None],
+        cells=cells,
+        warm=common.Cell({"P": warm, "K": warm}, 2 * warm, "warm-up"),
+        open_group=open_group,
+        open_cell=open_cell,
+        measure=measure,
+    )
     return common.finish_report(
         "prompt",
         config,
@@ -284,42 +221,14 @@ def table(report: dict[str, Any]) -> str:
         grid("peak_cache_bytes", with_ratios=False),
         "",
     ]
-    for r in report["ratios"]:
-        lines.append(
-            f"- {r['numerator']}/{r['denominator']} decode time at the largest (P, K) both "
-            f"reached (P={r['P']}, K={r['K']}): {r['ratio']:.2f}x"
-        )
-    for r in rows:
-        if r["status"].startswith("skipped"):
-            lines.append(f"- {r['method']} at P={r['P']}, K={r['K']}: {r['status']}")
-    lines.append(
-        f"- agreement: largest relative difference from the float64 reference "
-        f"{report['max_rel_err']:.2e} (tol {report['tol']:.0e})"
-        + ("" if not report["failures"] else f"; FAILED: {'; '.join(report['failures'])}")
-    )
+    lines += common.notes(report, ("P", "K"), what="decode time")
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = (
-    "benchmark",
-    "method",
-    "P",
-    "K",
-    "status",
-    "prefill_s",
-    "decode_s",
-    "total_s",
-    "per_token_s",
-    "cache_bytes_after_prefill",
-    "peak_cache_bytes",
-    "max_rel_err",
-    "tol",
-    "repeats",
-    "channels",
-    "batch",
-    "dtype",
-    "device",
-    "threads",
+CSV_COLUMNS = common.csv_columns(
+    "method P K",
+    "prefill_s decode_s total_s per_token_s cache_bytes_after_prefill peak_cache_bytes",
+    setting="channels batch",
 )
 
 
@@ -331,54 +240,35 @@ def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) ->
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    rows = [r for r in report["rows"] if r["status"] == "ok"]
-    methods = report["config"]["methods"]
-    prompt_lens = sorted({r["P"] for r in report["rows"]})
-    gen_lens = sorted({r["K"] for r in report["rows"]})
-    subtitle = common.machine_line(report["machine"])
+    rows, methods = report["rows"], report["config"]["methods"]
+    by_p = {"by": "P", "values": sorted({r["P"] for r in rows}), "label": "{method} P={value}"}
+    by_k = {"by": "K", "values": sorted({r["K"] for r in rows}), "label": "{method} K={value}"}
     what = f"D={report['config']['channels']}, B={report['config']['batch']}"
-
-    def series(x_key: str, y_key: str, fixed_key: str, fixed_values: list[int]):
-        out = []
-        for m in methods:
-            for i, v in enumerate(fixed_values):
-                pts = sorted(
-                    (r[x_key], r[y_key]) for r in rows if r["method"] == m and r[fixed_key] == v
-                )
-                out.append(
-                    {
-                        "method": m,
-                        "label": f"{m} {fixed_key}={v}",
-                        "x": [x for x, _ in pts],
-                        "y": [y for _, y in pts],
-                        "linestyle": plots.LINESTYLES[i % len(plots.LINESTYLES)],
-                    }
-                )
-        return out
-
-    return [
-        plots.loglog_lines(
-            series("K", "decode_s", "P", prompt_lens),
-            xlabel="generated length K",
-            ylabel="decode time (s)",
-            title=f"Decode time for K steps after a prompt of length P ({what})",
-            subtitle=subtitle,
-            path=out / "prompt_decode_time.png",
-        ),
-        plots.loglog_lines(
-            series("P", "prefill_s", "K", gen_lens),
-            xlabel="prompt length P",
-            ylabel="prefill time (s)",
-            title=f"Prefill time for a prompt of length P ({what})",
-            subtitle=subtitle,
-            path=out / "prompt_prefill_time.png",
-        ),
-        plots.loglog_lines(
-            series("K", "peak_cache_bytes", "P", prompt_lens),
-            xlabel="generated length K",
-            ylabel="peak bytes held",
-            title=f"Engine memory after a prompt of length P ({what})",
-            subtitle=subtitle,
-            path=out / "prompt_cache_bytes.png",
-        ),
-    ]
+    return plots.figures(
+        report,
+        out,
+        what,
+        [
+            (
+                "prompt_decode_time",
+                plots.method_lines(rows, methods, "K", "decode_s", **by_p),
+                "generated length K",
+                "decode time (s)",
+                "Decode time for K steps after a prompt of length P",
+            ),
+            (
+                "prompt_prefill_time",
+                plots.method_lines(rows, methods, "P", "prefill_s", **by_k),
+                "prompt length P",
+                "prefill time (s)",
+                "Prefill time for a prompt of length P",
+            ),
+            (
+                "prompt_cache_bytes",
+                plots.method_lines(rows, methods, "K", "peak_cache_bytes", **by_p),
+                "generated length K",
+                "peak bytes held",
+                "Engine memory after a prompt of length P",
+            ),
+        ],
+    )
