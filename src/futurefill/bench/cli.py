@@ -379,8 +379,17 @@ def run_benchmark(name: str, config: Any) -> int:
     report = module.run(config)
     report["wall_s"] = time.perf_counter() - began
     report["command"] = equivalent_command(name, config)
-    written = module.write_outputs(report, config.out, make_plots=config.plots)
-    print(module.table(report))
+    table = module.table(report)
+    written = common.write_report(
+        config.out,
+        name,
+        report,
+        module.CSV_COLUMNS,
+        table,
+        module.plot if config.plots else None,
+        getattr(module, "PER_POSITION_KEYS", None),
+    )
+    print(table)
     print("Wrote " + ", ".join(str(p) for p in written))
     print(f"Rerun with: {report['command']}")
     print(f"bench {name}: {report['wall_s']:.1f} s in all")

@@ -392,13 +392,6 @@ CSV_COLUMNS = common.csv_columns(
 )
 
 
-def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
-    """context.json, context.csv, context_table.md and the PNGs, in ``out``."""
-    return common.write_report(
-        out, "context", report, CSV_COLUMNS, table(report), plot if make_plots else None
-    )
-
-
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
     cfg, rows = report["config"], report["rows"]
     methods, k = cfg["methods"], cfg["new_tokens"]

@@ -133,6 +133,26 @@ def random_inputs(batch: int, channels: int, length: int, seed: int) -> torch.Te
     return torch.randn(batch, channels, length, generator=gen, dtype=torch.float64)
 
 
+def conv_operands(config: Any, device: torch.device, dtype: torch.dtype, max_len: int) -> dict:
+    """``open_group`` and ``open_cell`` of a sweep over one convolution: seeded float64 filters
+    and inputs of ``max_len`` positions; a cell gets their first ``cell.size`` in the working
+    dtype, with the float64 offline convolution as its reference."""
+
+    def open_group(_: None) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            decaying_filter(config.channels, max_len, config.seed),
+            random_inputs(config.batch, config.channels, max_len, config.seed),
+        )
+
+    def open_cell(full: tuple[torch.Tensor, torch.Tensor], cell: common.Cell) -> tuple:
+        h_full, u_full = full
+        h = h_full[:, : cell.size].to(device=device, dtype=dtype).contiguous()
+        u = u_full[..., : cell.size].to(device=device, dtype=dtype).contiguous()
+        return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
+
+    return {"open_group": open_group, "open_cell": open_cell}
+
+
 def time_steps(
     stepper: Stepper, inputs: torch.Tensor, device: torch.device
 ) -> tuple[torch.Tensor, list[tuple[int, int, float]], int, np.ndarray]:
@@ -256,18 +276,6 @@ def run(config: LayerConfig) -> dict[str, Any]:
     max_len = max(lengths[-1], config.warmup_len)
     warm_len = min(config.warmup_len, lengths[0])
 
-    def open_group(_: None) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            decaying_filter(config.channels, max_len, config.seed),
-            random_inputs(config.batch, config.channels, max_len, config.seed),
-        )
-
-    def open_cell(full: tuple[torch.Tensor, torch.Tensor], cell: common.Cell) -> tuple:
-        h_full, u_full = full
-        h = h_full[:, : cell.size].to(device=device, dtype=dtype).contiguous()
-        u = u_full[..., : cell.size].to(device=device, dtype=dtype).contiguous()
-        return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
-
     def measure(method, operands, cell, repeats, budget):
         return run_cell(method, operands, repeats=repeats, budget=budget, tol=tol, device=device)
 
@@ -278,9 +286,8 @@ def run(config: LayerConfig) -> dict[str, Any]:
         groups=[None],
         cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
         warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),
-        open_group=open_group,
-        open_cell=open_cell,
         measure=measure,
+        **conv_operands(config, device, dtype, max_len),
     )
     return common.finish_report(
         "layer",
@@ -409,12 +416,7 @@ CSV_COLUMNS = common.csv_columns(
 )
 
 
-def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
-    """layer.json, layer.csv, layer_per_position.csv, layer_table.md and the PNGs, in ``out``."""
-    plotter = plot if make_plots else None
-    return common.write_report(
-        out, "layer", report, CSV_COLUMNS, table(report), plotter, ("method", "L")
-    )
+PER_POSITION_KEYS = ("method", "L")  # columns of layer_per_position.csv
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:

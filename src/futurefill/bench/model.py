@@ -409,17 +409,7 @@ CSV_COLUMNS = common.csv_columns(
 )
 
 
-def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
-    """model.json, model.csv, model_per_position.csv, model_table.md and the PNGs, in ``out``."""
-    return common.write_report(
-        out,
-        "model",
-        report,
-        CSV_COLUMNS,
-        table(report),
-        plot if make_plots else None,
-        ("mixer", "method", "L"),
-    )
+PER_POSITION_KEYS = ("mixer", "method", "L")  # columns of model_per_position.csv
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:

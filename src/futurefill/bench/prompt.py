@@ -23,11 +23,9 @@ from futurefill.bench import common, plots
 from futurefill.bench.layer import (
     ONLINE_METHODS,
     STEPPERS,
-    decaying_filter,
-    random_inputs,
+    conv_operands,
     time_steps,
 )
-from futurefill.fftconv import causal_conv
 
 RATIOS = (("naive", "epoched"), ("naive", "continuous"))
 
@@ -128,18 +126,6 @@ def run(config: PromptConfig) -> dict[str, Any]:
     warm = config.warmup_len
     max_len = max(max(sum(c) for c in grid), 2 * warm)
 
-    def open_group(_: None) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            decaying_filter(config.channels, max_len, config.seed),
-            random_inputs(config.batch, config.channels, max_len, config.seed),
-        )
-
-    def open_cell(full: tuple[torch.Tensor, torch.Tensor], cell: common.Cell) -> tuple:
-        h_full, u_full = full
-        h = h_full[:, : cell.size].to(device=device, dtype=dtype).contiguous()
-        u = u_full[..., : cell.size].to(device=device, dtype=dtype).contiguous()
-        return h, u, causal_conv(u.to(torch.float64), h.to(torch.float64))
-
     def measure(method, operands, cell, repeats, budget):
         p = cell.fields["P"]
         return run_cell(method, operands, p, repeats=repeats, budget=budget, tol=tol, device=device)
@@ -151,9 +137,8 @@ def run(config: PromptConfig) -> dict[str, Any]:
         groups=[None],
         cells=cells,
         warm=common.Cell({"P": warm, "K": warm}, 2 * warm, "warm-up"),
-        open_group=open_group,
-        open_cell=open_cell,
         measure=measure,
+        **conv_operands(config, device, dtype, max_len),
     )
     return common.finish_report(
         "prompt",
@@ -230,13 +215,6 @@ CSV_COLUMNS = common.csv_columns(
     "prefill_s decode_s total_s per_token_s cache_bytes_after_prefill peak_cache_bytes",
     setting="channels batch",
 )
-
-
-def write_outputs(report: dict[str, Any], out: Path, make_plots: bool = True) -> list[Path]:
-    """prompt.json, prompt.csv, prompt_table.md and the PNGs, in ``out``."""
-    return common.write_report(
-        out, "prompt", report, CSV_COLUMNS, table(report), plot if make_plots else None
-    )
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
