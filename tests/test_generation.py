@@ -16,13 +16,15 @@ from reference import rel_err
 VOCAB, MAX_LEN = 32, 48
 
 
-def tiny_model(mixer: str = "stu_tensordot", dtype=torch.float64, seed: int = 0) -> ConvLM:
+def tiny_model(
+    mixer: str = "stu_tensordot", dtype=torch.float64, seed: int = 0, max_len: int = MAX_LEN
+) -> ConvLM:
     torch.manual_seed(seed)
     config = ConvLMConfig(
         vocab_size=VOCAB,
         d_model=8,
         n_layers=2,
-        max_len=MAX_LEN,
+        max_len=max_len,
         mixer=mixer,
         mlp_ratio=2,
         num_eigh=6,
@@ -182,10 +184,48 @@ def test_streamer_object_and_ragged_batches():
     streamer = Streamer()
     tokens = generate(model, random_ids(2, 6), 4, prompt_lengths=[6, 3], streamer=streamer)
     assert streamer.ended == 1
-    streamed = torch.stack(streamer.puts, dim=1)  # (2, 3 + 4 - 1 + 1) steps
-    assert streamed.shape == (2, 7)
-    assert torch.equal(streamed[0], torch.cat([torch.full((3,), -1), tokens[0]]))
-    assert torch.equal(streamed[1], torch.cat([tokens[1], torch.full((3,), -1)]))
+    streamed = torch.stack(streamer.puts, dim=1)  # one call per step: both sequences generate
+    assert torch.equal(streamed, tokens)
+
+
+class CountingModel(torch.nn.Module):
+    """A model wrapper that records the length of every chunk it is called with."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.chunks = model, []
+
+    def forward(self, ids):
+        self.chunks.append(ids.shape[1])
+        return self.model(ids)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("method", METHODS)
+def test_ragged_prompts_take_one_prefill_and_give_each_rows_tokens_alone(mixer, method):
+    model = tiny_model(mixer, max_len=80)
+    lengths = [1, 17, 64]
+    ids = random_ids(3, 64, seed=5)
+    counting = CountingModel(model)
+    out = generate(counting, ids, 10, prompt_lengths=lengths, method=method, return_logits=True)
+    assert counting.chunks == [64] + [1] * 9  # one prefill, then max_new_tokens - 1 steps
+    for b, length in enumerate(lengths):
+        prompt = ids[b : b + 1, :length]
+        alone = generate(model, prompt, 10, method="naive", return_logits=True)
+        assert torch.equal(out.tokens[b], alone.tokens[0]), (b, length)
+        assert rel_err(out.logits[b], alone.logits[0]) < 1e-9
+
+
+def test_padding_reaches_no_convolution():
+    """What the padding holds does not matter: not its ids, not the model's outputs there."""
+    model = tiny_model("hyena")
+    ids = random_ids(2, 12, seed=9)
+    other = ids.clone()
+    other[1, 5:] = (other[1, 5:] + 7) % 256  # only the padding of sequence 1 changes
+    first = generate(model, ids, 8, prompt_lengths=[12, 5], return_logits=True)
+    second = generate(model, other, 8, prompt_lengths=[12, 5], return_logits=True)
+    assert torch.equal(first.tokens, second.tokens)
+    assert torch.equal(first.logits, second.logits)
 
 
 def test_sampling_is_reproducible_with_a_generator():

@@ -6,16 +6,17 @@ engine) and each new token as a chunk of one position, so the long convolutions 
 recomputed, and the logits are those of the model's parallel forward pass, to rounding, whichever
 engine ``method`` runs them.
 
-Ragged batches (prompts of different lengths) come right-padded with ``prompt_lengths``. All
-sequences advance together, one position per step: the shortest common prefix is prefilled in
-parallel, then every sequence still inside its prompt is fed its own next prompt token
-(teacher forcing) while the others are already generating. Every sequence therefore sees exactly
-the tokens it would see alone, at the same positions, with no masking. (Left padding is not
-supported: a causal convolution mixes leading padding into every later output.)
+Ragged batches (prompts of different lengths) come right-padded with ``prompt_lengths``. They are
+prefilled in one parallel pass: each prompt is moved to end at the longest one's end, and the
+positions before it are padding that the session keeps out of every convolution
+(:meth:`~futurefill.nn.DecodingSession.padded`: every futurefill.nn module sees zeros there).
+Convolutions are time invariant and are a model's only time mixing, so every sequence gets
+exactly the outputs it would get alone, and all sequences generate from the first step on.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -134,8 +135,8 @@ def generate(
         Source of randomness for sampling, on the model's device: same seed, same tokens.
     streamer : callable or object with ``put`` (and optionally ``end``), optional
         Called once per decoding step with a LongTensor (batch,): the new token of each sequence
-        at this step, or -1 for a sequence with none (still reading its prompt, or past its
-        ``max_new_tokens``). Not called with the prompt; ``end()`` is called at the end.
+        (``pad_token_id`` after its eos). Not called with the prompt; ``end()`` is called at the
+        end.
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
     **engine_options
@@ -147,8 +148,8 @@ def generate(
     token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
 
     Runs in ``torch.inference_mode`` (about 10% less per-token overhead than ``no_grad`` on a
-    CPU); the returned tensors are ordinary ones. Cost: one prefill of the shortest prompt, then
-    ``max prompt length - min prompt length + max_new_tokens - 1`` steps, each one call of
+    CPU); the returned tensors are ordinary ones. Cost: one parallel prefill of every prompt
+    (ragged ones padded to the longest), then ``max_new_tokens - 1`` steps, each one call of
     ``model`` on one position per sequence.
     """
     for name in engine_options:
@@ -186,28 +187,36 @@ def generate(
         pad_token_id = check_int(pad_token_id, "pad_token_id", None)
     put, end = _streamer_calls(streamer)
 
-    total = p_max + max_new_tokens
-    tokens = torch.zeros(batch, total, dtype=torch.long, device=device)  # prompt, then generated
-    tokens[:, :width].copy_(torch.where(in_prompt, ids, 0)[:, :total])
+    # Every prompt moved to end at position p_max (left padding, which the session keeps out of
+    # every convolution): one parallel prefill, then every sequence generates at every step.
+    start = p_max - lengths  # (batch,): where each prompt begins
+    columns = torch.arange(p_max, device=device)
+    valid = columns >= start[:, None]  # (batch, p_max)
+    source = (columns - start[:, None]).clamp(0, width - 1)
+    prompt = torch.where(valid, ids.gather(1, source), 0)
     if max_new_tokens == 0:
-        empty = tokens[:, :0]
+        empty = ids[:, :0]
         if not return_logits:
             return _ordinary(empty)
-        logits = _last_logits(model(tokens[:, :1]), batch)
+        logits = _last_logits(model(prompt[:, -1:]), batch)
         return _ordinary(GenerationOutput(empty, logits.new_empty(batch, 0, logits.shape[-1])))
 
+    new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    no_token = torch.full((batch,), -1, dtype=torch.long, device=device)
-    with decoding(model, batch_size=batch, max_len=total - 1, method=method, **engine_options):
-        logits = _last_logits(model(tokens[:, :p_min]), batch)  # (batch, vocab): position p_min
+    total = p_max + max_new_tokens
+    with decoding(
+        model, batch_size=batch, max_len=total - 1, method=method, **engine_options
+    ) as session:
+        with session.padded(valid) if p_min < p_max else contextlib.nullcontext():
+            logits = _last_logits(model(prompt), batch)  # (batch, vocab): the first new token's
         all_logits = (
-            logits.new_full((batch, total - p_min, logits.shape[-1]), float("nan"))
+            logits.new_full((batch, max_new_tokens, logits.shape[-1]), float("nan"))
             if return_logits
             else None
         )
-        for p in range(p_min, total):  # choose the token at position p
+        for i in range(max_new_tokens):
             if all_logits is not None:
-                all_logits[:, p - p_min].copy_(logits)
+                all_logits[:, i].copy_(logits)
             chosen = select_next_tokens(
                 logits,
                 do_sample=do_sample,
@@ -216,40 +225,28 @@ def generate(
                 top_p=top_p,
                 generator=generator,
             )
-            reading = p < lengths  # (batch,): still inside its prompt
-            fed = torch.where(reading, tokens[:, p], chosen)
-            kept = fed
+            kept = chosen
             if eos_token_id is not None:
-                kept = torch.where(finished, pad_token_id, fed)
-                finished |= (fed == eos_token_id) & ~reading
-            tokens[:, p].copy_(kept)
+                kept = torch.where(finished, pad_token_id, chosen)
+                finished |= chosen == eos_token_id
+            new_tokens[:, i].copy_(kept)
             if put is not None:
-                new = (p >= lengths) & (p < lengths + max_new_tokens)
-                put(torch.where(new, kept, no_token))
-            if p == total - 1:
+                put(kept)
+            if i == max_new_tokens - 1:
                 break
-            if eos_token_id is not None and bool(
-                (finished | (p + 1 >= lengths + max_new_tokens)).all()
-            ):
-                after = torch.arange(p + 1, total, device=device) >= lengths[:, None]
-                tokens[:, p + 1 :].masked_fill_(after, pad_token_id)
+            if eos_token_id is not None and bool(finished.all()):
+                new_tokens[:, i + 1 :] = pad_token_id
                 break
-            logits = _last_logits(model(fed[:, None]), batch)
+            logits = _last_logits(model(chosen[:, None]), batch)
     if end is not None:
         end()
-
-    new_index = torch.arange(max_new_tokens, device=device)
-    positions = lengths[:, None] + new_index  # (batch, max_new_tokens)
-    new_tokens = tokens.gather(1, positions)
     if all_logits is None:
         return _ordinary(new_tokens)
-    rows = (positions - p_min).unsqueeze(-1).expand(-1, -1, all_logits.shape[-1])
-    new_logits = all_logits.gather(1, rows)
     if eos_token_id is not None:
         is_eos = new_tokens == eos_token_id
         after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
-        new_logits.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
-    return _ordinary(GenerationOutput(new_tokens, new_logits))
+        all_logits.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
+    return _ordinary(GenerationOutput(new_tokens, all_logits))
 
 
 # ---------------------------------------------------------------------- argument checks

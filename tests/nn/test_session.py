@@ -143,3 +143,42 @@ def test_a_rejected_first_chunk_fixes_nothing():
         m.float()  # the session has seen no accepted chunk: float32 is still fine
         y = m(u(length=4, dtype=torch.float32))
         assert y.dtype == torch.float32 and session.position == 4
+
+
+@pytest.mark.parametrize("method", ["naive", "continuous"])
+def test_padding_is_zeros_for_every_module(method):
+    """In ``session.padded(valid)`` the modules see zeros at the padding: a left-padded sequence
+    gets the outputs it gets alone, whatever the padding held."""
+    torch.manual_seed(0)
+    model = nn.Sequential(ShortConv(3, 3), LongConv(3, 20, skip=True), ShortConv(3, 2)).double()
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    valid = torch.arange(9) >= torch.tensor([[0], [4]])  # sequence 1: 4 positions of padding
+    x_noise = x.clone()
+    x_noise[1, :4] = 100.0
+    with torch.no_grad():
+        alone = model(x[1:, 4:])
+        with decoding(model, batch_size=2, max_len=12, method=method) as session:
+            with session.padded(valid):
+                y = model(x_noise)
+            step = model(x[:, :1])  # one more position: no padding any more
+            assert session.valid is None
+    assert torch.allclose(y[1, 4:], alone[0], rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(y[0], model(x[:1])[0], rtol=0, atol=1e-12)
+        full = model(torch.cat([x[1:, 4:], x[1:, :1]], dim=1))
+    assert torch.allclose(step[1, 0], full[0, -1], rtol=0, atol=1e-12)
+
+
+def test_padding_errors():
+    model = nn.Sequential(ShortConv(3, 3), LongConv(3, 20))
+    with decoding(model, batch_size=2, max_len=12) as session:
+        with pytest.raises(TypeError, match="valid must be a 2-D bool tensor"):
+            with session.padded(torch.ones(2, 4)):
+                pass
+        with pytest.raises(ValueError, match="valid has batch 3, the session 2"):
+            with session.padded(torch.ones(3, 4, dtype=torch.bool)):
+                pass
+        with session.padded(torch.ones(2, 4, dtype=torch.bool)):
+            with pytest.raises(ValueError, match=r"the padding mask is \(2, 4\) but the chunk"):
+                model(torch.randn(2, 5, 3))
+        assert session.valid is None and session.position == 0

@@ -76,11 +76,13 @@ class EngineState(ModuleState):
             and u.shape == self.step_shape
             and u.dtype is self.dtype
             and self._position < self.session.max_len
+            and self.session.valid is None
         ):
             self._position += 1
             return self._step(u[:, 0], module)
         module.check_input(u)
         self.check_input(u, module)
+        u = self.session.unpad(u)
         if self.engine is None:
             session = self.session
             with torch.no_grad():

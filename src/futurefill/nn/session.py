@@ -25,7 +25,9 @@ inside the model's forward for another reason may leave modules at different pos
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -168,6 +170,7 @@ class DecodingSession:
                 )
         self.method = method
         self.engine_options = {k: v for k, v in engine_options.items() if v is not None}
+        self.valid: torch.Tensor | None = None  # see padded()
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
@@ -187,6 +190,36 @@ class DecodingSession:
     @property
     def closed(self) -> bool:
         return not self._open
+
+    @contextlib.contextmanager
+    def padded(self, valid: torch.Tensor) -> Iterator[DecodingSession]:
+        """Inside, the chunk the model gets holds padding where ``valid`` ``(batch, n)`` is False:
+        every module sees zeros there in place of its input.
+
+        Convolutions are the only time mixing, so padding that reaches none of them mixes into
+        nothing: sequences left-padded to end together get exactly the outputs they would get
+        alone (time invariance), in one parallel prefill of the whole batch.
+        """
+        if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.dim() != 2:
+            raise TypeError("valid must be a 2-D bool tensor (batch, n)")
+        if valid.shape[0] != self.batch_size:
+            raise ValueError(f"valid has batch {valid.shape[0]}, the session {self.batch_size}")
+        self.valid = valid
+        try:
+            yield self
+        finally:
+            self.valid = None
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""
+        valid = self.valid
+        if valid is None:
+            return x
+        if tuple(valid.shape) != tuple(x.shape[:2]):
+            raise ValueError(
+                f"the padding mask is {tuple(valid.shape)} but the chunk is {tuple(x.shape[:2])}"
+            )
+        return x.masked_fill(~valid.view(*valid.shape, *(1,) * (x.dim() - 2)), 0)
 
     def reset(self) -> None:
         """Start new sequences: every module back to position 0, allocations and filters kept."""

@@ -86,6 +86,7 @@ class ShortConv(DecodingModule):
             extended = torch.cat([x.new_zeros(x.shape[0], before, x.shape[2]), x], dim=1)
         else:
             self._state.check_input(x, self)
+            x = self._state.session.unpad(x)
             extended = self._state.extend(x)  # (batch, K - 1 + length, channels)
         y = torch.addcmul(self.bias, self.weight[:, 0], x)
         for j in range(1, self.kernel_size):  # taps, not channels: K - 1 = 2 in Hyena
