@@ -64,7 +64,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
     # A HyenaDNA-large-1m-shaped model (random weights) decoding after long DNA prompts, against
-    # recompute (a full forward per token: the Hugging Face port's generate()).
+    # recompute (a full forward per token: the Hugging Face port's generate()). Its tolerance is
+    # wider than float32's 1e-4 for the reason given beside it.
     "hyenadna": {
         "context": {
             "prompt_lens": _pow2(12, 18),
@@ -76,6 +77,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "vocab_size": 16,
             "repeats": 1,
             "budget": 400.0,
+            # The float32 forward itself (every method alike: its prefill FFT) is 5.7e-5 from
+            # float64 at P = 2^15, 8.1e-5 at 2^16, 1.06e-4 at 2^17: growing like sqrt(P).
+            "tol": 3e-4,
         },
     },
 }
