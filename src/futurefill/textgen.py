@@ -15,7 +15,6 @@ is ``[CLS]`` + nucleotides; ``--prompt-file`` reads a FASTA file).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -64,6 +63,7 @@ def load_checkpoint(directory: str | os.PathLike | None = None, map_location=Non
         message names the file).
     """
     from futurefill.model import ConvLM, ConvLMConfig
+    from futurefill.pretrained.formats import read_mapping
 
     directory = default_checkpoint_dir() if directory is None else Path(directory)
     if not directory.is_dir():
@@ -71,17 +71,13 @@ def load_checkpoint(directory: str | os.PathLike | None = None, map_location=Non
     for name in CHECKPOINT_FILES:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"checkpoint file not found: {directory / name}")
-    config_path = directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint config {config_path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ValueError(f"checkpoint config {config_path} must hold a JSON object")
+    config = read_mapping(directory / "config.json")
     try:
         ConvLMConfig.from_dict(config)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint config {config_path} is invalid: {exc}") from exc
+        raise ValueError(
+            f"checkpoint config {directory / 'config.json'} is invalid: {exc}"
+        ) from exc
     try:
         model = ConvLM.load(directory, map_location=map_location)
     except FileNotFoundError:

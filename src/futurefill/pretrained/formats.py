@@ -28,6 +28,7 @@ the shared Sin ``freq`` may be stored under one name only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
 
@@ -69,7 +71,7 @@ def detect_format(path: str | Path) -> str:
     directory = _directory(path)
     config_json = directory / "config.json"
     if config_json.is_file():
-        config = _read_json(config_json)
+        config = read_mapping(config_json)
         model_type = config.get("model_type")
         if model_type == "hyenadna":
             return "hyenadna-hf"
@@ -152,13 +154,16 @@ def _directory(path: str | Path) -> Path:
     return directory
 
 
-def _read_json(file: Path) -> dict:
+def read_mapping(file: Path) -> dict:
+    """The mapping a JSON (or, by suffix, YAML) file holds; CheckpointError naming the file."""
+    kind = "YAML" if file.suffix in (".yaml", ".yml") else "JSON"
     try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file} is not valid JSON: {exc}") from exc
+        text = file.read_text(encoding="utf-8")
+        value = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{file} is not valid {kind}: {exc}") from exc
     if not isinstance(value, dict):
-        raise CheckpointError(f"{file} must hold a JSON object")
+        raise CheckpointError(f"{file} must hold a {kind} mapping")
     return value
 
 
@@ -175,18 +180,9 @@ def _read_config(directory: Path, format: str) -> tuple[HyenaLMConfig, Path]:
                 f"{directory}: expected one config.json or YAML config, found {len(files)}"
             )
         file = files[0]
-        import yaml
-
-        try:
-            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"{file} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{file} must hold a mapping")
     elif not file.is_file():
         raise CheckpointError(f"checkpoint file not found: {file}")
-    else:
-        raw = _read_json(file)
+    raw = read_mapping(file)
     try:
         if format == "hyenadna-hf":
             return _hf_config(raw), file
@@ -196,17 +192,23 @@ def _read_config(directory: Path, format: str) -> tuple[HyenaLMConfig, Path]:
         raise CheckpointError(f"{file}: {message}") from None
 
 
-def _padded_vocab(raw: Mapping[str, Any]) -> int:
+def _backbone_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every layout names alike: the vocabulary padded as the checkpoints store it
+    (up to a multiple of ``pad_vocab_size_multiple``), width, depth, and the MLP width
+    (4 x width when unset)."""
     vocab, multiple = raw["vocab_size"], raw.get("pad_vocab_size_multiple", 1)
     for name, value in (("vocab_size", vocab), ("pad_vocab_size_multiple", multiple)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return math.ceil(vocab / multiple) * multiple
-
-
-def _d_inner(raw: Mapping[str, Any]) -> Any:
-    d_inner = raw.get("d_inner")
-    return 4 * raw["d_model"] if d_inner is None and isinstance(raw["d_model"], int) else d_inner
+    d_model, d_inner = raw["d_model"], raw.get("d_inner")
+    if d_inner is None and isinstance(d_model, int):
+        d_inner = 4 * d_model
+    return {
+        "vocab_size": math.ceil(vocab / multiple) * multiple,
+        "d_model": d_model,
+        "n_layer": raw["n_layer"],
+        "d_inner": d_inner,
+    }
 
 
 def _hf_config(raw: Mapping[str, Any]) -> HyenaLMConfig:
@@ -224,10 +226,7 @@ def _hf_config(raw: Mapping[str, Any]) -> HyenaLMConfig:
     if raw.get("train_freq", True) not in (True, False):
         raise ValueError(f"train_freq must be true or false, got {raw['train_freq']!r}")
     return HyenaLMConfig(
-        vocab_size=_padded_vocab(raw),
-        d_model=raw["d_model"],
-        n_layer=raw["n_layer"],
-        d_inner=_d_inner(raw),
+        **_backbone_fields(raw),
         max_seq_len=raw["max_seq_len"],
         order=2,
         emb_dim=raw.get("emb_dim", 3),
@@ -262,10 +261,7 @@ def _training_config(raw: Mapping[str, Any], format: str) -> HyenaLMConfig:
                 raise ValueError(f"layer.{key}={layer[key]!r} is not supported (only {value!r})")
     eps = raw.get("layer_norm_epsilon", 1e-5)
     return HyenaLMConfig(
-        vocab_size=_padded_vocab(raw),
-        d_model=raw["d_model"],
-        n_layer=raw["n_layer"],
-        d_inner=_d_inner(raw),
+        **_backbone_fields(raw),
         max_seq_len=layer["l_max"],
         order=layer.get("order", 2),
         emb_dim=layer.get("emb_dim", 3),
@@ -346,7 +342,7 @@ def _build(config: HyenaLMConfig, config_file: Path, state: dict, weights_file: 
     embed_key, head_key = "backbone.embeddings.word_embeddings.weight", "lm_head.weight"
     if config.tie_embeddings and head_key in state and embed_key in state:
         if not torch.equal(state[head_key], state[embed_key]):
-            config = HyenaLMConfig(**{**config.to_dict(), "tie_embeddings": False})
+            config = dataclasses.replace(config, tie_embeddings=False)
     dtype = state[embed_key].dtype if embed_key in state else torch.float32
     with torch.device("meta"):
         expected = HyenaLM(config).state_dict()
