@@ -17,6 +17,7 @@ exactly the outputs it would get alone, and all sequences generate from the firs
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -94,6 +95,7 @@ def generate(
     generator: torch.Generator | None = None,
     streamer: Any = None,
     return_logits: bool = False,
+    compile: bool = False,
     **engine_options: int,
 ) -> torch.Tensor | GenerationOutput:
     """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
@@ -139,6 +141,12 @@ def generate(
         end.
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
+    compile : bool
+        Run the per-token forward as one ``torch.compile`` graph (``method="continuous"``): every
+        module's step is a fixed-shape function of the engine's tile index, and the host does
+        what depends on the position (the FFT levels at a tile's end) between graph calls. It is
+        compiled once per model, batch size, max length and dtype (cached across calls) and
+        gives eager's tokens; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
@@ -186,6 +194,10 @@ def generate(
     if pad_token_id is not None:
         pad_token_id = check_int(pad_token_id, "pad_token_id", None)
     put, end = _streamer_calls(streamer)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be a bool, got {compile!r}")
+    if compile and method != "continuous":
+        raise ValueError(f"compile=True supports method='continuous', got method={method!r}")
 
     # Every prompt moved to end at position p_max (left padding, which the session keeps out of
     # every convolution): one parallel prefill, then every sequence generates at every step.
@@ -204,11 +216,15 @@ def generate(
     new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     total = p_max + max_new_tokens
-    with decoding(
-        model, batch_size=batch, max_len=total - 1, method=method, **engine_options
-    ) as session:
+    with contextlib.ExitStack() as stack:
+        session = stack.enter_context(
+            decoding(model, batch_size=batch, max_len=total - 1, method=method, **engine_options)
+        )
         with session.padded(valid) if p_min < p_max else contextlib.nullcontext():
             logits = _last_logits(model(prompt), batch)  # (batch, vocab): the first new token's
+        step = compiled_model(model, device) if compile else model
+        if compile:
+            stack.enter_context(session.traced_steps())
         all_logits = (
             logits.new_full((batch, max_new_tokens, logits.shape[-1]), float("nan"))
             if return_logits
@@ -237,7 +253,9 @@ def generate(
             if eos_token_id is not None and bool(finished.all()):
                 new_tokens[:, i + 1 :] = pad_token_id
                 break
-            logits = _last_logits(model(chosen[:, None]), batch)
+            logits = _last_logits(step(chosen[:, None]), batch)
+            if compile:
+                session.advance()
     if end is not None:
         end()
     if all_logits is None:
@@ -247,6 +265,18 @@ def generate(
         after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
         all_logits.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
     return _ordinary(GenerationOutput(new_tokens, all_logits))
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_model(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """``torch.compile(model)``, one per model (dynamo then keeps a graph per batch size, max
+    length and dtype: what its guards on shapes tell apart)."""
+    if model not in _COMPILED:
+        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+        _COMPILED[model] = torch.compile(model, dynamic=False, mode=mode)
+    return _COMPILED[model]
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -137,14 +137,17 @@ def _sampling(args_temperature: float) -> dict:
 
 
 def _generate(model, prompt_ids, max_new_tokens, method, seed, sampling, streamer=None):
+    """``generate`` with ``method``, where ``"compiled"`` is continuous with ``compile=True``."""
     from futurefill.generation import generate
 
     generator = torch.Generator().manual_seed(seed)
+    compiled = method == "compiled"
     return generate(
         model,
         prompt_ids,
         max_new_tokens,
-        method=method,
+        method="continuous" if compiled else method,
+        compile=compiled,
         generator=generator,
         streamer=streamer,
         **sampling,
@@ -297,6 +300,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --compare: runs per method, taking turns; the table shows the fastest",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run each token step as one torch.compile graph (method continuous; compiles once, "
+        "tens of seconds); with --compare, an extra 'compiled' row",
+    )
+    parser.add_argument(
         "--threads",
         type=argtypes.threads,
         default=1,
@@ -399,6 +408,8 @@ def _run(args: argparse.Namespace) -> int:
         raise argtypes.UsageError(
             "--top-k and --top-p sample: they need --temperature > 0 (0 is greedy)"
         )
+    if args.compile and not args.compare and args.method != "continuous":
+        raise argtypes.UsageError("--compile runs --method continuous (the compiled step's engine)")
     model, tokenizer = _load_model(args.model)
     prompt_ids, echo = _prompt_ids(args, tokenizer)
     max_len = decoding_max_len(model)
@@ -420,12 +431,12 @@ def _run(args: argparse.Namespace) -> int:
     streamer = TextStreamer(out) if tokenizer == "bytes" else DnaStreamer(out)
     with torch.inference_mode():
         if not args.compare:
-            _generate(
-                model, prompt_ids, args.max_new_tokens, args.method, args.seed, sampling, streamer
-            )
+            method = "compiled" if args.compile else args.method
+            _generate(model, prompt_ids, args.max_new_tokens, method, args.seed, sampling, streamer)
             streamer.end()
             return 0
-        methods = (args.method, *(m for m in METHOD_ORDER if m != args.method))
+        order = (*METHOD_ORDER, "compiled") if args.compile else METHOD_ORDER
+        methods = (args.method, *(m for m in order if m != args.method))
         results = compare_methods(
             model,
             prompt_ids,
@@ -437,9 +448,7 @@ def _run(args: argparse.Namespace) -> int:
             **sampling,
         )
     streamer.end()
-    table = sorted(
-        (r for r in results if r.method in METHOD_ORDER), key=lambda r: METHOD_ORDER.index(r.method)
-    )
+    table = sorted((r for r in results if r.method in order), key=lambda r: order.index(r.method))
     runs = "1 run" if args.repeats == 1 else f"fastest of {args.repeats} runs"
     print(f"\ntime to generate after the prompt, prefill included ({runs} per method):")
     print(format_table(table))

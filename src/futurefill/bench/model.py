@@ -16,6 +16,7 @@ tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> fa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
+from futurefill.generation import compiled_model
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
 from futurefill.nn import decoding
 from futurefill.online import METHODS
@@ -45,11 +47,14 @@ RATIOS = (("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuo
 
 class CachedStepper:
     """The model's forward in a decoding session of the given method (what :func:`generate`
-    runs); ``close()`` ends the session."""
+    runs); with ``compiled``, each step is one ``torch.compile`` graph (continuous engines, as
+    ``generate(compile=True)``); ``close()`` ends the session."""
 
-    def __init__(self, model, max_len: int, batch_size: int, method: str):
+    def __init__(self, model, max_len: int, batch_size: int, method: str, compiled: bool = False):
         self.model = model
         self.session = decoding(model, batch_size=batch_size, max_len=max_len, method=method)
+        self._step = compiled_model(model, next(model.parameters()).device) if compiled else None
+        self._traced = contextlib.ExitStack()
 
     @property
     def nbytes(self) -> int:
@@ -58,14 +63,25 @@ class CachedStepper:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh session."""
-        return self.model(ids)
+        logits = self.model(ids)
+        if self._step is not None:
+            self._traced.enter_context(self.session.traced_steps())
+        return logits
 
     @torch.inference_mode()
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
         """``(B,) -> (B, vocab)``: one token per sequence."""
-        return self.model(ids_t[:, None])[:, 0]
+        if self._step is None or not self.session.traced:
+            logits = self.model(ids_t[:, None])[:, 0]  # eager (a compiled run's first chunk)
+            if self._step is not None:
+                self._traced.enter_context(self.session.traced_steps())
+            return logits
+        logits = self._step(ids_t[:, None])[:, 0]
+        self.session.advance()
+        return logits
 
     def close(self) -> None:
+        self._traced.close()
         self.session.close()
 
 
@@ -109,6 +125,9 @@ def _cached(method: str) -> Callable[[Any, int, int], Any]:
 
 MODEL_STEPPERS: dict[str, Callable[[Any, int, int], Any]] = {
     **{m: _cached(m) for m in METHODS},
+    "compiled": lambda model, max_len, batch: CachedStepper(
+        model, max_len, batch, "continuous", compiled=True
+    ),
     "recompute": RecomputeStepper,
 }
 

@@ -19,6 +19,7 @@ STYLE = {
     "epoched": ("tab:orange", "s"),
     "continuous": ("tab:blue", "^"),
     "deamortized": ("tab:green", "v"),
+    "compiled": ("tab:cyan", "P"),
     "recompute": ("tab:gray", "x"),
     "offline": ("black", "."),
 }

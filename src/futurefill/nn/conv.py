@@ -67,9 +67,23 @@ class EngineState(ModuleState):
             self.engine.reset()
         self._position = 0
 
+    def prepare_traced(self) -> None:
+        if self.engine is None or not self.engine.traceable:
+            raise ValueError(
+                f"{self.name!r}: method {self.session.method!r} has no compiled step "
+                "(compile=True supports method='continuous', after a first chunk)"
+            )
+        self.engine.prepare_traced()
+
+    def advance(self) -> None:
+        self.engine.advance()
+        self._position += 1
+
     def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
         """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first
         chunk materialises the module's filter taps at the session's ``max_len``."""
+        if self.session.traced:  # inside a compiled step: tensor operations only
+            return module.step_output(self.engine.step_traced(module.step_rows(u[:, 0])))
         # The per-token case first, with the checks it needs inline (checked in full below).
         if (
             type(u) is torch.Tensor

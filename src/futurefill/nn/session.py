@@ -91,6 +91,14 @@ class ModuleState(ABC):
     def reset(self) -> None:
         """Back to position 0 (keeping the allocations)."""
 
+    @abstractmethod
+    def prepare_traced(self) -> None:
+        """Ready the state for compiled steps (:meth:`DecodingSession.traced_steps`)."""
+
+    @abstractmethod
+    def advance(self) -> None:
+        """After a compiled step: the host's bookkeeping of one more position."""
+
 
 class DecodingModule(nn.Module, ABC):
     """Base class of the modules that keep their decoding state in a session.
@@ -171,6 +179,7 @@ class DecodingSession:
         self.method = method
         self.engine_options = {k: v for k, v in engine_options.items() if v is not None}
         self.valid: torch.Tensor | None = None  # see padded()
+        self.traced = False  # see traced_steps()
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
@@ -209,6 +218,31 @@ class DecodingSession:
             yield self
         finally:
             self.valid = None
+
+    @contextlib.contextmanager
+    def traced_steps(self) -> Iterator[DecodingSession]:
+        """Inside, a chunk of one position goes through every module by tensor operations alone,
+        without checks or Python state changes, so that ``torch.compile`` can trace the model's
+        whole per-token forward as one graph that never depends on the position; call
+        :meth:`advance` after each such step (the host's part: positions, and the FFT levels
+        that a tile's end schedules). Needs a first chunk (the engines) and engines that have a
+        traceable step (``method="continuous"``)."""
+        if self.position == 0:
+            raise RuntimeError("traced steps need a first chunk: prefill the prompt first")
+        for state in self.states.values():
+            state.prepare_traced()
+        self.traced = True
+        try:
+            yield self
+        finally:
+            self.traced = False
+
+    def advance(self) -> None:
+        """After a compiled step (see :meth:`traced_steps`): every module one position on."""
+        if self.position >= self.max_len:
+            raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
+        for state in self.states.values():
+            state.advance()
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""

@@ -44,11 +44,19 @@ class HistoryState(ModuleState):
         self._position = 0
 
     def extend(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(batch, n, channels)`` after the kept inputs; keeps the new last ones."""
+        """``x`` ``(batch, n, channels)`` after the kept inputs; keeps the new last ones (and,
+        outside a compiled step, counts them: there :meth:`advance` does)."""
         extended = torch.cat([self.history, x], dim=1)  # (batch, K - 1 + n, channels)
         self.history.copy_(extended[:, extended.shape[1] - self.history.shape[1] :])
-        self._position += x.shape[1]
+        if not self.session.traced:
+            self._position += x.shape[1]
         return extended
+
+    def prepare_traced(self) -> None:
+        """Nothing to prepare: the history's update is fixed-shape already."""
+
+    def advance(self) -> None:
+        self._position += 1
 
 
 class ShortConv(DecodingModule):
@@ -85,8 +93,9 @@ class ShortConv(DecodingModule):
         if self._state is None:
             extended = torch.cat([x.new_zeros(x.shape[0], before, x.shape[2]), x], dim=1)
         else:
-            self._state.check_input(x, self)
-            x = self._state.session.unpad(x)
+            if not self._state.session.traced:
+                self._state.check_input(x, self)
+                x = self._state.session.unpad(x)
             extended = self._state.extend(x)  # (batch, K - 1 + length, channels)
         y = torch.addcmul(self.bias, self.weight[:, 0], x)
         for j in range(1, self.kernel_size):  # taps, not channels: K - 1 = 2 in Hyena

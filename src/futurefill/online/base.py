@@ -140,6 +140,24 @@ class OnlineConvEngine(ABC):
             return y.to(self.dtype) if out is None else out.copy_(y)
         return self._step(u_t, out)
 
+    # A compiled decoding step splits step() in two: ``step_traced`` (tensor operations only, a
+    # fixed-shape function of the engine's buffers that torch.compile can trace) and
+    # ``advance`` (the host's part: the position, and the work its binary structure schedules).
+    traceable = False
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The output at the current position for ``u_t`` ``(batch, channels)``, by tensor
+        operations alone (no checks, no Python state changes); :meth:`advance` must follow."""
+        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+
+    def advance(self) -> None:
+        """After :meth:`step_traced`: move to the next position (host bookkeeping)."""
+        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+
+    def prepare_traced(self) -> None:
+        """Allocate what :meth:`step_traced` needs (once; before tracing)."""
+        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+
     def reset(self) -> None:
         """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
         self._position = 0

@@ -137,6 +137,7 @@ class ContinuousConv(TiledEngine):
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=1
         )
         self._spectra: dict[int, torch.Tensor] = {}
+        self._h_shift: torch.Tensor | None = None  # prepare_traced()
         self._reset()
 
     def _allocate(self, remaining: int) -> None:
@@ -151,6 +152,7 @@ class ContinuousConv(TiledEngine):
         # The current tile's outputs, time-major; the step's views into it built once.
         self._c_tile = self._zeros(b0, batch, channels)
         self._tile_views(self._c_tile)
+        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the tile
         levels = []
         b = b0
         while b < remaining:
@@ -166,7 +168,9 @@ class ContinuousConv(TiledEngine):
         self._allocate(self.max_len)
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self._x, self._c, self._x_tile, self._c_tile, self._h_head, *self._spectra.values()]
+        traced = [] if self._h_shift is None else [self._h_shift]
+        buffers = [self._x, self._c, self._x_tile, self._c_tile, self._h_head]
+        return [*buffers, *traced, *self._spectra.values()]
 
     def _prefill(self, u: torch.Tensor) -> torch.Tensor:
         prompt_len = u.shape[-1]
@@ -177,6 +181,36 @@ class ContinuousConv(TiledEngine):
         if remaining:
             self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
         return y
+
+    @property
+    def traceable(self) -> bool:
+        return self.compute_dtype == self.dtype
+
+    def prepare_traced(self) -> None:
+        """Build the table of shifted filters :meth:`step_traced` reads, once."""
+        if self._h_shift is None:
+            b0 = self.tile_len
+            t = torch.arange(b0, device=self.device)
+            lag = t[None, :] - t[:, None]  # [j, t] = t - j
+            table = self._h_head[:b0][lag.clamp(min=0)]  # (b0, b0, 1, D)
+            self._h_shift = table.masked_fill((lag < 0)[..., None, None], 0).contiguous()
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
+        row j of the tile, and ``h[t - j] u`` to every output t >= j of the tile (row j of the
+        table of shifted filters ``(b0, b0, 1, D)`` that :meth:`prepare_traced` builds)."""
+        j = self._j
+        self._x_tile.index_copy_(0, j, u_t.unsqueeze(0))
+        self._c_tile.addcmul_(self._h_shift.index_select(0, j).squeeze(0), u_t)
+        return self._c_tile.index_select(0, j).squeeze(0)
+
+    def advance(self) -> None:
+        self._position += 1
+        seen = self._position - self._offset
+        j = seen % self.tile_len
+        if j == 0:
+            self._end_tile(seen)
+        self._j.fill_(j)
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file the tile, run its FutureFill level."""

@@ -1,0 +1,97 @@
+"""generate(compile=True): one torch.compile graph per token step, eager's tokens, no recompiles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from futurefill import ConvLM, ConvLMConfig, decoding, generate
+from futurefill.model import MIXERS
+from futurefill.pretrained import HyenaLM, HyenaLMConfig
+
+
+def small_model(mixer: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if mixer == "hyenadna":
+        config = HyenaLMConfig(vocab_size=16, d_model=8, n_layer=1, d_inner=16, max_seq_len=400)
+        return HyenaLM(config).eval()
+    config = ConvLMConfig(d_model=8, n_layers=1, max_len=400, mixer=mixer, num_eigh=4)
+    return ConvLM(config).eval()
+
+
+@pytest.mark.parametrize("mixer", [*MIXERS, "hyenadna"])
+def test_compiled_generation_gives_eager_tokens(mixer):
+    model = small_model(mixer)
+    ids = torch.randint(0, 16, (2, 9), generator=torch.Generator().manual_seed(1))
+    eager = generate(model, ids, 40, return_logits=True)
+    compiled = generate(model, ids, 40, compile=True, return_logits=True)
+    assert torch.equal(compiled.tokens, eager.tokens)
+    assert torch.allclose(compiled.logits, eager.logits, rtol=0, atol=1e-4)
+    ragged = generate(model, ids, 12, prompt_lengths=[9, 1], compile=True)
+    assert torch.equal(ragged[1], generate(model, ids[1:, :1], 12)[0])
+
+
+def test_one_compilation_serves_a_whole_generation_and_the_next():
+    model = small_model("stu_tensordot")
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2))
+    generate(model, ids, 3, compile=True)
+    frames, graphs = counters["frames"]["total"], counters["stats"]["unique_graphs"]
+    tokens = generate(model, ids, 300, compile=True)  # longer: other buffers, same step graph
+    assert counters["frames"]["total"] == frames
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert torch.equal(tokens, generate(model, ids, 300))
+
+
+def test_compile_arguments_are_checked():
+    model = small_model("hyena")
+    ids = torch.zeros(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="compile=True supports method='continuous'"):
+        generate(model, ids, 4, compile=True, method="epoched")
+    with pytest.raises(TypeError, match="compile must be a bool"):
+        generate(model, ids, 4, compile="yes")
+    with decoding(model, batch_size=1, max_len=8) as session:
+        with pytest.raises(RuntimeError, match="traced steps need a first chunk"):
+            with session.traced_steps():
+                pass
+    with decoding(model, batch_size=1, max_len=8, method="naive") as session:
+        model(ids)
+        with pytest.raises(ValueError, match="has no compiled step"):
+            with session.traced_steps():
+                pass
+        assert not session.traced
+
+
+def test_cli_compile_prints_eager_text(capsys):
+    from futurefill.cli import main
+
+    argv = ["generate", "def ", "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(argv) == 0
+    eager = capsys.readouterr().out
+    assert main([*argv, "--compile"]) == 0
+    assert capsys.readouterr().out == eager
+    assert main([*argv, "--compile", "--method", "naive"]) == 2
+    assert "--compile runs --method continuous" in capsys.readouterr().err
+
+
+def test_bench_context_times_the_compiled_step(tmp_path):
+    from futurefill.bench import context
+
+    config = context.ContextConfig(
+        prompt_lens=(16, 64),
+        new_tokens=16,
+        methods=("continuous", "compiled"),
+        mixers=("hyena",),
+        d_model=8,
+        n_layers=1,
+        vocab_size=16,
+        repeats=1,
+        warmup_len=4,
+        threads=1,
+        progress=False,
+        out=tmp_path,
+    )
+    report = context.run(config)
+    assert not report["failures"]
+    rows = {(r["method"], r["P"]): r for r in report["rows"]}
+    assert all(r["status"] == "ok" and r["tokens_match"] for r in rows.values())
