@@ -17,7 +17,6 @@ exactly the outputs it would get alone, and all sequences generate from the firs
 from __future__ import annotations
 
 import contextlib
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -222,9 +221,10 @@ def generate(
         )
         with session.padded(valid) if p_min < p_max else contextlib.nullcontext():
             logits = _last_logits(model(prompt), batch)  # (batch, vocab): the first new token's
-        step = compiled_model(model, device) if compile else model
         if compile:
+            step = compiled_step(model, device)
             stack.enter_context(session.traced_steps())
+        greedy_next = None  # the compiled step's argmax, when greedy
         all_logits = (
             logits.new_full((batch, max_new_tokens, logits.shape[-1]), float("nan"))
             if return_logits
@@ -233,14 +233,16 @@ def generate(
         for i in range(max_new_tokens):
             if all_logits is not None:
                 all_logits[:, i].copy_(logits)
-            chosen = select_next_tokens(
-                logits,
-                do_sample=do_sample,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                generator=generator,
-            )
+            chosen = greedy_next
+            if chosen is None:
+                chosen = select_next_tokens(
+                    logits,
+                    do_sample=do_sample,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    generator=generator,
+                )
             kept = chosen
             if eos_token_id is not None:
                 kept = torch.where(finished, pad_token_id, chosen)
@@ -253,9 +255,13 @@ def generate(
             if eos_token_id is not None and bool(finished.all()):
                 new_tokens[:, i + 1 :] = pad_token_id
                 break
-            logits = _last_logits(step(chosen[:, None]), batch)
             if compile:
+                logits, greedy_next = step(chosen[:, None])
                 session.advance()
+                if do_sample:
+                    greedy_next = None
+            else:
+                logits = _last_logits(model(chosen[:, None]), batch)
     if end is not None:
         end()
     if all_logits is None:
@@ -267,16 +273,21 @@ def generate(
     return _ordinary(GenerationOutput(new_tokens, all_logits))
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+def compiled_step(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """The compiled token step of ``model``: ids ``(batch, 1)`` to the last logits
+    ``(batch, vocab)`` and their argmax ``(batch,)``. One per model, kept on the model (dynamo
+    then keeps a graph per batch size and dtype: what its guards on shapes tell apart)."""
+    step = model.__dict__.get("_futurefill_compiled_step")
+    if step is None:
 
+        def token_step(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = _last_logits(model(ids), ids.shape[0])
+            return logits, logits.argmax(dim=-1)
 
-def compiled_model(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    """``torch.compile(model)``, one per model (dynamo then keeps a graph per batch size, max
-    length and dtype: what its guards on shapes tell apart)."""
-    if model not in _COMPILED:
         mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        _COMPILED[model] = torch.compile(model, dynamic=False, mode=mode)
-    return _COMPILED[model]
+        step = torch.compile(token_step, dynamic=False, mode=mode)
+        model.__dict__["_futurefill_compiled_step"] = step  # not a submodule: no state-dict key
+    return step
 
 
 # ---------------------------------------------------------------------- argument checks

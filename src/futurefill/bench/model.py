@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.generation import compiled_model
+from futurefill.generation import compiled_step
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
 from futurefill.nn import decoding
 from futurefill.online import METHODS
@@ -53,7 +53,7 @@ class CachedStepper:
     def __init__(self, model, max_len: int, batch_size: int, method: str, compiled: bool = False):
         self.model = model
         self.session = decoding(model, batch_size=batch_size, max_len=max_len, method=method)
-        self._step = compiled_model(model, next(model.parameters()).device) if compiled else None
+        self._step = compiled_step(model, next(model.parameters()).device) if compiled else None
         self._traced = contextlib.ExitStack()
 
     @property
@@ -76,7 +76,7 @@ class CachedStepper:
             if self._step is not None:
                 self._traced.enter_context(self.session.traced_steps())
             return logits
-        logits = self._step(ids_t[:, None])[:, 0]
+        logits = self._step(ids_t[:, None])[0]
         self.session.advance()
         return logits
 
@@ -290,11 +290,14 @@ def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
 def model_peak_bytes(config: Any, length: int) -> int:
     """An upper estimate of the memory of a run of ``length`` tokens: every layer's naive engine
     (three buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by
-    every channel) and the float64 reference forward (about six activations of that size)."""
+    every channel), and the float64 reference's and the working model's parallel forward (four
+    activations of the MLP's width, 4 x d_model, each)."""
     size = common.DTYPES[config.dtype].itemsize
     filters = 48 if "stu" in config.mixers else 2  # full STU bank; Hyena's two orders
-    per_position = config.batch * config.d_model * filters
-    return length * per_position * (3 * size * config.n_layers + 6 * 8)
+    width = config.batch * config.d_model
+    engines = 3 * size * config.n_layers * width * filters
+    forwards = 4 * (8 + size) * 4 * width
+    return length * (engines + forwards)
 
 
 def peak_bytes(config: ModelConfig) -> int:
