@@ -144,8 +144,9 @@ def generate(
         Run the per-token forward as one ``torch.compile`` graph (``method="continuous"``): every
         module's step is a fixed-shape function of the engine's tile index, and the host does
         what depends on the position (the FFT levels at a tile's end) between graph calls. It is
-        compiled once per model, batch size, max length and dtype (cached across calls) and
-        gives eager's tokens; on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
+        compiled once per model, batch size and dtype (kept across calls, whatever the prompt
+        and generation lengths) and gives eager's tokens (greedy's argmax is in the graph);
+        on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
