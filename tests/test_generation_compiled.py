@@ -54,6 +54,11 @@ def test_compile_arguments_are_checked():
         with pytest.raises(RuntimeError, match="traced steps need a first chunk"):
             with session.traced_steps():
                 pass
+    with decoding(model, batch_size=1, max_len=8) as session:
+        model(ids)
+        with session.traced_steps():
+            with pytest.raises(ValueError, match="traced steps take one position per chunk"):
+                model(ids)
     with decoding(model, batch_size=1, max_len=8, method="naive") as session:
         model(ids)
         with pytest.raises(ValueError, match="has no compiled step"):

@@ -83,6 +83,8 @@ class EngineState(ModuleState):
         """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first
         chunk materialises the module's filter taps at the session's ``max_len``."""
         if self.session.traced:  # inside a compiled step: tensor operations only
+            if u.shape[1] != 1:  # static under torch.compile: no cost in the graph
+                raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
             return module.step_output(self.engine.step_traced(module.step_rows(u[:, 0])))
         # The per-token case first, with the checks it needs inline (checked in full below).
         if (

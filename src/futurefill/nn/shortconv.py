@@ -96,6 +96,8 @@ class ShortConv(DecodingModule):
             if not self._state.session.traced:
                 self._state.check_input(x, self)
                 x = self._state.session.unpad(x)
+            elif length != 1:  # static under torch.compile: no cost in the graph
+                raise ValueError(f"traced steps take one position per chunk, got {length}")
             extended = self._state.extend(x)  # (batch, K - 1 + length, channels)
         y = torch.addcmul(self.bias, self.weight[:, 0], x)
         for j in range(1, self.kernel_size):  # taps, not channels: K - 1 = 2 in Hyena
