@@ -75,9 +75,10 @@ class EngineState(ModuleState):
             )
         self.engine.prepare_traced()
 
-    def advance(self) -> None:
-        self.engine.advance()
+    def advance(self) -> OnlineConvEngine | None:
+        """One position on; the engine when its tile ended (the session batches those)."""
         self._position += 1
+        return self.engine if self.engine.advance(defer_tile_end=True) else None
 
     def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
         """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.online import check_engine_options
+from futurefill.online import check_engine_options, end_tiles
 
 __all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "decoding_max_len"]
 
@@ -96,8 +96,9 @@ class ModuleState(ABC):
         """Ready the state for compiled steps (:meth:`DecodingSession.traced_steps`)."""
 
     @abstractmethod
-    def advance(self) -> None:
-        """After a compiled step: the host's bookkeeping of one more position."""
+    def advance(self) -> object | None:
+        """After a compiled step: the host's bookkeeping of one more position; returns an
+        engine whose tile ended (its level left to :meth:`DecodingSession.advance`), or None."""
 
 
 class DecodingModule(nn.Module, ABC):
@@ -241,8 +242,9 @@ class DecodingSession:
         """After a compiled step (see :meth:`traced_steps`): every module one position on."""
         if self.position >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
-        for state in self.states.values():
-            state.advance()
+        ended = [engine for state in self.states.values() if (engine := state.advance())]
+        if ended:
+            end_tiles(ended)  # every layer's level in one FFT call per level
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""

@@ -22,7 +22,12 @@ import torch
 
 from futurefill.checks import check_int
 from futurefill.online.base import OnlineConvEngine
-from futurefill.online.continuous import ContinuousConv, check_tile_len, default_tile_len
+from futurefill.online.continuous import (
+    ContinuousConv,
+    check_tile_len,
+    default_tile_len,
+    end_tiles,
+)
 from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
@@ -38,6 +43,7 @@ __all__ = [
     "check_engine_options",
     "default_epoch_len",
     "default_tile_len",
+    "end_tiles",
 ]
 
 METHODS = ("naive", "epoched", "continuous", "deamortized")

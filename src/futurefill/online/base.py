@@ -150,8 +150,9 @@ class OnlineConvEngine(ABC):
         operations alone (no checks, no Python state changes); :meth:`advance` must follow."""
         raise NotImplementedError(f"{type(self).__name__} has no traceable step")
 
-    def advance(self) -> None:
-        """After :meth:`step_traced`: move to the next position (host bookkeeping)."""
+    def advance(self, *, defer_tile_end: bool = False) -> bool:
+        """After :meth:`step_traced`: move to the next position (host bookkeeping); True when
+        work the position schedules was left to the caller (``defer_tile_end``)."""
         raise NotImplementedError(f"{type(self).__name__} has no traceable step")
 
     def prepare_traced(self) -> None:

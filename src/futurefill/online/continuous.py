@@ -22,6 +22,7 @@ Filter spectra for every level (rfft of ``h[0 : 2b]`` at length 2b) are computed
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 
 import torch
 
@@ -204,23 +205,50 @@ class ContinuousConv(TiledEngine):
         self._c_tile.addcmul_(self._h_shift.index_select(0, j).squeeze(0), u_t)
         return self._c_tile.index_select(0, j).squeeze(0)
 
-    def advance(self) -> None:
+    def advance(self, *, defer_tile_end: bool = False) -> bool:
+        """After :meth:`step_traced`: one position on; at a tile's end its level runs, unless
+        ``defer_tile_end`` (then it returns True and the caller runs :func:`end_tiles`)."""
         self._position += 1
-        seen = self._position - self._offset
-        j = seen % self.tile_len
-        if j == 0:
-            self._end_tile(seen)
+        j = (self._position - self._offset) % self.tile_len
         self._j.fill_(j)
+        if j != 0:
+            return False
+        if not defer_tile_end:
+            self._end_tile(self._position - self._offset)
+        return True
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file the tile, run its FutureFill level."""
-        b0 = self.tile_len
-        self._x[..., seen - b0 : seen].copy_(self._x_tile.permute(1, 2, 0))
-        if seen >= self._remaining:
-            return
-        # Block x[seen-b : seen] -> outputs seen .. seen+b-1; b: largest power of 2 dividing seen.
+        end_tiles([self])
+
+
+def end_tiles(engines: Sequence[ContinuousConv]) -> None:
+    """The tile ends of ``engines``, each having just completed a tile: file every tile, then
+    run the FutureFill levels with one FFT call per group of engines at the same local step and
+    of the same shape (the layers of a model share the schedule, so one call per level serves
+    them all: cross-layer batching).
+
+    Level: the block ``x[seen-b : seen]`` (b the largest power of two dividing ``seen``) adds
+    its contribution to outputs ``seen .. seen+b-1`` by an FFT of length 2b.
+    """
+    groups: dict[tuple, list[ContinuousConv]] = {}
+    for engine in engines:
+        seen, b0 = engine._position - engine._offset, engine.tile_len
+        engine._x[..., seen - b0 : seen].copy_(engine._x_tile.permute(1, 2, 0))
+        if seen < engine._remaining:
+            key = (seen, b0, tuple(engine._x.shape), engine._x.dtype, engine.device)
+            groups.setdefault(key, []).append(engine)
+    for (seen, b0, *_), group in groups.items():
         b = seen & -seen
-        spec = torch.fft.rfft(self._x[..., seen - b : seen], n=2 * b).mul_(self._spectra[b])
-        keep = min(b, self._c.shape[-1] - seen)
-        self._c[..., seen : seen + keep] += torch.fft.irfft(spec, n=2 * b)[..., b : b + keep]
-        self._c_tile.copy_(self._c[..., seen : seen + b0].permute(2, 0, 1))
+        if len(group) == 1:  # views, no stacking copies
+            blocks = group[0]._x[None, ..., seen - b : seen]
+            spectra = group[0]._spectra[b][None]
+        else:
+            blocks = torch.stack([e._x[..., seen - b : seen] for e in group])
+            spectra = torch.stack([e._spectra[b] for e in group])
+        spec = torch.fft.rfft(blocks, n=2 * b).mul_(spectra.unsqueeze(1))  # (E, B, D, b + 1)
+        future = torch.fft.irfft(spec, n=2 * b)
+        keep = min(b, group[0]._c.shape[-1] - seen)
+        for engine, y in zip(group, future, strict=True):
+            engine._c[..., seen : seen + keep] += y[..., b : b + keep]
+            engine._c_tile.copy_(engine._c[..., seen : seen + b0].permute(2, 0, 1))

@@ -1,0 +1,83 @@
+"""The continuous engine's traced step (fixed-shape, for torch.compile) and cross-layer
+batched tile ends, against the float64 offline convolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from futurefill.online import ContinuousConv, NaiveConv, end_tiles
+from reference import decaying_filter, random_input, reference_conv, rel_err
+
+
+def run_traced(engines, inputs, prompt_len):
+    """Prefill, then traced steps with the tile ends of all engines batched; outputs per engine."""
+    outputs = [
+        [e.prefill(u[..., :prompt_len])] if prompt_len else []
+        for e, u in zip(engines, inputs, strict=True)
+    ]
+    for e in engines:
+        e.prepare_traced()
+    for t in range(prompt_len, inputs[0].shape[-1]):
+        for e, u, out in zip(engines, inputs, outputs, strict=True):
+            out.append(e.step_traced(u[..., t].contiguous()).unsqueeze(-1))
+        ended = [e for e in engines if e.advance(defer_tile_end=True)]
+        if ended:
+            end_tiles(ended)
+    return [torch.cat(out, dim=-1) for out in outputs]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    length=st.integers(2, 90),
+    prompt_frac=st.floats(0, 1),
+    batch=st.integers(1, 3),
+    tile_len=st.sampled_from([1, 2, 4, 8]),
+    seed=st.integers(0, 2**16),
+)
+def test_batched_traced_steps_match_the_float64_reference(
+    length, prompt_frac, batch, tile_len, seed
+):
+    channels = 3
+    prompt_len = min(round(prompt_frac * length), length - 1)
+    filters = [decaying_filter(channels, length, seed=seed + k) for k in range(3)]
+    inputs = [random_input(batch, channels, length, seed=seed + 10 + k) for k in range(3)]
+    engines = [
+        ContinuousConv(h, max_len=length, batch_size=batch, tile_len=tile_len) for h in filters
+    ]
+    for y, h, u in zip(run_traced(engines, inputs, prompt_len), filters, inputs, strict=True):
+        assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
+
+
+def test_feedback_loop_through_traced_steps():
+    """u[t + 1] = tanh(y[t]) for two engines of one 'model', tile ends batched."""
+    length, channels = 70, 4
+    filters = [decaying_filter(channels, length, seed=k) for k in range(2)]
+    engines = [ContinuousConv(h, max_len=length, tile_len=4) for h in filters]
+    first = engines[0].prefill(torch.ones(1, channels, 1, dtype=torch.float64))
+    second = engines[1].prefill(torch.tanh(first))
+    for e in engines:
+        e.prepare_traced()
+    u = [torch.ones(1, channels, 1, dtype=torch.float64), torch.tanh(first)]
+    ys = [first, second]
+    for _ in range(length - 1):
+        a = engines[0].step_traced(torch.tanh(ys[1][..., -1]))
+        b = engines[1].step_traced(torch.tanh(a))
+        u[0] = torch.cat([u[0], torch.tanh(ys[1][..., -1:])], dim=-1)
+        u[1] = torch.cat([u[1], torch.tanh(a).unsqueeze(-1)], dim=-1)
+        ys = [torch.cat([ys[0], a.unsqueeze(-1)], -1), torch.cat([ys[1], b.unsqueeze(-1)], -1)]
+        ended = [e for e in engines if e.advance(defer_tile_end=True)]
+        if ended:
+            end_tiles(ended)
+    for y, h, inputs in zip(ys, filters, u, strict=True):
+        assert rel_err(y, reference_conv(inputs.numpy(), h.numpy())) < 1e-10
+
+
+def test_engines_without_a_traced_step_say_so():
+    assert not ContinuousConv(torch.randn(2, 8, dtype=torch.bfloat16), max_len=8).traceable
+    naive = NaiveConv(torch.randn(2, 8), max_len=8)
+    assert not naive.traceable
+    with pytest.raises(NotImplementedError, match="NaiveConv has no traceable step"):
+        naive.step_traced(torch.zeros(1, 2))
