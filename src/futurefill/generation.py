@@ -28,7 +28,10 @@ from futurefill.model import check_token_ids
 from futurefill.nn import decoding, decoding_max_len
 from futurefill.online import ENGINE_OPTIONS, engine_options_text
 
-__all__ = ["GenerationOutput", "generate", "select_next_tokens"]
+__all__ = ["COMPILED_METHODS", "GenerationOutput", "generate", "select_next_tokens"]
+
+# Engines with a traced step (see futurefill.nn.DecodingSession.traced_steps).
+COMPILED_METHODS = ("continuous", "epoched")
 
 
 class GenerationOutput(NamedTuple):
@@ -141,9 +144,10 @@ def generate(
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
     compile : bool
-        Run the per-token forward as one ``torch.compile`` graph (``method="continuous"``): every
-        module's step is a fixed-shape function of the engine's tile index, and the host does
-        what depends on the position (the FFT levels at a tile's end) between graph calls. It is
+        Run the per-token forward as one ``torch.compile`` graph (``method`` continuous or
+        epoched): every module's step is a fixed-shape function of the engine's index in its
+        tile or epoch, and the host does what depends on the position (the FFT levels at a
+        tile's end, batched across layers; the epoch refills) between graph calls. It is
         compiled once per model, batch size and dtype (kept across calls, whatever the prompt
         and generation lengths) and gives eager's tokens (greedy's argmax is in the graph);
         on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
@@ -196,8 +200,10 @@ def generate(
     put, end = _streamer_calls(streamer)
     if not isinstance(compile, bool):
         raise TypeError(f"compile must be a bool, got {compile!r}")
-    if compile and method != "continuous":
-        raise ValueError(f"compile=True supports method='continuous', got method={method!r}")
+    if compile and method not in COMPILED_METHODS:
+        raise ValueError(
+            f"compile=True supports method in {COMPILED_METHODS}, got method={method!r}"
+        )
 
     # Every prompt moved to end at position p_max (left padding, which the session keeps out of
     # every convolution): one parallel prefill, then every sequence generates at every step.

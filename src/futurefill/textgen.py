@@ -136,18 +136,20 @@ def _sampling(args_temperature: float) -> dict:
     return {"temperature": args_temperature}
 
 
-def _generate(model, prompt_ids, max_new_tokens, method, seed, sampling, streamer=None):
+def _generate(
+    model, prompt_ids, max_new_tokens, method, seed, sampling, streamer=None, compile=False
+):
     """``generate`` with ``method``, where ``"compiled"`` is continuous with ``compile=True``."""
     from futurefill.generation import generate
 
     generator = torch.Generator().manual_seed(seed)
-    compiled = method == "compiled"
+    compile = compile or method == "compiled"
     return generate(
         model,
         prompt_ids,
         max_new_tokens,
-        method="continuous" if compiled else method,
-        compile=compiled,
+        method="continuous" if method == "compiled" else method,
+        compile=compile,
         generator=generator,
         streamer=streamer,
         **sampling,
@@ -302,8 +304,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run each token step as one torch.compile graph (method continuous; compiles once, "
-        "tens of seconds); with --compare, an extra 'compiled' row",
+        help="run each token step as one torch.compile graph (methods continuous and epoched; "
+        "compiles once, tens of seconds); with --compare, an extra 'compiled' (continuous) row",
     )
     parser.add_argument(
         "--threads",
@@ -402,14 +404,17 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor,
 
 
 def _run(args: argparse.Namespace) -> int:
+    from futurefill.generation import COMPILED_METHODS
     from futurefill.nn import decoding_max_len
 
     if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
         raise argtypes.UsageError(
             "--top-k and --top-p sample: they need --temperature > 0 (0 is greedy)"
         )
-    if args.compile and not args.compare and args.method != "continuous":
-        raise argtypes.UsageError("--compile runs --method continuous (the compiled step's engine)")
+    if args.compile and not args.compare and args.method not in COMPILED_METHODS:
+        raise argtypes.UsageError(
+            f"--compile runs --method {' or '.join(COMPILED_METHODS)} (engines with a traced step)"
+        )
     model, tokenizer = _load_model(args.model)
     prompt_ids, echo = _prompt_ids(args, tokenizer)
     max_len = decoding_max_len(model)
@@ -431,8 +436,16 @@ def _run(args: argparse.Namespace) -> int:
     streamer = TextStreamer(out) if tokenizer == "bytes" else DnaStreamer(out)
     with torch.inference_mode():
         if not args.compare:
-            method = "compiled" if args.compile else args.method
-            _generate(model, prompt_ids, args.max_new_tokens, method, args.seed, sampling, streamer)
+            _generate(
+                model,
+                prompt_ids,
+                args.max_new_tokens,
+                args.method,
+                args.seed,
+                sampling,
+                streamer,
+                compile=args.compile,
+            )
             streamer.end()
             return 0
         order = (*METHOD_ORDER, "compiled") if args.compile else METHOD_ORDER

@@ -77,6 +77,7 @@ class EpochedConv(OnlineConvEngine):
         self._cache_rests = [self._cache[j:] for j in range(e)]  # outputs j .. E-1 of the epoch
         self._h_rests = [self._h_head[: e - j] for j in range(e)]
         self._epoch_start = 0
+        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the epoch
 
     def _buffers(self) -> list[torch.Tensor]:
         buffers = [self._x, self._x_epoch, self._cache, self._h_padded, self._h_head]
@@ -108,6 +109,35 @@ class EpochedConv(OnlineConvEngine):
         future = torch.fft.irfft(spec, n=n)[..., seen : seen + self.epoch_len]
         self._cache.copy_(future.permute(2, 0, 1))
         self._epoch_start = seen
+
+    @property
+    def traceable(self) -> bool:
+        return self.compute_dtype == self.dtype
+
+    def prepare_traced(self) -> None:
+        """Nothing to build: the traced push gathers the filter by lag at each step."""
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The epoch step as a fixed-shape function of the index tensor ``_j``: the input goes to
+        row j of the epoch, and ``h[t - j] u`` to every output t >= j of the cache (the filter
+        gathered by lag, zero for t < j)."""
+        j = self._j
+        self._x_epoch.index_copy_(0, j, u_t.unsqueeze(0))
+        lag = torch.arange(self.epoch_len, device=self.device) - j  # (E,)
+        head = self._h_head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1)
+        self._cache.addcmul_(head, u_t)
+        return self._cache.index_select(0, j).squeeze(0)
+
+    def advance(self, *, defer_tile_end: bool = False) -> bool:
+        """After :meth:`step_traced`: one position on, refilling the cache at an epoch's end
+        (never deferred: nothing is left to the caller)."""
+        self._position += 1
+        j = self._position - self._epoch_start
+        if j == self.epoch_len and self._position < self.max_len:
+            self._refill(self._position)
+            j = 0
+        self._j.fill_(j)
+        return False
 
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         j = self._position - self._epoch_start
