@@ -15,6 +15,11 @@ Position-wise layers (Linear, norms, activations, gating) need nothing: they see
 session allocates each module's state when it opens (short-conv histories) or at the module's first
 chunk (engines, sized by the filter taps materialised once at ``max_len``), never per step.
 
+Two modes serve :func:`futurefill.generate`: ``session.padded(valid)`` (left padding kept out of
+every convolution, so ragged prompts prefill in one pass) and ``session.traced_steps()`` with
+``session.advance()`` (one-position chunks as tensor operations alone, for ``torch.compile``;
+the host advances positions and runs what they schedule).
+
 Every module checks its chunk before its state changes: the session's batch size, room left
 before ``max_len``, and the same dtype and device as the session's first chunk (a model cast or
 moved during a session gets an error saying so). Since every module of a model sees a chunk of
