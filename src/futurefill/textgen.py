@@ -322,6 +322,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="checkpoint directory: futurefill's own, HyenaDNA (HF port or original release); "
         "default: the bundled demo model",
     )
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="open pickled weights (.ckpt/.bin) that hold objects besides tensors, such as the "
+        "original HyenaDNA release's Lightning checkpoints: this runs code from the file, so "
+        "only for files you trust",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -348,7 +355,7 @@ class DnaStreamer:
 DNA_LETTERS = frozenset("ACGTNRYKMSWBDHV")
 
 
-def _load_model(directory: str | None):
+def _load_model(directory: str | None, trust_pickle: bool = False):
     """The model and its tokenizer's name ("bytes" or "dna"); UsageError for a bad checkpoint."""
     from futurefill.pretrained import CheckpointError, detect_format, load_pretrained
 
@@ -361,7 +368,7 @@ def _load_model(directory: str | None):
                 f"argument --model: {directory} is a safari Hyena LM, which uses the GPT-2 "
                 "tokenizer (not bundled): call futurefill.generate from Python with its ids"
             )
-        model = load_pretrained(directory)
+        model = load_pretrained(directory, trust_pickle=trust_pickle)
     except (CheckpointError, FileNotFoundError) as exc:
         raise argtypes.UsageError(f"argument --model: {exc}") from None
     return model, "bytes" if format == "futurefill" else "dna"
@@ -415,7 +422,7 @@ def _run(args: argparse.Namespace) -> int:
         raise argtypes.UsageError(
             f"--compile runs --method {' or '.join(COMPILED_METHODS)} (engines with a traced step)"
         )
-    model, tokenizer = _load_model(args.model)
+    model, tokenizer = _load_model(args.model, args.trust_pickle)
     prompt_ids, echo = _prompt_ids(args, tokenizer)
     max_len = decoding_max_len(model)
     if max_len is not None and prompt_ids.shape[1] + args.max_new_tokens > max_len:

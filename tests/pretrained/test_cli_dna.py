@@ -98,3 +98,19 @@ def test_tokens_equal_the_python_api_for_a_one_token_prompt():
         for _ in range(8):
             ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
     assert torch.equal(tokens, ids[:, 1:])
+
+
+def test_trust_pickle_opens_a_lightning_checkpoint_with_objects(tmp_path, capsys):
+    import shutil
+
+    directory = shutil.copytree(FIXTURES / "hyenadna-order2", tmp_path / "release")
+    content = torch.load(directory / "weights.ckpt")
+    content["hyper_parameters"] = Path("an/object")  # as Lightning stores its config
+    torch.save(content, directory / "weights.ckpt")
+    argv = ["generate", "ACGT", "--model", str(directory), "--max-new-tokens", "5"]
+    assert main([*argv, "--temperature", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--trust-pickle" in err[0]
+    assert main([*argv, "--temperature", "0", "--trust-pickle"]) == 0
+    expected = expected_text(str(FIXTURES / "hyenadna-order2"), "ACGT", 5)
+    assert capsys.readouterr().out == "ACGT" + expected + "\n"

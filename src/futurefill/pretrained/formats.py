@@ -317,7 +317,8 @@ def _read_weights(directory: Path, format: str, trust_pickle: bool) -> tuple[dic
         except pickle.UnpicklingError as exc:
             raise CheckpointError(
                 f"{file} holds objects besides tensors; if you trust it, load with "
-                f"trust_pickle=True (runs code from the file): {str(exc).splitlines()[0]}"
+                "trust_pickle=True (--trust-pickle on the command line; it runs code from the "
+                f"file): {str(exc).splitlines()[0]}"
             ) from exc
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
             raise CheckpointError(f"{file} is truncated or corrupt: {exc}") from exc
