@@ -91,3 +91,15 @@ def test_bench_all_writes_every_benchmark(bench, out_dir, monkeypatch):
     assert len(pngs) == 13
     for png in out_dir.glob("*.png"):
         bench.assert_png(png)
+
+
+def test_compile_adds_the_compiled_method():
+    from futurefill.bench.cli import resolve_config
+    from futurefill.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "context", "--compile", "--no-progress"])
+    assert resolve_config("context", args).methods == ("naive", "epoched", "continuous", "compiled")
+    args = build_parser().parse_args(
+        ["bench", "model", "--methods", "naive", "compiled", "--compile"]
+    )
+    assert resolve_config("model", args).methods == ("naive", "compiled")

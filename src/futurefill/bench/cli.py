@@ -231,6 +231,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(model, "model")
     _add_lengths(model, "model", "generated lengths (context)")
     _add_names(model, "model", "methods", tuple(_module("model").MODEL_STEPPERS))
+    model.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the compiled token step (adds the method 'compiled': continuous, one "
+        "torch.compile graph per token; default: off)",
+    )
     _add_sizes(model, "model")
     _add_slope(model, "model")
     model.set_defaults(func=_run_one, bench="model")
@@ -255,6 +261,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokens K decoded at each P" + _default("context", "new_tokens"),
     )
     _add_names(context, "context", "methods", tuple(_module("model").MODEL_STEPPERS))
+    context.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the compiled token step (adds the method 'compiled': continuous, one "
+        "torch.compile graph per token; default: off)",
+    )
     _add_sizes(context, "context")
     context.set_defaults(func=_run_one, bench="context")
 
@@ -339,6 +351,10 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
             raise argtypes.UsageError(f"--min-log2 {lo} is above --max-log2 {hi}")
         given["lengths"] = _pow2(lo, hi)
     values.update(given)
+    if getattr(args, "compile", False):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        methods = tuple(values.get("methods") or defaults["methods"])
+        values["methods"] = methods if "compiled" in methods else (*methods, "compiled")
     for key, value in values.items():
         if isinstance(value, list):
             values[key] = tuple(value)
