@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from futurefill import METHODS, generate, load_pretrained
-from futurefill.pretrained import CheckpointError, HyenaLM, detect_format
+from futurefill.pretrained import CheckpointError, HyenaLM, detect_format, save_hyenalm
 from futurefill.testing import assert_decoding_matches_forward
 from pretrained.checkpoints import random_hyena_lm, write_hf, write_hyenadna, write_safari
 
@@ -109,6 +109,22 @@ def test_each_layout_loads_to_the_same_logits(tmp_path, writer, options, semanti
     with torch.no_grad():
         assert rel_err(loaded(ids), model(ids)) < 1e-6
     assert loaded.config.tie_embeddings == model.config.tie_embeddings
+
+
+@pytest.mark.parametrize("case", ["hyenadna-order2", "safari-order3", "hyenadna-hf"])
+def test_a_converted_checkpoint_loads_from_safetensors_bit_identical(tmp_path, case):
+    model = load_pretrained(FIXTURES / case)
+    directory = save_hyenalm(model, tmp_path / "converted")
+    assert detect_format(directory) == "futurefill-hyenalm"
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
+    again = load_pretrained(directory)
+    assert again.config == model.config
+    ids = torch.load(FIXTURES / f"{case}.reference.pt")["ids"]
+    with torch.no_grad():
+        assert torch.equal(again(ids), model(ids))
+    edit_config(directory, n_heads=4)
+    with pytest.raises(CheckpointError, match=r"config\.json: unknown field: 'n_heads'"):
+        load_pretrained(directory)
 
 
 def test_untied_head_in_an_original_checkpoint_stays_untied(tmp_path):

@@ -2,7 +2,13 @@
 port or original release, the safari Hyena LMs, futurefill's own ConvLM) into a model that
 :func:`futurefill.generate` decodes exactly with every method."""
 
-from futurefill.pretrained.formats import FORMATS, CheckpointError, detect_format, load_pretrained
+from futurefill.pretrained.formats import (
+    FORMATS,
+    CheckpointError,
+    detect_format,
+    load_pretrained,
+    save_hyenalm,
+)
 from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
 
 __all__ = [
@@ -12,4 +18,5 @@ __all__ = [
     "HyenaLMConfig",
     "detect_format",
     "load_pretrained",
+    "save_hyenalm",
 ]

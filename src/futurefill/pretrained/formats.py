@@ -43,9 +43,10 @@ import yaml
 
 from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
 
-__all__ = ["FORMATS", "CheckpointError", "detect_format", "load_pretrained"]
+__all__ = ["FORMATS", "CheckpointError", "detect_format", "load_pretrained", "save_hyenalm"]
 
-FORMATS = ("futurefill", "hyenadna-hf", "hyenadna", "safari")
+FORMATS = ("futurefill", "futurefill-hyenalm", "hyenadna-hf", "hyenadna", "safari")
+HYENALM_MODEL_TYPE = "futurefill-hyenalm"  # config.json of HyenaLM.save
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Options of the public Hyena operator that no released checkpoint uses and this loader does not
 # implement: (config key, the value it must have).
@@ -75,10 +76,13 @@ def detect_format(path: str | Path) -> str:
         model_type = config.get("model_type")
         if model_type == "hyenadna":
             return "hyenadna-hf"
+        if model_type == HYENALM_MODEL_TYPE:
+            return HYENALM_MODEL_TYPE
         if model_type is not None:
             raise CheckpointError(
                 f"{config_json}: model_type {model_type!r} is not supported (supported: "
-                "'hyenadna', or the HyenaDNA/safari training configs, or a futurefill ConvLM)"
+                f"'hyenadna', {HYENALM_MODEL_TYPE!r}, the HyenaDNA/safari training configs, or a "
+                "futurefill ConvLM)"
             )
         if (directory / "model.safetensors").is_file() and "layer" not in config:
             return "futurefill"
@@ -144,6 +148,30 @@ def load_pretrained(
     return model.eval()
 
 
+def save_hyenalm(model: HyenaLM, path: str | Path) -> Path:
+    """Write ``model`` as ``config.json`` + ``model.safetensors`` (format
+    ``futurefill-hyenalm``): a pickled checkpoint converted once loads without ``trust_pickle``.
+    Shared tensors are stored once (the Sin ``freq`` of each filter, a tied head)."""
+    from safetensors.torch import save_file
+
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    state, kept = {}, set()
+    for key, value in model.state_dict().items():
+        if key.endswith(".freq"):
+            owner = key.split(".implicit_filter.")[0]
+            if owner in kept:
+                continue
+            kept.add(owner)
+        if key == "lm_head.weight" and model.config.tie_embeddings:
+            continue
+        state[key] = value.detach().contiguous().clone()
+    save_file(state, str(directory / "model.safetensors"))
+    config = {"model_type": HYENALM_MODEL_TYPE, **dataclasses.asdict(model.config)}
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
 # --------------------------------------------------------------------------- files
 
 
@@ -184,11 +212,16 @@ def _read_config(directory: Path, format: str) -> tuple[HyenaLMConfig, Path]:
         raise CheckpointError(f"checkpoint file not found: {file}")
     raw = read_mapping(file)
     try:
+        if format == HYENALM_MODEL_TYPE:
+            fields = {k: v for k, v in raw.items() if k != "model_type"}
+            return HyenaLMConfig(**fields), file
         if format == "hyenadna-hf":
             return _hf_config(raw), file
         return _training_config(raw.get("model_config", raw), format), file
     except (KeyError, TypeError, ValueError) as exc:
         message = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        if isinstance(exc, TypeError) and "unexpected keyword" in message:
+            message = f"unknown field: {message.split('argument ')[-1]}"
         raise CheckpointError(f"{file}: {message}") from None
 
 
@@ -281,6 +314,11 @@ def _training_config(raw: Mapping[str, Any], format: str) -> HyenaLMConfig:
 
 
 def _weights_file(directory: Path, format: str) -> Path:
+    if format == HYENALM_MODEL_TYPE:
+        file = directory / "model.safetensors"
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint file not found: {file}")
+        return file
     if format == "hyenadna-hf":
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (directory / name).is_file():
