@@ -144,6 +144,8 @@ class DecodingSession:
     batch_size, max_len, method : as given.
     engine_options : dict, ``epoch_len`` or ``tile_len`` for every engine.
     states : dict, module name -> :class:`ModuleState`.
+    valid : bool Tensor (batch, n) or None, the padding mask inside :meth:`padded`.
+    traced : bool, whether inside :meth:`traced_steps`.
     """
 
     def __init__(
