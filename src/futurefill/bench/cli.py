@@ -183,6 +183,15 @@ def _add_names(p: argparse.ArgumentParser, bench: str, field: str, names: Sequen
     )
 
 
+def _add_compile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the compiled token step (adds the method 'compiled': continuous, one "
+        "torch.compile graph per token; default: off)",
+    )
+
+
 def _add_slope(p: argparse.ArgumentParser, bench: str) -> None:
     p.add_argument(
         "--slope-from",
@@ -231,12 +240,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_common(model, "model")
     _add_lengths(model, "model", "generated lengths (context)")
     _add_names(model, "model", "methods", tuple(_module("model").MODEL_STEPPERS))
-    model.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time the compiled token step (adds the method 'compiled': continuous, one "
-        "torch.compile graph per token; default: off)",
-    )
+    _add_compile(model)
     _add_sizes(model, "model")
     _add_slope(model, "model")
     model.set_defaults(func=_run_one, bench="model")
@@ -261,12 +265,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tokens K decoded at each P" + _default("context", "new_tokens"),
     )
     _add_names(context, "context", "methods", tuple(_module("model").MODEL_STEPPERS))
-    context.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time the compiled token step (adds the method 'compiled': continuous, one "
-        "torch.compile graph per token; default: off)",
-    )
+    _add_compile(context)
     _add_sizes(context, "context")
     context.set_defaults(func=_run_one, bench="context")
 

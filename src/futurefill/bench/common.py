@@ -687,6 +687,35 @@ def notes(
     return lines
 
 
+Column = tuple[str, str, Callable[[dict[str, Any]], str]]  # header, method, format of an ok row
+
+
+def method_grid(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    columns: Sequence[Column],
+    pairs: Sequence[tuple[str, str]] = (),
+    ratio_key: str = "total_s",
+) -> tuple[list[str], list[list[str]]]:
+    """Header and body of a table with a line per value of the rows' ``keys``: per column the
+    formatted row of its method (the first word of its status when not ok), then for each pair
+    ``a/b`` the ratio of their ``ratio_key`` where both are ok."""
+    by = {(r["method"], *(r[k] for k in keys)): r for r in rows}
+    header = [*keys, *(name for name, _, _ in columns), *(f"{a}/{b}" for a, b in pairs)]
+    body = []
+    for size in sorted({tuple(r[k] for k in keys) for r in rows}):
+        line = [str(v) for v in size]
+        for _, method, fmt in columns:
+            r = by[(method, *size)]
+            line.append(fmt(r) if r["status"] == "ok" else r["status"].split(" ")[0])
+        for a, b in pairs:
+            ra, rb = by[(a, *size)], by[(b, *size)]
+            both = ra["status"] == "ok" and rb["status"] == "ok"
+            line.append(fmt_ratio(ra[ratio_key], rb[ratio_key]) if both else "-")
+        body.append(line)
+    return header, body
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A pipe table, padded so it reads on a terminal and renders in Markdown."""
     widths = [len(h) for h in header]

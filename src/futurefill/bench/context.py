@@ -313,56 +313,33 @@ def table(report: dict[str, Any]) -> str:
         "",
     ]
 
-    def status(r: dict[str, Any]) -> str:
-        return r["status"].split(" ")[0]
-
+    speed = [(f"{m} tok/s", m, lambda r: f"{r['tokens_per_s']:.0f}") for m in methods]
+    memory = [(f"{m} prefill", m, lambda r: common.fmt_seconds(r["prefill_s"])) for m in methods]
+    memory += [
+        (
+            f"{m} cache (prefilled / peak)",
+            m,
+            lambda r: (
+                f"{common.fmt_bytes(r['cache_bytes_after_prefill'])} / "
+                f"{common.fmt_bytes(r['peak_cache_bytes'])}"
+            ),
+        )
+        for m in methods
+        if m != "recompute"
+    ]
     for mixer in cfg["mixers"]:
-        by = {(r["method"], r["P"]): r for r in rows if r["mixer"] == mixer}
-        prompt_lens = sorted({p for _, p in by})
-        header = ["P", *(f"{m} tok/s" for m in methods)]
-        header += [f"{a}/{b}" for a, b in pairs]
-        body = []
-        for p in prompt_lens:
-            line = [str(p)]
-            for m in methods:
-                r = by[(m, p)]
-                line.append(f"{r['tokens_per_s']:.0f}" if r["status"] == "ok" else status(r))
-            for a, b in pairs:
-                ra, rb = by[(a, p)], by[(b, p)]
-                both = ra["status"] == "ok" and rb["status"] == "ok"
-                line.append(common.fmt_ratio(ra["decode_s"], rb["decode_s"]) if both else "-")
-            body.append(line)
-        memory_header = ["P", *(f"{m} prefill" for m in methods)]
-        memory_header += [f"{m} cache (prefilled / peak)" for m in methods if m != "recompute"]
-        memory = []
-        for p in prompt_lens:
-            line = [str(p)]
-            for m in methods:
-                r = by[(m, p)]
-                ok = r["status"] == "ok"
-                line.append(common.fmt_seconds(r["prefill_s"]) if ok else status(r))
-            for m in methods:
-                if m == "recompute":
-                    continue
-                r = by[(m, p)]
-                line.append(
-                    f"{common.fmt_bytes(r['cache_bytes_after_prefill'])} / "
-                    f"{common.fmt_bytes(r['peak_cache_bytes'])}"
-                    if r["status"] == "ok"
-                    else status(r)
-                )
-            memory.append(line)
+        mine = [r for r in rows if r["mixer"] == mixer]
         lines += [
             f"### mixer {mixer}",
             "",
             "Decoding K tokens after the prefill (a/b: decode time of a over that of b, the "
             "speed-up of b in tokens/s):",
             "",
-            common.markdown_table(header, body),
+            common.markdown_table(*common.method_grid(mine, ("P",), speed, pairs, "decode_s")),
             "",
             "Prefill of the P prompt tokens, and the bytes the cache holds:",
             "",
-            common.markdown_table(memory_header, memory),
+            common.markdown_table(*common.method_grid(mine, ("P",), memory)),
             "",
         ]
     lines += [

@@ -327,19 +327,9 @@ def slopes(
 # ------------------------------------------------------------------------------ output
 
 
-def _cell(row: dict[str, Any]) -> str:
-    if row["status"] == "ok":
-        return common.fmt_seconds(row["total_s"])
-    if row["status"].startswith("skipped"):
-        return "skipped"
-    if row["status"].startswith("FAILED"):
-        return "FAILED"
-    return "-"
-
-
 def _latency_cell(row: dict[str, Any]) -> str:
-    if row["status"] != "ok" or "step_max_s" not in row:
-        return _cell(row)
+    if "step_max_s" not in row:
+        return "-"
     spread = row["step_max_s"] / row["step_median_s"]
     times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
     return " / ".join(common.fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
@@ -349,18 +339,9 @@ def table(report: dict[str, Any]) -> str:
     """The terminal/Markdown summary: total time per L and method, ratios, cache, slopes."""
     rows = report["rows"]
     methods = list(report["config"]["methods"])
-    by = {(r["method"], r["L"]): r for r in rows}
-    lengths = sorted({r["L"] for r in rows})
     pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
-    header = ["L", *methods, *(f"{a}/{b}" for a, b in pairs)]
-    body = []
-    for length in lengths:
-        cells = [str(length), *(_cell(by[(m, length)]) for m in methods)]
-        for a, b in pairs:
-            ra, rb = by[(a, length)], by[(b, length)]
-            ok = ra["status"] == "ok" and rb["status"] == "ok"
-            cells.append(common.fmt_ratio(ra["total_s"], rb["total_s"]) if ok else "-")
-        body.append(cells)
+    total = [(m, m, lambda r: common.fmt_seconds(r["total_s"])) for m in methods]
+    header, body = common.method_grid(rows, ("L",), total, pairs)
     slope_row = ["slope"]
     for m in methods:
         s = report["slopes"][m]
@@ -372,21 +353,10 @@ def table(report: dict[str, Any]) -> str:
             s = report["slopes"][m].get("tail")
             tail_row.append("-" if s is None else f"{s:.2f}")
         body.append(tail_row + [""] * len(pairs))
-
-    cache_methods = [m for m in methods if m != "offline"]
-    cache_header = ["L", *(f"{m} cache" for m in cache_methods)]
-    cache_body = [
-        [
-            str(length),
-            *(common.fmt_bytes(by[(m, length)].get("peak_cache_bytes")) for m in cache_methods),
-        ]
-        for length in lengths
-    ]
+    cached = [m for m in methods if m != "offline"]
+    cache = [(f"{m} cache", m, lambda r: common.fmt_bytes(r["peak_cache_bytes"])) for m in cached]
     online = [m for m in methods if m in ONLINE_METHODS]
-    latency_header = ["L", *(f"{m} median / p99.9 / max" for m in online)]
-    latency_body = [
-        [str(length), *(_latency_cell(by[(m, length)]) for m in online)] for length in lengths
-    ]
+    steps = [(f"{m} median / p99.9 / max", m, _latency_cell) for m in online]
     cfg = report["config"]
     lines = [
         f"## Layer benchmark: total time for L steps (median of up to {cfg['repeats']} runs)",
@@ -397,11 +367,11 @@ def table(report: dict[str, Any]) -> str:
         "",
         common.markdown_table(header, body),
         "",
-        common.markdown_table(cache_header, cache_body) if cache_methods else "",
+        common.markdown_table(*common.method_grid(rows, ("L",), cache)) if cached else "",
         "",
         "Time of one step (the fastest run's), and the largest over its median:",
         "",
-        common.markdown_table(latency_header, latency_body) if online else "",
+        common.markdown_table(*common.method_grid(rows, ("L",), steps)) if online else "",
         "",
     ]
     lines += common.notes(report, ("L",))

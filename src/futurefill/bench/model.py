@@ -389,36 +389,18 @@ def table(report: dict[str, Any]) -> str:
         f"batch {cfg['batch']}, random weights, greedy; budget {cfg['budget']:g} s per run.",
         "",
     ]
+    columns = [(f"{m} tok/s", m, lambda r: f"{r['tokens_per_s']:.0f}") for m in methods]
+    columns += [
+        (f"{m} cache", m, lambda r: common.fmt_bytes(r["peak_cache_bytes"]))
+        for m in methods
+        if m != "recompute"
+    ]
     for mixer in cfg["mixers"]:
-        by = {(r["method"], r["L"]): r for r in rows if r["mixer"] == mixer}
-        lengths = sorted({length for _, length in by})
-        header = ["L", *(f"{m} tok/s" for m in methods), *(f"{a}/{b}" for a, b in pairs)]
-        header += [f"{m} cache" for m in methods if m != "recompute"]
-        body = []
-        for length in lengths:
-            line = [str(length)]
-            for m in methods:
-                r = by[(m, length)]
-                ok = r["status"] == "ok"
-                line.append(f"{r['tokens_per_s']:.0f}" if ok else r["status"].split(" ")[0])
-            for a, b in pairs:
-                ra, rb = by[(a, length)], by[(b, length)]
-                both = ra["status"] == "ok" and rb["status"] == "ok"
-                line.append(common.fmt_ratio(ra["total_s"], rb["total_s"]) if both else "-")
-            line += [
-                common.fmt_bytes(by[(m, length)].get("peak_cache_bytes"))
-                for m in methods
-                if m != "recompute"
-            ]
-            body.append(line)
+        mine = [r for r in rows if r["mixer"] == mixer]
+        header, body = common.method_grid(mine, ("L",), columns, pairs)
         slope = report["slopes"][mixer]
-        body.append(
-            [
-                "time slope",
-                *("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods),
-            ]
-            + [""] * (len(header) - 1 - len(methods))
-        )
+        slopes = ("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods)
+        body.append(["time slope", *slopes] + [""] * (len(header) - 1 - len(methods)))
         lines += [f"### mixer {mixer}", "", common.markdown_table(header, body), ""]
     lines += common.notes(report, ("L",), checked="of the logits from the float64 forward pass")
     return "\n".join(lines) + "\n"

@@ -160,29 +160,13 @@ def table(report: dict[str, Any]) -> str:
     """Decode time (with ratios), prefill time and cache bytes per (P, K) and method."""
     rows = report["rows"]
     methods = list(report["config"]["methods"])
-    by = {(r["method"], r["P"], r["K"]): r for r in rows}
-    cells = sorted({(r["P"], r["K"]) for r in rows})
     pairs = [p for p in RATIOS if p[0] in methods and p[1] in methods]
 
-    def cell(r: dict[str, Any], key: str) -> str:
-        if r["status"] != "ok":
-            return r["status"].split(" ")[0]
-        return common.fmt_bytes(r[key]) if key.endswith("bytes") else common.fmt_seconds(r[key])
-
     def grid(key: str, with_ratios: bool) -> str:
-        header = ["P", "K", *methods]
-        if with_ratios:
-            header += [f"{a}/{b}" for a, b in pairs]
-        body = []
-        for p, k in cells:
-            line = [str(p), str(k), *(cell(by[(m, p, k)], key) for m in methods)]
-            if with_ratios:
-                for a, b in pairs:
-                    ra, rb = by[(a, p, k)], by[(b, p, k)]
-                    both = ra["status"] == "ok" and rb["status"] == "ok"
-                    line.append(common.fmt_ratio(ra[key], rb[key]) if both else "-")
-            body.append(line)
-        return common.markdown_table(header, body)
+        fmt = common.fmt_bytes if key.endswith("bytes") else common.fmt_seconds
+        columns = [(m, m, lambda r: fmt(r[key])) for m in methods]
+        chosen = pairs if with_ratios else ()
+        return common.markdown_table(*common.method_grid(rows, ("P", "K"), columns, chosen, key))
 
     cfg = report["config"]
     lines = [
