@@ -152,6 +152,33 @@ def check_token_dtype(ids: torch.Tensor, name: str = "ids") -> None:
         )
 
 
+def embed_tokens(
+    embedding: nn.Embedding, ids: torch.Tensor, max_len: int, limit: str
+) -> torch.Tensor:
+    """``embedding(ids)`` ``(batch, length, dim)`` after the checks a language model's forward
+    owes its caller: integer ids of shape ``(batch, length)``, ``length <= max_len`` (``limit``,
+    formatted with it, names the bound in the error), on the embedding's device, inside the
+    vocabulary. On the CPU the embedding's own bounds check finds a bad id (no extra pass over
+    the ids, no sync per token); elsewhere (CUDA reports it only as a device-side assert) the
+    ids are checked first."""
+    check_token_dtype(ids)
+    if ids.dim() != 2:
+        raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
+    if ids.shape[1] > max_len:
+        raise ValueError(f"sequence length {ids.shape[1]} exceeds {limit.format(max_len)}")
+    weight = embedding.weight
+    if ids.device != weight.device:
+        raise ValueError(f"ids are on {ids.device}, the model on {weight.device}")
+    if ids.device.type != "cpu":
+        check_token_ids(ids, embedding.num_embeddings)
+        return embedding(ids)
+    try:
+        return embedding(ids)
+    except IndexError:
+        check_token_ids(ids, embedding.num_embeddings)
+        raise
+
+
 class ConvLM(nn.Module):
     """Convolutional language model (see the module docstring).
 
@@ -186,8 +213,7 @@ class ConvLM(nn.Module):
         ``length <= config.max_len``; ids must be integers in ``[0, vocab_size)``. In a decoding
         session, ``ids`` are the next ``length`` tokens of every sequence.
         """
-        self._check_sequence(ids, self.config.max_len)
-        x = self._embed(ids)
+        x = embed_tokens(self.embed, ids, self.config.max_len, "max_len={}")
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
@@ -223,28 +249,3 @@ class ConvLM(nn.Module):
             state["head.weight"] = state["embed.weight"]
         model.load_state_dict(state)
         return model
-
-    # ------------------------------------------------------------------ checks
-
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """``(batch, length) -> (batch, length, d_model)``; an id outside the vocabulary is a
-        ValueError. On the CPU the embedding's own bounds check finds it (no extra pass over the
-        ids, no sync per token); elsewhere (CUDA reports it only as a device-side assert) the
-        ids are checked first."""
-        if ids.device.type != "cpu":
-            check_token_ids(ids, self.config.vocab_size)
-            return self.embed(ids)
-        try:
-            return self.embed(ids)
-        except IndexError:
-            check_token_ids(ids, self.config.vocab_size)
-            raise
-
-    def _check_sequence(self, ids: torch.Tensor, max_len: int) -> None:
-        check_token_dtype(ids)
-        if ids.dim() != 2:
-            raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
-        if ids.shape[1] > max_len:
-            raise ValueError(f"sequence length {ids.shape[1]} exceeds max_len={max_len}")
-        if ids.device != self.embed.weight.device:
-            raise ValueError(f"ids are on {ids.device}, the model on {self.embed.weight.device}")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from futurefill import nn as ffnn
-from futurefill.model import check_token_dtype, check_token_ids
+from futurefill.model import embed_tokens
 
 __all__ = ["FILTER_LAYOUTS", "HyenaLM", "HyenaLMConfig", "positional_features"]
 
@@ -302,22 +302,9 @@ class HyenaLM(nn.Module):
                 nn.init.normal_(param, std=std / math.sqrt(2 * self.config.n_layer))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        check_token_dtype(ids)
-        if ids.dim() != 2:
-            raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
-        if ids.shape[1] > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence length {ids.shape[1]} exceeds the model's max_seq_len "
-                f"{self.config.max_seq_len}"
-            )
         embedding = self.backbone.embeddings.word_embeddings
-        if ids.device.type != "cpu":
-            check_token_ids(ids, self.config.vocab_size)
-        try:
-            hidden = embedding(ids)
-        except IndexError:
-            check_token_ids(ids, self.config.vocab_size)
-            raise
+        limit = "the model's max_seq_len {}"
+        hidden = embed_tokens(embedding, ids, self.config.max_seq_len, limit)
         residual = None
         for block in self.backbone.layers:
             hidden, residual = block(hidden, residual)
