@@ -143,7 +143,13 @@ class OnlineConvEngine(ABC):
     # A compiled decoding step splits step() in two: ``step_traced`` (tensor operations only, a
     # fixed-shape function of the engine's buffers that torch.compile can trace) and
     # ``advance`` (the host's part: the position, and the work its binary structure schedules).
-    traceable = False
+    has_traced_step = False  # set by the engines that implement the three methods below
+
+    @property
+    def traceable(self) -> bool:
+        """Whether :meth:`step_traced` serves this engine (half precisions step through their
+        float32 compute dtype, which the traced step does not)."""
+        return self.has_traced_step and self.compute_dtype == self.dtype
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The output at the current position for ``u_t`` ``(batch, channels)``, by tensor

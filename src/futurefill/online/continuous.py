@@ -125,6 +125,7 @@ class ContinuousConv(TiledEngine):
     """
 
     method = "continuous"
+    has_traced_step = True
 
     def __init__(
         self,
@@ -182,10 +183,6 @@ class ContinuousConv(TiledEngine):
         if remaining:
             self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
         return y
-
-    @property
-    def traceable(self) -> bool:
-        return self.compute_dtype == self.dtype
 
     def prepare_traced(self) -> None:
         """Build the table of shifted filters :meth:`step_traced` reads, once."""

@@ -39,6 +39,7 @@ class EpochedConv(OnlineConvEngine):
     """
 
     method = "epoched"
+    has_traced_step = True
 
     def __init__(
         self,
@@ -109,10 +110,6 @@ class EpochedConv(OnlineConvEngine):
         future = torch.fft.irfft(spec, n=n)[..., seen : seen + self.epoch_len]
         self._cache.copy_(future.permute(2, 0, 1))
         self._epoch_start = seen
-
-    @property
-    def traceable(self) -> bool:
-        return self.compute_dtype == self.dtype
 
     def prepare_traced(self) -> None:
         """Nothing to build: the traced push gathers the filter by lag at each step."""
