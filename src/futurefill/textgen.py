@@ -28,6 +28,8 @@ import torch
 
 from futurefill import argtypes
 from futurefill.data import ByteStreamDecoder, encode
+from futurefill.pretrained import CheckpointError, detect_format, dna, load_pretrained
+from futurefill.pretrained.formats import read_mapping
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -63,7 +65,6 @@ def load_checkpoint(directory: str | os.PathLike | None = None, map_location=Non
         message names the file).
     """
     from futurefill.model import ConvLM, ConvLMConfig
-    from futurefill.pretrained.formats import read_mapping
 
     directory = default_checkpoint_dir() if directory is None else Path(directory)
     if not directory.is_dir():
@@ -339,8 +340,6 @@ class DnaStreamer:
         self.stream = stream
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        from futurefill.pretrained import dna
-
         token = int(tokens.reshape(-1)[0])
         if token >= 0:
             self.stream.write(dna.decode([token]))
@@ -357,8 +356,6 @@ DNA_LETTERS = frozenset("ACGTNRYKMSWBDHV")
 
 def _load_model(directory: str | None, trust_pickle: bool = False):
     """The model and its tokenizer's name ("bytes" or "dna"); UsageError for a bad checkpoint."""
-    from futurefill.pretrained import CheckpointError, detect_format, load_pretrained
-
     if directory is None:
         return load_checkpoint(), "bytes"
     try:
@@ -383,8 +380,6 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor,
     if args.prompt_file is not None:
         try:
             if tokenizer == "dna":
-                from futurefill.pretrained import dna
-
                 text = dna.read_fasta(args.prompt_file)
             else:
                 text = args.prompt_file.read_text(encoding="utf-8")
@@ -394,8 +389,6 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor,
     else:
         text, echo, where = args.prompt, args.prompt, "the prompt"
     if tokenizer == "dna":
-        from futurefill.pretrained import dna
-
         bad = sorted({ch for ch in text.upper() if not ch.isspace()} - DNA_LETTERS)
         if bad:
             raise argtypes.UsageError(
