@@ -189,10 +189,9 @@ class HyenaFilter(nn.Module):
         """``(d_model, length)``: the long filters of order ``o``."""
         return self._select(self(length), o).T
 
-    def order_bias(self, o: int) -> torch.Tensor:
-        """``(d_model,)``: the ``D`` of order ``o`` (zero without ``use_bias``)."""
-        bias = self._select(self.bias, o)
-        return bias if self.config.use_bias else torch.zeros_like(bias)
+    def order_bias(self, o: int) -> torch.Tensor | None:
+        """``(d_model,)``: the ``D`` of order ``o`` (None without ``use_bias``)."""
+        return self._select(self.bias, o) if self.config.use_bias else None
 
 
 class HyenaOperator(nn.Module):
@@ -218,7 +217,9 @@ class HyenaOperator(nn.Module):
         *x, v = self.short_filter(self.in_proj(u)).split(self.d_model, dim=-1)
         for o, x_i in enumerate(reversed(x[1:])):
             v = v * x_i
-            v = torch.addcmul(self.long[o](v), self.filter_fn.order_bias(o), v)
+            bias = self.filter_fn.order_bias(o)
+            y = self.long[o](v)
+            v = y if bias is None else torch.addcmul(y, bias, v)
         return self.out_proj(v * x[0])
 
 
