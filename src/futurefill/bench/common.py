@@ -354,6 +354,7 @@ def run_sweep(
     config: Any,
     *,
     tol: float,
+    device: torch.device,
     groups: Sequence[str | None],
     cells: Sequence[Cell],
     warm: Cell,
@@ -362,10 +363,11 @@ def run_sweep(
     measure: Callable[[str, Any, Cell, int, float], dict[str, Any]],
     compare: Callable[[list[dict[str, Any]], Any], None] | None = None,
     checked: str = "from the float64 reference",
-) -> tuple[dict[str, Any], torch.Tensor, list[dict[str, Any]], BudgetGate]:
+) -> tuple[dict[str, Any], list[dict[str, Any]], BudgetGate]:
     """The loop every benchmark runs: for each group (a mixer, or ``None``) and each cell in
     increasing size, every method of ``config.methods``, with warm-up, budget skips and the
-    agreement check. Returns the machine record, the device, the rows and the gate.
+    agreement check, on ``device`` (resolved by the caller, who builds the operands there).
+    Returns the machine record, the rows and the gate.
 
     ``open_group(group)`` builds what the group's cells share (a model); ``open_cell(state,
     cell)`` the operands of one cell (inputs, the float64 reference); ``measure(method, operands,
@@ -373,7 +375,6 @@ def run_sweep(
     ``max_rel_err`` and the cell's timings); it runs once on ``warm`` per group first, untimed.
     ``compare(rows, operands)`` may check the cell's rows against each other (greedy tokens).
     """
-    device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     rows: list[dict[str, Any]] = []
     gate = BudgetGate(config.budget)
@@ -435,7 +436,7 @@ def run_sweep(
                     )
                     del operands
                 del state
-    return machine, device, rows, gate
+    return machine, rows, gate
 
 
 def repeat_runs(

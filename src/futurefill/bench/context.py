@@ -253,10 +253,11 @@ def run(config: ContextConfig) -> dict[str, Any]:
         )
 
     warm_p, warm_k = min(config.warmup_len, prompt_lens[0]), min(config.warmup_len, k)
-    machine, device, rows, gate = common.run_sweep(
+    machine, rows, gate = common.run_sweep(
         "context",
         config,
         tol=tol,
+        device=device,
         groups=config.mixers,
         cells=[common.Cell({"P": p, "K": k}, p + k, f"P={p}") for p in prompt_lens],
         warm=common.Cell({"P": warm_p, "K": warm_k}, warm_p + warm_k, "warm-up"),

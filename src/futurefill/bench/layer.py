@@ -279,10 +279,11 @@ def run(config: LayerConfig) -> dict[str, Any]:
     def measure(method, operands, cell, repeats, budget):
         return run_cell(method, operands, repeats=repeats, budget=budget, tol=tol, device=device)
 
-    machine, device, rows, gate = common.run_sweep(
+    machine, rows, gate = common.run_sweep(
         "layer",
         config,
         tol=tol,
+        device=device,
         groups=[None],
         cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
         warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),

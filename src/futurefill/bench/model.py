@@ -326,10 +326,11 @@ def run(config: ModelConfig) -> dict[str, Any]:
             method, *models, first, length, repeats=repeats, budget=budget, tol=tol, device=device
         )
 
-    machine, device, rows, gate = common.run_sweep(
+    machine, rows, gate = common.run_sweep(
         "model",
         config,
         tol=tol,
+        device=device,
         groups=config.mixers,
         cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
         warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),

@@ -130,10 +130,11 @@ def run(config: PromptConfig) -> dict[str, Any]:
         p = cell.fields["P"]
         return run_cell(method, operands, p, repeats=repeats, budget=budget, tol=tol, device=device)
 
-    machine, device, rows, gate = common.run_sweep(
+    machine, rows, gate = common.run_sweep(
         "prompt",
         config,
         tol=tol,
+        device=device,
         groups=[None],
         cells=cells,
         warm=common.Cell({"P": warm, "K": warm}, 2 * warm, "warm-up"),
