@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -37,13 +39,36 @@ def test_compiled_epoched_and_cross_layer_batched_levels_in_float64():
     config = ConvLMConfig(d_model=8, n_layers=3, max_len=200, mixer="hyena", hyena_pos_dim=5)
     model = ConvLM(config).double().eval()
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4))
-    for method, options in (("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 7})):
-        eager = generate(model, ids, 150, method=method, return_logits=True, **options)
+    methods = (("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 7}))
+    # A 1-token prompt is an eager step, not a prefill: the traced step starts mid-tile.
+    for (method, options), prompt in itertools.product(methods, (ids, ids[:, :1])):
+        eager = generate(model, prompt, 150, method=method, return_logits=True, **options)
         compiled = generate(
-            model, ids, 150, method=method, compile=True, return_logits=True, **options
+            model, prompt, 150, method=method, compile=True, return_logits=True, **options
         )
         assert torch.equal(compiled.tokens, eager.tokens), method
         assert torch.allclose(compiled.logits, eager.logits, rtol=0, atol=1e-10), method
+
+
+@pytest.mark.parametrize(
+    ("method", "options"), [("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 6})]
+)
+def test_traced_steps_after_eager_steps_continue_at_the_position(method, options):
+    """Prefill, three eager steps (mid-tile, mid-epoch), then traced steps: the forward's
+    outputs (float64) at every position."""
+    torch.manual_seed(5)
+    config = ConvLMConfig(d_model=8, n_layers=2, max_len=64, mixer="hyena", hyena_pos_dim=5)
+    model = ConvLM(config).double().eval()
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = model(ids)
+        with decoding(model, batch_size=2, max_len=40, method=method, **options) as session:
+            got = [model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 8)]
+            with session.traced_steps():
+                for t in range(8, 40):
+                    got.append(model(ids[:, t : t + 1]))
+                    session.advance()
+    assert torch.allclose(torch.cat(got, dim=1), expected, rtol=0, atol=1e-10)
 
 
 def test_one_compilation_serves_a_whole_generation_and_the_next():

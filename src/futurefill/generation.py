@@ -32,6 +32,12 @@ __all__ = ["COMPILED_METHODS", "GenerationOutput", "generate", "select_next_toke
 
 # Engines with a traced step (see futurefill.nn.DecodingSession.traced_steps).
 COMPILED_METHODS = ("continuous", "epoched")
+# A batch-1 token step is bound by reading the weights once per token. On CPU inductor's
+# "decompose_mm_pass" turns each (1, k) @ (k, n) product into a fused multiply-and-sum kernel
+# spread over the intra-op threads, where MKL's GEMV reads the weights on one core: a
+# HyenaDNA-large-1m-shaped step (8 layers, width 256, 25 MB of weights) went from 3.85 ms to
+# 1.40 ms on a 2-core x86 CPU (32 such products alone: 3.3 ms to 0.61 ms).
+CPU_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 
 class GenerationOutput(NamedTuple):
@@ -291,8 +297,10 @@ def compiled_step(model: nn.Module, device: torch.device) -> Callable[[torch.Ten
             logits = _last_logits(model(ids), ids.shape[0])
             return logits, logits.argmax(dim=-1)
 
-        mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-        step = torch.compile(token_step, dynamic=False, mode=mode)
+        if torch.device(device).type == "cuda":
+            step = torch.compile(token_step, dynamic=False, mode="reduce-overhead")
+        else:
+            step = torch.compile(token_step, dynamic=False, options=CPU_COMPILE_OPTIONS)
         model.__dict__["_futurefill_compiled_step"] = step  # not a submodule: no state-dict key
     return step
 

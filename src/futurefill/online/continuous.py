@@ -185,13 +185,15 @@ class ContinuousConv(TiledEngine):
         return y
 
     def prepare_traced(self) -> None:
-        """Build the table of shifted filters :meth:`step_traced` reads, once."""
+        """Build the table of shifted filters :meth:`step_traced` reads (once), and set the
+        index tensor to the position (eager steps, e.g. after a 1-token prompt, keep no index)."""
+        b0 = self.tile_len
         if self._h_shift is None:
-            b0 = self.tile_len
             t = torch.arange(b0, device=self.device)
             lag = t[None, :] - t[:, None]  # [j, t] = t - j
             table = self._h_head[:b0][lag.clamp(min=0)]  # (b0, b0, 1, D)
             self._h_shift = table.masked_fill((lag < 0)[..., None, None], 0).contiguous()
+        self._j.fill_((self._position - self._offset) % b0)
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to

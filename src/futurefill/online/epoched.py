@@ -112,7 +112,9 @@ class EpochedConv(OnlineConvEngine):
         self._epoch_start = seen
 
     def prepare_traced(self) -> None:
-        """Nothing to build: the traced push gathers the filter by lag at each step."""
+        """Set the index tensor to the position (eager steps keep no index); nothing to build:
+        the traced push gathers the filter by lag at each step."""
+        self._j.fill_(self._position - self._epoch_start)
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The epoch step as a fixed-shape function of the index tensor ``_j``: the input goes to
