@@ -13,7 +13,7 @@ import torch
 from futurefill import OnlineConv
 from futurefill.online import deamortized
 from futurefill.online.deamortized import DeamortizedConv, _levels
-from reference import decaying_filter, random_input, reference_conv, rel_err
+from reference import decaying_filter, random_input, reference_conv, reference_feedback, rel_err
 
 L, B, D = 300, 2, 3
 
@@ -79,11 +79,13 @@ def test_a_failing_job_raises_at_its_deadline_then_until_reset(monkeypatch):
     u = random_input(B, D, L)
     submit = deamortized._Background.submit.__func__
 
-    def failing(cls, deadline, slices, job):
+    def failing(cls, job):
         def fail():
             raise FloatingPointError("injected")
 
-        submit(cls, deadline, [fail] * len(slices) if deadline == 20 else slices, job)
+        if job.deadline_key == 20:
+            job.passes = [[fail] * len(slices) for slices in job.passes]
+        submit(cls, job)
 
     monkeypatch.setattr(deamortized._Background, "submit", classmethod(failing))
     with pytest.raises(FloatingPointError, match="injected"):
@@ -124,3 +126,32 @@ def test_half_precision_and_out_buffer():
         assert (
             out.double() - expected.double()
         ).abs().max() <= 4e-2 * expected.double().abs().max()
+
+
+@pytest.mark.parametrize("points", [1, 24, 200])
+@pytest.mark.parametrize("prompt_len", [0, 1, 57])
+def test_jobs_cut_into_four_step_passes_are_exact(monkeypatch, points, prompt_len):
+    """Slices of a few points: every level's job runs as the three passes of a four-step FFT,
+    paced over its slack (odd length, batch 2, 3 channels, float64)."""
+    monkeypatch.setattr(deamortized, "SLICE_POINTS", points)
+    length = 301
+    conv = DeamortizedConv(decaying_filter(D, length), batch_size=B, tile_len=2)
+    assert not conv._plans[64][0].whole
+    u = random_input(B, D, length)
+    y = run(conv, u, prompt_len)
+    assert rel_err(y, reference_conv(u, decaying_filter(D, length))) < 1e-10
+
+
+def test_four_step_passes_in_a_feedback_loop(monkeypatch):
+    monkeypatch.setattr(deamortized, "SLICE_POINTS", 16)
+    length = 203
+    h = decaying_filter(D, length)
+    u0 = random_input(B, D, 1)[..., 0]
+    u_ref, y_ref = reference_feedback(u0.numpy(), h.numpy(), length)
+    conv = DeamortizedConv(h, batch_size=B, tile_len=1)
+    u_t, outputs = u0, []
+    for _ in range(length):
+        y_t = conv.step(u_t)
+        outputs.append(y_t)
+        u_t = torch.tanh(y_t)
+    assert rel_err(torch.stack(outputs, dim=-1), y_ref) < 1e-10

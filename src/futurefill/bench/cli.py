@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "context": {
             "prompt_lens": _pow2(12, 17),  # 2^18 needs more than this machine's 24 GiB
             "new_tokens": 16,
-            "methods": ("naive", "epoched", "continuous", "recompute"),
+            "methods": ("naive", "epoched", "continuous", "compiled", "recompute"),
             "mixers": ("hyenadna",),
             "d_model": 256,
             "n_layers": 8,

@@ -41,7 +41,13 @@ from futurefill.bench.model import (
 
 CONTEXT_METHODS = ("naive", "epoched", "continuous")
 # (numerator, denominator) of decode-time ratios = speed-up of the denominator in tokens/s.
-RATIOS = (("naive", "continuous"), ("naive", "epoched"), ("recompute", "continuous"))
+RATIOS = (
+    ("naive", "continuous"),
+    ("naive", "epoched"),
+    ("naive", "compiled"),
+    ("recompute", "continuous"),
+    ("recompute", "compiled"),
+)
 
 
 @dataclasses.dataclass

@@ -53,6 +53,7 @@ from typing import ClassVar
 import torch
 
 from futurefill.fftconv import prompt_conv
+from futurefill.fourstep import SlicedConv
 from futurefill.online.continuous import TiledEngine
 
 # Jobs are cut into slices over their rows (batch x channels) of about SLICE_POINTS FFT points,
@@ -65,20 +66,50 @@ SLICE_POINTS = 1 << 18
 
 
 class Job:
-    """A FutureFill job cut into slices; done when every slice has run (or one has failed)."""
+    """A FutureFill job: passes of slices, each pass queued when the one before has finished;
+    done when the last has (or a slice has failed, or the job was cancelled).
 
-    def __init__(self, slices: int):
-        self.left = slices
+    ``start`` and ``deadline`` are the engine's local positions of its submission and of the
+    step that needs it: :meth:`due` is the position at which the decoding thread, pacing the
+    job evenly over that slack, should have finished one slice more than it has."""
+
+    def __init__(
+        self, passes: list[list[Callable[[], None]]], start: int, deadline: int, offset: int
+    ):
+        self.passes = passes
+        self.deadline_key = offset + deadline  # a global position: orders every engine's jobs
+        self.next_pass = 1
+        self.left = len(passes[0])
+        self.total = sum(len(p) for p in passes)
+        self.finished = 0
+        self.start, self.deadline = start, deadline
         self.error: BaseException | None = None
         self.cancelled = False
         self.done = threading.Event()
 
-    def finish_slice(self, error: BaseException | None) -> None:
+    def due(self) -> int:
+        """The first position at which fewer than ``total * (position - start + 1) / slack``
+        slices have finished."""
+        slack = self.deadline - self.start
+        return self.start + -(-(self.finished + 1) * slack // self.total) - 1
+
+    def finish_slice(self, error: BaseException | None, queue: Callable) -> None:
+        """Count a finished slice (``queue`` puts the next pass's slices on the queue; called
+        with the background's lock held)."""
         with _Background.lock:
             self.error = self.error or error
+            self.finished += 1
             self.left -= 1
-            if self.left == 0:
-                self.done.set()
+            if self.left:
+                return
+            if self.next_pass < len(self.passes) and self.error is None and not self.cancelled:
+                slices = self.passes[self.next_pass]
+                self.next_pass += 1
+                self.left = len(slices)
+                queue(slices, self)
+                return
+            self.passes = []  # the tensors its slices hold go with them
+            self.done.set()
 
 
 class _Background:
@@ -97,16 +128,22 @@ class _Background:
     _thread: ClassVar[threading.Thread | None] = None
 
     @classmethod
-    def submit(cls, deadline: int, slices: list[Callable[[], None]], job: Job) -> None:
+    def submit(cls, job: Job) -> None:
+        """Queue the first pass of ``job`` (its deadline orders it among every engine's)."""
         with cls._ready:
-            for work in slices:
-                heapq.heappush(cls._heap, (deadline, next(cls._count), work, job))
+            cls._queue(job.passes[0], job)
             if cls._thread is None:
                 cls._thread = threading.Thread(
                     target=cls._loop, name="futurefill-deamortized", daemon=True
                 )
                 cls._thread.start()
-            cls._ready.notify()
+
+    @classmethod
+    def _queue(cls, slices: list[Callable[[], None]], job: Job) -> None:
+        """Push slices (the lock held) and wake the worker."""
+        for work in slices:
+            heapq.heappush(cls._heap, (job.deadline_key, next(cls._count), work, job))
+        cls._ready.notify()
 
     @classmethod
     def run_one(cls) -> bool:
@@ -143,7 +180,7 @@ def _run(work: Callable[[], None], job: Job) -> None:
                 work()
         except BaseException as exc:  # handed to the decoding thread at the job's deadline
             error = exc
-    job.finish_slice(error)
+    job.finish_slice(error, _Background._queue)
 
 
 def _levels(b0: int, remaining: int) -> list[int]:
@@ -178,7 +215,7 @@ class DeamortizedConv(TiledEngine):
         super().__init__(
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
         )
-        self._spectra: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # (even, odd) jobs
+        self._plans: dict[int, tuple[SlicedConv, SlicedConv]] = {}  # (even, odd) block jobs
         self._jobs: dict[int, Job] = {}
         weakref.finalize(self, _cancel, self._jobs)
         self._failed: BaseException | None = None
@@ -200,12 +237,14 @@ class DeamortizedConv(TiledEngine):
         self._tile_views(self._direct)
         levels = _levels(b0, remaining)
         self._rings = {b: self._zeros(batch, channels, 4 * b) for b in levels}
-        self._spectra = {b: self._spectra.get(b) for b in levels}
+        self._plans = {b: self._plans.get(b) for b in levels}
         for b in levels:
-            if self._spectra[b] is None:
-                even = torch.fft.rfft(self.h[:, b : min(4 * b, self.max_len)], n=4 * b)
-                odd = torch.fft.rfft(self.h[:, b : min(3 * b, self.max_len)], n=2 * b)
-                self._spectra[b] = (even, odd)
+            if self._plans[b] is None:
+                h, points = self.h, SLICE_POINTS
+                even = SlicedConv(h[:, b : min(4 * b, self.max_len)], 4 * b, batch, points)
+                odd = SlicedConv(h[:, b : min(3 * b, self.max_len)], 2 * b, batch, points)
+                self._plans[b] = (even, odd)
+        self._pace_at = remaining  # no job in flight
         self._failed = None
 
     def _reset(self) -> None:
@@ -213,7 +252,8 @@ class DeamortizedConv(TiledEngine):
 
     def _buffers(self) -> list[torch.Tensor]:
         prompt = [] if self._prompt is None else [self._prompt]
-        spectra = [spectrum for pair in self._spectra.values() for spectrum in pair]
+        plans = [plan for pair in self._plans.values() for plan in pair]
+        spectra = [t for plan in plans for t in plan.tensors()]
         levels = [*self._rings.values(), *spectra]
         return [self._x, self._direct, self._x_tile, self._h_head, *prompt, *levels]
 
@@ -233,7 +273,17 @@ class DeamortizedConv(TiledEngine):
             raise RuntimeError(
                 f"a FutureFill job of this engine failed: call reset() ({self._failed!r})"
             )
+        if self._position - self._offset >= self._pace_at:
+            self._pace()
         return super()._step(u_t, out)
+
+    def _pace(self) -> None:
+        """A job behind its even pace (the worker has not kept up): run one queued slice, the
+        earliest deadline's, in this step. One slice at most: a step's extra work is bounded."""
+        position = self._position - self._offset
+        if any(job.due() <= position for job in self._jobs.values()):
+            _Background.run_one()
+        self._pace_at = min((job.due() for job in self._jobs.values()), default=self._remaining)
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file it, join the jobs due now, start the
@@ -273,32 +323,21 @@ class DeamortizedConv(TiledEngine):
 
     def _submit(self, b: int, block: int) -> Job:
         """Queue the level-b job of ``block``: its share of blocks block+2 (and block+3 if
-        even), added into the level's ring, in slices over the rows. Linear convolution entries
-        2b .. 4b-1 of the block with h[:4b] are free of aliasing at FFT size 4b (the full
-        length is 5b - 1). The slices capture the tensors they use, not the engine."""
+        even), added into the level's ring. Entries b .. 3b - 1 of the linear convolution of
+        the block with h[b : b + n] are the targets' (aliasing lands below b at FFT size n)."""
         x = self._x[..., block * b : (block + 1) * b]  # (B, D, b)
         even = block % 2 == 0
-        spectrum = self._spectra[b][0 if even else 1]  # (D, n/2 + 1)
-        n = 4 * b if even else 2 * b
+        plan = self._plans[b][0 if even else 1]
         ring = self._rings[b]  # (B, D, 4b)
-        targets = [t for t in (block + 2, block + 3)[: 2 if even else 1] if t * b < self._remaining]
-        width = max(1, SLICE_POINTS // n)  # channels a slice
-        slices = []
-        for row in range(self.batch_size):
-            for c in range(0, self.channels, width):
-                part = slice(c, c + width)
-
-                # Entries b .. b + len(targets) b - 1 of the linear convolution of the block
-                # with h[b : b + n] are the targets' (aliasing lands below b at FFT size n).
-                def work(x=x[row, part], spec=spectrum[part], out=ring[row, part]) -> None:
-                    y = torch.fft.irfft(torch.fft.rfft(x, n=n) * spec, n=n)
-                    for k, target in enumerate(targets):
-                        slot = target % 4 * b
-                        out[:, slot : slot + b] += y[:, (1 + k) * b : (2 + k) * b]
-
-                slices.append(work)
-        job = Job(len(slices))
-        _Background.submit(self._offset + (block + 2) * b, slices, job)
+        targets = []
+        for k, target in enumerate((block + 2, block + 3)[: 2 if even else 1]):
+            if target * b < self._remaining:
+                slot = target % 4 * b
+                targets.append(((1 + k) * b, ring[..., slot : slot + b]))
+        start = (block + 1) * b  # local positions: now, and the first output it reaches
+        job = Job(plan.passes(x, targets), start, start + b, self._offset)
+        _Background.submit(job)
+        self._pace_at = min(self._pace_at, job.due())
         return job
 
     def _join(self, b: int) -> None:
