@@ -87,13 +87,12 @@ class SlicedConv:
             return [self.spectrum]
         return [self.spectrum, self.twiddle, self.twiddle_inverse]
 
-    def passes(
-        self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]
-    ) -> list[list[Slice]]:
+    def passes(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> list[list[Slice]]:
         """The slices that add entries ``start .. start + len - 1`` of the convolution of ``x``
         ``(batch, channels, m)`` into each ``out`` ``(batch, channels, len)`` of ``targets``
         ``[(start, out), ...]``: one list per pass. Starts, lengths and ``m`` must be multiples
-        of ``n2`` (the four-step case; n2 <= n/4, so multiples of n/4 always are). The slices hold the tensors they read and write."""
+        of ``n2`` (the four-step case; n2 <= n/4, so multiples of n/4 always are). The slices
+        hold the tensors they read and write."""
         if self.whole:
             return [[self._whole_slice(x, targets)]]
         batch, channels, m = x.shape

@@ -62,6 +62,8 @@ def test_machine_info_names_the_machine():
     for key in ("cpu", "available_cores", "torch_threads", "torch_version", "device", "dtype"):
         assert info[key] not in (None, "")
     assert info["dtype"] == "float32"
+    line = common.machine_line({**info, "load_average_1min": 0.7, "load_average_1min_after": 1.8})
+    assert line.endswith("load 0.7 before, 1.8 after")
 
 
 def test_cuda_device_refused_cleanly_without_gpu():

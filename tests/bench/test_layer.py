@@ -15,6 +15,7 @@ def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
     report = bench.read_json(out_dir / "layer.json")
     assert report["benchmark"] == "layer"
     assert report["machine"]["torch_threads"] == 1
+    assert report["machine"]["load_average_1min_after"] >= 0  # and before: the run's load
     assert report["command"].startswith("futurefill bench layer --lengths 16 32 64")
     rows = report["rows"]
     assert {(r["method"], r["L"]) for r in rows} == {

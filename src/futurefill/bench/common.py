@@ -164,6 +164,8 @@ def machine_line(info: dict[str, Any]) -> str:
     )
     if info.get("load_average_1min") is not None:
         line += f" | load {info['load_average_1min']:.1f}"
+        if info.get("load_average_1min_after") is not None:
+            line += f" before, {info['load_average_1min_after']:.1f} after"
     return line
 
 
@@ -436,6 +438,8 @@ def run_sweep(
                     )
                     del operands
                 del state
+    with contextlib.suppress(AttributeError, OSError):  # not on Windows
+        machine["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     return machine, rows, gate
 
 
