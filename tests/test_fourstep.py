@@ -26,10 +26,9 @@ def aliased_convolution(x: np.ndarray, g: np.ndarray, n: int) -> np.ndarray:
 def run_passes(plan: SlicedConv, x: torch.Tensor, starts: list[int]) -> list[torch.Tensor]:
     m = x.shape[-1]
     outs = [torch.zeros(*x.shape[:2], m, dtype=x.dtype) for _ in starts]
-    passes = plan.passes(x, list(zip(starts, outs, strict=True)))
-    for slices in passes:
-        for work in reversed(slices):  # any order within a pass
-            work()
+    for p in plan.passes(x, list(zip(starts, outs, strict=True))):
+        for i in reversed(range(p.count)):  # any order within a pass
+            p.run(i)
     return outs
 
 
@@ -49,7 +48,7 @@ def test_passes_give_the_fft_convolution(log_m, factor, batch, channels, points,
     x = torch.randn(batch, channels, m, generator=gen, dtype=torch.float64)
     g = torch.randn(channels, n - 1, generator=gen, dtype=torch.float64)
     plan = SlicedConv(g, n, batch, points)
-    assert plan.whole == (batch * channels * n <= points)
+    assert plan.four_step == (batch * n > points)
     starts = [m * k for k in range(1, factor)]
     outs = run_passes(plan, x, starts)
     expected = aliased_convolution(x.numpy(), g.numpy(), n)
@@ -64,12 +63,12 @@ def test_float32_and_views_of_a_longer_buffer():
     g = torch.randn(3, 3 * 1024, generator=gen)
     ring = torch.zeros(2, 3, 4 * 1024)
     plan = SlicedConv(g, 4096, 2, 512)
-    assert not plan.whole
+    assert plan.four_step
     x = buffer[..., 1024:2048]
     targets = [(1024, ring[..., 2048:3072]), (2048, ring[..., 0:1024])]
-    for slices in plan.passes(x, targets):
-        for work in slices:
-            work()
+    for p in plan.passes(x, targets):
+        for i in range(p.count):
+            p.run(i)
     expected = aliased_convolution(x.double().numpy(), g.double().numpy(), 4096)
     assert rel_err(ring[..., 2048:3072], expected[..., 1024:2048]) < 1e-5
     assert rel_err(ring[..., 0:1024], expected[..., 2048:3072]) < 1e-5

@@ -16,30 +16,39 @@ transform of pass 2 give ``fft(x, n)[k1 + n1 k2]``; the inverse transform of pas
 undo it. For every j2 the column ``A[:, j2]`` after pass 2 is Hermitian in k1 (the product is the
 spectrum of a real signal), so rows k1 <= n1/2 are all there is to keep, as in an rfft. Work and
 memory are those of the rfft pair it replaces, plus the twiddles (n1/2 + 1) n2.
+
+Only a channel whose transform is larger than a slice needs this; smaller ones are cut by
+channels, each slice one rfft/irfft pair over a group of them (one pass).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["SlicedConv"]
+__all__ = ["Pass", "SlicedConv"]
 
-Slice = Callable[[], None]
+
+class Pass(NamedTuple):
+    """``count`` independent slices; ``run(i)`` runs slice ``i`` (in any order, any thread)."""
+
+    count: int
+    run: Callable[[int], None]
 
 
 class SlicedConv:
     """Entries of the linear convolution of blocks ``x`` ``(batch, channels, m)`` with the
     filters ``g`` ``(channels, <= n)`` at FFT size ``n`` (a power of two; entries past n alias
-    onto the first ones, as in any FFT convolution), as passes of slices of about ``points``
-    complex values each.
+    onto the first ones, as in any FFT convolution), in slices of about ``points`` complex values.
 
-    A job that fits in one slice (``batch * channels * n <= points``) is one rfft/irfft pair;
-    a larger one is the three passes of the four-step FFT (module docstring), each cut by
-    channels and then by columns (passes 1 and 3) or rows (pass 2). The slices of a pass are
-    independent of each other; a pass may start only when the one before has finished.
+    When one channel's transform fits in a slice (``batch * n <= points``): one pass, each slice
+    an rfft/irfft pair over ``points // (batch * n)`` channels. Otherwise the three passes of the
+    four-step FFT (module docstring), one channel at a time, cut by columns (passes 1 and 3) or
+    rows (pass 2). A pass may start only when the one before has finished. A slice builds its
+    views when it runs, so a job of thousands of slices costs nothing to set up.
 
     Parameters
     ----------
@@ -55,9 +64,10 @@ class SlicedConv:
     def __init__(self, g: torch.Tensor, n: int, batch: int, points: int):
         channels = g.shape[0]
         self.n = n
-        self.whole = batch * channels * n <= points
-        if self.whole:
+        self.four_step = batch * n > points
+        if not self.four_step:
             self.spectrum = torch.fft.rfft(g, n=n)  # (D, n/2 + 1)
+            self.channels_per_slice = min(channels, points // (batch * n))
             return
         # n2 <= n1 = n / n2, and n2 <= n / 4: blocks of n/4 or more split into whole rows.
         n2 = max(1, min(1 << (n.bit_length() - 1) // 2, n // 4))
@@ -72,97 +82,79 @@ class SlicedConv:
         angle = (-2 * math.pi / n) * (k1 * j2)  # k1 j2 < n: exact in float64
         self.twiddle = torch.polar(torch.ones_like(angle), angle).to(self.spectrum.dtype)
         self.twiddle_inverse = self.twiddle.conj().resolve_conj()
-        # Whole channels per slice, or, when one channel is too large, columns or rows of one.
-        if batch * n <= points:
-            self.channels_per_slice = points // (batch * n)
-            self.columns_per_slice, self.rows_per_slice = n2, half
-        else:
-            self.channels_per_slice = 1
-            self.columns_per_slice = max(1, points // (batch * n1))
-            self.rows_per_slice = max(1, points // (batch * n2))
+        self.columns_per_slice = max(1, points // (batch * n1))
+        self.rows_per_slice = max(1, points // (batch * n2))
 
     def tensors(self) -> list[torch.Tensor]:
         """What the plan holds: the spectrum (and the twiddles)."""
-        if self.whole:
+        if not self.four_step:
             return [self.spectrum]
         return [self.spectrum, self.twiddle, self.twiddle_inverse]
 
-    def passes(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> list[list[Slice]]:
-        """The slices that add entries ``start .. start + len - 1`` of the convolution of ``x``
+    def scratch_size(self, batch: int, channels: int) -> int:
+        """Complex values of the scratch :meth:`passes` needs (0 without the four-step)."""
+        return batch * channels * (self.n1 // 2 + 1) * self.n2 if self.four_step else 0
+
+    def passes(
+        self,
+        x: torch.Tensor,
+        targets: list[tuple[int, torch.Tensor]],
+        scratch: torch.Tensor | None = None,
+    ) -> list[Pass]:
+        """The passes that add entries ``start .. start + len - 1`` of the convolution of ``x``
         ``(batch, channels, m)`` into each ``out`` ``(batch, channels, len)`` of ``targets``
-        ``[(start, out), ...]``: one list per pass. Starts, lengths and ``m`` must be multiples
-        of ``n2`` (the four-step case; n2 <= n/4, so multiples of n/4 always are). The slices
-        hold the tensors they read and write."""
-        if self.whole:
-            return [[self._whole_slice(x, targets)]]
+        ``[(start, out), ...]``. Starts, lengths and ``m`` must be multiples of ``n2`` in the
+        four-step case (n2 <= n/4: multiples of n/4 always are), which works in ``scratch``, a
+        flat complex tensor of at least :meth:`scratch_size` values (allocated if None). The
+        passes hold the tensors they read and write."""
+        if not self.four_step:
+            return [self._channel_groups(x, targets)]
         batch, channels, m = x.shape
         n1, n2 = self.n1, self.n2
-        scratch = torch.empty(
-            batch, channels, n1 // 2 + 1, n2, dtype=self.spectrum.dtype, device=x.device
-        )
+        half = n1 // 2 + 1
+        size = self.scratch_size(batch, channels)
+        if scratch is None:
+            scratch = torch.empty(size, dtype=self.spectrum.dtype, device=x.device)
+        scratch = scratch[:size].view(batch, channels, half, n2)
         blocks = x.view(batch, channels, m // n2, n2)
         outs = [(start // n2, out.view(batch, channels, -1, n2)) for start, out in targets]
-        groups = [
-            slice(c, c + self.channels_per_slice)
-            for c in range(0, channels, self.channels_per_slice)
-        ]
-        columns = self._cuts(n2, self.columns_per_slice)
-        rows = self._cuts(n1 // 2 + 1, self.rows_per_slice)
-        forward = [
-            self._columns_forward(blocks[:, cs, :, js], scratch[:, cs, :, js], self.twiddle[:, js])
-            for cs in groups
-            for js in columns
-        ]
-        middle = [
-            self._rows(scratch[:, cs, ks], self.spectrum[cs, ks], self.twiddle_inverse[ks])
-            for cs in groups
-            for ks in rows
-        ]
-        inverse = [
-            self._columns_inverse(
-                scratch[:, cs, :, js], [(row, out[:, cs, :, js]) for row, out in outs]
-            )
-            for cs in groups
-            for js in columns
-        ]
-        return [forward, middle, inverse]
+        spectrum, twiddle, twiddle_inverse = self.spectrum, self.twiddle, self.twiddle_inverse
+        width, height = self.columns_per_slice, self.rows_per_slice
+        column_cuts, row_cuts = -(-n2 // width), -(-half // height)
 
-    @staticmethod
-    def _cuts(length: int, size: int) -> list[slice]:
-        return [slice(i, i + size) for i in range(0, length, size)]
+        def forward(i: int) -> None:  # pass 1: transforms down the columns, then the twiddles
+            c, k = divmod(i, column_cuts)
+            js = slice(k * width, (k + 1) * width)
+            column = torch.fft.rfft(blocks[:, c, :, js], n=n1, dim=-2)
+            torch.mul(column, twiddle[:, js], out=scratch[:, c, :, js])
 
-    def _whole_slice(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> Slice:
-        n, spectrum = self.n, self.spectrum
+        def middle(i: int) -> None:  # pass 2: along the rows, forward, times the filter, back
+            c, k = divmod(i, row_cuts)
+            ks = slice(k * height, (k + 1) * height)
+            rows = scratch[:, c, ks]
+            product = torch.fft.fft(rows, dim=-1).mul_(spectrum[c, ks])
+            torch.mul(torch.fft.ifft(product, dim=-1), twiddle_inverse[ks], out=rows)
 
-        def run() -> None:
-            y = torch.fft.irfft(torch.fft.rfft(x, n=n) * spectrum, n=n)
-            for start, out in targets:
-                out += y[..., start : start + out.shape[-1]]
-
-        return run
-
-    def _columns_forward(self, block: torch.Tensor, scratch: torch.Tensor, twiddle) -> Slice:
-        n1 = self.n1
-
-        def run() -> None:  # pass 1: transforms down the columns, then the twiddles
-            torch.mul(torch.fft.rfft(block, n=n1, dim=-2), twiddle, out=scratch)
-
-        return run
-
-    @staticmethod
-    def _rows(scratch: torch.Tensor, spectrum: torch.Tensor, twiddle: torch.Tensor) -> Slice:
-        def run() -> None:  # pass 2: along the rows, forward, times the filter, and back
-            product = torch.fft.fft(scratch, dim=-1).mul_(spectrum)
-            torch.mul(torch.fft.ifft(product, dim=-1), twiddle, out=scratch)
-
-        return run
-
-    def _columns_inverse(self, scratch: torch.Tensor, outs: list) -> Slice:
-        n1 = self.n1
-
-        def run() -> None:  # pass 3: back down the columns; the wanted rows into the outputs
-            y = torch.fft.irfft(scratch, n=n1, dim=-2)
+        def inverse(i: int) -> None:  # pass 3: back down the columns; wanted rows to the outputs
+            c, k = divmod(i, column_cuts)
+            js = slice(k * width, (k + 1) * width)
+            y = torch.fft.irfft(scratch[:, c, :, js], n=n1, dim=-2)
             for row, out in outs:
-                out += y[..., row : row + out.shape[-2], :]
+                out[:, c, :, js] += y[:, row : row + out.shape[-2]]
 
-        return run
+        return [
+            Pass(channels * column_cuts, forward),
+            Pass(channels * row_cuts, middle),
+            Pass(channels * column_cuts, inverse),
+        ]
+
+    def _channel_groups(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> Pass:
+        n, spectrum, group = self.n, self.spectrum, self.channels_per_slice
+
+        def run(i: int) -> None:
+            cs = slice(i * group, (i + 1) * group)
+            y = torch.fft.irfft(torch.fft.rfft(x[:, cs], n=n) * spectrum[cs], n=n)
+            for start, out in targets:
+                out[:, cs] += y[..., start : start + out.shape[-1]]
+
+        return Pass(-(-x.shape[1] // group), run)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from futurefill import OnlineConv
+from futurefill.fourstep import Pass
 from futurefill.online import deamortized
 from futurefill.online.deamortized import DeamortizedConv, _levels
 from reference import decaying_filter, random_input, reference_conv, reference_feedback, rel_err
@@ -80,11 +81,11 @@ def test_a_failing_job_raises_at_its_deadline_then_until_reset(monkeypatch):
     submit = deamortized._Background.submit.__func__
 
     def failing(cls, job):
-        def fail():
+        def fail(_: int):
             raise FloatingPointError("injected")
 
-        if job.deadline_key == 20:
-            job.passes = [[fail] * len(slices) for slices in job.passes]
+        if job.key[0] == 20:
+            job.passes = [Pass(p.count, fail) for p in job.passes]
         submit(cls, job)
 
     monkeypatch.setattr(deamortized._Background, "submit", classmethod(failing))
@@ -136,7 +137,7 @@ def test_jobs_cut_into_four_step_passes_are_exact(monkeypatch, points, prompt_le
     monkeypatch.setattr(deamortized, "SLICE_POINTS", points)
     length = 301
     conv = DeamortizedConv(decaying_filter(D, length), batch_size=B, tile_len=2)
-    assert not conv._plans[64][0].whole
+    assert conv._plans[64][0].four_step
     u = random_input(B, D, length)
     y = run(conv, u, prompt_len)
     assert rel_err(y, reference_conv(u, decaying_filter(D, length))) < 1e-10

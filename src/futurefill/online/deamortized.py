@@ -42,118 +42,170 @@ overlapped with the decoding thread's kernels; a side stream is future work, unt
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import itertools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterator
 from typing import ClassVar
 
 import torch
 
 from futurefill.fftconv import prompt_conv
-from futurefill.fourstep import SlicedConv
+from futurefill.fourstep import Pass, SlicedConv
 from futurefill.online.continuous import TiledEngine
 
-# Jobs are cut into slices over their rows (batch x channels) of about SLICE_POINTS FFT points,
-# so that a short job with an early deadline never waits long behind a long one. Measured on a
-# 2-core x86 VM (128 channels, float32, 1 thread), largest step at L = 2^18 with slices of 2^18 /
-# 2^21 / 2^23 points: 249 / 129 / 170 ms (continuous: 346-395 ms), total over continuous's 1.21 /
-# 1.34 / 1.90. Running the short jobs' slices in the decoding thread instead, one per step,
-# raised the median step from 5.8 us to 33-40 us and the total 3-5x at L = 2^16: not done.
-SLICE_POINTS = 1 << 18
+# Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep), so that
+# no piece of a job takes long: measured below (_Background).
+SLICE_POINTS = 1 << 13
 
 
 class Job:
-    """A FutureFill job: passes of slices, each pass queued when the one before has finished;
-    done when the last has (or a slice has failed, or the job was cancelled).
+    """A FutureFill job: passes of slices (:class:`~futurefill.fourstep.Pass`), run in order;
+    any thread may take the next slice of the current pass, and the next pass opens when every
+    slice of this one has finished. Done when the last pass has, or when stopped (a slice
+    failed, or the job was cancelled) and no slice of it is running.
 
     ``start`` and ``deadline`` are the engine's local positions of its submission and of the
-    step that needs it: :meth:`due` is the position at which the decoding thread, pacing the
-    job evenly over that slack, should have finished one slice more than it has."""
+    step that needs it; ``key`` orders every engine's jobs (a global position). :meth:`take`
+    and :meth:`finish` run with :attr:`_Background.lock` held; ``cancelled`` may be set
+    without it."""
 
-    def __init__(
-        self, passes: list[list[Callable[[], None]]], start: int, deadline: int, offset: int
-    ):
+    def __init__(self, passes: list[Pass], start: int, deadline: int, offset: int):
         self.passes = passes
-        self.deadline_key = offset + deadline  # a global position: orders every engine's jobs
-        self.next_pass = 1
-        self.left = len(passes[0])
-        self.total = sum(len(p) for p in passes)
+        self.current = 0  # the pass being run
+        self.taken = self.returned = 0  # slices of it handed out, and finished
+        self.total = sum(p.count for p in passes)
         self.finished = 0
         self.start, self.deadline = start, deadline
+        self.key = (offset + deadline, next(_order))
         self.error: BaseException | None = None
         self.cancelled = False
         self.done = threading.Event()
 
     def due(self) -> int:
         """The first position at which fewer than ``total * (position - start + 1) / slack``
-        slices have finished."""
+        slices have finished: pacing the job evenly over its slack, one more is due there."""
         slack = self.deadline - self.start
         return self.start + -(-(self.finished + 1) * slack // self.total) - 1
 
-    def finish_slice(self, error: BaseException | None, queue: Callable) -> None:
-        """Count a finished slice (``queue`` puts the next pass's slices on the queue; called
-        with the background's lock held)."""
-        with _Background.lock:
-            self.error = self.error or error
-            self.finished += 1
-            self.left -= 1
-            if self.left:
-                return
-            if self.next_pass < len(self.passes) and self.error is None and not self.cancelled:
-                slices = self.passes[self.next_pass]
-                self.next_pass += 1
-                self.left = len(slices)
-                queue(slices, self)
-                return
-            self.passes = []  # the tensors its slices hold go with them
-            self.done.set()
+    def take(self) -> tuple[Pass, int] | None:
+        """The next slice of the current pass; None when all are handed out or it stopped
+        (a stopped job with no slice running ends here)."""
+        if self.done.is_set():
+            return None
+        if self.cancelled or self.error is not None:
+            if self.returned == self.taken:
+                self._end()
+            return None
+        work = self.passes[self.current]
+        if self.taken == work.count:
+            return None
+        self.taken += 1
+        return work, self.taken - 1
+
+    def finish(self, error: BaseException | None) -> bool:
+        """Count a finished slice; True when the job moved on (a new pass, or done)."""
+        self.error = self.error or error
+        self.returned += 1
+        self.finished += 1
+        if self.returned < self.taken:
+            return False  # others still running
+        if self.cancelled or self.error is not None:
+            self._end()
+            return True
+        if self.returned < self.passes[self.current].count:
+            return False
+        self.current += 1
+        self.taken = self.returned = 0
+        if self.current == len(self.passes):
+            self._end()
+        return True
+
+    def _end(self) -> None:
+        self.passes = []  # the tensors its slices hold go with them
+        self.done.set()
+
+
+_order = itertools.count()
 
 
 class _Background:
-    """The process's one worker thread: job slices, earliest deadline first.
+    """The process's one worker thread, taking slices of every engine's jobs, earliest deadline
+    first, beside the decoding thread, which takes slices too: to keep a job on pace (one slice
+    per step at most) and, should the job still be unfinished, at its deadline.
 
     One thread, so jobs never compete with each other for cores; it runs at the lowest CPU
-    priority with one intra-op thread, so a decoding step is never preempted by it. A step that
-    reaches a deadline whose job is not done runs the job's remaining slices itself (in deadline
-    order), so a busy or starved worker delays a step, never the result.
+    priority with one intra-op thread, so a decoding step is never preempted by it. Torch
+    releases the GIL inside its ops, so the two threads' FFTs overlap. Slices of 2^13 points
+    (default): at n = 2^18, 128 channels, float32, one thread of a 2-core x86 VM, a slice took
+    36 us (median; 80 us at 2^14, 232 us at 2^16), a whole job 0.56 s in slices against 0.5-1.1 s
+    as one rfft/irfft pair.
     """
 
     lock: ClassVar[threading.Lock] = threading.Lock()
     _ready: ClassVar[threading.Condition] = threading.Condition(lock)
-    _heap: ClassVar[list[tuple[int, int, Callable[[], None], Job]]] = []
-    _count: ClassVar[Iterator[int]] = itertools.count()
+    _jobs: ClassVar[list[Job]] = []  # by deadline
     _thread: ClassVar[threading.Thread | None] = None
 
     @classmethod
     def submit(cls, job: Job) -> None:
-        """Queue the first pass of ``job`` (its deadline orders it among every engine's)."""
         with cls._ready:
-            cls._queue(job.passes[0], job)
+            bisect.insort(cls._jobs, job, key=lambda j: j.key)
             if cls._thread is None:
                 cls._thread = threading.Thread(
                     target=cls._loop, name="futurefill-deamortized", daemon=True
                 )
                 cls._thread.start()
+            cls._ready.notify()
 
     @classmethod
-    def _queue(cls, slices: list[Callable[[], None]], job: Job) -> None:
-        """Push slices (the lock held) and wake the worker."""
-        for work in slices:
-            heapq.heappush(cls._heap, (job.deadline_key, next(cls._count), work, job))
-        cls._ready.notify()
+    def _take(cls) -> tuple[Job, Pass, int] | None:
+        """The earliest deadline's next slice (lock held); finished jobs leave the list."""
+        if any(job.done.is_set() for job in cls._jobs):
+            cls._jobs[:] = [job for job in cls._jobs if not job.done.is_set()]
+        for job in cls._jobs:
+            got = job.take()
+            if got is not None:
+                return (job, *got)
+        return None
 
     @classmethod
     def run_one(cls) -> bool:
-        """In the decoding thread: run the earliest queued slice; False when none is queued."""
+        """In the decoding thread: run the earliest deadline's next slice; False if none."""
         with cls.lock:
-            if not cls._heap:
-                return False
-            _, _, work, owner = heapq.heappop(cls._heap)
-        _run(work, owner)
+            got = cls._take()
+        if got is None:
+            return False
+        cls._run(*got)
         return True
+
+    @classmethod
+    def finish(cls, job: Job) -> None:
+        """In the decoding thread, at ``job``'s deadline: run its remaining slices here, waiting
+        only while the worker runs the last ones of a pass."""
+        while True:
+            with cls._ready:
+                while (got := job.take()) is None:
+                    if job.done.is_set():
+                        return
+                    cls._ready.wait()
+            cls._run(job, *got)
+
+    @classmethod
+    def _run(cls, job: Job, work: Pass, index: int) -> None:
+        """Run one slice in this thread. Inference mode (which is per thread): the engine's
+        buffers may be inference tensors (made under ``generate``), which only it may update
+        in place. An error is handed to the decoding thread at the job's deadline."""
+        error = None
+        try:
+            with torch.inference_mode():
+                work.run(index)
+        except BaseException as exc:
+            error = exc
+        with cls._ready:
+            if job.finish(error):
+                cls._ready.notify_all()
 
     @classmethod
     def _loop(cls) -> None:
@@ -164,23 +216,9 @@ class _Background:
             pass
         while True:
             with cls._ready:
-                while not cls._heap:
+                while (got := cls._take()) is None:
                     cls._ready.wait()
-                _, _, work, job = heapq.heappop(cls._heap)
-            _run(work, job)
-
-
-def _run(work: Callable[[], None], job: Job) -> None:
-    """Run one slice in this thread. Inference mode (which is per thread): the engine's buffers
-    may be inference tensors (made under ``generate``), which only it may update in place."""
-    error = None
-    if not job.cancelled and job.error is None:
-        try:
-            with torch.inference_mode():
-                work()
-        except BaseException as exc:  # handed to the decoding thread at the job's deadline
-            error = exc
-    job.finish_slice(error, _Background._queue)
+            cls._run(*got)
 
 
 def _levels(b0: int, remaining: int) -> list[int]:
@@ -216,6 +254,7 @@ class DeamortizedConv(TiledEngine):
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
         )
         self._plans: dict[int, tuple[SlicedConv, SlicedConv]] = {}  # (even, odd) block jobs
+        self._scratch: dict[int, torch.Tensor] = {}  # per level, for four-step jobs
         self._jobs: dict[int, Job] = {}
         weakref.finalize(self, _cancel, self._jobs)
         self._failed: BaseException | None = None
@@ -244,6 +283,14 @@ class DeamortizedConv(TiledEngine):
                 even = SlicedConv(h[:, b : min(4 * b, self.max_len)], 4 * b, batch, points)
                 odd = SlicedConv(h[:, b : min(3 * b, self.max_len)], 2 * b, batch, points)
                 self._plans[b] = (even, odd)
+        # One job per level in flight at a time: one scratch per level, kept (allocating and
+        # freeing hundreds of MB at the block ends of the largest levels costs milliseconds).
+        self._scratch = {}
+        for b, plans in self._plans.items():
+            size = max(plan.scratch_size(batch, channels) for plan in plans)
+            if size:
+                complex_dtype = plans[0].spectrum.dtype
+                self._scratch[b] = torch.empty(size, dtype=complex_dtype, device=self.device)
         self._pace_at = remaining  # no job in flight
         self._failed = None
 
@@ -254,7 +301,7 @@ class DeamortizedConv(TiledEngine):
         prompt = [] if self._prompt is None else [self._prompt]
         plans = [plan for pair in self._plans.values() for plan in pair]
         spectra = [t for plan in plans for t in plan.tensors()]
-        levels = [*self._rings.values(), *spectra]
+        levels = [*self._rings.values(), *self._scratch.values(), *spectra]
         return [self._x, self._direct, self._x_tile, self._h_head, *prompt, *levels]
 
     # ----------------------------------------------------------------- prompt and steps
@@ -294,13 +341,11 @@ class DeamortizedConv(TiledEngine):
         self._direct[b0:].zero_()
         if seen >= self._remaining:
             return
-        for b, ring in self._rings.items():
+        for b in self._rings:
             if seen % b:
                 break  # levels ascend: seen is a multiple of none of the larger ones either
             block = seen // b  # the block starting now; block - 1 has just been completed
             self._join(b)  # the job of block - 2: its first outputs are block's
-            done = (block - 1) % 4 * b
-            ring[..., done : done + b].zero_()  # block - 1 has been read: free its slot
             if block * b + b < self._remaining:  # its first output (block + 1) b exists
                 self._jobs[b] = self._submit(b, block - 1)
         self._load_tile(seen)
@@ -317,7 +362,9 @@ class DeamortizedConv(TiledEngine):
             if block < 2:
                 break  # the first outputs a level-b job reaches are those of block 2
             offset = block % 4 * b + start % b
-            current += ring[..., offset : offset + b0].permute(2, 0, 1)
+            part = ring[..., offset : offset + b0]
+            current += part.permute(2, 0, 1)
+            part.zero_()  # read: free for the job four blocks on (a tile a step, no spike)
 
     # ----------------------------------------------------------------- the jobs
 
@@ -335,7 +382,7 @@ class DeamortizedConv(TiledEngine):
                 slot = target % 4 * b
                 targets.append(((1 + k) * b, ring[..., slot : slot + b]))
         start = (block + 1) * b  # local positions: now, and the first output it reaches
-        job = Job(plan.passes(x, targets), start, start + b, self._offset)
+        job = Job(plan.passes(x, targets, self._scratch.get(b)), start, start + b, self._offset)
         _Background.submit(job)
         self._pace_at = min(self._pace_at, job.due())
         return job
@@ -358,14 +405,12 @@ class DeamortizedConv(TiledEngine):
         self._jobs.clear()
 
     def _wait(self, job: Job) -> None:
-        """Until ``job`` is done: run queued slices (earliest deadline first) in this thread;
-        wait only while the worker holds the last ones."""
-        while not job.done.is_set():
-            if not _Background.run_one():
-                job.done.wait()
+        """Until ``job`` is done (its remaining slices run in this thread)."""
+        _Background.finish(job)
 
 
 def _cancel(jobs: dict[int, Job]) -> None:
-    """Mark jobs cancelled: their queued slices are skipped (an engine reset or collected)."""
+    """Stop jobs (an engine reset or collected): they hand out no more slices, and end when none
+    is running. No lock: a finalizer may run while this thread holds it."""
     for job in jobs.values():
         job.cancelled = True
