@@ -140,13 +140,21 @@ class SlicedConv:
             js = slice(k * width, (k + 1) * width)
             y = torch.fft.irfft(scratch[:, c, :, js], n=n1, dim=-2)
             for row, out in outs:
-                out[:, c, :, js] += y[:, row : row + out.shape[-2]]
+                out[:, c, :, js].add_(y[:, row : row + out.shape[-2]])  # no setitem copy
 
         return [
             Pass(channels * column_cuts, forward),
             Pass(channels * row_cuts, middle),
             Pass(channels * column_cuts, inverse),
         ]
+
+    def convolve(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> None:
+        """All at once, without the four-step: what :meth:`passes` adds, in one call."""
+        if self.four_step:
+            raise ValueError("a four-step plan runs in passes")
+        y = torch.fft.irfft(torch.fft.rfft(x, n=self.n) * self.spectrum, n=self.n)
+        for start, out in targets:
+            out += y[..., start : start + out.shape[-1]]
 
     def _channel_groups(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> Pass:
         n, spectrum, group = self.n, self.spectrum, self.channels_per_slice
@@ -155,6 +163,6 @@ class SlicedConv:
             cs = slice(i * group, (i + 1) * group)
             y = torch.fft.irfft(torch.fft.rfft(x[:, cs], n=n) * spectrum[cs], n=n)
             for start, out in targets:
-                out[:, cs] += y[..., start : start + out.shape[-1]]
+                out[:, cs].add_(y[..., start : start + out.shape[-1]])
 
         return Pass(-(-x.shape[1] // group), run)

@@ -88,7 +88,7 @@ def test_bench_all_writes_every_benchmark(bench, out_dir, monkeypatch):
         assert bench.read_csv(out_dir / f"{name}.csv")
         assert (out_dir / f"{name}_table.md").exists()
     pngs = sorted(p.name for p in out_dir.glob("*.png"))
-    assert len(pngs) == 13
+    assert len(pngs) == 14
     for png in out_dir.glob("*.png"):
         bench.assert_png(png)
 

@@ -53,6 +53,9 @@ def test_model_runs_and_writes_json_csv_png(bench, out_dir):
         assert r["status"] == "ok", r
         assert r["tokens_per_s"] > 0 and r["peak_cache_bytes"] > 0
         assert r["max_rel_err"] <= r["tol"]
+        # every token timed: the per-token latency of generation
+        assert 0 < r["step_median_s"] <= r["step_p999_s"] <= r["step_max_s"] < r["total_s"] * 2
+        assert 0 <= r["step_max_at"] < r["L"] and len(r["trace"]) == r["L"]
     assert set(report["slopes"]) == {"longconv", "hyena"}
     assert {(r["mixer"], r["numerator"], r["denominator"]) for r in report["ratios"]} >= {
         ("hyena", "naive", "continuous")
@@ -61,7 +64,12 @@ def test_model_runs_and_writes_json_csv_png(bench, out_dir):
     assert len(csv_rows) == len(rows) and all(float(r["tokens_per_s"]) > 0 for r in csv_rows)
     assert bench.read_csv(out_dir / "model_per_position.csv")
     assert "### mixer hyena" in (out_dir / "model_table.md").read_text()
-    for name in ("model_tokens_per_s", "model_time_per_token", "model_cache_bytes"):
+    for name in (
+        "model_tokens_per_s",
+        "model_time_per_token",
+        "model_cache_bytes",
+        "model_step_latency",
+    ):
         bench.assert_png(out_dir / f"{name}.png")
 
 

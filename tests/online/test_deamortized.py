@@ -19,6 +19,13 @@ from reference import decaying_filter, random_input, reference_conv, reference_f
 L, B, D = 300, 2, 3
 
 
+@pytest.fixture(autouse=True)
+def jobs_in_the_background(monkeypatch):
+    """Every level's job through the background (at these sizes all would be small enough to
+    run at their block's end in one call; tests/online/test_exactness.py covers that path)."""
+    monkeypatch.setattr(deamortized, "SMALL_JOB_POINTS", 0)
+
+
 def run(engine: DeamortizedConv, u: torch.Tensor, prompt_len: int, stop: int | None = None):
     outputs = [engine.prefill(u[..., :prompt_len])] if prompt_len else []
     for t in range(prompt_len, u.shape[-1] if stop is None else stop):

@@ -45,6 +45,7 @@ DTYPES = {
 # Agreement tolerance: largest |y - y_ref| over the largest |y_ref|, y_ref computed in float64.
 # float32 FFT and direct sums stay near 1e-6 at L = 2^16; half precisions are limited by rounding
 # the outputs to 8 (bfloat16) or 11 (float16) significant bits.
+LATENCY_BUCKETS = 256  # positions are cut into this many buckets for the latency trace
 DEFAULT_TOL = {
     torch.float64: 1e-10,
     torch.float32: 1e-4,
@@ -515,6 +516,33 @@ def per_mixer_ratios(
 
 
 # ------------------------------------------------------------------------------ agreement
+
+
+def latency(step_times: np.ndarray) -> dict[str, Any]:
+    """The distribution of step times: median, p99, p99.9, max (and where), and a trace of the
+    largest and the median step per bucket of positions, for the plot."""
+    buckets = np.array_split(step_times, min(LATENCY_BUCKETS, len(step_times)))
+    starts = np.cumsum([0] + [len(b) for b in buckets[:-1]])
+    return {
+        "step_median_s": float(np.median(step_times)),
+        "step_p99_s": float(np.percentile(step_times, 99)),
+        "step_p999_s": float(np.percentile(step_times, 99.9)),
+        "step_max_s": float(step_times.max()),
+        "step_max_at": int(step_times.argmax()),
+        "trace": [
+            (int(a), float(b.max()), float(np.median(b)))
+            for a, b in zip(starts, buckets, strict=True)
+        ],
+    }
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    """A table cell: median / p99.9 / max step time (and max over median)."""
+    if "step_max_s" not in row:
+        return "-"
+    spread = row["step_max_s"] / row["step_median_s"]
+    times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
+    return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
 
 
 def default_tol(dtype: torch.dtype) -> float:

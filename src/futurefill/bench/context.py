@@ -128,7 +128,7 @@ def run_cell(
         prefill = time.perf_counter() - began
         after_prefill = stepper.nbytes
         first = prompt_logits[:, -1].argmax(dim=-1)
-        fed, logits, chunks, peak = generate_timed(stepper, first, new_tokens, device)
+        fed, logits, chunks, peak, _ = generate_timed(stepper, first, new_tokens, device)
         stepper.close()
         decode = sum(c for _, _, c in chunks)
         record = {"seconds": prefill + decode, "setup": setup, "prefill": prefill}

@@ -42,7 +42,6 @@ RATIOS = (
     ("continuous", "offline"),
     ("deamortized", "continuous"),
 )
-LATENCY_BUCKETS = 256  # positions are cut into this many buckets for the latency trace
 
 
 class Stepper(Protocol):
@@ -183,24 +182,6 @@ def time_steps(
     return torch.stack(outputs, dim=-1), chunks, peak, step_times
 
 
-def latency(step_times: np.ndarray) -> dict[str, Any]:
-    """The distribution of step times: median, p99, p99.9, max (and where), and a trace of the
-    largest and the median step per bucket of positions, for the plot."""
-    buckets = np.array_split(step_times, min(LATENCY_BUCKETS, len(step_times)))
-    starts = np.cumsum([0] + [len(b) for b in buckets[:-1]])
-    return {
-        "step_median_s": float(np.median(step_times)),
-        "step_p99_s": float(np.percentile(step_times, 99)),
-        "step_p999_s": float(np.percentile(step_times, 99.9)),
-        "step_max_s": float(step_times.max()),
-        "step_max_at": int(step_times.argmax()),
-        "trace": [
-            (int(a), float(b.max()), float(np.median(b)))
-            for a, b in zip(starts, buckets, strict=True)
-        ],
-    }
-
-
 def run_cell(
     method: str,
     operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -251,7 +232,7 @@ def run_cell(
         "repeats": len(records),
         "times_s": times,
         "chunks": common.median_chunks([r["chunks"] for r in records]),
-        **(latency(fastest["steps"]) if "steps" in fastest else {}),
+        **(common.latency(fastest["steps"]) if "steps" in fastest else {}),
     }
 
 
@@ -328,14 +309,6 @@ def slopes(
 # ------------------------------------------------------------------------------ output
 
 
-def _latency_cell(row: dict[str, Any]) -> str:
-    if "step_max_s" not in row:
-        return "-"
-    spread = row["step_max_s"] / row["step_median_s"]
-    times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
-    return " / ".join(common.fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
-
-
 def table(report: dict[str, Any]) -> str:
     """The terminal/Markdown summary: total time per L and method, ratios, cache, slopes."""
     rows = report["rows"]
@@ -357,7 +330,7 @@ def table(report: dict[str, Any]) -> str:
     cached = [m for m in methods if m != "offline"]
     cache = [(f"{m} cache", m, lambda r: common.fmt_bytes(r["peak_cache_bytes"])) for m in cached]
     online = [m for m in methods if m in ONLINE_METHODS]
-    steps = [(f"{m} median / p99.9 / max", m, _latency_cell) for m in online]
+    steps = [(f"{m} median / p99.9 / max", m, common.latency_cell) for m in online]
     cfg = report["config"]
     lines = [
         f"## Layer benchmark: total time for L steps (median of up to {cfg['repeats']} runs)",
@@ -410,27 +383,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
                 "linestyle": "--",
             }
         )
-    trace = []
-    for method in methods:
-        done = [r for r in rows if r["method"] == method and r["status"] == "ok" and "trace" in r]
-        if done:
-            last = max(done, key=lambda r: r["L"])
-            at = [a for a, _, _ in last["trace"]]
-            trace += [
-                {
-                    "method": method,
-                    "label": f"{method}: largest step per bucket (L={last['L']})",
-                    "x": at,
-                    "y": [top for _, top, _ in last["trace"]],
-                },
-                {
-                    "method": method,
-                    "label": f"{method}: median step per bucket",
-                    "x": at,
-                    "y": [mid for _, _, mid in last["trace"]],
-                    "linestyle": ":",
-                },
-            ]
+    trace = plots.latency_lines(rows, methods, "L")
     cached = [m for m in methods if m != "offline"]
     specs = [
         (
@@ -460,7 +413,7 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             (
                 "layer_step_latency",
                 trace,
-                f"position t (buckets of L/{LATENCY_BUCKETS} steps)",
+                f"position t (buckets of L/{common.LATENCY_BUCKETS} steps)",
                 "time of one step (s)",
                 "Step latency against position, at the largest L run",
                 {"logx": False},

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from futurefill.bench import common, plots
@@ -162,31 +163,36 @@ CONFIG = ModelConfig
 
 def generate_timed(
     stepper, first: torch.Tensor, length: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, float]], int]:
-    """Greedy generation of ``length`` steps from tokens ``first`` (B,), timed in dyadic chunks.
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, float]], int, np.ndarray]:
+    """Greedy generation of ``length`` steps from tokens ``first`` (B,), timed in dyadic chunks
+    and token by token (host time, the argmax included: the latency of one token).
 
     Returns the tokens fed (B, length), the logits of every step (B, length, vocab), the chunk
-    times and the peak bytes the stepper held (sampled between chunks).
+    times, the peak bytes the stepper held (sampled between chunks) and every token's time.
     """
     step = stepper.step
     fed: list[torch.Tensor] = []
     logits: list[torch.Tensor] = []
     chunks = []
+    step_times = np.empty(length)
     peak = stepper.nbytes
     tok = first
+    clock = time.perf_counter
     with torch.inference_mode():
         common.sync(device)
         for start, stop in common.chunk_bounds(length):
-            began = time.perf_counter()
-            for _ in range(start, stop):
+            began = clock()
+            for t in range(start, stop):
+                before = clock()
                 fed.append(tok)
                 out = step(tok)
                 logits.append(out)
                 tok = out.argmax(dim=-1)
+                step_times[t] = clock() - before
             common.sync(device)
-            chunks.append((start, stop, time.perf_counter() - began))
+            chunks.append((start, stop, clock() - began))
             peak = max(peak, stepper.nbytes)
-    return torch.stack(fed, dim=1), torch.stack(logits, dim=1), chunks, peak
+    return torch.stack(fed, dim=1), torch.stack(logits, dim=1), chunks, peak, step_times
 
 
 def run_cell(
@@ -210,10 +216,11 @@ def run_cell(
         stepper = MODEL_STEPPERS[method](model, length, batch)
         common.sync(device)
         setup = time.perf_counter() - began
-        ids, logits, chunks, peak = generate_timed(stepper, first, length, device)
+        ids, logits, chunks, peak, steps = generate_timed(stepper, first, length, device)
         stepper.close()
         seconds = sum(c for _, _, c in chunks)
-        return {"seconds": seconds, "setup": setup, "chunks": chunks, "peak": peak}, (ids, logits)
+        record = {"seconds": seconds, "setup": setup, "chunks": chunks, "peak": peak}
+        return {**record, "steps": steps}, (ids, logits)
 
     def check(outputs: tuple[torch.Tensor, torch.Tensor]) -> float:
         ids, logits = outputs
@@ -237,6 +244,7 @@ def run_cell(
         "repeats": len(records),
         "times_s": times,
         "chunks": common.median_chunks([r["chunks"] for r in records]),
+        **common.latency(min(records, key=lambda r: r["seconds"])["steps"]),
     }
 
 
@@ -396,6 +404,7 @@ def table(report: dict[str, Any]) -> str:
         for m in methods
         if m != "recompute"
     ]
+    steps = [(f"{m} median / p99.9 / max", m, common.latency_cell) for m in methods]
     for mixer in cfg["mixers"]:
         mine = [r for r in rows if r["mixer"] == mixer]
         header, body = common.method_grid(mine, ("L",), columns, pairs)
@@ -403,6 +412,12 @@ def table(report: dict[str, Any]) -> str:
         slopes = ("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods)
         body.append(["time slope", *slopes] + [""] * (len(header) - 1 - len(methods)))
         lines += [f"### mixer {mixer}", "", common.markdown_table(header, body), ""]
+        lines += [
+            "Time of one token (the fastest run's), and the largest over its median:",
+            "",
+            common.markdown_table(*common.method_grid(mine, ("L",), steps)),
+            "",
+        ]
     lines += common.notes(report, ("L",), checked="of the logits from the float64 forward pass")
     return "\n".join(lines) + "\n"
 
@@ -410,7 +425,8 @@ def table(report: dict[str, Any]) -> str:
 CSV_COLUMNS = common.csv_columns(
     "mixer method L",
     "total_s tokens_per_s per_token_s setup_s peak_cache_bytes",
-    setting="batch d_model n_layers",
+    "step_median_s step_p99_s step_p999_s step_max_s step_max_at",
+    "batch d_model n_layers",
 )
 
 
@@ -448,6 +464,14 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
                 "generated tokens L",
                 "peak bytes held by the cache",
                 "Decoding cache against L",
+            ),
+            (
+                "model_step_latency",
+                plots.latency_lines(rows, methods, "L", **groups),
+                f"position t (buckets of L/{common.LATENCY_BUCKETS} tokens)",
+                "time of one token (s)",
+                "Token latency against position, at the largest L run",
+                {"logx": False},
             ),
         ],
     )

@@ -153,6 +153,45 @@ def chunk_lines(
     return lines
 
 
+def latency_lines(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    size: str,
+    *,
+    by: str | None = None,
+    values: Sequence[Any] = (None,),
+    label: str = "{method}",
+) -> list[dict[str, Any]]:
+    """The largest step (solid) and the median step (dotted) per bucket of positions, at each
+    method's largest ok run with a latency trace."""
+    lines = []
+    for value in values:
+        where = {} if by is None else {by: value}
+        for method in methods:
+            done = [r for r in _ok_rows(rows, method, where, size) if "trace" in r]
+            if not done:
+                continue
+            last = done[-1]
+            at = [a for a, _, _ in last["trace"]]
+            name = label.format(method=method, value=value)
+            lines += [
+                {
+                    "method": method,
+                    "label": f"{name}: largest step per bucket ({size}={last[size]})",
+                    "x": at,
+                    "y": [top for _, top, _ in last["trace"]],
+                },
+                {
+                    "method": method,
+                    "label": f"{name}: median step per bucket",
+                    "x": at,
+                    "y": [mid for _, _, mid in last["trace"]],
+                    "linestyle": ":",
+                },
+            ]
+    return lines
+
+
 def figures(report: dict[str, Any], out: Path, what: str, specs: Sequence[tuple]) -> list[Path]:
     """One PNG per ``(name, lines, xlabel, ylabel, title[, options])`` in ``specs``; the title
     gets ``what`` in parentheses, the subtitle names the machine."""

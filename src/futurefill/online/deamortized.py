@@ -13,8 +13,8 @@ one step in b stalls for it. Here every FFT job gets b steps of slack. With tile
 Every pair (input i, output t >= i) is covered exactly once: pairs within one tile or two
 adjacent tiles directly, every other one by the unique level b with floor(t/b) - floor(i/b) in
 {2, 3} and floor(t/2b) - floor(i/2b) = 1. Block I is complete after step (I+1) b - 1 and its
-first output is (I+2) b, so its job runs on a worker thread (torch releases the GIL inside its
-ops) while the next b steps go on, and the step waits for it only at that deadline. At most one
+first output is (I+2) b, so its job can run while the next b steps go on, and the step waits
+for it only at that deadline. At most one
 job per level is in flight; each level accumulates into its own ring of four b-blocks, read one
 tile at a time at tile starts and cleared after its block has been read, so a job never writes
 where the main thread reads. Per 2b steps a level does 6b FFT points where
@@ -22,22 +22,30 @@ Continuous-FutureFill does 2b: about 3x its FFT work, spread over the steps inst
 
 After a prompt of length P, the prompt's contribution to the K = max_len - P outputs after it is
 kept (one FFT, as in Continuous-FutureFill) and the schedule runs over the generated inputs only.
-Memory O(K): the generated inputs, the prompt part, the rings (4b per level, 8K in all).
+Memory O(K): the generated inputs, the prompt part, the rings (4b per level, 8K in all) and one
+four-step scratch per level (about 2b complex values a channel).
 
-The jobs run on one background thread for the whole process (:class:`_Background`), slices of
-every engine's jobs earliest deadline first; a step that reaches a deadline runs what is left
-itself. A slice holds references to the tensors it writes, so none is freed under it; collecting
-or resetting an engine cancels its queued slices. A job that raises re-raises at its deadline
-step; the engine then needs ``reset()``.
+Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT size) runs at
+its block's end, in one call, as in Continuous-FutureFill. A larger one is cut into slices of
+about SLICE_POINTS values (:class:`~futurefill.fourstep.SlicedConv`: groups of channels, or
+for a channel whose transform is larger, the three passes of a four-step FFT). The process's
+one background thread (:class:`_Background`) takes slices of every engine's jobs, earliest
+deadline first; the decoding thread takes one at a step when a job falls behind an even pace
+over its slack, and at the deadline finishes what is left. A slice holds references to the
+tensors it writes, so none is freed under it; collecting or resetting an engine cancels its
+jobs. A job that raises re-raises at its deadline step; the engine then needs ``reset()``.
 
-Where it stands (measured, 2-core VM, 128 channels, float32): the stalls shrink where the worker
-keeps up (L = 2^14: largest step 1.6 ms instead of 85 ms) but not at L = 2^18 (249 ms instead of
-395 ms; median 8 us; total 1.21x continuous's): the jobs are ~3x the FFT work of
-Continuous-FutureFill and the worker needs the GIL between its ops while the decoding thread
-holds it, so on two cores the background cannot absorb the largest levels in time. Bounding
-every step needs the largest FFTs cut into per-step slices (a four-step FFT), which is not done.
-On CUDA the jobs are issued from the worker thread on the default stream (correct, but not
-overlapped with the decoding thread's kernels; a side stream is future work, untested here).
+Measured (2-core x86 VM, 128 channels, batch 1, float32, one intra-op thread, best of 2 runs;
+``SLICE_POINTS`` / ``SMALL_JOB_POINTS`` chosen from these): at L = 2^18 continuous took 4.39 s
+with a largest step of 360 ms; deamortized 6.6 s (1.5x) with a largest step of 2.6-4.5 ms,
+median 7.4 us, p99.9 1.6 ms. Slices of 2^14 / 2^15 / 2^16 / 2^17 points: total 11.4 / 8.4 /
+6.6-7.5 / 5.9 s, largest step 6.6 / 5.3 / 2.5-5.5 / 8.2 ms. Small jobs in one call up to 2^16
+/ 2^18 points: at L = 2^16, total 2.3 / 2.0 s, largest step 5.6 / 1.5 ms. Without the background
+thread (the decoding thread paces every job), slices of 2^14: total 15.5 s, largest step 2.2 ms.
+What is left of the largest steps is the block ends of several levels at once (their small jobs,
+and a few small ops per level that wait for the GIL while the worker holds it), and the
+scheduler of this shared VM. On CUDA the slices are issued from the worker thread on the
+default stream (correct, but not overlapped with the decoding thread's kernels; untested here).
 """
 
 from __future__ import annotations
@@ -55,9 +63,11 @@ from futurefill.fftconv import prompt_conv
 from futurefill.fourstep import Pass, SlicedConv
 from futurefill.online.continuous import TiledEngine
 
-# Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep), so that
-# no piece of a job takes long: measured below (_Background).
-SLICE_POINTS = 1 << 13
+# Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep); a job of
+# at most SMALL_JOB_POINTS (batch x channels x FFT size) runs at its block's end in one call.
+# Chosen from the measurements in the module docstring.
+SLICE_POINTS = 1 << 16
+SMALL_JOB_POINTS = 1 << 18
 
 
 class Job:
@@ -137,10 +147,10 @@ class _Background:
 
     One thread, so jobs never compete with each other for cores; it runs at the lowest CPU
     priority with one intra-op thread, so a decoding step is never preempted by it. Torch
-    releases the GIL inside its ops, so the two threads' FFTs overlap. Slices of 2^13 points
-    (default): at n = 2^18, 128 channels, float32, one thread of a 2-core x86 VM, a slice took
-    36 us (median; 80 us at 2^14, 232 us at 2^16), a whole job 0.56 s in slices against 0.5-1.1 s
-    as one rfft/irfft pair.
+    releases the GIL inside its ops, so the two threads' FFTs overlap. At n = 2^18, 128
+    channels, float32, one thread of a 2-core x86 VM, a four-step slice of 2^13 / 2^14 / 2^16
+    points took 36 / 80 / 232 us (median), a whole job 0.5-0.6 s in slices, about what one
+    rfft/irfft pair over it takes.
     """
 
     lock: ClassVar[threading.Lock] = threading.Lock()
@@ -347,7 +357,9 @@ class DeamortizedConv(TiledEngine):
             block = seen // b  # the block starting now; block - 1 has just been completed
             self._join(b)  # the job of block - 2: its first outputs are block's
             if block * b + b < self._remaining:  # its first output (block + 1) b exists
-                self._jobs[b] = self._submit(b, block - 1)
+                job = self._submit(b, block - 1)
+                if job is not None:
+                    self._jobs[b] = job
         self._load_tile(seen)
 
     def _load_tile(self, start: int) -> None:
@@ -356,7 +368,7 @@ class DeamortizedConv(TiledEngine):
         current = self._direct[:b0]
         if self._prompt is not None:
             stop = min(start + b0, self._remaining)
-            current[: stop - start] += self._prompt[..., start:stop].permute(2, 0, 1)
+            current[: stop - start].add_(self._prompt[..., start:stop].permute(2, 0, 1))
         for b, ring in self._rings.items():
             block = start // b
             if block < 2:
@@ -368,7 +380,7 @@ class DeamortizedConv(TiledEngine):
 
     # ----------------------------------------------------------------- the jobs
 
-    def _submit(self, b: int, block: int) -> Job:
+    def _submit(self, b: int, block: int) -> Job | None:
         """Queue the level-b job of ``block``: its share of blocks block+2 (and block+3 if
         even), added into the level's ring. Entries b .. 3b - 1 of the linear convolution of
         the block with h[b : b + n] are the targets' (aliasing lands below b at FFT size n)."""
@@ -381,6 +393,9 @@ class DeamortizedConv(TiledEngine):
             if target * b < self._remaining:
                 slot = target % 4 * b
                 targets.append(((1 + k) * b, ring[..., slot : slot + b]))
+        if not plan.four_step and x.numel() * plan.n // b <= SMALL_JOB_POINTS:
+            plan.convolve(x, targets)  # small: now, in one call (no job, no slices)
+            return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
         job = Job(plan.passes(x, targets, self._scratch.get(b)), start, start + b, self._offset)
         _Background.submit(job)
