@@ -102,3 +102,19 @@ def test_budget_gate_skips_projected_and_stops_failed_series():
     gate.record("b", 100, {"status": "FAILED (x)"}, what="b", at="L=100", time_key="t")
     assert gate.check("b", 200) == {"status": "not run (failed at L=100)", "repeats": 0}
     assert gate.failures == ["b at L=100: FAILED (x)"]
+
+
+def test_paused_gc_restores_the_collector():
+    import gc
+
+    assert gc.isenabled()
+    with common.paused_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with common.paused_gc():
+            pass
+        assert not gc.isenabled()  # left as it was
+    finally:
+        gc.enable()

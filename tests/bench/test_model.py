@@ -55,7 +55,8 @@ def test_model_runs_and_writes_json_csv_png(bench, out_dir):
         assert r["max_rel_err"] <= r["tol"]
         # every token timed: the per-token latency of generation
         assert 0 < r["step_median_s"] <= r["step_p999_s"] <= r["step_max_s"] < r["total_s"] * 2
-        assert 0 <= r["step_max_at"] < r["L"] and len(r["trace"]) == r["L"]
+        assert 1 <= r["step_max_at"] < r["L"] and len(r["trace"]) == r["L"] - 1
+        assert r["first_token_s"] > 0
     assert set(report["slopes"]) == {"longconv", "hyena"}
     assert {(r["mixer"], r["numerator"], r["denominator"]) for r in report["ratios"]} >= {
         ("hyena", "naive", "continuous")

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import gc
 import json
 import math
 import os
@@ -182,6 +183,20 @@ def torch_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a run is timed (as :mod:`timeit` does): the
+    outputs a run keeps for its agreement check, one tensor a step, would otherwise set off full
+    collections of about 100 ms at random steps (seen at L = 2^16 and 2^18)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -518,17 +533,19 @@ def per_mixer_ratios(
 # ------------------------------------------------------------------------------ agreement
 
 
-def latency(step_times: np.ndarray) -> dict[str, Any]:
-    """The distribution of step times: median, p99, p99.9, max (and where), and a trace of the
-    largest and the median step per bucket of positions, for the plot."""
-    buckets = np.array_split(step_times, min(LATENCY_BUCKETS, len(step_times)))
-    starts = np.cumsum([0] + [len(b) for b in buckets[:-1]])
+def latency(step_times: np.ndarray, first: int = 0) -> dict[str, Any]:
+    """The distribution of the times of steps ``first ..``: median, p99, p99.9, max (and
+    where), and a trace of the largest and the median step per bucket of positions, for the
+    plot. (A model's first token builds its decoding state: ``first=1`` leaves it out.)"""
+    times = step_times[first:]
+    buckets = np.array_split(times, min(LATENCY_BUCKETS, len(times)))
+    starts = first + np.cumsum([0] + [len(b) for b in buckets[:-1]])
     return {
-        "step_median_s": float(np.median(step_times)),
-        "step_p99_s": float(np.percentile(step_times, 99)),
-        "step_p999_s": float(np.percentile(step_times, 99.9)),
-        "step_max_s": float(step_times.max()),
-        "step_max_at": int(step_times.argmax()),
+        "step_median_s": float(np.median(times)),
+        "step_p99_s": float(np.percentile(times, 99)),
+        "step_p999_s": float(np.percentile(times, 99.9)),
+        "step_max_s": float(times.max()),
+        "step_max_at": first + int(times.argmax()),
         "trace": [
             (int(a), float(b.max()), float(np.median(b)))
             for a, b in zip(starts, buckets, strict=True)

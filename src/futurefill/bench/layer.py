@@ -160,7 +160,8 @@ def time_steps(
 
     One timer runs per dyadic chunk (:func:`common.chunk_bounds`), another around every step
     (host time: on CUDA a step's kernels may still run after it returns); ``nbytes`` is sampled
-    between chunks, outside the timed region.
+    between chunks, outside the timed region; the garbage collector is paused
+    (:func:`common.paused_gc`).
     """
     step = stepper.step
     outputs: list[torch.Tensor] = []
@@ -170,15 +171,16 @@ def time_steps(
     peak = stepper.nbytes
     sync, clock = common.sync, time.perf_counter
     sync(device)
-    for start, stop in common.chunk_bounds(inputs.shape[0]):
-        began = clock()
-        for t in range(start, stop):
-            before = clock()
-            append(step(inputs[t]))
-            step_times[t] = clock() - before
-        sync(device)
-        chunks.append((start, stop, clock() - began))
-        peak = max(peak, stepper.nbytes)
+    with common.paused_gc():
+        for start, stop in common.chunk_bounds(inputs.shape[0]):
+            began = clock()
+            for t in range(start, stop):
+                before = clock()
+                append(step(inputs[t]))
+                step_times[t] = clock() - before
+            sync(device)
+            chunks.append((start, stop, clock() - began))
+            peak = max(peak, stepper.nbytes)
     return torch.stack(outputs, dim=-1), chunks, peak, step_times
 
 

@@ -25,8 +25,9 @@ kept (one FFT, as in Continuous-FutureFill) and the schedule runs over the gener
 Memory O(K): the generated inputs, the prompt part, the rings (4b per level, 8K in all) and one
 four-step scratch per level (about 2b complex values a channel).
 
-Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT size) runs at
-its block's end, in one call, as in Continuous-FutureFill. A larger one is cut into slices of
+Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT size, and FFT
+size at most SMALL_JOB_LONGEST) runs at its block's end, in one call, as in
+Continuous-FutureFill. A larger one is cut into slices of
 about SLICE_POINTS values (:class:`~futurefill.fourstep.SlicedConv`: groups of channels, or
 for a channel whose transform is larger, the three passes of a four-step FFT). The process's
 one background thread (:class:`_Background`) takes slices of every engine's jobs, earliest
@@ -68,6 +69,7 @@ from futurefill.online.continuous import TiledEngine
 # Chosen from the measurements in the module docstring.
 SLICE_POINTS = 1 << 16
 SMALL_JOB_POINTS = 1 << 18
+SMALL_JOB_LONGEST = 2048  # FFT size: with few channels, longer ones add up at block ends
 
 
 class Job:
@@ -393,7 +395,8 @@ class DeamortizedConv(TiledEngine):
             if target * b < self._remaining:
                 slot = target % 4 * b
                 targets.append(((1 + k) * b, ring[..., slot : slot + b]))
-        if not plan.four_step and x.numel() * plan.n // b <= SMALL_JOB_POINTS:
+        points = x.numel() * plan.n // b
+        if not plan.four_step and points <= SMALL_JOB_POINTS and plan.n <= SMALL_JOB_LONGEST:
             plan.convolve(x, targets)  # small: now, in one call (no job, no slices)
             return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
