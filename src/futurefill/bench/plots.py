@@ -6,7 +6,7 @@ no display is needed and pyplot's global backend is left alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,24 @@ def method_lines(
     return lines
 
 
+def _largest_runs(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    size: str,
+    by: str | None,
+    values: Sequence[Any],
+    field: str,
+) -> Iterator[tuple[int, Any, str, dict[str, Any]]]:
+    """(index of the value, value, method, row) of each method's largest ok run having
+    ``field``, per value of ``by``."""
+    for i, value in enumerate(values):
+        where = {} if by is None else {by: value}
+        for method in methods:
+            done = [r for r in _ok_rows(rows, method, where, size) if field in r]
+            if done:
+                yield i, value, method, done[-1]
+
+
 def chunk_lines(
     rows: Sequence[dict[str, Any]],
     methods: Sequence[str],
@@ -133,24 +151,16 @@ def chunk_lines(
     label: str = "{method}",
 ) -> list[dict[str, Any]]:
     """Mean step time per dyadic chunk of positions at each method's largest ok run."""
-    lines = []
-    for i, value in enumerate(values):
-        where = {} if by is None else {by: value}
-        for method in methods:
-            done = _ok_rows(rows, method, where, size)
-            if not done:
-                continue
-            last = done[-1]
-            lines.append(
-                {
-                    "method": method,
-                    "label": label.format(method=method, value=value) + f" ({size}={last[size]})",
-                    "linestyle": LINESTYLES[i % len(LINESTYLES)],
-                    "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
-                    "y": [s for _, _, s in last["chunks"]],
-                }
-            )
-    return lines
+    return [
+        {
+            "method": method,
+            "label": label.format(method=method, value=value) + f" ({size}={last[size]})",
+            "linestyle": LINESTYLES[i % len(LINESTYLES)],
+            "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
+            "y": [s for _, _, s in last["chunks"]],
+        }
+        for i, value, method, last in _largest_runs(rows, methods, size, by, values, "chunks")
+    ]
 
 
 def latency_lines(
@@ -165,30 +175,24 @@ def latency_lines(
     """The largest step (solid) and the median step (dotted) per bucket of positions, at each
     method's largest ok run with a latency trace."""
     lines = []
-    for value in values:
-        where = {} if by is None else {by: value}
-        for method in methods:
-            done = [r for r in _ok_rows(rows, method, where, size) if "trace" in r]
-            if not done:
-                continue
-            last = done[-1]
-            at = [a for a, _, _ in last["trace"]]
-            name = label.format(method=method, value=value)
-            lines += [
-                {
-                    "method": method,
-                    "label": f"{name}: largest step per bucket ({size}={last[size]})",
-                    "x": at,
-                    "y": [top for _, top, _ in last["trace"]],
-                },
-                {
-                    "method": method,
-                    "label": f"{name}: median step per bucket",
-                    "x": at,
-                    "y": [mid for _, _, mid in last["trace"]],
-                    "linestyle": ":",
-                },
-            ]
+    for _, value, method, last in _largest_runs(rows, methods, size, by, values, "trace"):
+        at = [a for a, _, _ in last["trace"]]
+        name = label.format(method=method, value=value)
+        lines += [
+            {
+                "method": method,
+                "label": f"{name}: largest step per bucket ({size}={last[size]})",
+                "x": at,
+                "y": [top for _, top, _ in last["trace"]],
+            },
+            {
+                "method": method,
+                "label": f"{name}: median step per bucket",
+                "x": at,
+                "y": [mid for _, _, mid in last["trace"]],
+                "linestyle": ":",
+            },
+        ]
     return lines
 
 
