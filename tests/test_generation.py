@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from futurefill import METHODS, ConvLM, ConvLMConfig, GenerationOutput, generate
 from futurefill.generation import select_next_tokens
 from futurefill.model import MIXERS
+from futurefill.online import deamortized
 from reference import rel_err
 
 VOCAB, MAX_LEN = 32, 48
@@ -353,10 +354,16 @@ def test_prompt_padding_may_hold_any_value():
     )
 
 
-def test_deamortized_jobs_run_under_generates_inference_mode():
+@pytest.mark.parametrize("slice_points", [8, 1 << 16])
+def test_deamortized_jobs_run_under_generates_inference_mode(monkeypatch, slice_points):
     """generate() decodes in inference mode; the deamortized engine's background jobs write into
-    its buffers from another thread, which must be allowed too."""
+    its buffers from another thread, which must be allowed too. Every job in the background
+    (none small enough to run at once), in four-step passes of a few points or whole."""
+    monkeypatch.setattr(deamortized, "SMALL_JOB_POINTS", 0)
+    monkeypatch.setattr(deamortized, "SLICE_POINTS", slice_points)
     model = tiny_model("longconv")
     ids = random_ids(2, 5)
-    tokens = generate(model, ids, 40, method="deamortized", tile_len=1)
-    assert torch.equal(tokens, generate(model, ids, 40, method="continuous", tile_len=1))
+    got = generate(model, ids, 40, method="deamortized", tile_len=1, return_logits=True)
+    expected = generate(model, ids, 40, method="continuous", tile_len=1, return_logits=True)
+    assert torch.equal(got.tokens, expected.tokens)
+    assert torch.allclose(got.logits, expected.logits, rtol=0, atol=1e-10)
