@@ -39,9 +39,10 @@ jobs. A job that raises re-raises at its deadline step; the engine then needs ``
 Measured (2-core x86 VM, 128 channels, batch 1, float32, one intra-op thread, best of 2 runs;
 the knobs chosen from these): at L = 2^18 continuous took 4.2-4.4 s with a largest step of
 344-360 ms; deamortized 8.7 s (2.08x) with a largest step of 4.7 ms, median 7.8 us, p99.9
-2.2 ms. Before long transforms were always cut four-step (fourstep.LONGEST_DIRECT): 6.6 s, largest
-step 2.6-5.5 ms, p99.9 1.6 ms, but with 4 channels at L = 2^20 a largest step of 2.0 ms where
-it is now 1.35 ms. Slices of 2^14 / 2^15 / 2^16 / 2^17 points: total 11.4 / 8.4 / 6.6 / 5.9 s,
+2.2 ms. Without forcing transforms longer than 8192 four-step (fourstep.LONGEST_DIRECT): 7.9 s
+(1.82x) but a largest step of 15.3 ms (a slice of one long row, paced in the decoding thread).
+In a plain loop without that cap, slices of 2^14 / 2^15 / 2^16 / 2^17 points: total 11.4 / 8.4 /
+6.6 / 5.9 s,
 largest step 6.6 / 5.3 / 2.6-4.5 / 8.2 ms. Small jobs in one call up to 2^16 / 2^18 points: at
 L = 2^16, total 2.3 / 2.0 s, largest step 5.6 / 1.5 ms. Without the background thread (the
 decoding thread paces every job), slices of 2^14: total 15.5 s, largest step 2.2 ms. What is left
