@@ -139,3 +139,19 @@ def test_bench_context_times_the_compiled_step(tmp_path):
     assert not report["failures"]
     rows = {(r["method"], r["P"]): r for r in report["rows"]}
     assert all(r["status"] == "ok" and r["tokens_match"] for r in rows.values())
+
+
+def test_batch_one_products_become_multiply_and_sum_on_cpu():
+    """The CPU compiled step asks inductor to rewrite each (1, k) x (k, n) product (what bounds
+    a batch-1 step: see generation.CPU_COMPILE_OPTIONS); the pass must have run."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()  # an earlier test's graph (same structure) would serve: compile anew
+    model = small_model("hyenadna")
+    ids = torch.randint(0, 16, (1, 3), generator=torch.Generator().manual_seed(7))
+    before = counters["inductor"]["decompose_addmm"] + counters["inductor"]["decompose_mm"]
+    with inductor_config.patch(force_disable_caches=True):  # the pass runs, not a cache hit
+        compiled = generate(model, ids, 6, compile=True)
+    after = counters["inductor"]["decompose_addmm"] + counters["inductor"]["decompose_mm"]
+    assert after > before
+    assert torch.equal(compiled, generate(model, ids, 6))

@@ -37,6 +37,7 @@ COMPILED_METHODS = ("continuous", "epoched")
 # spread over the intra-op threads, where MKL's GEMV reads the weights on one core: a
 # HyenaDNA-large-1m-shaped step (8 layers, width 256, 25 MB of weights) went from 3.85 ms to
 # 1.40 ms on a 2-core x86 CPU (32 such products alone: 3.3 ms to 0.61 ms).
+# (Asked for only where this torch's inductor has the pass's CPU case; others compile without.)
 CPU_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 
@@ -300,9 +301,19 @@ def compiled_step(model: nn.Module, device: torch.device) -> Callable[[torch.Ten
         if torch.device(device).type == "cuda":
             step = torch.compile(token_step, dynamic=False, mode="reduce-overhead")
         else:
-            step = torch.compile(token_step, dynamic=False, options=CPU_COMPILE_OPTIONS)
+            options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
+            step = torch.compile(token_step, dynamic=False, options=options)
         model.__dict__["_futurefill_compiled_step"] = step  # not a submodule: no state-dict key
     return step
+
+
+def _inductor_decomposes_cpu_mm() -> bool:
+    """Whether this torch's inductor has the CPU case of its ``decompose_mm_pass``."""
+    try:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm
+    except ImportError:
+        return False
+    return hasattr(decompose_mem_bound_mm, "CPU_MAX_FIRST_DIMENSION_DECOMPOSITION")
 
 
 # ---------------------------------------------------------------------- argument checks
