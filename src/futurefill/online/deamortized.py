@@ -37,18 +37,20 @@ tensors it writes, so none is freed under it; collecting or resetting an engine 
 jobs. A job that raises re-raises at its deadline step; the engine then needs ``reset()``.
 
 Measured (2-core x86 VM, 128 channels, batch 1, float32, one intra-op thread, best of 2 runs;
-the knobs chosen from these): at L = 2^18 continuous took 4.2-4.4 s with a largest step of
-344-360 ms; deamortized 8.7 s (2.08x) with a largest step of 4.7 ms, median 7.8 us, p99.9
-2.2 ms. Without forcing transforms longer than 8192 four-step (fourstep.LONGEST_DIRECT): 7.9 s
-(1.82x) but a largest step of 15.3 ms (a slice of one long row, paced in the decoding thread).
-In a plain loop without that cap, slices of 2^14 / 2^15 / 2^16 / 2^17 points: total 11.4 / 8.4 /
-6.6 / 5.9 s,
-largest step 6.6 / 5.3 / 2.6-4.5 / 8.2 ms. Small jobs in one call up to 2^16 / 2^18 points: at
-L = 2^16, total 2.3 / 2.0 s, largest step 5.6 / 1.5 ms. Without the background thread (the
-decoding thread paces every job), slices of 2^14: total 15.5 s, largest step 2.2 ms. What is left
-of the largest steps is the block ends of several levels at once (their small jobs, and a few
-ops per level that wait for the GIL while the worker holds it), and the scheduler of this shared
-VM. On CUDA the slices are issued from the worker thread on the default stream (correct, but not
+the knobs chosen from these): at L = 2^18 continuous took 4.1-4.4 s with a largest step of
+344-352 ms; deamortized 8.3 s (2.05x; its two runs 7.6 and 9.1 s) with a largest step of
+3.2 ms, median 8.2 us, p99.9 1.6 ms (4.7 ms and 2.2 ms before the levels' ring reads at a tile
+start became one stack-and-sum). Without forcing transforms longer than 8192 four-step
+(fourstep.LONGEST_DIRECT): 7.9 s (1.82x) but a largest step of 15.3 ms (a slice of one long
+row, paced in the decoding thread). In a plain loop without that cap, slices of 2^14 / 2^15 /
+2^16 / 2^17 points: total 11.4 / 8.4 / 6.6 / 5.9 s, largest step 6.6 / 5.3 / 2.6-4.5 / 8.2 ms.
+Small jobs in one call up to 2^16 / 2^18 points: at L = 2^16, total 2.3 / 2.0 s, largest step
+5.6 / 1.5 ms. Without the background thread (the decoding thread paces every job), slices of
+2^14: total 15.5 s, largest step 2.2 ms. Staggering the small jobs of levels whose blocks end
+together over their slack made the largest step worse (10.9-15.1 ms at 2^18): not done. What is
+left of the largest steps is the block ends of several levels at once (their small jobs, and
+ops that wait for the GIL while the worker holds it), and the scheduler of this shared VM. On
+CUDA the slices are issued from the worker thread on the default stream (correct, but not
 overlapped with the decoding thread's kernels; untested here).
 """
 
@@ -374,14 +376,16 @@ class DeamortizedConv(TiledEngine):
         if self._prompt is not None:
             stop = min(start + b0, self._remaining)
             current[: stop - start].add_(self._prompt[..., start:stop].permute(2, 0, 1))
+        parts = []
         for b, ring in self._rings.items():
             block = start // b
             if block < 2:
                 break  # the first outputs a level-b job reaches are those of block 2
             offset = block % 4 * b + start % b
-            part = ring[..., offset : offset + b0]
-            current += part.permute(2, 0, 1)
-            part.zero_()  # read: free for the job four blocks on (a tile a step, no spike)
+            parts.append(ring[..., offset : offset + b0])  # (B, D, b0)
+        if parts:  # a few ops for all levels (per-op overhead dominates these small adds)
+            current += torch.stack(parts).sum(dim=0).permute(2, 0, 1)
+            torch._foreach_zero_(parts)  # read: free for the job four blocks on
 
     # ----------------------------------------------------------------- the jobs
 
