@@ -17,8 +17,9 @@ undo it. For every j2 the column ``A[:, j2]`` after pass 2 is Hermitian in k1 (t
 spectrum of a real signal), so rows k1 <= n1/2 are all there is to keep, as in an rfft. Work and
 memory are those of the rfft pair it replaces, plus the twiddles (n1/2 + 1) n2.
 
-Only a channel whose transform is larger than a slice needs this; smaller ones are cut by
-channels, each slice one rfft/irfft pair over a group of them (one pass).
+Only a channel whose transform is larger than a slice, or longer than LONGEST_DIRECT, needs
+this; smaller ones are cut by channels, each slice one rfft/irfft pair over a group of them (one
+pass).
 """
 
 from __future__ import annotations
