@@ -162,12 +162,14 @@ class SlicedConv:
         """All at once, without the four-step: what :meth:`passes` adds, in one call."""
         if self.four_step:
             raise ValueError("a four-step plan runs in passes")
-        y = torch.fft.irfft(torch.fft.rfft(x, n=self.n) * self.spectrum, n=self.n)
-        for start, out in targets:
-            out += y[..., start : start + out.shape[-1]]
+        self._channel_groups(x, targets, x.shape[1]).run(0)
 
-    def _channel_groups(self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]]) -> Pass:
-        n, spectrum, group = self.n, self.spectrum, self.channels_per_slice
+    def _channel_groups(
+        self, x: torch.Tensor, targets: list[tuple[int, torch.Tensor]], group: int | None = None
+    ) -> Pass:
+        """Slices of ``group`` channels (default: a slice's worth) each."""
+        n, spectrum = self.n, self.spectrum
+        group = self.channels_per_slice if group is None else group
 
         def run(i: int) -> None:
             cs = slice(i * group, (i + 1) * group)
