@@ -1,8 +1,9 @@
-"""``futurefill bench {layer,prompt,model,context,all}``: argument parsing, presets and output.
+"""``futurefill bench {layer,prompt,model,context,all}``: options, presets and output.
 
-Every option left unset takes the preset's value (``--preset quick|full``), else the default of the
-benchmark's config dataclass; the resolved configuration is recorded in the JSON report together
-with the equivalent full command line.
+Each benchmark's options are the fields of its config dataclass (:func:`common.option` gives each
+its help and checker). An option left unset takes the preset's value (``--preset``), else the
+field's default; the resolved configuration is recorded in the JSON report together with the
+equivalent full command line.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from typing import Any
 from futurefill import argtypes
 from futurefill.bench import common
 
-BENCHMARKS = ("layer", "prompt", "model", "context")
-NEEDS_MODEL = ("model", "context")  # skipped by ``all`` where futurefill.model is missing
+BENCHMARKS = {
+    "layer": "one online convolution, total time against L",
+    "prompt": "prompt of length P, then K generated steps",
+    "model": "the ConvLM end to end: tokens/s against context length",
+    "context": "the ConvLM: decode tokens/s after a prompt of P tokens, against P",
+}
 
 
 def _pow2(lo: int, hi: int) -> tuple[int, ...]:
@@ -83,239 +88,86 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+SHARED = [f for f in dataclasses.fields(common.Options) if f.name not in ("warmup_len", "tol")]
+
+
+def _fields(config: Any) -> list[dataclasses.Field]:
+    """The fields of a config class or instance, the benchmark's own before the shared ones."""
+    shared = {f.name for f in dataclasses.fields(common.Options)}
+    return sorted(dataclasses.fields(config), key=lambda f: f.name in shared)
 
 
 def _module(name: str):
     return importlib.import_module(f"futurefill.bench.{name}")
 
 
-# ------------------------------------------------------------------------------ arguments
-
-LENGTH = argtypes.bounded_int(1, None, "a length")  # memory: check_memory
-
-
-def _default(bench: str, field: str) -> str:
-    """`` (default X)``, with the presets' values where they set the option."""
-    config = _module(bench).CONFIG
-    value = next(f.default for f in dataclasses.fields(config) if f.name == field)
-    if isinstance(value, tuple):
-        value = " ".join(map(str, value))
-    unset = {"threads": "all cores", "tol": "by dtype", "slope_from": "none"}
-    shown = unset.get(field, value) if value is None else value
-    presets = [p for p in sorted(PRESETS) if field in PRESETS[p].get(bench, {})]
-    note = f"; --preset {'/'.join(presets)} sets it" if presets else ""
-    return f" (default {shown}{note})"
-
-
-def _add_common(p: argparse.ArgumentParser, bench: str) -> None:
-    def add(flag: str, help: str, **kwargs: Any) -> None:
-        field = flag[2:].replace("-", "_")
-        p.add_argument(flag, help=help + _default(bench, field), **kwargs)
-
-    presets = sorted(name for name in PRESETS if bench in PRESETS[name])
-    p.add_argument(
-        "--preset",
-        choices=presets,
-        help="quick (make demo), full"
-        + (", hyenadna (HyenaDNA-large-1m shape)" if "hyenadna" in presets else "")
-        + " (default: none)",
-    )
-    add("--out", "directory for JSON, CSV, table and PNGs", type=argtypes.output_dir)
-    add("--device", "cpu, cuda or cuda:N", type=argtypes.device_name)
-    add("--dtype", "working precision", choices=sorted(common.DTYPES))
-    add("--threads", "torch intra-op threads, 1 to the cores", type=argtypes.threads)
-    add("--repeats", "runs per cell; the median is reported", type=argtypes.bounded_int(1))
-    budget = argtypes.finite_float(0, low_open=True)
-    add("--budget", "seconds one run may take; longer projected runs are skipped", type=budget)
-    tol = argtypes.finite_float(0, low_open=True)
-    add("--tol", "agreement tolerance relative to the output scale; by dtype if unset", type=tol)
-    add("--seed", "seed of the random inputs and weights", type=argtypes.seed)
-    add("--warmup-len", "length of the warm-up run of every method", type=LENGTH)
-    p.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bars (default: shown)",
-    )
-    p.add_argument(
-        "--no-plots",
-        dest="plots",
-        action="store_false",
-        default=None,
-        help="no PNG plots (default: written)",
-    )
-
-
-def _add_lengths(p: argparse.ArgumentParser, bench: str, what: str) -> None:
-    p.add_argument(
-        "--lengths", type=LENGTH, nargs="+", help=f"{what} to sweep" + _default(bench, "lengths")
-    )
-    exponent = argtypes.bounded_int(0, 40, "an exponent")
-    p.add_argument(
-        "--min-log2",
-        type=exponent,
-        help=f"sweep {what} 2^min-log2 .. 2^max-log2, instead of --lengths (default: unset)",
-    )
-    p.add_argument("--max-log2", type=exponent, help="see --min-log2 (default: unset)")
-
-
-def _add_sizes(p: argparse.ArgumentParser, bench: str) -> None:
-    size = argtypes.bounded_int(1, 2**20, "a size")
-    p.add_argument("--batch", type=size, help="batch size B" + _default(bench, "batch"))
-    if bench in ("layer", "prompt"):
-        p.add_argument("--channels", type=size, help="channels D" + _default(bench, "channels"))
+def _add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, default: str) -> None:
+    """``--field-name`` (``--no-field-name`` for a bool) from the field's metadata."""
+    meta = dict(field.metadata)
+    text, flag = meta.pop("help"), "--" + field.name.replace("_", "-")
+    if isinstance(field.default, bool):
+        parser.add_argument(
+            flag.replace("--", "--no-"),
+            dest=field.name,
+            action="store_false",
+            default=None,
+            help=f"no {text} (default: {'on' if field.default else 'off'})",
+        )
         return
-    p.add_argument("--d-model", type=size, help="model width" + _default(bench, "d_model"))
-    p.add_argument("--n-layers", type=size, help="layers" + _default(bench, "n_layers"))
-    p.add_argument("--vocab-size", type=size, help="vocabulary" + _default(bench, "vocab_size"))
-    _add_names(p, bench, "mixers", _module("model").BENCH_MIXERS)
-
-
-def _add_names(p: argparse.ArgumentParser, bench: str, field: str, names: Sequence[str]) -> None:
-    """``--methods`` or ``--mixers``: one or more of ``names``."""
-    p.add_argument(
-        f"--{field}",
-        nargs="+",
-        choices=names,
-        metavar=field[:-1].upper(),
-        help=", ".join(names) + _default(bench, field),
+    if "choices" in meta:
+        meta["metavar"] = field.name.rstrip("s").upper()
+        text += ": " + ", ".join(meta["choices"])
+    parser.add_argument(
+        flag, *meta.pop("aliases", ()), dest=field.name, help=text + default, **meta
     )
 
 
-def _add_compile(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="also time the compiled token step (adds the method 'compiled': continuous, one "
-        "torch.compile graph per token; default: off)",
-    )
-
-
-def _add_slope(p: argparse.ArgumentParser, bench: str) -> None:
-    p.add_argument(
-        "--slope-from",
-        type=LENGTH,
-        help="also fit the slope over L >= this" + _default(bench, "slope_from"),
-    )
+def _default(name: str, field: dataclasses.Field) -> str:
+    """`` (default X)``, with the presets that set the option."""
+    value = field.default
+    shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+    if value is None:
+        shown = "none" if "(default" not in field.metadata["help"] else None
+    presets = [p for p in sorted(PRESETS) if field.name in PRESETS[p].get(name, {})]
+    note = f"; --preset {'/'.join(presets)} sets it" if presets else ""
+    return "" if shown is None else f" (default {shown}{note})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``futurefill`` command line."""
+    import futurefill.bench
+
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks: layer, prompt, model, context, all",
-        description=_module_doc(),
+        help="benchmarks: " + ", ".join([*BENCHMARKS, "all"]),
+        description=futurefill.bench.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = bench.add_subparsers(dest="bench_command", required=True)
-
-    layer = sub.add_parser("layer", help="one online convolution, total time against L")
-    _add_common(layer, "layer")
-    _add_lengths(layer, "layer", "generated lengths L")
-    _add_names(layer, "layer", "methods", _module("layer").LAYER_METHODS)
-    _add_sizes(layer, "layer")
-    _add_slope(layer, "layer")
-    layer.set_defaults(func=_run_one, bench="layer")
-
-    prompt = sub.add_parser("prompt", help="prompt of length P, then K generated steps")
-    _add_common(prompt, "prompt")
-    prompt.add_argument(
-        "--prompt-lens",
-        type=LENGTH,
-        nargs="+",
-        help="prompt lengths P" + _default("prompt", "prompt_lens"),
-    )
-    prompt.add_argument(
-        "--gen-lens",
-        type=LENGTH,
-        nargs="+",
-        help="generated lengths K" + _default("prompt", "gen_lens"),
-    )
-    _add_names(prompt, "prompt", "methods", _module("prompt").ONLINE_METHODS)
-    _add_sizes(prompt, "prompt")
-    prompt.set_defaults(func=_run_one, bench="prompt")
-
-    model = sub.add_parser("model", help="the ConvLM end to end: tokens/s against context length")
-    _add_common(model, "model")
-    _add_lengths(model, "model", "generated lengths (context)")
-    _add_names(model, "model", "methods", tuple(_module("model").MODEL_STEPPERS))
-    _add_compile(model)
-    _add_sizes(model, "model")
-    _add_slope(model, "model")
-    model.set_defaults(func=_run_one, bench="model")
-
-    context = sub.add_parser(
-        "context", help="the ConvLM: decode tokens/s after a prompt of P tokens, against P"
-    )
-    _add_common(context, "context")
-    context.add_argument(
-        "--prompt-lens",
-        "--prompt-len",
-        "--contexts",
-        dest="prompt_lens",
-        type=LENGTH,
-        nargs="+",
-        help="context lengths P: prompt tokens prefilled before decoding"
-        + _default("context", "prompt_lens"),
-    )
-    context.add_argument(
-        "--new-tokens",
-        type=LENGTH,
-        help="tokens K decoded at each P" + _default("context", "new_tokens"),
-    )
-    _add_names(context, "context", "methods", tuple(_module("model").MODEL_STEPPERS))
-    _add_compile(context)
-    _add_sizes(context, "context")
-    context.set_defaults(func=_run_one, bench="context")
-
+    for name, summary in BENCHMARKS.items():
+        parser = sub.add_parser(name, help=summary)
+        presets = [p for p in sorted(PRESETS) if name in PRESETS[p]]
+        parser.add_argument("--preset", choices=presets, help="option values (default: none)")
+        for field in _fields(_module(name).CONFIG):
+            _add_option(parser, field, _default(name, field))
+        if "lengths" in PRESETS["quick"][name]:
+            exponent = argtypes.bounded_int(0, 40, "an exponent")
+            what = "sweep 2^min-log2 .. 2^max-log2 instead of --lengths (default: unset)"
+            parser.add_argument("--min-log2", type=exponent, help=what)
+            parser.add_argument("--max-log2", type=exponent, help="see --min-log2 (default: unset)")
+        if name in ("model", "context"):
+            help = "also time the compiled token step: the method 'compiled' (default: off)"
+            parser.add_argument("--compile", action="store_true", help=help)
+        parser.set_defaults(func=_run_one, bench=name)
     every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
     every.add_argument(
         "--preset",
-        choices=[p for p in sorted(PRESETS) if all(b in PRESETS[p] for b in BENCHMARKS)],
+        choices=[p for p in sorted(PRESETS) if set(BENCHMARKS) <= set(PRESETS[p])],
         default="quick",
         help="quick (make demo) or full (default quick)",
     )
-    every.add_argument(
-        "--out",
-        type=argtypes.output_dir,
-        default=Path("results"),
-        help="directory for every benchmark's files (default results)",
-    )
-    every.add_argument(
-        "--device", type=argtypes.device_name, help="cpu, cuda or cuda:N (default cpu)"
-    )
-    every.add_argument(
-        "--dtype", choices=sorted(common.DTYPES), help="working precision (default float32)"
-    )
-    every.add_argument(
-        "--threads", type=argtypes.threads, help="torch intra-op threads (default all cores)"
-    )
-    every.add_argument(
-        "--repeats", type=argtypes.bounded_int(1), help="runs per cell (default: the preset's)"
-    )
-    every.add_argument(
-        "--budget",
-        type=argtypes.finite_float(0, low_open=True),
-        help="seconds one run may take (default: the preset's)",
-    )
-    every.add_argument(
-        "--seed", type=argtypes.seed, help="seed of the random inputs and weights (default 0)"
-    )
-    every.add_argument(
-        "--no-progress",
-        dest="progress",
-        action="store_false",
-        default=None,
-        help="no progress bars (default: shown)",
-    )
-    every.add_argument(
-        "--no-plots",
-        dest="plots",
-        action="store_false",
-        default=None,
-        help="no PNG plots (default: written)",
-    )
+    for field in SHARED:
+        _add_option(every, field, " (default: the preset's, else the benchmark's)")
     every.add_argument(
         "--skip",
         nargs="+",
@@ -326,20 +178,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     every.set_defaults(func=_run_all)
 
 
-def _module_doc() -> str:
-    import futurefill.bench
-
-    return futurefill.bench.__doc__ or ""
-
-
 def resolve_config(name: str, args: argparse.Namespace) -> Any:
-    """The benchmark's config: dataclass defaults < preset < options given on the command line."""
+    """The benchmark's config: field defaults < preset < options given on the command line."""
     cls = _module(name).CONFIG
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    if getattr(args, "preset", None):
-        values.update(PRESETS[args.preset][name])
-    given = {k: v for k, v in vars(args).items() if v is not None and k in fields}
+    values = dict(PRESETS[args.preset][name]) if getattr(args, "preset", None) else {}
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     lo, hi = getattr(args, "min_log2", None), getattr(args, "max_log2", None)
     if lo is not None or hi is not None:
         if lo is None or hi is None:
@@ -349,45 +193,27 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
         if lo > hi:
             raise argtypes.UsageError(f"--min-log2 {lo} is above --max-log2 {hi}")
         given["lengths"] = _pow2(lo, hi)
-    values.update(given)
-    if getattr(args, "compile", False):
-        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-        methods = tuple(values.get("methods") or defaults["methods"])
-        values["methods"] = methods if "compiled" in methods else (*methods, "compiled")
-    for key, value in values.items():
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    config = cls(**values)
-    check_memory(name, config)
-    return config
-
-
-def check_memory(name: str, config: Any) -> None:
-    """UsageError when the largest run would need more memory than the machine has."""
-    need = _module(name).peak_bytes(config)
-    have = argtypes.total_memory()
+    config = cls(**{**values, **given})
+    if getattr(args, "compile", False) and "compiled" not in config.methods:
+        config = dataclasses.replace(config, methods=(*config.methods, "compiled"))
+    need, have = _module(name).peak_bytes(config), argtypes.total_memory()
     if need > have:
         raise argtypes.UsageError(
             f"the largest run of bench {name} needs about {common.fmt_bytes(need)} by estimate, "
             f"more than this machine's {common.fmt_bytes(have)}; lower the lengths, batch or width"
         )
+    return config
 
 
 def equivalent_command(name: str, config: Any) -> str:
     """A command line that reruns ``config`` exactly (every option spelled out)."""
     parts = ["futurefill", "bench", name]
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if field.name in ("progress", "plots"):
-            if not value:
-                parts.append(f"--no-{field.name}")
-        elif value is None:
-            continue
-        elif isinstance(value, tuple | list):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
+    for field in _fields(config):
+        value, flag = getattr(config, field.name), "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts += [] if value else [flag.replace("--", "--no-")]
+        elif value is not None:
+            parts += [flag, *map(str, value if isinstance(value, tuple) else (value,))]
     return " ".join(parts)
 
 
@@ -398,21 +224,17 @@ def run_benchmark(name: str, config: Any) -> int:
     report = module.run(config)
     report["wall_s"] = time.perf_counter() - began
     report["command"] = equivalent_command(name, config)
-    table = module.table(report)
-    written = common.write_report(
-        config.out,
-        name,
-        report,
-        module.CSV_COLUMNS,
-        table,
-        module.plot if config.plots else None,
-        getattr(module, "PER_POSITION_KEYS", None),
-    )
-    print(table)
-    print("Wrote " + ", ".join(str(p) for p in written))
+    written = common.write_report(Path(config.out), name, report, module, config.plots)
+    print(module.table(report))
+    print("Wrote " + ", ".join(map(str, written)))
     print(f"Rerun with: {report['command']}")
     print(f"bench {name}: {report['wall_s']:.1f} s in all")
-    return common.report_failures(f"bench {name}", report["failures"])
+    if not report["failures"]:
+        return 0
+    bar = "!" * 78
+    lines = [bar, f"bench {name}: AGREEMENT CHECK FAILED, these outputs differ from the reference:"]
+    print("\n".join([*lines, *(f"  {f}" for f in report["failures"]), bar]), file=sys.stderr)
+    return 1
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -420,26 +242,9 @@ def _run_one(args: argparse.Namespace) -> int:
 
 
 def _run_all(args: argparse.Namespace) -> int:
-    code = 0
     names = [name for name in BENCHMARKS if name not in args.skip]
     configs = {name: resolve_config(name, args) for name in names}  # every check before any run
-    for name in names:
-        if name in NEEDS_MODEL and not model_available():
-            print(
-                f"bench {name}: skipped, futurefill.model (ConvLM) is not available",
-                file=sys.stderr,
-            )
-            continue
-        code = max(code, run_benchmark(name, configs[name]))
-    return code
-
-
-def model_available() -> bool:
-    try:
-        importlib.import_module("futurefill.model")
-    except ImportError:
-        return False
-    return True
+    return max((run_benchmark(name, configs[name]) for name in names), default=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

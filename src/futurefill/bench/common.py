@@ -1,19 +1,25 @@
-"""Shared pieces of the benchmarks: machine record, timing, budget, agreement check, output files.
+"""The harness every benchmark runs in: options, machine record, timing, budget, agreement, files.
 
-Timing rules every benchmark follows:
+A benchmark describes what it sweeps (its cells), what one run does (``measure``) and what it
+reports (table, CSV columns, plots); :func:`sweep` does the rest, by these rules:
 
 * wall clock with :func:`time.perf_counter`, after :func:`sync` (``torch.cuda.synchronize`` on a
-  CUDA device, nothing on CPU), so queued GPU work is counted where it belongs;
-* steps are timed in chunks (:func:`chunk_bounds`), never one timer call per step, so the timer
-  costs O(log L) calls per run;
-* each (method, size) runs ``repeats`` times and the median is reported; repeats stop early when
-  another one would push that cell past the budget;
-* a method whose projected time for the next size exceeds the budget is skipped there and at every
-  larger size, and the skip is recorded with the projection (:func:`project_time`).
+  CUDA device, nothing on CPU), so queued GPU work is counted where it belongs; Python's garbage
+  collector paused while a run is timed (:func:`paused_gc`);
+* steps are timed in dyadic chunks (:func:`chunk_bounds`) and one by one (the latency
+  distribution, :func:`latency`);
+* every method runs once on a small warm-up cell first; each (method, cell) then runs up to
+  ``repeats`` times and the median is reported; repeats stop early when another would push the
+  cell past the budget;
+* a method whose projected time at the next cell exceeds the budget is skipped there and at every
+  larger cell, the projection recorded (:func:`project_time`); a method whose outputs differ from
+  the float64 reference by more than the tolerance fails, is not run at larger cells, and makes
+  the command exit with status 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import dataclasses
@@ -26,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from futurefill.argtypes import available_cores
+from futurefill import argtypes
 
 DTYPES = {
     "float16": torch.float16,
@@ -42,71 +49,114 @@ DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
-
 # Agreement tolerance: largest |y - y_ref| over the largest |y_ref|, y_ref computed in float64.
 # float32 FFT and direct sums stay near 1e-6 at L = 2^16; half precisions are limited by rounding
 # the outputs to 8 (bfloat16) or 11 (float16) significant bits.
-LATENCY_BUCKETS = 256  # positions are cut into this many buckets for the latency trace
 DEFAULT_TOL = {
     torch.float64: 1e-10,
     torch.float32: 1e-4,
     torch.float16: 4e-3,
     torch.bfloat16: 3e-2,
 }
+LATENCY_BUCKETS = 256  # positions are cut into this many buckets for the latency trace
+LENGTH = argtypes.bounded_int(1, None, "a length")
+SIZE = argtypes.bounded_int(1, 2**20, "a size")
+POSITIVE = argtypes.finite_float(0, low_open=True)
 
 
-class AgreementError(RuntimeError):
-    """A method's outputs differ from the reference by more than the tolerance."""
+# ------------------------------------------------------------------------------ options
+
+
+def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A config field that is also the command-line option ``--field-name``: its help line and
+    what :meth:`argparse.ArgumentParser.add_argument` needs besides (``type``, ``choices``,
+    ``nargs``, ``aliases``). A bool field is the flag ``--no-field-name``."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def check_options(config: Any) -> None:
+    """ValueError naming the field when a value is one its option would refuse (for callers of
+    the Python API; the command line refuses it while parsing)."""
+    for field in dataclasses.fields(config):
+        value, meta = getattr(config, field.name), field.metadata
+        values = value if isinstance(value, tuple | list) else (value,)
+        if value is None or not meta:
+            continue
+        if "nargs" in meta and not values:
+            raise ValueError(f"{field.name}: give at least one value")
+        unknown = [v for v in values if "choices" in meta and v not in meta["choices"]]
+        if unknown:
+            raise ValueError(f"unknown {field.name} {unknown}; expected some of {meta['choices']}")
+        for v in values if "type" in meta else ():
+            try:
+                meta["type"](str(v))
+            except argparse.ArgumentTypeError as exc:
+                raise ValueError(f"{field.name}: {exc}") from None
+
+
+@dataclasses.dataclass
+class Options:
+    """The options every benchmark has (the CLI flags have the same names)."""
+
+    dtype: str = option("float32", "working precision", choices=tuple(DTYPES))
+    device: str = option("cpu", "cpu, cuda or cuda:N", type=argtypes.device_name)
+    threads: int | None = option(
+        None, "torch intra-op threads, 1 to the cores (default: all)", type=argtypes.threads
+    )
+    repeats: int = option(3, "runs per cell; the median is reported", type=argtypes.bounded_int(1))
+    budget: float = option(30.0, "seconds one run may take (projected)", type=POSITIVE)
+    warmup_len: int = option(32, "length of every method's warm-up run", type=LENGTH)
+    tol: float | None = option(
+        None, "agreement tolerance relative to the output scale (default: by dtype)", type=POSITIVE
+    )
+    seed: int = option(0, "seed of the random inputs and weights", type=argtypes.seed)
+    out: Path = option(  # noqa: RUF009 (a Path is immutable)
+        Path("results"),
+        "directory for JSON, CSV, table and PNGs",
+        type=argtypes.output_dir,
+    )
+    progress: bool = option(True, "progress bars")
+    plots: bool = option(True, "PNG plots")
 
 
 # ------------------------------------------------------------------------------ machine
 
 
 def cpu_model() -> str:
-    """The CPU's marketing name: /proc/cpuinfo on Linux, sysctl on macOS, else platform."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"],
-                capture_output=True,
-                text=True,
-                timeout=5,
-            )
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip()
+    """The CPU's name from /proc/cpuinfo where there is one, else what :mod:`platform` says."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown"
 
 
 def git_commit() -> str | None:
     """``HEAD`` of the repository this package lives in, with ``-dirty`` if it has local edits."""
     here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args: str) -> str | None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                ["git", *args], cwd=here, capture_output=True, text=True, timeout=10
+            )
+            return done.stdout.strip() if done.returncode == 0 else None
         return None
+
+    head = git("rev-parse", "HEAD")
+    return head and head + (
+        "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    )
+
+
+def load_average() -> float | None:
+    with contextlib.suppress(AttributeError, OSError):  # not on Windows
+        return round(os.getloadavg()[0], 2)
+    return None
 
 
 def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    """What a reader needs to interpret the timings: CPU, cores, threads, versions, device."""
+    """What a reader needs to interpret the timings: CPU, cores, threads, versions, device, load."""
     import futurefill
 
     info: dict[str, Any] = {
@@ -115,7 +165,7 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "machine": platform.machine(),
         "platform": platform.platform(),
         "logical_cores": os.cpu_count(),
-        "available_cores": available_cores(),
+        "available_cores": argtypes.available_cores(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "numpy_version": np.__version__,
@@ -125,9 +175,8 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_1min": load_average(),
     }
-    with contextlib.suppress(AttributeError, OSError):  # not on Windows
-        info["load_average_1min"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda_version"] = torch.version.cuda
@@ -135,34 +184,26 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 
 
 def contention_warning(info: dict[str, Any]) -> str | None:
-    """A warning when other processes already keep the cores busy (timings will be noisy).
-
-    With several torch threads, every parallel region waits for its slowest thread; a thread
-    descheduled by another process stalls the region for a scheduler time slice (milliseconds),
-    which swamps the microseconds a decoding step takes.
-    """
-    load = info.get("load_average_1min")
-    cores = info["available_cores"]
+    """A warning when other processes already keep the cores busy: with several torch threads,
+    every parallel op waits for its slowest thread, and a descheduled one stalls it for a
+    scheduler time slice (milliseconds), which swamps the microseconds of a decoding step."""
+    load, cores = info.get("load_average_1min"), info["available_cores"]
     if load is None or load < 0.5 * cores:
         return None
-    text = (
-        f"warning: load average {load:.1f} on {cores} cores before the benchmark: other processes "
-        "compete for the CPU, so timings are noisy"
-    )
+    text = f"warning: load average {load:.1f} on {cores} cores before the benchmark: timings noisy"
     if info["torch_threads"] > 1:
         text += (
-            f"; with {info['torch_threads']} torch threads a descheduled thread stalls every "
-            "parallel op (try --threads 1 on a busy machine)"
+            f"; {info['torch_threads']} torch threads wait for descheduled ones (try --threads 1)"
         )
     return text
 
 
 def machine_line(info: dict[str, Any]) -> str:
     """One line naming the machine, for table headers and plot titles."""
-    where = info.get("gpu") or info["cpu"]
     line = (
-        f"{where} | {info['device']} {info['dtype']} | {info['torch_threads']} threads "
-        f"({info['available_cores']} cores) | torch {info['torch_version']}"
+        f"{info.get('gpu') or info['cpu']} | {info['device']} {info['dtype']} | "
+        f"{info['torch_threads']} threads ({info['available_cores']} cores) | "
+        f"torch {info['torch_version']}"
     )
     if info.get("load_average_1min") is not None:
         line += f" | load {info['load_average_1min']:.1f}"
@@ -175,10 +216,7 @@ def machine_line(info: dict[str, Any]) -> str:
 def torch_threads(threads: int | None) -> Iterator[int]:
     """Run with ``threads`` intra-op threads (default: every available core); restore after."""
     before = torch.get_num_threads()
-    wanted = available_cores() if threads is None else int(threads)
-    if wanted < 1:
-        raise ValueError(f"threads must be >= 1, got {wanted}")
-    torch.set_num_threads(wanted)
+    torch.set_num_threads(argtypes.available_cores() if threads is None else threads)
     try:
         yield torch.get_num_threads()
     finally:
@@ -218,18 +256,48 @@ def sync(device: torch.device) -> None:
 
 
 def chunk_bounds(length: int, first: int = 16) -> list[tuple[int, int]]:
-    """Dyadic chunks of steps ``[0, first), [first, 2 first), [2 first, 4 first), ...``.
-
-    Every chunk after the first is as long as all steps before it, so the mean step time per chunk
-    shows how the cost per token grows with position while the timer runs only O(log L) times.
-    Chunk ``[n, 2n)`` contains exactly the FFT updates a dyadic schedule does between n and 2n.
-    """
-    bounds = []
-    start, stop = 0, min(first, length)
+    """Dyadic chunks of steps ``[0, first), [first, 2 first), [2 first, 4 first), ...``: every
+    chunk after the first is as long as all steps before it, so the mean step time per chunk shows
+    how the cost per token grows with position (a dyadic schedule's FFTs between n and 2n fall in
+    chunk [n, 2n))."""
+    bounds, start, stop = [], 0, min(first, length)
     while start < length:
         bounds.append((start, stop))
         start, stop = stop, min(2 * stop, length)
     return bounds
+
+
+def timed_steps(
+    step: Callable[[int], Any], length: int, device: torch.device, nbytes: Callable[[], int]
+) -> dict[str, Any]:
+    """Call ``step(t)`` for t = 0 .. length - 1 (it keeps its own outputs): a timer around every
+    step (host time: on CUDA a step's kernels may run after it returns) and every dyadic chunk
+    (after a sync); ``nbytes()`` sampled between chunks, untimed. The garbage collector is paused.
+
+    Returns the record of the run: ``seconds``, ``chunks`` [(start, stop, seconds)], ``peak``
+    bytes and ``steps`` (every step's time, an array)."""
+    chunks, steps, peak, clock = [], np.empty(length), nbytes(), time.perf_counter
+    with paused_gc():
+        sync(device)
+        for start, stop in chunk_bounds(length):
+            began = clock()
+            for t in range(start, stop):
+                before = clock()
+                step(t)
+                steps[t] = clock() - before
+            sync(device)
+            chunks.append((start, stop, clock() - began))
+            peak = max(peak, nbytes())
+    return {"seconds": sum(c for _, _, c in chunks), "chunks": chunks, "peak": peak, "steps": steps}
+
+
+def timed(func: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``func()`` and its time, synced before and after."""
+    sync(device)
+    began = time.perf_counter()
+    result = func()
+    sync(device)
+    return result, time.perf_counter() - began
 
 
 def median(values: Sequence[float]) -> float:
@@ -238,38 +306,49 @@ def median(values: Sequence[float]) -> float:
 
 def should_repeat(times: Sequence[float], repeats: int, budget: float) -> bool:
     """Whether to run another repeat: fewer than ``repeats`` so far and it fits in the budget."""
-    if len(times) >= repeats:
-        return False
-    return sum(times) + max(times, default=0.0) <= budget
+    return len(times) < repeats and sum(times) + max(times, default=0.0) <= budget
 
 
-# ------------------------------------------------------------------------------ scaling
+def latency(step_times: np.ndarray, first: int = 0) -> dict[str, Any]:
+    """The distribution of the times of steps ``first ..``: median, p99, p99.9, max (and where),
+    and a trace of the largest and the median step per bucket of positions, for the plot. (A
+    model's first token builds its decoding state: ``first=1`` leaves it out.)"""
+    times = step_times[first:]
+    buckets = np.array_split(times, min(LATENCY_BUCKETS, len(times)))
+    starts = first + np.cumsum([0] + [len(b) for b in buckets[:-1]])
+    return {
+        "step_median_s": float(np.median(times)),
+        "step_p99_s": float(np.percentile(times, 99)),
+        "step_p999_s": float(np.percentile(times, 99.9)),
+        "step_max_s": float(times.max()),
+        "step_max_at": first + int(times.argmax()),
+        "trace": [
+            (int(a), float(b.max()), float(np.median(b)))
+            for a, b in zip(starts, buckets, strict=True)
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------ scaling, budget
 
 
 def fit_slope(sizes: Sequence[float], times: Sequence[float]) -> float | None:
-    """Least-squares slope of log(time) against log(size); None with fewer than two points."""
+    """Least-squares slope of log(time) against log(size); None with fewer than two sizes."""
     pairs = [(s, t) for s, t in zip(sizes, times, strict=True) if s > 0 and t and t > 0]
     if len({s for s, _ in pairs}) < 2:
         return None
-    x = np.log([s for s, _ in pairs])
-    y = np.log([t for _, t in pairs])
-    return float(np.polyfit(x, y, 1)[0])
+    return float(np.polyfit(np.log([s for s, _ in pairs]), np.log([t for _, t in pairs]), 1)[0])
 
 
 def project_time(sizes: Sequence[float], times: Sequence[float], size: float) -> float | None:
-    """Projected time at ``size`` from the measured (size, time) points, conservatively.
-
-    Extrapolates from the largest measured point with the growth exponent of the last two points,
-    clamped to [1, 3]; with a single point the exponent is 2 (quadratic, the worst of the online
-    methods). Small sizes are dominated by per-step overhead, whose exponent is about 1, so the
-    clamp from below keeps the projection from trusting a flat start; the quadratic default errs
-    towards skipping.
-    """
+    """Projected time at ``size`` from the measured (size, time) points, conservatively: from the
+    largest point with the growth exponent of the last two, clamped to [1, 3] (small sizes are
+    per-step overhead, exponent about 1: the clamp keeps a flat start from being trusted); with
+    a single point, exponent 2 (the worst of the online methods), erring towards skipping."""
     if not sizes:
         return None
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-    last = order[-1]
-    exponent = 2.0
+    last, exponent = order[-1], 2.0
     if len(order) >= 2:
         prev = order[-2]
         if sizes[prev] < sizes[last] and times[prev] > 0 and times[last] > 0:
@@ -278,18 +357,11 @@ def project_time(sizes: Sequence[float], times: Sequence[float], size: float) ->
     return float(times[last] * (size / sizes[last]) ** exponent)
 
 
-def skipped_status(projected: float, budget: float) -> str:
-    return f"skipped (projected {projected:.3g} s > budget {budget:g} s)"
-
-
 class BudgetGate:
-    """Which cells of a sweep run, following the budget and failure rules of the module docstring.
-
-    A sweep visits sizes in increasing order along each series, identified by ``key`` (a method,
-    or a (mixer, method) pair). :meth:`check` before a cell says whether to run it; :meth:`record`
-    after it feeds the cell's time to later projections, or, when the agreement check failed,
-    stops the series and collects the failure in :attr:`failures`.
-    """
+    """Which cells of a sweep run. Each series (``key``: a method, or a (mixer, method) pair)
+    visits sizes in increasing order: :meth:`check` before a cell says whether to run it;
+    :meth:`record` after it feeds the cell's time to later projections, or, when its agreement
+    check failed, stops the series and collects the failure in :attr:`failures`."""
 
     def __init__(self, budget: float):
         self.budget = budget
@@ -301,14 +373,10 @@ class BudgetGate:
         """None to run the cell; else the fields of its row (status, repeats 0, projected_s)."""
         if key in self._stopped:
             return {"status": self._stopped[key], "repeats": 0}
-        sizes, times = self._measured.get(key, ([], []))
-        projected = project_time(sizes, times, size)
+        projected = project_time(*self._measured.get(key, ([], [])), size)
         if projected is not None and projected > self.budget:
-            return {
-                "status": skipped_status(projected, self.budget),
-                "repeats": 0,
-                "projected_s": projected,
-            }
+            status = f"skipped (projected {projected:.3g} s > budget {self.budget:g} s)"
+            return {"status": status, "repeats": 0, "projected_s": projected}
         return None
 
     def record(
@@ -330,28 +398,55 @@ def ratios_at_largest(
     size_keys: Sequence[str],
     time_key: str = "total_s",
 ) -> list[dict[str, Any]]:
-    """Time ratio numerator/denominator of each method pair at the largest size both reached.
-
-    A size is the tuple of ``row[k]`` for ``size_keys``; the largest is the one with the largest
-    sum (then the largest tuple). Only rows with status ``ok`` count.
-    """
-    ok = {
-        (r["method"], tuple(r[k] for k in size_keys)): r[time_key]
-        for r in rows
-        if r["status"] == "ok"
-    }
+    """Time ratio numerator/denominator of each method pair at the largest size both reached, per
+    mixer where rows have one. A size is the tuple of ``row[k]`` for ``size_keys``; the largest
+    has the largest sum (then tuple). Only rows with status ``ok`` count."""
     out = []
-    for num, den in pairs:
-        both = [size for (m, size) in ok if m == num and (den, size) in ok]
-        if not both:
-            continue
-        size = max(both, key=lambda s: (sum(s), s))
-        entry: dict[str, Any] = {"numerator": num, "denominator": den}
-        entry.update(zip(size_keys, size, strict=True))
-        entry["time_key"] = time_key
-        entry["ratio"] = ok[(num, size)] / ok[(den, size)]
-        out.append(entry)
+    for mixer in dict.fromkeys(r.get("mixer") for r in rows):
+        ok = {
+            (r["method"], tuple(r[k] for k in size_keys)): r[time_key]
+            for r in rows
+            if r["status"] == "ok" and r.get("mixer") == mixer
+        }
+        for num, den in pairs:
+            both = [size for (m, size) in ok if m == num and (den, size) in ok]
+            if both:
+                size = max(both, key=lambda s: (sum(s), s))
+                head = {} if mixer is None else {"mixer": mixer}
+                out.append(
+                    {
+                        **head,
+                        "numerator": num,
+                        "denominator": den,
+                        **dict(zip(size_keys, size, strict=True)),
+                    }
+                    | {"time_key": time_key, "ratio": ok[(num, size)] / ok[(den, size)]}
+                )
     return out
+
+
+def slopes(rows: Sequence[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """Per method (per mixer, then method, where the config has mixers): the fitted log-log slope
+    of total time against L over every L, and over L >= ``config.slope_from`` when set."""
+
+    def entry(mixer: str | None, method: str) -> dict[str, Any]:
+        ok = [
+            (r["L"], r["total_s"])
+            for r in rows
+            if (r.get("mixer"), r["method"], r["status"]) == (mixer, method, "ok")
+        ]
+        sizes = [x for x, _ in ok]
+        out = {"all": fit_slope(sizes, [t for _, t in ok]), "points": len(ok)}
+        out.update(L_min=min(sizes, default=None), L_max=max(sizes, default=None))
+        if config.slope_from is not None:
+            tail = [(x, t) for x, t in ok if x >= config.slope_from]
+            out["from"] = config.slope_from
+            out["tail"] = fit_slope([x for x, _ in tail], [t for _, t in tail])
+        return out
+
+    if not hasattr(config, "mixers"):
+        return {m: entry(None, m) for m in config.methods}
+    return {x: {m: entry(x, m) for m in config.methods} for x in config.mixers}
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -367,268 +462,154 @@ class Cell:
     label: str
 
 
-def run_sweep(
-    name: str,
-    config: Any,
-    *,
-    tol: float,
-    device: torch.device,
-    groups: Sequence[str | None],
-    cells: Sequence[Cell],
-    warm: Cell,
-    open_group: Callable[[str | None], Any],
-    open_cell: Callable[[Any, Cell], Any],
-    measure: Callable[[str, Any, Cell, int, float], dict[str, Any]],
-    compare: Callable[[list[dict[str, Any]], Any], None] | None = None,
-    checked: str = "from the float64 reference",
-) -> tuple[dict[str, Any], list[dict[str, Any]], BudgetGate]:
-    """The loop every benchmark runs: for each group (a mixer, or ``None``) and each cell in
-    increasing size, every method of ``config.methods``, with warm-up, budget skips and the
-    agreement check, on ``device`` (resolved by the caller, who builds the operands there).
-    Returns the machine record, the rows and the gate.
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What :func:`sweep` hands each measurement besides the method and the operands."""
 
-    ``open_group(group)`` builds what the group's cells share (a model); ``open_cell(state,
-    cell)`` the operands of one cell (inputs, the float64 reference); ``measure(method, operands,
-    cell, repeats, budget)`` runs one method on one cell and returns its row (``status``,
-    ``max_rel_err`` and the cell's timings); it runs once on ``warm`` per group first, untimed.
-    ``compare(rows, operands)`` may check the cell's rows against each other (greedy tokens).
-    """
-    dtype = DTYPES[config.dtype]
-    rows: list[dict[str, Any]] = []
-    gate = BudgetGate(config.budget)
-    with torch_threads(config.threads):
-        machine = machine_info(device, dtype)
-        warning = contention_warning(machine)
-        if warning:
-            print(warning, file=sys.stderr)
-        bar = tqdm(
-            total=len(groups) * len(cells) * len(config.methods),
-            desc=f"bench {name}",
-            unit="run",
-            disable=not config.progress,
-            dynamic_ncols=True,
-        )
-        with bar:
-            for group in groups:
-                where = "" if group is None else f"{group} "
-                bar.set_postfix_str(f"{where}setting up")
-                state = open_group(group)
-                warm_operands = open_cell(state, warm)
-                for method in config.methods:
-                    measure(method, warm_operands, warm, 1, float("inf"))
-                del warm_operands
-                for cell in cells:
-                    operands = open_cell(state, cell)
-                    cell_rows, worst = [], 0.0
-                    for method in config.methods:
-                        bar.set_postfix_str(f"{where}{cell.label} {method}")
-                        head = {} if group is None else {"mixer": group}
-                        head.update(method=method, **cell.fields)
-                        key = (group, method)
-                        blocked = gate.check(key, cell.size)
-                        if blocked is not None:
-                            rows.append({**head, "tol": tol, **blocked})
-                        else:
-                            row = {
-                                **head,
-                                **measure(method, operands, cell, config.repeats, config.budget),
-                            }
-                            worst = max(worst, row["max_rel_err"])
-                            cell_rows.append(row)
-                            rows.append(row)
-                        bar.update(1)
-                    if compare is not None:
-                        compare(cell_rows, operands)
-                    for row in cell_rows:
-                        gate.record(
-                            (group, row["method"]),
-                            cell.size,
-                            row,
-                            what=f"{where}{row['method']}",
-                            at=cell.label,
-                            time_key="total_s",
-                        )
-                    bar.write(
-                        f"{where}{cell.label}: largest relative difference {checked} "
-                        f"{worst:.2e} (tol {tol:.0e})"
-                    )
-                    del operands
-                del state
-    with contextlib.suppress(AttributeError, OSError):  # not on Windows
-        machine["load_average_1min_after"] = round(os.getloadavg()[0], 2)
-    return machine, rows, gate
+    repeats: int
+    budget: float
+    tol: float
+    device: torch.device
 
 
 def repeat_runs(
     run_once: Callable[[], tuple[dict[str, Any], Any]],
     check: Callable[[Any], float],
-    repeats: int,
-    budget: float,
-    tol: float,
-) -> tuple[list[dict[str, Any]], float]:
-    """Run ``run_once()`` (one timed run: its record with ``seconds``, and its outputs) up to
-    ``repeats`` times within ``budget``; ``check(outputs)`` gives the first run's error, and a run
-    beyond the tolerance ends the repeats. Returns the records and that error."""
+    setting: Setting,
+) -> dict[str, Any]:
+    """Run ``run_once()`` (one timed run: its record, with ``seconds``, and its outputs) up to
+    ``setting.repeats`` times within the budget; ``check(outputs)`` gives the first run's error
+    (outputs are deterministic), and a run beyond the tolerance ends the repeats.
+
+    Returns the row's measured fields: status, error, repeats, the median of ``seconds`` as
+    ``total_s`` and its list ``times_s``, the median chunks, setup and (with ``prefill`` in the
+    records) prefill/decode times, peak bytes, and the fastest run's step latency."""
     records: list[dict[str, Any]] = []
-    err: float | None = None
-    while should_repeat([r["seconds"] for r in records], repeats, budget):
+    err = math.nan
+    while should_repeat([r["seconds"] for r in records], setting.repeats, setting.budget):
         record, outputs = run_once()
         records.append(record)
-        if err is None:  # outputs are deterministic: check the first run
+        if len(records) == 1:
             err = check(outputs)
-            if not err <= tol:  # also catches NaN
+            if not err <= setting.tol:  # also catches NaN
                 break
         del outputs
-    return records, err
-
-
-def median_chunks(runs: Sequence[Sequence[tuple[int, int, float]]], offset: int = 0) -> list:
-    """Per chunk ``[a, b)`` of the runs: ``(offset + a, offset + b, median mean step time)``."""
-    return [
-        (offset + a, offset + b, median([r[i][2] for r in runs]) / (b - a))
-        for i, (a, b, _) in enumerate(runs[0])
+    times = [r["seconds"] for r in records]
+    ok = "ok" if err <= setting.tol else f"FAILED (max rel err {err:.2e} > tol {setting.tol:.1e})"
+    row: dict[str, Any] = {"status": ok, "max_rel_err": err, "tol": setting.tol}
+    row.update(total_s=median(times), repeats=len(records), times_s=times)
+    row["chunks"] = [
+        (a, b, median([r["chunks"][i][2] for r in records]) / (b - a))
+        for i, (a, b, _) in enumerate(records[0]["chunks"])
     ]
-
-
-def prefill_decode_times(records: Sequence[dict[str, Any]], gen_len: int) -> dict[str, Any]:
-    """The timing fields of a prefill-then-decode row from its runs' records."""
-    prefills = [r["prefill"] for r in records]
-    decodes = [r["decode"] for r in records]
-    prefill, decode = median(prefills), median(decodes)
-    return {
-        "prefill_s": prefill,
-        "decode_s": decode,
-        "total_s": prefill + decode,
-        "per_token_s": decode / gen_len,
-        "cache_bytes_after_prefill": records[-1]["after_prefill"],
-        "peak_cache_bytes": records[-1]["peak"],
-        "repeats": len(records),
-        "prefill_times_s": prefills,
-        "decode_times_s": decodes,
-    }
-
-
-def status_of(err: float, tol: float) -> str:
-    return "ok" if err <= tol else failed_status(err, tol)
-
-
-def per_mixer_ratios(
-    rows: Sequence[dict[str, Any]],
-    mixers: Sequence[str],
-    pairs: Sequence[tuple[str, str]],
-    size_keys: Sequence[str],
-    time_key: str = "total_s",
-    **fields: Any,
-) -> list[dict[str, Any]]:
-    """:func:`ratios_at_largest` for each mixer's rows, tagged with the mixer and ``fields``."""
-    return [
-        {"mixer": mixer, **fields, **r}
-        for mixer in mixers
-        for r in ratios_at_largest(
-            [r for r in rows if r["mixer"] == mixer], pairs, size_keys, time_key
-        )
-    ]
-
-
-# ------------------------------------------------------------------------------ agreement
-
-
-def latency(step_times: np.ndarray, first: int = 0) -> dict[str, Any]:
-    """The distribution of the times of steps ``first ..``: median, p99, p99.9, max (and
-    where), and a trace of the largest and the median step per bucket of positions, for the
-    plot. (A model's first token builds its decoding state: ``first=1`` leaves it out.)"""
-    times = step_times[first:]
-    buckets = np.array_split(times, min(LATENCY_BUCKETS, len(times)))
-    starts = first + np.cumsum([0] + [len(b) for b in buckets[:-1]])
-    return {
-        "step_median_s": float(np.median(times)),
-        "step_p99_s": float(np.percentile(times, 99)),
-        "step_p999_s": float(np.percentile(times, 99.9)),
-        "step_max_s": float(times.max()),
-        "step_max_at": first + int(times.argmax()),
-        "trace": [
-            (int(a), float(b.max()), float(np.median(b)))
-            for a, b in zip(starts, buckets, strict=True)
-        ],
-    }
-
-
-def latency_cell(row: dict[str, Any]) -> str:
-    """A table cell: median / p99.9 / max step time (and max over median)."""
-    if "step_max_s" not in row:
-        return "-"
-    spread = row["step_max_s"] / row["step_median_s"]
-    times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
-    return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    return DEFAULT_TOL[dtype]
+    if "setup" in records[0]:
+        row["setup_s"] = median([r["setup"] for r in records])
+    if "prefill" in records[0]:
+        prefills, decodes = [r["prefill"] for r in records], [r["decode"] for r in records]
+        row.update(prefill_s=median(prefills), decode_s=median(decodes))
+        row.update(prefill_times_s=prefills, decode_times_s=decodes)
+        row["cache_bytes_after_prefill"] = records[-1]["after_prefill"]
+    row["peak_cache_bytes"] = records[-1].get("peak")  # None: holds no cache (offline)
+    fastest = min(records, key=lambda r: r["seconds"])
+    if "steps" in fastest:
+        row.update(latency(fastest["steps"], first=fastest.get("first_step", 0)))
+    return row
 
 
 def rel_err(actual: torch.Tensor, reference: torch.Tensor) -> float:
     """Largest |actual - reference| relative to the largest |reference| (computed in float64)."""
     reference = reference.to(torch.float64)
     diff = (actual.to(torch.float64) - reference).abs().max().item()
-    scale = reference.abs().max().item()
-    return float(diff / max(scale, 1e-300))
+    return float(diff / max(reference.abs().max().item(), 1e-300))
 
 
-def failed_status(err: float, tol: float) -> str:
-    return f"FAILED (max rel err {err:.2e} > tol {tol:.1e})"
-
-
-def report_failures(name: str, failures: Sequence[str]) -> int:
-    """Print failed agreement checks loudly to stderr; the exit code (1 if any, else 0)."""
-    if not failures:
-        return 0
-    bar = "!" * 78
-    lines = [bar, f"{name}: AGREEMENT CHECK FAILED, these outputs differ from the reference:"]
-    lines += [f"  {f}" for f in failures]
-    lines.append(bar)
-    print("\n".join(lines), file=sys.stderr)
-    return 1
-
-
-def finish_report(
+def sweep(
     name: str,
     config: Any,
-    machine: dict[str, Any],
-    device: torch.device,
-    rows: list[dict[str, Any]],
-    gate: BudgetGate,
-    tol: float,
-    row_fields: Sequence[str],
-    **results: Any,
+    *,
+    tols: dict[torch.dtype, float],
+    groups: Sequence[str | None],
+    cells: Sequence[Cell],
+    warm: Cell,
+    operands: tuple[
+        Callable[[str | None, torch.device, torch.dtype], Any], Callable[[Any, Cell], Any]
+    ],
+    measure: Callable[[str, Any, Cell, Setting], dict[str, Any]],
+    compare: Callable[[list[dict[str, Any]], Any, float], None] | None = None,
+    checked: str = "from the float64 reference",
+    row_fields: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The report of a sweep: rows tagged with the benchmark and its setting, then the results.
+    """The loop every benchmark runs; the report (machine, config, rows, failures, error).
 
-    Every row gets ``benchmark=name``, the ``config`` fields named in ``row_fields``, the dtype,
-    device and thread count; the report holds the machine, the config, the rows, ``results``
-    (slopes, ratios, ...), the failed agreement checks and the largest relative error.
+    ``operands`` is ``(open_group, open_cell)``. For each group (a mixer, or ``None``):
+    ``open_group(group, device, dtype)`` builds what its
+    cells share (a model), ``open_cell(state, cell)`` the operands of a cell (inputs, the float64
+    reference), ``measure(method, operands, cell, setting)`` runs one method on one cell and
+    returns its row; every method runs once on ``warm`` first, untimed; ``compare(rows,
+    operands, tol)`` may check a cell's rows against each other (greedy tokens). Rows get
+    ``benchmark``, the config fields in ``row_fields``, dtype, device and threads.
     """
-    setting = {field: getattr(config, field) for field in row_fields}
+    check_options(config)
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    tol = tols[dtype] if config.tol is None else config.tol
+    setting = Setting(config.repeats, config.budget, tol, device)
+    warm_setting = Setting(1, math.inf, tol, device)
+    open_group, open_cell = operands
+    rows: list[dict[str, Any]] = []
+    gate = BudgetGate(config.budget)
+    total = len(groups) * len(cells) * len(config.methods)
+    with (
+        torch_threads(config.threads),
+        tqdm(total=total, desc=f"bench {name}", unit="run", disable=not config.progress) as bar,
+    ):
+        machine = machine_info(device, dtype)
+        if warning := contention_warning(machine):
+            print(warning, file=sys.stderr)
+        for group in groups:
+            where = "" if group is None else f"{group} "
+            bar.set_postfix_str(f"{where}setting up")
+            state = open_group(group, device, dtype)
+            for method in config.methods:
+                measure(method, open_cell(state, warm), warm, warm_setting)
+            for cell in cells:
+                operands, done = open_cell(state, cell), []
+                for method in config.methods:
+                    bar.set_postfix_str(f"{where}{cell.label} {method}")
+                    head = {} if group is None else {"mixer": group}
+                    head.update(method=method, **cell.fields)
+                    if (blocked := gate.check((group, method), cell.size)) is not None:
+                        rows.append({**head, "tol": tol, **blocked})
+                    else:
+                        done.append({**head, **measure(method, operands, cell, setting)})
+                        rows.append(done[-1])
+                    bar.update(1)
+                if compare is not None:
+                    compare(done, operands, tol)
+                for row in done:
+                    what, at = f"{where}{row['method']}", cell.label
+                    gate.record(
+                        (group, row["method"]), cell.size, row, what=what, at=at, time_key="total_s"
+                    )
+                worst = max((r["max_rel_err"] for r in done), default=0.0)
+                bar.write(f"{where}{cell.label}: largest relative difference {checked} {worst:.2e}")
+                del operands
+            del state
+    machine["load_average_1min_after"] = load_average()
     for row in rows:
-        row.update(
-            benchmark=name,
-            **setting,
-            dtype=config.dtype,
-            device=str(device),
-            threads=machine["torch_threads"],
-        )
+        row.update({f: getattr(config, f) for f in row_fields}, benchmark=name, dtype=config.dtype)
+        row.update(device=str(device), threads=machine["torch_threads"])
     return {
         "benchmark": name,
         "machine": machine,
         "config": dataclasses.asdict(config),
         "rows": rows,
-        **results,
         "failures": gate.failures,
         "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
         "tol": tol,
     }
 
 
-# ------------------------------------------------------------------------------ output files
+# ------------------------------------------------------------------------------ report files
 
 
 def _jsonable(value: Any) -> Any:
@@ -640,24 +621,14 @@ def _jsonable(value: Any) -> Any:
         return None
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, torch.dtype | torch.device | Path):
-        return str(value)
-    return value
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
-    return path
+    return str(value) if isinstance(value, torch.dtype | torch.device | Path) else value
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+        writer.writerows({k: "" if row.get(k) is None else row[k] for k in columns} for row in rows)
     return path
 
 
@@ -669,38 +640,31 @@ def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> t
 
 
 def write_report(
-    out: Path,
-    name: str,
-    report: dict[str, Any],
-    columns: Sequence[str],
-    table_text: str,
-    plot: Callable[[dict[str, Any], Path], list[Path]] | None,
-    per_position_keys: Sequence[str] | None = None,
+    out: Path, name: str, report: dict[str, Any], bench: Any, plots: bool
 ) -> list[Path]:
-    """Write ``<name>.json``, ``<name>.csv``, ``<name>_table.md``, with ``per_position_keys``
-    ``<name>_per_position.csv`` (mean step time per chunk of every ok row), and the PNGs of
-    ``plot(report, out)`` unless ``plot`` is None; return the paths written."""
-    out = Path(out)
+    """Write ``<name>.json``, ``<name>.csv`` (``bench.CSV_COLUMNS``), ``<name>_table.md``
+    (``bench.table``), with ``bench.PER_POSITION_KEYS`` ``<name>_per_position.csv`` (mean step
+    time per chunk of every ok row) and with ``plots`` the PNGs of ``bench.plot``."""
+    out.mkdir(parents=True, exist_ok=True)
     rows = report["rows"]
-    written = [
-        write_json(out / f"{name}.json", report),
-        write_csv(out / f"{name}.csv", rows, columns),
-    ]
-    if per_position_keys is not None:
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+    written = [json_path, write_csv(out / f"{name}.csv", rows, bench.CSV_COLUMNS)]
+    if keys := getattr(bench, "PER_POSITION_KEYS", None):
         chunk_rows = [
-            {**{k: r[k] for k in per_position_keys}, "start": a, "stop": b, "mean_step_s": s}
+            {**{k: r[k] for k in keys}, "start": a, "stop": b, "mean_step_s": s}
             for r in rows
             if r["status"] == "ok"
             for a, b, s in r["chunks"]
         ]
-        chunk_columns = (*per_position_keys, "start", "stop", "mean_step_s")
-        written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, chunk_columns))
-    table_path = out / f"{name}_table.md"
-    table_path.write_text(table_text)
-    written.append(table_path)
-    if plot is not None:
-        written += plot(report, out)
-    return written
+        columns = (*keys, "start", "stop", "mean_step_s")
+        written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, columns))
+    written.append(out / f"{name}_table.md")
+    written[-1].write_text(bench.table(report))
+    return written + (bench.plot(report, out) if plots else [])
+
+
+# ------------------------------------------------------------------------------ tables
 
 
 def notes(
@@ -761,48 +725,55 @@ def method_grid(
         for a, b in pairs:
             ra, rb = by[(a, *size)], by[(b, *size)]
             both = ra["status"] == "ok" and rb["status"] == "ok"
-            line.append(fmt_ratio(ra[ratio_key], rb[ratio_key]) if both else "-")
+            line.append(f"{ra[ratio_key] / rb[ratio_key]:.2f}x" if both else "-")
         body.append(line)
     return header, body
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A pipe table, padded so it reads on a terminal and renders in Markdown."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    return "\n".join(
+        [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+    )
+
+
+def grid(
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    columns: Sequence[Column],
+    pairs: Sequence[tuple[str, str]] = (),
+    ratio_key: str = "total_s",
+) -> str:
+    """:func:`method_grid` as a Markdown table."""
+    return markdown_table(*method_grid(rows, keys, columns, pairs, ratio_key))
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    """A table cell: median / p99.9 / max step time (and max over median)."""
+    if "step_max_s" not in row:
+        return "-"
+    times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
+    spread = row["step_max_s"] / row["step_median_s"]
+    return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
 
 
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    if seconds >= 100:
-        return f"{seconds:.0f} s"
     if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+        return f"{seconds:.0f} s" if seconds >= 100 else f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.1f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} µs"
 
 
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def fmt_ratio(num: float | None, den: float | None) -> str:
-    if not num or not den:
-        return "-"
-    return f"{num / den:.2f}x"
+    if n < 1024:
+        return f"{n} B"
+    exponent = min(3, (n.bit_length() - 1) // 10)
+    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"

@@ -1,17 +1,19 @@
 """``futurefill bench model``: the ConvLM end to end, tokens/s against context length.
 
 For every mixer, a randomly initialised :class:`~futurefill.model.ConvLM` (seeded) generates L
-tokens greedily, one :meth:`~futurefill.model.ConvLM.step` per token, each token the argmax of the
-previous logits (the real feedback loop: nothing is pre-computed). Methods:
+tokens greedily, one step per token, each token the argmax of the previous logits (the real
+feedback loop: nothing is pre-computed). Methods:
 
-* ``naive``, ``epoched``, ``continuous``: the model's forward, one token per call, in a
-  ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
+* ``naive``, ``epoched``, ``continuous``, ``deamortized``: the model's forward, one token per
+  call, in a ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
+* ``compiled``: continuous, each token one ``torch.compile`` graph (``generate(compile=True)``);
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
 Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
 tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> factory
 ``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits``, ``nbytes``,
-``prefill(ids) -> logits``, which :mod:`futurefill.bench.context` uses, and ``close()``).
+``prefill(ids) -> logits`` and ``close()``). :func:`measure` also serves ``bench context``: a cell
+with a prompt length ``P`` prefills P prompt tokens first.
 """
 
 from __future__ import annotations
@@ -19,21 +21,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from futurefill.bench import common, plots
+from futurefill.bench.common import LENGTH, SIZE, option
 from futurefill.generation import compiled_step
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
 from futurefill.nn import decoding
 from futurefill.online import METHODS
 
-MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
 # Agreement tolerance of the logits, relative to their largest magnitude. Half precisions round the
 # activations of every layer (not only the outputs, as in the layer benchmark): measured about
 # 3e-3 (float16) and 1.5e-2 (bfloat16) for 4 layers of width 128; float32 stays near 1e-6.
@@ -44,6 +43,17 @@ MODEL_TOL = {
     torch.bfloat16: 1e-1,
 }
 RATIOS = (("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuous"))
+# The HyenaDNA release's largest model (``hyenadna-large-1m-seqlen``): its hyper-parameters
+# besides width and depth (``--d-model 256 --n-layers 8`` give its shape).
+HYENADNA_LARGE_1M = {
+    "max_seq_len": 1_000_002,
+    "order": 2,
+    "emb_dim": 5,
+    "filter_order": 64,
+    "num_inner_mlps": 2,
+    "activation_freq": 10.0,
+}
+BENCH_MIXERS = (*MIXERS, "hyenadna")
 
 
 class CachedStepper:
@@ -73,7 +83,7 @@ class CachedStepper:
     def step(self, ids_t: torch.Tensor) -> torch.Tensor:
         """``(B,) -> (B, vocab)``: one token per sequence."""
         if self._step is None or not self.session.traced:
-            logits = self.model(ids_t[:, None])[:, 0]  # eager (a compiled run's first chunk)
+            logits = self.model(ids_t[:, None])[:, 0]  # eager (a compiled run's first token)
             if self._step is not None:
                 self._traced.enter_context(self.session.traced_steps())
             return logits
@@ -101,9 +111,8 @@ class RecomputeStepper:
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        prompt_len = ids.shape[1]
-        self._ids[:, :prompt_len] = ids
-        self._t = prompt_len
+        self._ids[:, : ids.shape[1]] = ids
+        self._t = ids.shape[1]
         return self.model(ids)
 
     @torch.inference_mode()
@@ -117,279 +126,199 @@ class RecomputeStepper:
         """Nothing to release."""
 
 
-def _cached(method: str) -> Callable[[Any, int, int], Any]:
-    def factory(model, max_len: int, batch_size: int) -> CachedStepper:
-        return CachedStepper(model, max_len, batch_size, method)
-
-    return factory
+def _cached(method: str, compiled: bool = False):
+    return lambda model, max_len, batch: CachedStepper(model, max_len, batch, method, compiled)
 
 
-MODEL_STEPPERS: dict[str, Callable[[Any, int, int], Any]] = {
+MODEL_STEPPERS = {
     **{m: _cached(m) for m in METHODS},
-    "compiled": lambda model, max_len, batch: CachedStepper(
-        model, max_len, batch, "continuous", compiled=True
-    ),
+    "compiled": _cached("continuous", compiled=True),
     "recompute": RecomputeStepper,
 }
+MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
+CHECKED = "of the logits from the float64 forward pass"
 
 
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(common.Options):
     """Options of the model benchmark (the CLI flags have the same names)."""
 
-    lengths: tuple[int, ...] = tuple(2**k for k in range(7, 12))
-    methods: tuple[str, ...] = MODEL_METHODS
-    mixers: tuple[str, ...] = ("stu_tensordot", "longconv", "stu", "hyena")
-    batch: int = 1
-    d_model: int = 128
-    n_layers: int = 4
-    vocab_size: int = 256
-    dtype: str = "float32"
-    device: str = "cpu"
-    threads: int | None = None  # None: every available core
-    repeats: int = 3
-    budget: float = 30.0  # seconds one generation of L tokens may take (projected)
-    warmup_len: int = 32  # every (mixer, method) generates this many tokens before the sweep
-    slope_from: int | None = None
-    tol: float | None = None  # None: by dtype (MODEL_TOL)
-    seed: int = 0
-    out: Path = Path("results")
-    progress: bool = True
-    plots: bool = True
+    lengths: tuple[int, ...] = option(
+        tuple(2**k for k in range(7, 12)), "generated lengths (context)", type=LENGTH, nargs="+"
+    )
+    methods: tuple[str, ...] = option(
+        MODEL_METHODS, "methods", choices=tuple(MODEL_STEPPERS), nargs="+"
+    )
+    mixers: tuple[str, ...] = option(
+        ("stu_tensordot", "longconv", "stu", "hyena"), "mixers", choices=BENCH_MIXERS, nargs="+"
+    )
+    batch: int = option(1, "batch size B", type=SIZE)
+    d_model: int = option(128, "model width", type=SIZE)
+    n_layers: int = option(4, "layers", type=SIZE)
+    vocab_size: int = option(256, "vocabulary", type=SIZE)
+    slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths)
 
 
 CONFIG = ModelConfig
 
 
-def generate_timed(
-    stepper, first: torch.Tensor, length: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, float]], int, np.ndarray]:
-    """Greedy generation of ``length`` steps from tokens ``first`` (B,), timed in dyadic chunks
-    and token by token (host time, the argmax included: the latency of one token).
-
-    Returns the tokens fed (B, length), the logits of every step (B, length, vocab), the chunk
-    times, the peak bytes the stepper held (sampled between chunks) and every token's time.
-    The garbage collector is paused (:func:`common.paused_gc`).
-    """
-    step = stepper.step
-    fed: list[torch.Tensor] = []
-    logits: list[torch.Tensor] = []
-    chunks = []
-    step_times = np.empty(length)
-    peak = stepper.nbytes
-    tok = first
-    clock = time.perf_counter
-    with torch.inference_mode(), common.paused_gc():
-        common.sync(device)
-        for start, stop in common.chunk_bounds(length):
-            began = clock()
-            for t in range(start, stop):
-                before = clock()
-                fed.append(tok)
-                out = step(tok)
-                logits.append(out)
-                tok = out.argmax(dim=-1)
-                step_times[t] = clock() - before
-            common.sync(device)
-            chunks.append((start, stop, clock() - began))
-            peak = max(peak, stepper.nbytes)
-    return torch.stack(fed, dim=1), torch.stack(logits, dim=1), chunks, peak, step_times
-
-
-def run_cell(
-    method: str,
-    model,
-    reference_model,
-    first: torch.Tensor,
-    length: int,
-    *,
-    repeats: int,
-    budget: float,
-    tol: float,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Generate ``length`` tokens with ``method`` up to ``repeats`` times; one result row."""
-    batch = first.shape[0]
-
-    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
-        common.sync(device)
-        began = time.perf_counter()
-        stepper = MODEL_STEPPERS[method](model, length, batch)
-        common.sync(device)
-        setup = time.perf_counter() - began
-        ids, logits, chunks, peak, steps = generate_timed(stepper, first, length, device)
-        stepper.close()
-        seconds = sum(c for _, _, c in chunks)
-        record = {"seconds": seconds, "setup": setup, "chunks": chunks, "peak": peak}
-        return {**record, "steps": steps}, (ids, logits)
-
-    def check(outputs: tuple[torch.Tensor, torch.Tensor]) -> float:
-        ids, logits = outputs
-        with torch.no_grad():
-            return common.rel_err(logits, reference_model(ids))
-
-    records, err = common.repeat_runs(run_once, check, repeats, budget, tol)
-    times = [r["seconds"] for r in records]
-    total = common.median(times)
-    fastest = min(records, key=lambda r: r["seconds"])
-    return {
-        "method": method,
-        "L": length,
-        "status": common.status_of(err, tol),
-        "total_s": total,
-        "tokens_per_s": batch * length / total,
-        "per_token_s": total / length,
-        "setup_s": common.median([r["setup"] for r in records]),
-        "peak_cache_bytes": records[-1]["peak"],
-        "max_rel_err": err,
-        "tol": tol,
-        "repeats": len(records),
-        "times_s": times,
-        "chunks": common.median_chunks([r["chunks"] for r in records]),
-        "first_token_s": fastest["steps"][0],  # builds the session's engines
-        **common.latency(fastest["steps"], first=1 if length > 1 else 0),
-    }
-
-
-# The HyenaDNA release's largest model (``hyenadna-large-1m-seqlen``): its hyper-parameters
-# besides width and depth (``--d-model 256 --n-layers 8`` give its shape).
-HYENADNA_LARGE_1M = {
-    "max_seq_len": 1_000_002,
-    "order": 2,
-    "emb_dim": 5,
-    "filter_order": 64,
-    "num_inner_mlps": 2,
-    "activation_freq": 10.0,
-}
-BENCH_MIXERS = (*MIXERS, "hyenadna")
-
-
-def build_model(config: ModelConfig, mixer: str, max_len: int, device, dtype):
+def build_model(config: Any, mixer: str, max_len: int, device, dtype):
     """The seeded, randomly initialised model for ``mixer`` and its float64 reference copy:
     a ConvLM, or for ``hyenadna`` a :class:`~futurefill.pretrained.HyenaLM` shaped like
     HyenaDNA-large-1m (filters on its 1M grid, MLP 4 x width) at the config's width and depth."""
     torch.manual_seed(config.seed)
+    width = {"vocab_size": config.vocab_size, "d_model": config.d_model}
     if mixer == "hyenadna":
         from futurefill.pretrained import HyenaLM, HyenaLMConfig
 
         hyper = {**HYENADNA_LARGE_1M, "max_seq_len": max(HYENADNA_LARGE_1M["max_seq_len"], max_len)}
-        model = HyenaLM(
-            HyenaLMConfig(
-                vocab_size=config.vocab_size,
-                d_model=config.d_model,
-                n_layer=config.n_layers,
-                d_inner=4 * config.d_model,
-                **hyper,
-            )
-        ).eval()
+        shape = {"n_layer": config.n_layers, "d_inner": 4 * config.d_model}
+        model = HyenaLM(HyenaLMConfig(**width, **shape, **hyper))
     else:
-        model = ConvLM(
-            ConvLMConfig(
-                vocab_size=config.vocab_size,
-                d_model=config.d_model,
-                n_layers=config.n_layers,
-                max_len=max_len,
-                mixer=mixer,
-            )
-        ).eval()
-    model = model.to(device=device, dtype=dtype)
+        shape = {"n_layers": config.n_layers, "max_len": max_len, "mixer": mixer}
+        model = ConvLM(ConvLMConfig(**width, **shape))
+    model = model.eval().to(device=device, dtype=dtype)
     # From the cast model, so both hold the same (rounded) weights.
-    reference = copy.deepcopy(model).to(dtype=torch.float64)
-    return model, reference
+    return model, copy.deepcopy(model).to(dtype=torch.float64)
 
 
-def model_peak_bytes(config: Any, length: int) -> int:
-    """An upper estimate of the memory of a run of ``length`` tokens: every layer's naive engine
-    (three buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by
-    every channel), and the float64 reference's and the working model's parallel forward (four
+class References:
+    """The float64 reference logits of token sequences, computed once per distinct sequence."""
+
+    def __init__(self, reference_model):
+        self.model = reference_model
+        self._seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        for known, logits in self._seen:
+            if torch.equal(known, ids):
+                return logits
+        with torch.no_grad():
+            self._seen.append((ids, self.model(ids)))
+        return self._seen[-1][1]
+
+
+def open_models(config: Any, max_len: int):
+    """``open_group`` and ``open_cell`` of a sweep over a model: one model per mixer; a cell's
+    operands are the model, a cache of its float64 reference logits and the tokens it starts
+    from: its ``P`` prompt tokens (seeded), or one random token per sequence."""
+    gen = torch.Generator().manual_seed(config.seed)
+    tokens = torch.randint(0, config.vocab_size, (config.batch, max_len), generator=gen)
+
+    def open_group(mixer: str, device: torch.device, dtype: torch.dtype) -> tuple:
+        return (*build_model(config, mixer, max_len, device, dtype), tokens.to(device))
+
+    def open_cell(group: tuple, cell: common.Cell) -> tuple:
+        model, reference_model, tokens = group
+        return model, References(reference_model), tokens[:, : cell.fields.get("P", 1)]
+
+    return open_group, open_cell
+
+
+def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Setting) -> dict:
+    """Generate the cell's ``L`` (or, after prefilling ``P`` prompt tokens, ``K``) tokens greedily
+    with ``method``, each step timed (host time, the argmax included: one token's latency); its
+    measured row fields. With a prompt the row holds, under ``_tokens``, the K + 1 greedy tokens
+    of the first run (the argmax of the last prefill logits and of every step's), for
+    :func:`futurefill.bench.context.compare`, which removes them."""
+    model, references, tokens = operands
+    batch, prompt_len = tokens.shape[0], cell.fields.get("P", 0)
+    length, device = cell.fields.get("K", cell.fields.get("L")), setting.device
+    runs: list[dict[str, Any]] = []
+
+    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
+        make = MODEL_STEPPERS[method]
+        stepper, setup = common.timed(lambda: make(model, prompt_len + length, batch), device)
+        fed, logits, tok = [], [], tokens[:, 0]
+        prompt_logits = torch.zeros(batch, 0, 1, device=device)
+        if prompt_len:
+            prompt_logits, prefill = common.timed(lambda: stepper.prefill(tokens), device)
+            after_prefill, tok = stepper.nbytes, prompt_logits[:, -1].argmax(dim=-1)
+
+        def step(_: int) -> None:
+            nonlocal tok
+            fed.append(tok)
+            logits.append(stepper.step(tok))
+            tok = logits[-1].argmax(dim=-1)
+
+        with torch.inference_mode():
+            record = common.timed_steps(step, length, device, lambda: stepper.nbytes)
+        stepper.close()
+        record.update(setup=setup, first_step=0 if prompt_len or length == 1 else 1)
+        if prompt_len:
+            record["chunks"] = [(a + prompt_len, b + prompt_len, s) for a, b, s in record["chunks"]]
+            record.update(prefill=prefill, decode=record["seconds"], after_prefill=after_prefill)
+            record.update(
+                seconds=prefill + record["seconds"], peak=max(record["peak"], after_prefill)
+            )
+        runs.append(record)
+        return record, (torch.stack(fed, dim=1), torch.stack(logits, dim=1), prompt_logits)
+
+    greedy: list[torch.Tensor] = []
+
+    def check(outputs: tuple[torch.Tensor, ...]) -> float:
+        fed, logits, prompt_logits = outputs
+        if not prompt_len:
+            return common.rel_err(logits, references(fed))
+        greedy.append(torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1))
+        reference = references(torch.cat([tokens, fed], dim=1))
+        return common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
+
+    row = common.repeat_runs(run_once, check, setting)
+    seconds = row.get("decode_s", row["total_s"])
+    row.update(tokens_per_s=batch * length / seconds, per_token_s=seconds / length)
+    if prompt_len:
+        return row | {"_tokens": greedy[0]}
+    return row | {"first_token_s": min(runs, key=lambda r: r["seconds"])["steps"][0]}
+
+
+def model_peak_bytes(config: Any) -> int:
+    """An upper estimate of the memory of the longest run: every layer's naive engine (three
+    buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by every
+    channel), and the float64 reference's and the working model's parallel forward (four
     activations of the MLP's width, 4 x d_model, each)."""
     size = common.DTYPES[config.dtype].itemsize
     filters = 48 if "stu" in config.mixers else 2  # full STU bank; Hyena's two orders
     width = config.batch * config.d_model
-    engines = 3 * size * config.n_layers * width * filters
-    forwards = 4 * (8 + size) * 4 * width
-    return length * (engines + forwards)
+    return config.longest * (
+        3 * size * config.n_layers * width * filters + 4 * (8 + size) * 4 * width
+    )
 
 
-def peak_bytes(config: ModelConfig) -> int:
-    return model_peak_bytes(config, max(config.lengths))
+peak_bytes = model_peak_bytes
 
 
 def run(config: ModelConfig) -> dict[str, Any]:
     """Run the sweep for every mixer; the report (machine, config, rows, slopes, ratios)."""
-    unknown = [m for m in config.methods if m not in MODEL_STEPPERS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {tuple(MODEL_STEPPERS)}")
     lengths = sorted(set(config.lengths))
-    if not lengths or lengths[0] < 1:
-        raise ValueError(f"lengths must be positive, got {config.lengths}")
-    device = common.resolve_device(config.device)
-    dtype = common.DTYPES[config.dtype]
-    tol = MODEL_TOL[dtype] if config.tol is None else config.tol
-    max_len = max(lengths[-1], config.warmup_len)
-    warm_len = min(config.warmup_len, lengths[0])
-    gen = torch.Generator().manual_seed(config.seed)
-    first = torch.randint(0, config.vocab_size, (config.batch,), generator=gen).to(device)
-
-    def measure(method, models, cell, repeats, budget):
-        length = cell.fields["L"]
-        return run_cell(
-            method, *models, first, length, repeats=repeats, budget=budget, tol=tol, device=device
-        )
-
-    machine, rows, gate = common.run_sweep(
+    warm = min(config.warmup_len, lengths[0])
+    report = common.sweep(
         "model",
         config,
-        tol=tol,
-        device=device,
+        tols=MODEL_TOL,
         groups=config.mixers,
         cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
-        warm=common.Cell({"L": warm_len}, warm_len, "warm-up"),
-        open_group=lambda mixer: build_model(config, mixer, max_len, device, dtype),
-        open_cell=lambda models, cell: models,
+        warm=common.Cell({"L": warm}, warm, "warm-up"),
+        operands=open_models(config, max(lengths[-1], warm)),
         measure=measure,
-        checked="of the logits from the float64 forward pass",
+        checked=CHECKED,
+        row_fields=("batch", "d_model", "n_layers"),
     )
-    return common.finish_report(
-        "model",
-        config,
-        machine,
-        device,
-        rows,
-        gate,
-        tol,
-        ("batch", "d_model", "n_layers"),
-        slopes={
-            mixer: _slopes([r for r in rows if r["mixer"] == mixer], config)
-            for mixer in config.mixers
-        },
-        ratios=common.per_mixer_ratios(rows, config.mixers, RATIOS, ("L",)),
-    )
-
-
-def _slopes(rows: list[dict[str, Any]], config: ModelConfig) -> dict[str, Any]:
-    out = {}
-    for method in config.methods:
-        ok = [(r["L"], r["total_s"]) for r in rows if r["method"] == method and r["status"] == "ok"]
-        entry: dict[str, Any] = {
-            "all": common.fit_slope([x for x, _ in ok], [t for _, t in ok]),
-            "points": len(ok),
-        }
-        if config.slope_from is not None:
-            tail = [(x, t) for x, t in ok if x >= config.slope_from]
-            entry["from"] = config.slope_from
-            entry["tail"] = common.fit_slope([x for x, _ in tail], [t for _, t in tail])
-        out[method] = entry
-    return out
+    report["slopes"] = common.slopes(report["rows"], config)
+    report["ratios"] = common.ratios_at_largest(report["rows"], RATIOS, ("L",))
+    return report
 
 
 # ------------------------------------------------------------------------------ output
 
 
 def table(report: dict[str, Any]) -> str:
-    """Per mixer: tokens/s per L and method, speed-ups, slopes; cache bytes."""
-    rows = report["rows"]
-    cfg = report["config"]
+    """Per mixer: tokens/s per L and method, speed-ups, slopes; cache bytes; token latency."""
+    rows, cfg = report["rows"], report["config"]
     methods = list(cfg["methods"])
     pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
     lines = [
@@ -414,16 +343,18 @@ def table(report: dict[str, Any]) -> str:
         slope = report["slopes"][mixer]
         slopes = ("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods)
         body.append(["time slope", *slopes] + [""] * (len(header) - 1 - len(methods)))
-        lines += [f"### mixer {mixer}", "", common.markdown_table(header, body), ""]
         lines += [
+            f"### mixer {mixer}",
+            "",
+            common.markdown_table(header, body),
+            "",
             "Time of one token after the first (the fastest run's; the first builds the "
             "session's engines: first_token_s in the JSON), and the largest over its median:",
             "",
-            common.markdown_table(*common.method_grid(mine, ("L",), steps)),
+            common.grid(mine, ("L",), steps),
             "",
         ]
-    lines += common.notes(report, ("L",), checked="of the logits from the float64 forward pass")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + common.notes(report, ("L",), checked=CHECKED)) + "\n"
 
 
 CSV_COLUMNS = common.csv_columns(
@@ -432,50 +363,33 @@ CSV_COLUMNS = common.csv_columns(
     "first_token_s step_median_s step_p99_s step_p999_s step_max_s step_max_at",
     "batch d_model n_layers",
 )
-
-
 PER_POSITION_KEYS = ("mixer", "method", "L")  # columns of model_per_position.csv
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
     cfg, rows = report["config"], report["rows"]
-    methods, mixers = cfg["methods"], cfg["mixers"]
-    cached = [m for m in methods if m != "recompute"]
-    groups = {"by": "mixer", "values": mixers, "label": "{method} {value}"}
-    what = f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}"
+    methods, cached = cfg["methods"], [m for m in cfg["methods"] if m != "recompute"]
+    groups = {"by": "mixer", "values": cfg["mixers"], "label": "{method} {value}"}
     return plots.figures(
         report,
         out,
-        what,
+        f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}",
         [
-            (
+            plots.Plot(
                 "model_tokens_per_s",
                 plots.method_lines(rows, methods, "L", "tokens_per_s", **groups),
                 "generated tokens L",
                 "tokens / s",
                 "ConvLM generation throughput",
             ),
-            (
-                "model_time_per_token",
-                plots.chunk_lines(rows, methods, "L", **groups),
-                "position t (mean over dyadic chunks)",
-                "time per token (s)",
-                "Time per token against position, at the largest L run",
-            ),
-            (
+            plots.per_position("model_time_per_token", rows, methods, "L", **groups),
+            plots.Plot(
                 "model_cache_bytes",
                 plots.method_lines(rows, cached, "L", "peak_cache_bytes", **groups),
                 "generated tokens L",
                 "peak bytes held by the cache",
                 "Decoding cache against L",
             ),
-            (
-                "model_step_latency",
-                plots.latency_lines(rows, methods, "L", **groups),
-                f"position t (buckets of L/{common.LATENCY_BUCKETS} tokens)",
-                "time of one token (s)",
-                "Token latency against position, at the largest L run",
-                {"logx": False},
-            ),
+            plots.step_latency("model_step_latency", rows, methods, "L", **groups),
         ],
     )

@@ -1,16 +1,16 @@
 """Matplotlib figures of the benchmark results.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly and saved by the Agg renderer, so
-no display is needed and pyplot's global backend is left alone.
+no display is needed and pyplot's global backend is left alone. A line is a dict with ``x``,
+``y``, ``label``, ``method`` (its colour and marker) and optionally ``linestyle``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 # One colour and marker per method, the same in every figure.
@@ -26,11 +26,29 @@ STYLE = {
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def style(method: str) -> tuple[str, str]:
-    return STYLE.get(method, ("tab:purple", "d"))
+class Plot(NamedTuple):
+    """One PNG: ``<name>.png``, its lines, axis labels and title; log-log unless told."""
+
+    name: str
+    lines: list[dict[str, Any]]
+    xlabel: str
+    ylabel: str
+    title: str
+    logx: bool = True
 
 
-def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, path: Path) -> Path:
+def draw(plot: Plot, title: str, subtitle: str, path: Path) -> Path:
+    fig = Figure(figsize=(7, 4.8))
+    ax = fig.add_subplot()
+    for s in plot.lines:
+        if s["x"]:
+            color, marker = STYLE.get(s["method"], ("tab:purple", "d"))
+            style = {"linestyle": s.get("linestyle", "-"), "markersize": 4}
+            ax.plot(s["x"], s["y"], color=color, marker=marker, label=s["label"], **style)
+    if plot.logx:
+        ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel=plot.xlabel, ylabel=plot.ylabel)
     ax.set_title(f"{title}\n{subtitle}", fontsize=9)
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.1)
@@ -40,58 +58,35 @@ def _finish(fig: Figure, ax: Axes, title: str, subtitle: str, path: Path) -> Pat
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
 
 
-def loglog_lines(
-    series: Sequence[dict[str, Any]],
-    *,
-    xlabel: str,
-    ylabel: str,
-    title: str,
-    subtitle: str,
-    path: Path,
-    logy: bool = True,
-    logx: bool = True,
-) -> Path:
-    """One line per entry of ``series``: dicts with x, y, label, method and optional linestyle."""
-    fig = Figure(figsize=(7, 4.8))
-    ax = fig.add_subplot()
-    for s in series:
-        if not s["x"]:
-            continue
-        color, marker = style(s["method"])
-        ax.plot(
-            s["x"],
-            s["y"],
-            color=color,
-            marker=marker,
-            linestyle=s.get("linestyle", "-"),
-            label=s["label"],
-            markersize=4,
-        )
-    if logx:
-        ax.set_xscale("log", base=2)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return _finish(fig, ax, title, subtitle, path)
+def figures(report: dict[str, Any], out: Path, what: str, specs: Sequence[Plot]) -> list[Path]:
+    """One PNG per plot that has a point; the title gets ``what`` in parentheses, the subtitle
+    names the machine."""
+    from futurefill.bench.common import machine_line
+
+    subtitle = machine_line(report["machine"])
+    return [
+        draw(p, f"{p.title} ({what})", subtitle, out / f"{p.name}.png")
+        for p in specs
+        if any(line["x"] for line in p.lines)
+    ]
 
 
-def _ok_rows(rows: Sequence[dict[str, Any]], method: str, where: dict[str, Any], x: str) -> list:
-    return sorted(
-        (
-            r
-            for r in rows
-            if r["method"] == method
-            and r["status"] == "ok"
-            and all(r.get(k) == v for k, v in where.items())
-        ),
-        key=lambda r: r[x],
-    )
+def _series(
+    rows: Sequence[dict[str, Any]], methods: Sequence[str], by: str | None, values: Sequence[Any]
+) -> Iterator[tuple[int, Any, str, list[dict[str, Any]]]]:
+    """(index of the value, value, method, its ok rows) per value of ``by`` and method."""
+    for i, value in enumerate(values):
+        for method in methods:
+            done = [
+                r
+                for r in rows
+                if r["method"] == method and r["status"] == "ok" and (by is None or r[by] == value)
+            ]
+            yield i, value, method, done
 
 
 def method_lines(
@@ -107,41 +102,17 @@ def method_lines(
     """One line per method (and per value of the row field ``by``, one line style each): the
     ok rows' ``y`` against ``x``. ``label`` is formatted with ``method`` and ``value``."""
     lines = []
-    for i, value in enumerate(values):
-        where = {} if by is None else {by: value}
-        for method in methods:
-            done = _ok_rows(rows, method, where, x)
-            lines.append(
-                {
-                    "method": method,
-                    "label": label.format(method=method, value=value),
-                    "linestyle": LINESTYLES[i % len(LINESTYLES)],
-                    "x": [r[x] for r in done],
-                    "y": [r[y] for r in done],
-                }
-            )
+    for i, value, method, done in _series(rows, methods, by, values):
+        done = sorted(done, key=lambda r: r[x])
+        lines.append(
+            {"method": method, "label": label.format(method=method, value=value)}
+            | {"linestyle": LINESTYLES[i % 4], "x": [r[x] for r in done], "y": [r[y] for r in done]}
+        )
     return lines
 
 
-def _largest_runs(
-    rows: Sequence[dict[str, Any]],
-    methods: Sequence[str],
-    size: str,
-    by: str | None,
-    values: Sequence[Any],
-    field: str,
-) -> Iterator[tuple[int, Any, str, dict[str, Any]]]:
-    """(index of the value, value, method, row) of each method's largest ok run having
-    ``field``, per value of ``by``."""
-    for i, value in enumerate(values):
-        where = {} if by is None else {by: value}
-        for method in methods:
-            done = [r for r in _ok_rows(rows, method, where, size) if field in r]
-            if done:
-                yield i, value, method, done[-1]
-
-
-def chunk_lines(
+def per_position(
+    name: str,
     rows: Sequence[dict[str, Any]],
     methods: Sequence[str],
     size: str,
@@ -149,21 +120,26 @@ def chunk_lines(
     by: str | None = None,
     values: Sequence[Any] = (None,),
     label: str = "{method}",
-) -> list[dict[str, Any]]:
+) -> Plot:
     """Mean step time per dyadic chunk of positions at each method's largest ok run."""
-    return [
-        {
-            "method": method,
-            "label": label.format(method=method, value=value) + f" ({size}={last[size]})",
-            "linestyle": LINESTYLES[i % len(LINESTYLES)],
-            "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
-            "y": [s for _, _, s in last["chunks"]],
-        }
-        for i, value, method, last in _largest_runs(rows, methods, size, by, values, "chunks")
-    ]
+    lines = []
+    for i, value, method, done in _series(rows, methods, by, values):
+        if done := [r for r in done if "chunks" in r]:
+            last = max(done, key=lambda r: r[size])
+            lines.append(
+                {"method": method, "linestyle": LINESTYLES[i % 4]}
+                | {"label": label.format(method=method, value=value) + f" ({size}={last[size]})"}
+                | {
+                    "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
+                    "y": [s for _, _, s in last["chunks"]],
+                }
+            )
+    title = f"Time per token against position, at the largest {size} run"
+    return Plot(name, lines, "position t (mean over dyadic chunks)", "time per token (s)", title)
 
 
-def latency_lines(
+def step_latency(
+    name: str,
     rows: Sequence[dict[str, Any]],
     methods: Sequence[str],
     size: str,
@@ -171,46 +147,20 @@ def latency_lines(
     by: str | None = None,
     values: Sequence[Any] = (None,),
     label: str = "{method}",
-) -> list[dict[str, Any]]:
+) -> Plot:
     """The largest step (solid) and the median step (dotted) per bucket of positions, at each
     method's largest ok run with a latency trace."""
     lines = []
-    for _, value, method, last in _largest_runs(rows, methods, size, by, values, "trace"):
-        at = [a for a, _, _ in last["trace"]]
-        name = label.format(method=method, value=value)
-        lines += [
-            {
-                "method": method,
-                "label": f"{name}: largest step per bucket ({size}={last[size]})",
-                "x": at,
-                "y": [top for _, top, _ in last["trace"]],
-            },
-            {
-                "method": method,
-                "label": f"{name}: median step per bucket",
-                "x": at,
-                "y": [mid for _, _, mid in last["trace"]],
-                "linestyle": ":",
-            },
-        ]
-    return lines
-
-
-def figures(report: dict[str, Any], out: Path, what: str, specs: Sequence[tuple]) -> list[Path]:
-    """One PNG per ``(name, lines, xlabel, ylabel, title[, options])`` in ``specs``; the title
-    gets ``what`` in parentheses, the subtitle names the machine."""
-    from futurefill.bench.common import machine_line
-
-    subtitle = machine_line(report["machine"])
-    return [
-        loglog_lines(
-            lines,
-            xlabel=xlabel,
-            ylabel=ylabel,
-            title=f"{title} ({what})",
-            subtitle=subtitle,
-            path=out / f"{name}.png",
-            **(options[0] if options else {}),
-        )
-        for name, lines, xlabel, ylabel, title, *options in specs
-    ]
+    for _, value, method, done in _series(rows, methods, by, values):
+        if done := [r for r in done if "trace" in r]:
+            last = max(done, key=lambda r: r[size])
+            at, name_ = [a for a, _, _ in last["trace"]], label.format(method=method, value=value)
+            lines += [
+                {"method": method, "x": at, "y": [top for _, top, _ in last["trace"]]}
+                | {"label": f"{name_}: largest step per bucket ({size}={last[size]})"},
+                {"method": method, "x": at, "y": [mid for _, _, mid in last["trace"]]}
+                | {"label": f"{name_}: median step per bucket", "linestyle": ":"},
+            ]
+    title = f"Step latency against position, at the largest {size} run"
+    xlabel = f"position t (buckets of {size}/256 steps)"
+    return Plot(name, lines, xlabel, "time of one step (s)", title, logx=False)

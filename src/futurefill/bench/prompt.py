@@ -1,10 +1,10 @@
 """``futurefill bench prompt``: a prompt of length P, then K generated steps (the paper's setting).
 
 For every (P, K) of the grid and every engine method: ``prefill`` of the P prompt inputs at once
-(timed), then K inputs fed one step at a time (timed in dyadic chunks), on a filter of length
-P + K. Reported per cell: prefill time, decode time, time per generated token, the bytes the engine
-holds after the prefill and at its peak. All P + K outputs are checked against the float64 offline
-convolution.
+(timed), then K inputs fed one step at a time (timed), on a filter of length P + K
+(:func:`futurefill.bench.layer.measure`). Reported per cell: prefill time, decode time, time per
+generated token, the bytes the engine holds after the prefill and at its peak. All P + K outputs
+are checked against the float64 offline convolution.
 
 Expected shapes (FutureFill paper, section 5): naive decodes in O(P K + K^2) and holds O(P + K);
 continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), independent of P.
@@ -13,145 +13,65 @@ continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), indep
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from futurefill.bench import common, plots
-from futurefill.bench.layer import (
-    ONLINE_METHODS,
-    STEPPERS,
-    conv_operands,
-    time_steps,
-)
+from futurefill.bench import common, layer, plots
+from futurefill.bench.common import LENGTH, SIZE, option
 
 RATIOS = (("naive", "epoched"), ("naive", "continuous"))
+METHODS = layer.ONLINE_METHODS
 
 
 @dataclasses.dataclass
-class PromptConfig:
+class PromptConfig(common.Options):
     """Options of the prompt benchmark (the CLI flags have the same names)."""
 
-    prompt_lens: tuple[int, ...] = (1024, 4096)
-    gen_lens: tuple[int, ...] = (256, 1024, 4096)
-    methods: tuple[str, ...] = ONLINE_METHODS
-    channels: int = 128
-    batch: int = 1
-    dtype: str = "float32"
-    device: str = "cpu"
-    threads: int | None = None  # None: every available core
-    repeats: int = 3
-    budget: float = 30.0  # seconds one prefill + decode may take (projected from smaller cells)
-    warmup_len: int = 128  # every method runs once with P = K = warmup_len before the grid
-    tol: float | None = None
-    seed: int = 0
-    out: Path = Path("results")
-    progress: bool = True
-    plots: bool = True
+    prompt_lens: tuple[int, ...] = option((1024, 4096), "prompt lengths P", type=LENGTH, nargs="+")
+    gen_lens: tuple[int, ...] = option(
+        (256, 1024, 4096), "generated lengths K", type=LENGTH, nargs="+"
+    )
+    methods: tuple[str, ...] = option(METHODS, "methods", choices=METHODS, nargs="+")
+    channels: int = option(128, "channels D", type=SIZE)
+    batch: int = option(1, "batch size B", type=SIZE)
+    warmup_len: int = option(128, "P and K of every method's warm-up run", type=LENGTH)
+
+    @property
+    def longest(self) -> int:
+        return max(self.prompt_lens) + max(self.gen_lens)
 
 
 CONFIG = PromptConfig
 
 
-def run_cell(
-    method: str,
-    operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    prompt_len: int,
-    *,
-    repeats: int,
-    budget: float,
-    tol: float,
-    device: torch.device,
-) -> dict[str, Any]:
-    """Prefill ``u[..., :P]`` then step through the rest, up to ``repeats`` times; one row."""
-    h, u, reference = operands
-    batch, _, total_len = u.shape
-    gen_len = total_len - prompt_len
-    prompt = u[..., :prompt_len]
-    inputs = u[..., prompt_len:].permute(2, 0, 1).contiguous()  # (K, B, D)
-
-    def run_once() -> tuple[dict[str, Any], torch.Tensor]:
-        engine = STEPPERS[method](h, total_len, batch)
-        common.sync(device)
-        began = time.perf_counter()
-        y_prompt = engine.prefill(prompt)
-        common.sync(device)
-        prefill = time.perf_counter() - began
-        after_prefill = engine.nbytes
-        y_gen, chunks, peak, _ = time_steps(engine, inputs, device)
-        decode = sum(c for _, _, c in chunks)
-        record = {"seconds": prefill + decode, "prefill": prefill, "decode": decode}
-        record.update(chunks=chunks, after_prefill=after_prefill, peak=max(peak, after_prefill))
-        return record, torch.cat([y_prompt, y_gen], dim=-1)
-
-    records, err = common.repeat_runs(
-        run_once, lambda y: common.rel_err(y, reference), repeats, budget, tol
-    )
-    return {
-        "method": method,
-        "P": prompt_len,
-        "K": gen_len,
-        "status": common.status_of(err, tol),
-        **common.prefill_decode_times(records, gen_len),
-        "max_rel_err": err,
-        "tol": tol,
-        "chunks": common.median_chunks([r["chunks"] for r in records]),
-    }
-
-
-def peak_bytes(config: PromptConfig) -> int:
-    """An upper estimate of the memory of the largest run (see :func:`layer.peak_bytes`)."""
-    size = common.DTYPES[config.dtype].itemsize
-    length = max(config.prompt_lens) + max(config.gen_lens)
-    return config.batch * config.channels * length * (3 * size + 8 * 8)
+peak_bytes = layer.peak_bytes
 
 
 def run(config: PromptConfig) -> dict[str, Any]:
     """Run the grid; the report (machine, config, rows, ratios, failures)."""
-    unknown = [m for m in config.methods if m not in STEPPERS or m == "recompute"]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; expected some of {ONLINE_METHODS}")
-    if min(config.prompt_lens) < 1 or min(config.gen_lens) < 1:
-        raise ValueError("prompt and generated lengths must be >= 1")
-    dtype = common.DTYPES[config.dtype]
-    device = common.resolve_device(config.device)
-    tol = common.default_tol(dtype) if config.tol is None else config.tol
     # Cells from small to large total length, so budget projections come from smaller cells.
     grid = sorted(
         {(p, k) for p in config.prompt_lens for k in config.gen_lens}, key=lambda c: (sum(c), c)
     )
-    cells = [common.Cell({"P": p, "K": k}, p + k, f"P={p}, K={k}") for p, k in grid]
     warm = config.warmup_len
-    max_len = max(max(sum(c) for c in grid), 2 * warm)
 
-    def measure(method, operands, cell, repeats, budget):
-        p = cell.fields["P"]
-        return run_cell(method, operands, p, repeats=repeats, budget=budget, tol=tol, device=device)
+    def measure(method, operands, cell, setting) -> dict[str, Any]:
+        row = layer.measure(method, operands, cell, setting)
+        return row | {"per_token_s": row["decode_s"] / cell.fields["K"]}
 
-    machine, rows, gate = common.run_sweep(
+    report = common.sweep(
         "prompt",
         config,
-        tol=tol,
-        device=device,
+        tols=common.DEFAULT_TOL,
         groups=[None],
-        cells=cells,
+        cells=[common.Cell({"P": p, "K": k}, p + k, f"P={p}, K={k}") for p, k in grid],
         warm=common.Cell({"P": warm, "K": warm}, 2 * warm, "warm-up"),
         measure=measure,
-        **conv_operands(config, device, dtype, max_len),
+        row_fields=("channels", "batch"),
+        operands=layer.open_conv(config, max(config.longest, 2 * warm)),
     )
-    return common.finish_report(
-        "prompt",
-        config,
-        machine,
-        device,
-        rows,
-        gate,
-        tol,
-        ("channels", "batch"),
-        ratios=common.ratios_at_largest(rows, RATIOS, ("P", "K"), time_key="decode_s"),
-    )
+    report["ratios"] = common.ratios_at_largest(report["rows"], RATIOS, ("P", "K"), "decode_s")
+    return report
 
 
 # ------------------------------------------------------------------------------ output
@@ -159,17 +79,15 @@ def run(config: PromptConfig) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     """Decode time (with ratios), prefill time and cache bytes per (P, K) and method."""
-    rows = report["rows"]
-    methods = list(report["config"]["methods"])
+    rows, cfg = report["rows"], report["config"]
+    methods = list(cfg["methods"])
     pairs = [p for p in RATIOS if p[0] in methods and p[1] in methods]
 
     def grid(key: str, with_ratios: bool) -> str:
         fmt = common.fmt_bytes if key.endswith("bytes") else common.fmt_seconds
         columns = [(m, m, lambda r: fmt(r[key])) for m in methods]
-        chosen = pairs if with_ratios else ()
-        return common.markdown_table(*common.method_grid(rows, ("P", "K"), columns, chosen, key))
+        return common.grid(rows, ("P", "K"), columns, pairs if with_ratios else (), key)
 
-    cfg = report["config"]
     lines = [
         f"## Prompt benchmark: prefill P inputs, then decode K steps "
         f"(median of up to {cfg['repeats']} runs)",
@@ -190,8 +108,8 @@ def table(report: dict[str, Any]) -> str:
         "",
         grid("peak_cache_bytes", with_ratios=False),
         "",
+        *common.notes(report, ("P", "K"), what="decode time"),
     ]
-    lines += common.notes(report, ("P", "K"), what="decode time")
     return "\n".join(lines) + "\n"
 
 
@@ -203,30 +121,30 @@ CSV_COLUMNS = common.csv_columns(
 
 
 def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    rows, methods = report["rows"], report["config"]["methods"]
+    rows, cfg = report["rows"], report["config"]
+    methods = cfg["methods"]
     by_p = {"by": "P", "values": sorted({r["P"] for r in rows}), "label": "{method} P={value}"}
     by_k = {"by": "K", "values": sorted({r["K"] for r in rows}), "label": "{method} K={value}"}
-    what = f"D={report['config']['channels']}, B={report['config']['batch']}"
     return plots.figures(
         report,
         out,
-        what,
+        f"D={cfg['channels']}, B={cfg['batch']}",
         [
-            (
+            plots.Plot(
                 "prompt_decode_time",
                 plots.method_lines(rows, methods, "K", "decode_s", **by_p),
                 "generated length K",
                 "decode time (s)",
                 "Decode time for K steps after a prompt of length P",
             ),
-            (
+            plots.Plot(
                 "prompt_prefill_time",
                 plots.method_lines(rows, methods, "P", "prefill_s", **by_k),
                 "prompt length P",
                 "prefill time (s)",
                 "Prefill time for a prompt of length P",
             ),
-            (
+            plots.Plot(
                 "prompt_cache_bytes",
                 plots.method_lines(rows, methods, "K", "peak_cache_bytes", **by_p),
                 "generated length K",
