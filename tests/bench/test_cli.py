@@ -103,3 +103,14 @@ def test_compile_adds_the_compiled_method():
         ["bench", "model", "--methods", "naive", "compiled", "--compile"]
     )
     assert resolve_config("model", args).methods == ("naive", "compiled")
+
+
+@pytest.mark.parametrize("name", list(cli.BENCHMARKS))
+def test_every_config_field_is_an_option(name):
+    import dataclasses
+
+    parser = top_cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices["bench"]
+    bench_parser = next(a for a in sub._actions if a.dest == "bench_command").choices[name]
+    dests = {a.dest for a in bench_parser._actions}
+    assert {f.name for f in dataclasses.fields(cli._module(name).CONFIG)} <= dests

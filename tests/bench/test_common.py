@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,3 +119,38 @@ def test_paused_gc_restores_the_collector():
         assert not gc.isenabled()  # left as it was
     finally:
         gc.enable()
+
+
+def test_check_options_refuses_what_the_command_line_refuses():
+    from futurefill.bench.layer import LayerConfig
+
+    common.check_options(LayerConfig(lengths=(8, 16), threads=1))
+    for bad, message in [
+        ({"lengths": (0,)}, "lengths: must be a length >= 1, got 0"),
+        ({"lengths": ()}, "lengths: give at least one value"),
+        ({"methods": ("fast",)}, "unknown methods"),
+        ({"threads": 10**6}, "threads: must be a thread count in"),
+        ({"budget": -1.0}, r"budget: must be a finite number in \(0, inf\)"),
+        ({"dtype": "float8"}, "unknown dtype"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            common.check_options(LayerConfig(**bad))
+
+
+def test_repeat_runs_row_from_records():
+    setting = common.Setting(repeats=3, budget=100.0, tol=1e-4, device=torch.device("cpu"))
+    seconds = iter([3.0, 1.0, 2.0])
+
+    def run_once():
+        s = next(seconds)
+        steps = np.array([s, s / 2, s / 4])
+        record = {"seconds": s, "chunks": [(0, 3, s)], "steps": steps, "peak": 7}
+        return record, s
+
+    row = common.repeat_runs(run_once, lambda out: 1e-6, setting)
+    assert row["status"] == "ok" and row["repeats"] == 3 and row["times_s"] == [3.0, 1.0, 2.0]
+    assert row["total_s"] == 2.0 and row["chunks"] == [(0, 3, 2.0 / 3)]
+    assert row["step_max_s"] == 1.0 and row["peak_cache_bytes"] == 7  # the fastest run's steps
+    seconds = iter([3.0, 1.0, 2.0])  # a run beyond the tolerance ends the repeats
+    failed = common.repeat_runs(run_once, lambda out: 1e-3, setting)
+    assert failed["status"].startswith("FAILED (max rel err 1.00e-03") and failed["repeats"] == 1

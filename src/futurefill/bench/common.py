@@ -742,15 +742,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def grid(
-    rows: Sequence[dict[str, Any]],
-    keys: Sequence[str],
-    columns: Sequence[Column],
-    pairs: Sequence[tuple[str, str]] = (),
-    ratio_key: str = "total_s",
-) -> str:
+def grid(*args: Any, **kwargs: Any) -> str:
     """:func:`method_grid` as a Markdown table."""
-    return markdown_table(*method_grid(rows, keys, columns, pairs, ratio_key))
+    return markdown_table(*method_grid(*args, **kwargs))
 
 
 def latency_cell(row: dict[str, Any]) -> str:

@@ -111,6 +111,21 @@ def method_lines(
     return lines
 
 
+def _largest(
+    rows: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    size: str,
+    field: str,
+    by: str | None,
+    values: Sequence[Any],
+) -> Iterator[tuple[int, Any, str, dict[str, Any]]]:
+    """(index of the value, value, method, row) of each method's largest ok run having
+    ``field``, per value of ``by``."""
+    for i, value, method, done in _series(rows, methods, by, values):
+        if done := [r for r in done if field in r]:
+            yield i, value, method, max(done, key=lambda r: r[size])
+
+
 def per_position(
     name: str,
     rows: Sequence[dict[str, Any]],
@@ -122,18 +137,12 @@ def per_position(
     label: str = "{method}",
 ) -> Plot:
     """Mean step time per dyadic chunk of positions at each method's largest ok run."""
-    lines = []
-    for i, value, method, done in _series(rows, methods, by, values):
-        if done := [r for r in done if "chunks" in r]:
-            last = max(done, key=lambda r: r[size])
-            lines.append(
-                {"method": method, "linestyle": LINESTYLES[i % 4]}
-                | {"label": label.format(method=method, value=value) + f" ({size}={last[size]})"}
-                | {
-                    "x": [(a + b) / 2 for a, b, _ in last["chunks"]],
-                    "y": [s for _, _, s in last["chunks"]],
-                }
-            )
+    lines = [
+        {"method": method, "linestyle": LINESTYLES[i % 4]}
+        | {"label": label.format(method=method, value=value) + f" ({size}={last[size]})"}
+        | {"x": [(a + b) / 2 for a, b, _ in last["chunks"]], "y": [s for _, _, s in last["chunks"]]}
+        for i, value, method, last in _largest(rows, methods, size, "chunks", by, values)
+    ]
     title = f"Time per token against position, at the largest {size} run"
     return Plot(name, lines, "position t (mean over dyadic chunks)", "time per token (s)", title)
 
@@ -151,16 +160,14 @@ def step_latency(
     """The largest step (solid) and the median step (dotted) per bucket of positions, at each
     method's largest ok run with a latency trace."""
     lines = []
-    for _, value, method, done in _series(rows, methods, by, values):
-        if done := [r for r in done if "trace" in r]:
-            last = max(done, key=lambda r: r[size])
-            at, name_ = [a for a, _, _ in last["trace"]], label.format(method=method, value=value)
-            lines += [
-                {"method": method, "x": at, "y": [top for _, top, _ in last["trace"]]}
-                | {"label": f"{name_}: largest step per bucket ({size}={last[size]})"},
-                {"method": method, "x": at, "y": [mid for _, _, mid in last["trace"]]}
-                | {"label": f"{name_}: median step per bucket", "linestyle": ":"},
-            ]
+    for _, value, method, last in _largest(rows, methods, size, "trace", by, values):
+        at, series = [a for a, _, _ in last["trace"]], label.format(method=method, value=value)
+        lines += [
+            {"method": method, "x": at, "y": [top for _, top, _ in last["trace"]]}
+            | {"label": f"{series}: largest step per bucket ({size}={last[size]})"},
+            {"method": method, "x": at, "y": [mid for _, _, mid in last["trace"]]}
+            | {"label": f"{series}: median step per bucket", "linestyle": ":"},
+        ]
     title = f"Step latency against position, at the largest {size} run"
     xlabel = f"position t (buckets of {size}/256 steps)"
     return Plot(name, lines, xlabel, "time of one step (s)", title, logx=False)
