@@ -154,3 +154,11 @@ def test_repeat_runs_row_from_records():
     seconds = iter([3.0, 1.0, 2.0])  # a run beyond the tolerance ends the repeats
     failed = common.repeat_runs(run_once, lambda out: 1e-3, setting)
     assert failed["status"].startswith("FAILED (max rel err 1.00e-03") and failed["repeats"] == 1
+
+
+def test_idle_steps_is_a_latency_distribution():
+    idle = common.idle_steps(100, torch.device("cpu"))
+    assert idle["steps"] == 100 and "trace" not in idle
+    assert 0 < idle["step_median_s"] <= idle["step_p999_s"] <= idle["step_max_s"]
+    assert 0 <= idle["step_max_at"] < 100
+    assert "one small op, 100 steps" in common.idle_line({"idle_step": idle})

@@ -16,6 +16,8 @@ def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
     assert report["benchmark"] == "layer"
     assert report["machine"]["torch_threads"] == 1
     assert report["machine"]["load_average_1min_after"] >= 0  # and before: the run's load
+    idle = report["machine"]["idle_step"]  # the machine's own step-latency floor
+    assert idle["steps"] == 64 and 0 < idle["step_median_s"] <= idle["step_max_s"]
     assert report["command"].startswith("futurefill bench layer --lengths 16 32 64")
     rows = report["rows"]
     assert {(r["method"], r["L"]) for r in rows} == {

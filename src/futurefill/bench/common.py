@@ -329,6 +329,30 @@ def latency(step_times: np.ndarray, first: int = 0) -> dict[str, Any]:
     }
 
 
+def idle_steps(steps: int, device: torch.device) -> dict[str, Any]:
+    """The latency of ``steps`` steps that each run one small fixed op (a (1, 128) multiply),
+    timed like a method's steps: what this machine's scheduler, interrupts and timer alone do to
+    a loop of that length. A method's largest step is read against this floor (on a shared
+    2-core VM an idle loop of 2^18 such steps has a largest step of 80-100x its median)."""
+    x = torch.ones(1, 128, device=device)
+    out, times, clock = torch.empty_like(x), np.empty(steps), time.perf_counter
+    with paused_gc():
+        for t in range(steps):
+            before = clock()
+            torch.mul(x, x, out=out)
+            times[t] = clock() - before
+    return {"steps": steps} | {k: v for k, v in latency(times).items() if k != "trace"}
+
+
+def idle_line(machine: dict[str, Any]) -> str:
+    """A sentence on the idle step floor of the machine record, for a latency table."""
+    idle = machine["idle_step"]
+    return (
+        f"An idle step on this machine (one small op, {idle['steps']} steps timed the same way): "
+        f"{latency_cell(idle)}."
+    )
+
+
 # ------------------------------------------------------------------------------ scaling, budget
 
 
@@ -563,6 +587,7 @@ def sweep(
         tqdm(total=total, desc=f"bench {name}", unit="run", disable=not config.progress) as bar,
     ):
         machine = machine_info(device, dtype)
+        machine["idle_step"] = idle_steps(min(max(c.size for c in cells), 2**20), device)
         if warning := contention_warning(machine):
             print(warning, file=sys.stderr)
         for group in groups:

@@ -223,7 +223,8 @@ def table(report: dict[str, Any]) -> str:
         "",
         common.grid(rows, ("L",), cache) if cached else "",
         "",
-        "Time of one step (the fastest run's), and the largest over its median:",
+        "Time of one step (the fastest run's), and the largest over its median. "
+        + common.idle_line(report["machine"]),
         "",
         common.grid(rows, ("L",), steps) if online else "",
         "",

@@ -349,7 +349,8 @@ def table(report: dict[str, Any]) -> str:
             common.markdown_table(header, body),
             "",
             "Time of one token after the first (the fastest run's; the first builds the "
-            "session's engines: first_token_s in the JSON), and the largest over its median:",
+            "session's engines: first_token_s in the JSON), and the largest over its median. "
+            + common.idle_line(report["machine"]),
             "",
             common.grid(mine, ("L",), steps),
             "",
