@@ -111,7 +111,7 @@ def _add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, defau
             dest=field.name,
             action="store_false",
             default=None,
-            help=f"no {text} (default: {'on' if field.default else 'off'})",
+            help=f"leave out the {text} (default: {'written' if field.default else 'off'})",
         )
         return
     if "choices" in meta:
@@ -147,7 +147,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, summary in BENCHMARKS.items():
         parser = sub.add_parser(name, help=summary)
         presets = [p for p in sorted(PRESETS) if name in PRESETS[p]]
-        parser.add_argument("--preset", choices=presets, help="option values (default: none)")
+        parser.add_argument(
+            "--preset",
+            choices=presets,
+            help="a set of option values; options given beside it win (default: none)",
+        )
         for field in _fields(_module(name).CONFIG):
             _add_option(parser, field, _default(name, field))
         if "lengths" in PRESETS["quick"][name]:

@@ -115,7 +115,7 @@ class Options:
         "directory for JSON, CSV, table and PNGs",
         type=argtypes.output_dir,
     )
-    progress: bool = option(True, "progress bars")
+    progress: bool = option(True, "progress bars on stderr")
     plots: bool = option(True, "PNG plots")
 
 
