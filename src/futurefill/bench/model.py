@@ -230,11 +230,10 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
     length, device = cell.fields.get("K", cell.fields.get("L")), setting.device
     runs: list[dict[str, Any]] = []
 
-    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
+    def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor, Any]]:
         make = MODEL_STEPPERS[method]
         stepper, setup = common.timed(lambda: make(model, prompt_len + length, batch), device)
-        fed, logits, tok = [], [], tokens[:, 0]
-        prompt_logits = torch.zeros(batch, 0, 1, device=device)
+        fed, logits, tok, prompt_logits = [], [], tokens[:, 0], None
         if prompt_len:
             prompt_logits, prefill = common.timed(lambda: stepper.prefill(tokens), device)
             after_prefill, tok = stepper.nbytes, prompt_logits[:, -1].argmax(dim=-1)
@@ -260,7 +259,7 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
 
     greedy: list[torch.Tensor] = []
 
-    def check(outputs: tuple[torch.Tensor, ...]) -> float:
+    def check(outputs: tuple[torch.Tensor, torch.Tensor, Any]) -> float:
         fed, logits, prompt_logits = outputs
         if not prompt_len:
             return common.rel_err(logits, references(fed))
