@@ -291,6 +291,16 @@ def timed_steps(
     return {"seconds": sum(c for _, _, c in chunks), "chunks": chunks, "peak": peak, "steps": steps}
 
 
+def add_prefill(record: dict[str, Any], prompt_len: int, prefill: float, nbytes: int) -> None:
+    """Make the :func:`timed_steps` record of the steps after a prefill of ``prompt_len``
+    positions (``prefill`` seconds, ``nbytes`` held after it) the record of the whole run: chunks
+    at absolute positions, ``decode`` the steps' seconds, ``seconds`` and ``peak`` with the
+    prefill's."""
+    record["chunks"] = [(a + prompt_len, b + prompt_len, s) for a, b, s in record["chunks"]]
+    record.update(prefill=prefill, decode=record["seconds"], after_prefill=nbytes)
+    record.update(seconds=prefill + record["seconds"], peak=max(record["peak"], nbytes))
+
+
 def timed(func: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     """``func()`` and its time, synced before and after."""
     sync(device)

@@ -149,11 +149,7 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         )
         record["setup"] = setup
         if prompt_len:
-            record["chunks"] = [(a + prompt_len, b + prompt_len, s) for a, b, s in record["chunks"]]
-            record.update(prefill=prefill, decode=record["seconds"], after_prefill=after_prefill)
-            record.update(
-                seconds=prefill + record["seconds"], peak=max(record["peak"], after_prefill)
-            )
+            common.add_prefill(record, prompt_len, prefill, after_prefill)
         y = torch.stack(ys, dim=-1)
         return record, torch.cat([y_prompt, y], dim=-1) if prompt_len else y
 

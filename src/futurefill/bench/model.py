@@ -249,11 +249,7 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         stepper.close()
         record.update(setup=setup, first_step=0 if prompt_len or length == 1 else 1)
         if prompt_len:
-            record["chunks"] = [(a + prompt_len, b + prompt_len, s) for a, b, s in record["chunks"]]
-            record.update(prefill=prefill, decode=record["seconds"], after_prefill=after_prefill)
-            record.update(
-                seconds=prefill + record["seconds"], peak=max(record["peak"], after_prefill)
-            )
+            common.add_prefill(record, prompt_len, prefill, after_prefill)
         runs.append(record)
         return record, (torch.stack(fed, dim=1), torch.stack(logits, dim=1), prompt_logits)
 
