@@ -228,8 +228,9 @@ def run_benchmark(name: str, config: Any) -> int:
     report = module.run(config)
     report["wall_s"] = time.perf_counter() - began
     report["command"] = equivalent_command(name, config)
-    written = common.write_report(Path(config.out), name, report, module, config.plots)
-    print(module.table(report))
+    table = module.table(report)
+    written = common.write_report(Path(config.out), name, report, table, module, config.plots)
+    print(table)
     print("Wrote " + ", ".join(map(str, written)))
     print(f"Rerun with: {report['command']}")
     print(f"bench {name}: {report['wall_s']:.1f} s in all")

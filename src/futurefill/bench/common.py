@@ -675,10 +675,10 @@ def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> t
 
 
 def write_report(
-    out: Path, name: str, report: dict[str, Any], bench: Any, plots: bool
+    out: Path, name: str, report: dict[str, Any], table: str, bench: Any, plots: bool
 ) -> list[Path]:
     """Write ``<name>.json``, ``<name>.csv`` (``bench.CSV_COLUMNS``), ``<name>_table.md``
-    (``bench.table``), with ``bench.PER_POSITION_KEYS`` ``<name>_per_position.csv`` (mean step
+    (``table``), with ``bench.PER_POSITION_KEYS`` ``<name>_per_position.csv`` (mean step
     time per chunk of every ok row) and with ``plots`` the PNGs of ``bench.plot``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = report["rows"]
@@ -695,7 +695,7 @@ def write_report(
         columns = (*keys, "start", "stop", "mean_step_s")
         written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, columns))
     written.append(out / f"{name}_table.md")
-    written[-1].write_text(bench.table(report))
+    written[-1].write_text(table)
     return written + (bench.plot(report, out) if plots else [])
 
 
