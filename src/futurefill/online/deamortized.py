@@ -344,10 +344,12 @@ class DeamortizedConv(TiledEngine):
     def _pace(self) -> None:
         """A job behind its even pace (the worker has not kept up): run one queued slice, the
         earliest deadline's, in this step. One slice at most: a step's extra work is bounded."""
-        position = self._position - self._offset
-        if any(job.due() <= position for job in self._jobs.values()):
+        jobs = self._jobs.values()
+        pace_at = min((job.due() for job in jobs), default=self._remaining)
+        if jobs and pace_at <= self._position - self._offset:
             _Background.run_one()
-        self._pace_at = min((job.due() for job in self._jobs.values()), default=self._remaining)
+            pace_at = min((job.due() for job in jobs), default=self._remaining)  # one more done
+        self._pace_at = pace_at
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file it, join the jobs due now, start the
