@@ -1,4 +1,5 @@
-"""SlicedConv: a block's FFT convolution as the passes of a four-step FFT, against numpy."""
+"""SlicedConv: a job's FFT convolution (a block's own term and a kept block's) in slices and as
+the passes of a four-step FFT, against numpy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill.fourstep import SlicedConv
+from futurefill.fourstep import SlicedConv, run_passes
 from reference import rel_err
 
 
@@ -23,13 +24,14 @@ def aliased_convolution(x: np.ndarray, g: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def run_passes(plan: SlicedConv, x: torch.Tensor, starts: list[int]) -> list[torch.Tensor]:
-    m = x.shape[-1]
-    outs = [torch.zeros(*x.shape[:2], m, dtype=x.dtype) for _ in starts]
-    for p in plan.passes(x, list(zip(starts, outs, strict=True))):
-        for i in reversed(range(p.count)):  # any order within a pass
-            p.run(i)
-    return outs
+def in_any_order(passes):
+    """Each pass's slices from the last, one at a time, then two by two from the first."""
+    for p in passes:
+        half = p.count // 2
+        for i in reversed(range(half, p.count)):
+            p.run(i, i + 1)
+        for i in range(0, half, 2):
+            p.run(i, min(i + 2, half))
 
 
 @settings(max_examples=40, deadline=None)
@@ -41,35 +43,40 @@ def run_passes(plan: SlicedConv, x: torch.Tensor, starts: list[int]) -> list[tor
     points=st.sampled_from([1, 7, 64, 1000, 10**7]),
     seed=st.integers(0, 2**16),
 )
-def test_passes_give_the_fft_convolution(log_m, factor, batch, channels, points, seed):
+def test_a_kept_spectrum_and_its_partner_give_the_fft_convolution(
+    log_m, factor, batch, channels, points, seed
+):
+    """Job 1 writes x1 * g0 and keeps x1's spectrum; job 2 writes x2 * g0 + x1 * g1."""
     m = 2**log_m
     n = factor * m
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, channels, m, generator=gen, dtype=torch.float64)
-    g = torch.randn(channels, n - 1, generator=gen, dtype=torch.float64)
+    x1, x2 = torch.randn(2, batch, channels, m, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, channels, n - 1, generator=gen, dtype=torch.float64)
     plan = SlicedConv(g, n, batch, points)
     assert plan.four_step == (batch * n > points)
-    starts = [m * k for k in range(1, factor)]
-    outs = run_passes(plan, x, starts)
-    expected = aliased_convolution(x.numpy(), g.numpy(), n)
-    for start, out in zip(starts, outs, strict=True):
-        assert rel_err(out, expected[..., start : start + m]) < 1e-12
+    kept = torch.full((plan.spectrum_size(batch, channels),), torch.nan, dtype=torch.complex128)
+    start = m * (factor - 1)
+    out1, out2 = torch.full((2, batch, channels, m), torch.nan, dtype=torch.float64)
+    in_any_order(plan.passes(x1, start, out1, keep=kept))
+    in_any_order(plan.passes(x2, start, out2, previous=kept))
+    own = aliased_convolution(x1.numpy(), g[0].numpy(), n)
+    assert rel_err(out1, own[..., start : start + m]) < 1e-12
+    both = aliased_convolution(x2.numpy(), g[0].numpy(), n)
+    both += aliased_convolution(x1.numpy(), g[1].numpy(), n)
+    assert rel_err(out2, both[..., start : start + m]) < 1e-12
 
 
 def test_float32_and_views_of_a_longer_buffer():
-    """Blocks and outputs as the engine passes them: views into longer buffers."""
+    """Blocks and outputs as the engine passes them: views into longer buffers; the output
+    written, the rest of its buffer untouched."""
     gen = torch.Generator().manual_seed(0)
     buffer = torch.randn(2, 3, 4096, generator=gen)
-    g = torch.randn(3, 3 * 1024, generator=gen)
-    ring = torch.zeros(2, 3, 4 * 1024)
-    plan = SlicedConv(g, 4096, 2, 512)
+    g = torch.randn(1, 3, 2048, generator=gen)
+    ring = torch.zeros(2, 3, 2 * 1024)
+    plan = SlicedConv(g, 2048, 2, 512)
     assert plan.four_step
     x = buffer[..., 1024:2048]
-    targets = [(1024, ring[..., 2048:3072]), (2048, ring[..., 0:1024])]
-    for p in plan.passes(x, targets):
-        for i in range(p.count):
-            p.run(i)
-    expected = aliased_convolution(x.double().numpy(), g.double().numpy(), 4096)
-    assert rel_err(ring[..., 2048:3072], expected[..., 1024:2048]) < 1e-5
-    assert rel_err(ring[..., 0:1024], expected[..., 2048:3072]) < 1e-5
-    assert not ring[..., 1024:2048].any() and not ring[..., 3072:].any()
+    run_passes(plan.passes(x, 1024, ring[..., 1024:2048]))
+    expected = aliased_convolution(x.double().numpy(), g[0].double().numpy(), 2048)
+    assert rel_err(ring[..., 1024:2048], expected[..., 1024:2048]) < 1e-5
+    assert not ring[..., :1024].any()

@@ -61,38 +61,46 @@ import itertools
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
 
 from futurefill.fftconv import prompt_conv
-from futurefill.fourstep import Pass, SlicedConv
+from futurefill.fourstep import Pass, SlicedConv, run_passes
 from futurefill.online.continuous import TiledEngine
 
 # Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep); a job of
 # at most SMALL_JOB_POINTS (batch x channels x FFT size) runs at its block's end in one call.
 # Chosen from the measurements in the module docstring.
-SLICE_POINTS = 1 << 16
-SMALL_JOB_POINTS = 1 << 18
-SMALL_JOB_LONGEST = 2048  # FFT size: with few channels, longer ones add up at block ends
+SLICE_POINTS = 1 << 13
+SMALL_JOB_POINTS = 1 << 12
+# The worker takes up to WORKER_SLICES slices of a pass at a time, in as few ops as it can: the
+# fewer ops it runs, the less often the decoding thread waits for the GIL it takes back after each.
+WORKER_SLICES = 16
 
 
 class Job:
-    """A FutureFill job: passes of slices (:class:`~futurefill.fourstep.Pass`), run in order;
-    any thread may take the next slice of the current pass, and the next pass opens when every
-    slice of this one has finished. Done when the last pass has, or when stopped (a slice
-    failed, or the job was cancelled) and no slice of it is running.
+    """A FutureFill job: passes of ``total`` slices in all (:class:`~futurefill.fourstep.Pass`),
+    run in order; any thread may take the next slice of the current pass, and the next pass
+    opens when every slice of this one has finished. The passes are built by the first take
+    (``build``: their views and closures cost the decoding thread nothing at submission). Done
+    when the last pass has finished, or when stopped (building or a slice failed, or the job
+    was cancelled) and no slice of it is running.
 
     ``start`` and ``deadline`` are the engine's local positions of its submission and of the
     step that needs it; ``key`` orders every engine's jobs (a global position). :meth:`take`
     and :meth:`finish` run with :attr:`_Background.lock` held; ``cancelled`` may be set
     without it."""
 
-    def __init__(self, passes: list[Pass], start: int, deadline: int, offset: int):
-        self.passes = passes
+    def __init__(
+        self, build: Callable[[], list[Pass]], total: int, start: int, deadline: int, offset: int
+    ):
+        self.build: Callable[[], list[Pass]] | None = build
+        self.passes: list[Pass] | None = None  # built by the first take
         self.current = 0  # the pass being run
         self.taken = self.returned = 0  # slices of it handed out, and finished
-        self.total = sum(p.count for p in passes)
+        self.total = total
         self.finished = 0
         self.start, self.deadline = start, deadline
         self.key = (offset + deadline, next(_order))
@@ -106,26 +114,34 @@ class Job:
         slack = self.deadline - self.start
         return self.start + -(-(self.finished + 1) * slack // self.total) - 1
 
-    def take(self) -> tuple[Pass, int] | None:
-        """The next slice of the current pass; None when all are handed out or it stopped
-        (a stopped job with no slice running ends here)."""
+    def take(self, most: int = 1) -> tuple[Pass, int, int] | None:
+        """The next slices ``lo .. hi - 1`` (at most ``most``) of the current pass; None when all
+        are handed out or it stopped (a stopped job with no slice running ends here)."""
         if self.done.is_set():
             return None
         if self.cancelled or self.error is not None:
             if self.returned == self.taken:
                 self._end()
             return None
+        if self.passes is None:
+            try:
+                self.passes = self.build()
+            except BaseException as exc:  # handed to the decoding thread at the deadline
+                self.error = exc
+                self._end()
+                return None
         work = self.passes[self.current]
         if self.taken == work.count:
             return None
-        self.taken += 1
-        return work, self.taken - 1
+        lo = self.taken
+        self.taken = min(work.count, lo + most)
+        return work, lo, self.taken
 
-    def finish(self, error: BaseException | None) -> bool:
-        """Count a finished slice; True when the job moved on (a new pass, or done)."""
+    def finish(self, count: int, error: BaseException | None) -> bool:
+        """Count ``count`` finished slices; True when the job moved on (a new pass, or done)."""
         self.error = self.error or error
-        self.returned += 1
-        self.finished += 1
+        self.returned += count
+        self.finished += count
         if self.returned < self.taken:
             return False  # others still running
         if self.cancelled or self.error is not None:
@@ -140,7 +156,7 @@ class Job:
         return True
 
     def _end(self) -> None:
-        self.passes = []  # the tensors its slices hold go with them
+        self.build, self.passes = None, []  # the tensors its slices hold go with them
         self.done.set()
 
 
@@ -177,12 +193,12 @@ class _Background:
             cls._ready.notify()
 
     @classmethod
-    def _take(cls) -> tuple[Job, Pass, int] | None:
-        """The earliest deadline's next slice (lock held); finished jobs leave the list."""
+    def _take(cls, most: int) -> tuple[Job, Pass, int, int] | None:
+        """The earliest deadline's next slices (lock held); finished jobs leave the list."""
         if any(job.done.is_set() for job in cls._jobs):
             cls._jobs[:] = [job for job in cls._jobs if not job.done.is_set()]
         for job in cls._jobs:
-            got = job.take()
+            got = job.take(most)
             if got is not None:
                 return (job, *got)
         return None
@@ -191,7 +207,7 @@ class _Background:
     def run_one(cls) -> bool:
         """In the decoding thread: run the earliest deadline's next slice; False if none."""
         with cls.lock:
-            got = cls._take()
+            got = cls._take(1)
         if got is None:
             return False
         cls._run(*got)
@@ -199,29 +215,29 @@ class _Background:
 
     @classmethod
     def finish(cls, job: Job) -> None:
-        """In the decoding thread, at ``job``'s deadline: run its remaining slices here, waiting
-        only while the worker runs the last ones of a pass."""
+        """In the decoding thread, at ``job``'s deadline: run its remaining slices here (all of
+        a pass's at once), waiting only while the worker runs the last ones of a pass."""
         while True:
             with cls._ready:
-                while (got := job.take()) is None:
+                while (got := job.take(job.total)) is None:
                     if job.done.is_set():
                         return
                     cls._ready.wait()
             cls._run(job, *got)
 
     @classmethod
-    def _run(cls, job: Job, work: Pass, index: int) -> None:
-        """Run one slice in this thread. Inference mode (which is per thread): the engine's
-        buffers may be inference tensors (made under ``generate``), which only it may update
-        in place. An error is handed to the decoding thread at the job's deadline."""
+    def _run(cls, job: Job, work: Pass, lo: int, hi: int) -> None:
+        """Run slices ``lo .. hi - 1`` in this thread. Inference mode (which is per thread): the
+        engine's buffers may be inference tensors (made under ``generate``), which only it may
+        update in place. An error is handed to the decoding thread at the job's deadline."""
         error = None
         try:
             with torch.inference_mode():
-                work.run(index)
+                work.run(lo, hi)
         except BaseException as exc:
             error = exc
         with cls._ready:
-            if job.finish(error):
+            if job.finish(hi - lo, error):
                 cls._ready.notify_all()
 
     @classmethod
@@ -233,7 +249,7 @@ class _Background:
             pass
         while True:
             with cls._ready:
-                while (got := cls._take()) is None:
+                while (got := cls._take(WORKER_SLICES)) is None:
                     cls._ready.wait()
             cls._run(*got)
 
@@ -270,7 +286,8 @@ class DeamortizedConv(TiledEngine):
         super().__init__(
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
         )
-        self._plans: dict[int, tuple[SlicedConv, SlicedConv]] = {}  # (even, odd) block jobs
+        self._plans: dict[int, SlicedConv] = {}  # per level b
+        self._kept: dict[int, torch.Tensor] = {}  # per level, an even block's spectrum
         self._scratch: dict[int, torch.Tensor] = {}  # per level, for four-step jobs
         self._jobs: dict[int, Job] = {}
         weakref.finalize(self, _cancel, self._jobs)
@@ -287,38 +304,46 @@ class DeamortizedConv(TiledEngine):
         self._remaining = remaining
         self._offset = self.max_len - remaining  # global position of local step 0
         self._x = self._zeros(batch, channels, padded)  # generated inputs, for the jobs
-        self._prompt: torch.Tensor | None = None  # the prompt's part of every output
         # Outputs of the current tile and the next, time-major; the step's views built once.
         self._direct = self._zeros(2 * b0, batch, channels)
         self._tile_views(self._direct)
         levels = _levels(b0, remaining)
-        self._rings = {b: self._zeros(batch, channels, 4 * b) for b in levels}
-        self._plans = {b: self._plans.get(b) for b in levels}
-        for b in levels:
-            if self._plans[b] is None:
-                h, points = self.h, SLICE_POINTS
-                even = SlicedConv(h[:, b : min(4 * b, self.max_len)], 4 * b, batch, points)
-                odd = SlicedConv(h[:, b : min(3 * b, self.max_len)], 2 * b, batch, points)
-                self._plans[b] = (even, odd)
-        # One job per level in flight at a time: one scratch per level, kept (allocating and
-        # freeing hundreds of MB at the block ends of the largest levels costs milliseconds).
-        self._scratch = {}
-        for b, plans in self._plans.items():
-            size = max(plan.scratch_size(batch, channels) for plan in plans)
-            if size:
-                complex_dtype = plans[0].spectrum.dtype
-                self._scratch[b] = torch.empty(size, dtype=complex_dtype, device=self.device)
+        self._prompt: torch.Tensor | None = None  # the prompt's part of every output (K, B, D)
+        # Every level's ring of two b-blocks (time-major), as tiles of one buffer: level b's
+        # are tiles first[b] .. first[b] + 2b/b0 - 1, so a tile start reads all in one gather.
+        tiles = [2 * b // b0 for b in levels]
+        self._first = dict(zip(levels, itertools.accumulate(tiles, initial=0), strict=False))
+        self._ring_tiles = self._zeros(sum(tiles), b0, batch, channels)
+        self._plans = {b: self._plans.get(b) or self._plan(b) for b in levels}
+        # One job per level in flight at a time: one scratch and one kept spectrum per level,
+        # kept (allocating and freeing hundreds of MB at the block ends of the largest levels
+        # costs milliseconds).
+        self._kept, self._scratch = {}, {}
+        for b, plan in self._plans.items():
+            size = plan.spectrum_size(batch, channels)
+            dtype = plan.spectrum.dtype
+            self._kept[b] = torch.empty(size, dtype=dtype, device=self.device)
+            if plan.four_step:
+                self._scratch[b] = torch.empty(size, dtype=dtype, device=self.device)
         self._pace_at = remaining  # no job in flight
         self._failed = None
+
+    def _plan(self, b: int) -> SlicedConv:
+        """Level b's jobs: FFT size 2b, filter segments h[b : 3b] (the block's own share of
+        the target, two blocks on) and h[2b : 4b] (its even partner's, three blocks on)."""
+        g = self.h.new_zeros(2, self.channels, 2 * b)
+        for term, lag in enumerate((b, 2 * b)):
+            segment = self.h[:, lag : min(lag + 2 * b, self.max_len)]
+            g[term, :, : segment.shape[-1]] = segment
+        return SlicedConv(g, 2 * b, self.batch_size, SLICE_POINTS)
 
     def _reset(self) -> None:
         self._allocate(self.max_len)
 
     def _buffers(self) -> list[torch.Tensor]:
+        spectra = [t for plan in self._plans.values() for t in plan.tensors()]
+        levels = [self._ring_tiles, *self._kept.values(), *self._scratch.values(), *spectra]
         prompt = [] if self._prompt is None else [self._prompt]
-        plans = [plan for pair in self._plans.values() for plan in pair]
-        spectra = [t for plan in plans for t in plan.tensors()]
-        levels = [*self._rings.values(), *self._scratch.values(), *spectra]
         return [self._x, self._direct, self._x_tile, self._h_head, *prompt, *levels]
 
     # ----------------------------------------------------------------- prompt and steps
@@ -328,7 +353,7 @@ class DeamortizedConv(TiledEngine):
         remaining = self.max_len - prompt_len
         y, future = prompt_conv(u, self.h[:, : self.max_len], remaining)
         self._allocate(remaining)
-        self._prompt = future  # (B, D, K)
+        self._prompt = future.permute(2, 0, 1).contiguous()
         self._load_tile(0)
         return y
 
@@ -360,56 +385,58 @@ class DeamortizedConv(TiledEngine):
         self._direct[b0:].zero_()
         if seen >= self._remaining:
             return
-        for b in self._rings:
+        for b in self._plans:
             if seen % b:
                 break  # levels ascend: seen is a multiple of none of the larger ones either
             block = seen // b  # the block starting now; block - 1 has just been completed
             self._join(b)  # the job of block - 2: its first outputs are block's
-            if block * b + b < self._remaining:  # its first output (block + 1) b exists
+            if (block + 1) * b < self._remaining:  # the target block block + 1 exists
                 job = self._submit(b, block - 1)
                 if job is not None:
                     self._jobs[b] = job
         self._load_tile(seen)
 
     def _load_tile(self, start: int) -> None:
-        """Add the prompt's and the levels' parts of outputs ``start .. start + b0 - 1``."""
+        """Add the prompt's and the levels' parts of outputs ``start .. start + b0 - 1`` (every
+        job writing them has been joined)."""
         b0 = self.tile_len
         current = self._direct[:b0]
         if self._prompt is not None:
             stop = min(start + b0, self._remaining)
-            current[: stop - start].add_(self._prompt[..., start:stop].permute(2, 0, 1))
-        parts = []
-        for b, ring in self._rings.items():
+            current[: stop - start].add_(self._prompt[start:stop])
+        tiles = []
+        for b, first in self._first.items():
             block = start // b
             if block < 2:
                 break  # the first outputs a level-b job reaches are those of block 2
-            offset = block % 4 * b + start % b
-            parts.append(ring[..., offset : offset + b0])  # (B, D, b0)
-        if parts:  # a few ops for all levels (per-op overhead dominates these small adds)
-            current += torch.stack(parts).sum(dim=0).permute(2, 0, 1)
-            torch._foreach_zero_(parts)  # read: free for the job four blocks on
+            tiles.append(first + (block % 2 * b + start % b) // b0)
+        if tiles:  # three ops for all levels (per-op overhead dominates these small adds)
+            index = torch.tensor(tiles, device=self.device)
+            current.add_(self._ring_tiles.index_select(0, index).sum(dim=0))
 
     # ----------------------------------------------------------------- the jobs
 
     def _submit(self, b: int, block: int) -> Job | None:
-        """Queue the level-b job of ``block``: its share of blocks block+2 (and block+3 if
-        even), added into the level's ring. Entries b .. 3b - 1 of the linear convolution of
-        the block with h[b : b + n] are the targets' (aliasing lands below b at FFT size n)."""
+        """Queue the level-b job of ``block``: its share of block + 2, written into the ring's
+        slot of that block; an odd block's job adds its even partner's share (block - 1 to
+        block + 2, from the spectrum the partner's job kept)."""
         x = self._x[..., block * b : (block + 1) * b]  # (B, D, b)
-        even = block % 2 == 0
-        plan = self._plans[b][0 if even else 1]
-        ring = self._rings[b]  # (B, D, 4b)
-        targets = []
-        for k, target in enumerate((block + 2, block + 3)[: 2 if even else 1]):
-            if target * b < self._remaining:
-                slot = target % 4 * b
-                targets.append(((1 + k) * b, ring[..., slot : slot + b]))
-        points = x.numel() * plan.n // b
-        if not plan.four_step and points <= SMALL_JOB_POINTS and plan.n <= SMALL_JOB_LONGEST:
-            plan.convolve(x, targets)  # small: now, in one call (no job, no slices)
+        first = self._first[b] + (block + 2) % 2 * b // self.tile_len  # the target's slot
+        out = self._ring_tiles[first : first + b // self.tile_len].flatten(0, 1).permute(1, 2, 0)
+        kept, even = self._kept[b], block % 2 == 0
+        plan = self._plans[b]
+
+        def passes() -> list[Pass]:
+            scratch = self._scratch.get(b)
+            if even:
+                return plan.passes(x, b, out, keep=kept, scratch=scratch)
+            return plan.passes(x, b, out, previous=kept, scratch=scratch)
+
+        if not plan.four_step and 2 * x.numel() <= SMALL_JOB_POINTS:
+            run_passes(passes())  # small: now, in one call (no job, no slices)
             return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
-        job = Job(plan.passes(x, targets, self._scratch.get(b)), start, start + b, self._offset)
+        job = Job(passes, sum(plan.counts), start, start + b, self._offset)
         _Background.submit(job)
         self._pace_at = min(self._pace_at, job.due())
         return job
