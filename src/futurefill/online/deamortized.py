@@ -7,51 +7,60 @@ one step in b stalls for it. Here every FFT job gets b steps of slack. With tile
     direct:   output t adds h[t-i] u_i for every input i of its tile and of the tile before
               (each input is pushed into the rest of its tile and the whole next tile)
     level b:  a finished block I adds its contribution to outputs [(I+2) b, (I+4) b) if I is
-              even, [(I+2) b, (I+3) b) if I is odd: lags b+1 .. 4b-1 (3b-1), one FFT of the
-              block with h[b : 4b] at size 4b (with h[b : 3b] at size 2b)
+              even, [(I+2) b, (I+3) b) if I is odd (lags b+1 .. 4b-1, and b+1 .. 3b-1)
 
 Every pair (input i, output t >= i) is covered exactly once: pairs within one tile or two
 adjacent tiles directly, every other one by the unique level b with floor(t/b) - floor(i/b) in
 {2, 3} and floor(t/2b) - floor(i/2b) = 1. Block I is complete after step (I+1) b - 1 and its
 first output is (I+2) b, so its job can run while the next b steps go on, and the step waits
-for it only at that deadline. At most one
-job per level is in flight; each level accumulates into its own ring of four b-blocks, read one
-tile at a time at tile starts and cleared after its block has been read, so a job never writes
-where the main thread reads. Per 2b steps a level does 6b FFT points where
-Continuous-FutureFill does 2b: about 3x its FFT work, spread over the steps instead of spiked.
+for it only at that deadline.
+
+The jobs as run: every block's job writes one target, the block two on, with one FFT pair of
+size 2b. For a pair of blocks (I even, I+1 odd) and X = rfft(x, 2b), G1 = rfft(h[b : 3b]),
+G2 = rfft(h[2b : 4b])::
+
+    job of I:    y[I+2] = irfft(X_I G1)[b : 2b]                  and keep X_I
+    job of I+1:  y[I+3] = irfft(X_{I+1} G1 + X_I G2)[b : 2b]     (X_I as kept)
+
+(entries b .. 2b-1 of a size-2b circular convolution of b inputs with 2b taps are free of
+aliasing). Per 2b steps a level does four transforms of 2b points where Continuous-FutureFill
+does two: 2x its FFT work, spread over the steps instead of spiked (the even block's job
+as one size-4b FFT pair, as first written, was 3x). At most one job per level is in
+flight; each level writes its own ring of two b-blocks, read one tile at a time at tile starts,
+so a job never writes where the main thread reads, and every output sums the same parts in the
+same order whoever ran them (results are deterministic).
 
 After a prompt of length P, the prompt's contribution to the K = max_len - P outputs after it is
 kept (one FFT, as in Continuous-FutureFill) and the schedule runs over the generated inputs only.
-Memory O(K): the generated inputs, the prompt part, the rings (4b per level, 8K in all) and one
-four-step scratch per level (about 2b complex values a channel).
+Memory O(K): the generated inputs, the prompt part, the rings (2b per level, 4K in all), one
+kept spectrum and one four-step scratch per level (about b complex values a channel each).
 
-Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT size, and FFT
-size at most SMALL_JOB_LONGEST) runs at its block's end, in one call, as in
-Continuous-FutureFill. A larger one is cut into slices of
+Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT size) runs at
+its block's end, in one call, as in Continuous-FutureFill. A larger one is cut into slices of
 about SLICE_POINTS values (:class:`~futurefill.fourstep.SlicedConv`: groups of channels, or
-for a channel whose transform is larger, the three passes of a four-step FFT). The process's
-one background thread (:class:`_Background`) takes slices of every engine's jobs, earliest
-deadline first; the decoding thread takes one at a step when a job falls behind an even pace
-over its slack, and at the deadline finishes what is left. A slice holds references to the
-tensors it writes, so none is freed under it; collecting or resetting an engine cancels its
-jobs. A job that raises re-raises at its deadline step; the engine then needs ``reset()``.
+for a channel whose transform is larger, the three passes of a four-step FFT), built by the
+first thread to take one. The process's one background thread (:class:`_Background`) takes
+slices of every engine's jobs, earliest deadline first, WORKER_SLICES at a time; the decoding
+thread takes one at a step when a job falls behind an even pace over its slack, and at the
+deadline finishes what is left. A slice holds references to the tensors it writes, so none is
+freed under it; collecting or resetting an engine cancels its jobs. A job that raises re-raises
+at its deadline step; the engine then needs ``reset()``.
 
-Measured (2-core x86 VM, 128 channels, batch 1, float32, one intra-op thread, best of 2 runs;
-the knobs chosen from these): at L = 2^18 continuous took 4.1-4.4 s with a largest step of
-344-352 ms; deamortized 8.3 s (2.05x; its two runs 7.6 and 9.1 s) with a largest step of
-3.2 ms, median 8.2 us, p99.9 1.6 ms (4.7 ms and 2.2 ms before the levels' ring reads at a tile
-start became one stack-and-sum). Without forcing transforms longer than 8192 four-step
-(fourstep.LONGEST_DIRECT): 7.9 s (1.82x) but a largest step of 15.3 ms (a slice of one long
-row, paced in the decoding thread). In a plain loop without that cap, slices of 2^14 / 2^15 /
-2^16 / 2^17 points: total 11.4 / 8.4 / 6.6 / 5.9 s, largest step 6.6 / 5.3 / 2.6-4.5 / 8.2 ms.
-Small jobs in one call up to 2^16 / 2^18 points: at L = 2^16, total 2.3 / 2.0 s, largest step
-5.6 / 1.5 ms. Without the background thread (the decoding thread paces every job), slices of
-2^14: total 15.5 s, largest step 2.2 ms. Staggering the small jobs of levels whose blocks end
-together over their slack made the largest step worse (10.9-15.1 ms at 2^18): not done. What is
-left of the largest steps is the block ends of several levels at once (their small jobs, and
-ops that wait for the GIL while the worker holds it), and the scheduler of this shared VM. On
-CUDA the slices are issued from the worker thread on the default stream (correct, but not
-overlapped with the decoding thread's kernels; untested here).
+Measured (2-core x86 VM, load average 0.7-1.2, batch 1, float32, one intra-op thread, two runs
+each; the knobs chosen from these). 128 channels, L = 2^18: continuous 4.2-4.3 s, largest step
+352-355 ms; deamortized 7.1-8.7 s (1.7-2.0x), median step 7.8-8.6 us, p99.9 414-577 us,
+p99.99 640-830 us, largest 1.5-5.7 ms. Slices of 2^12 / 2^13 / 2^14 points: total 9.9-10.0 /
+7.4-8.7 / 6.7-7.5 s, p99.99 780-820 / 750-830 / 820-960 us. Small jobs up to 2^14 points in
+one call: p99.99 950-1040 us. 4 channels, L = 2^20: continuous 7.8-7.9 s (largest step 44-47
+ms), deamortized 11.0-11.5 s, p99.99 650-940 us, largest 1.4-2.8 ms. Without the background
+thread (the decoding thread runs every slice, paced), 128 channels at 2^18: total 13.4 s
+(3.1x), median 12.5 us, largest step 0.66 ms. The largest steps are not the schedule's: the
+slowest steps are plain steps or a single paced slice that took 1-6 ms, i.e. the decoding
+thread preempted (two busy threads and this VM's other load on two cores) or waiting for the
+GIL. The schedule's own work is the tile ends (0.1-0.6 ms: joins, submissions, the rings'
+gather) and paced slices (about 0.1 ms). On CUDA the slices are issued from the worker thread
+on the default stream (correct, but not overlapped with the decoding thread's kernels;
+untested here).
 """
 
 from __future__ import annotations
