@@ -65,6 +65,7 @@ untested here).
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import itertools
 import os
@@ -189,6 +190,7 @@ class _Background:
     _ready: ClassVar[threading.Condition] = threading.Condition(lock)
     _jobs: ClassVar[list[Job]] = []  # by deadline
     _thread: ClassVar[threading.Thread | None] = None
+    _stopping: ClassVar[bool] = False
 
     @classmethod
     def submit(cls, job: Job) -> None:
@@ -199,6 +201,7 @@ class _Background:
                     target=cls._loop, name="futurefill-deamortized", daemon=True
                 )
                 cls._thread.start()
+                atexit.register(cls._stop)
             cls._ready.notify()
 
     @classmethod
@@ -259,8 +262,23 @@ class _Background:
         while True:
             with cls._ready:
                 while (got := cls._take(WORKER_SLICES)) is None:
+                    if cls._stopping:
+                        return
                     cls._ready.wait()
             cls._run(*got)
+
+    @classmethod
+    def _stop(cls) -> None:
+        """At interpreter exit: cancel every job and let the worker finish its slice and end
+        (a daemon thread inside a torch op while the interpreter finalizes aborts the process).
+        Jobs submitted later run in the decoding thread, at their deadlines."""
+        with cls._ready:
+            cls._stopping = True
+            for job in cls._jobs:
+                job.cancelled = True
+            cls._ready.notify_all()
+        if cls._thread is not None:
+            cls._thread.join()
 
 
 def _levels(b0: int, remaining: int) -> list[int]:
