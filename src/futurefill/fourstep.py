@@ -30,7 +30,7 @@ pass).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -47,26 +47,19 @@ LONGEST_DIRECT = 8192
 
 
 class Pass(NamedTuple):
-    """``count`` independent slices; ``run(lo, hi)`` runs slices ``lo .. hi - 1`` (in any order,
-    any thread), in as few ops as their layout allows."""
+    """``count`` independent slices; ``run(i)`` runs slice ``i`` (in any order, any thread).
+    A slice's ops and their shapes are fixed: its result is the same bits whoever runs it (an
+    FFT library's result may depend on how many transforms one call batches)."""
 
     count: int
-    run: Callable[[int, int], None]
+    run: Callable[[int], None]
 
 
 def run_passes(passes: list[Pass]) -> None:
     """Every slice of every pass, in order, in this thread."""
     for work in passes:
-        work.run(0, work.count)
-
-
-def _spans(lo: int, hi: int, cuts: int, width: int) -> Iterator[tuple[int, slice]]:
-    """Slices ``lo .. hi - 1`` of ``cuts`` per channel, ``width`` each, as (channel, range)."""
-    while lo < hi:
-        c, k = divmod(lo, cuts)
-        end = min(cuts, k + hi - lo)
-        yield c, slice(k * width, end * width)
-        lo += end - k
+        for i in range(work.count):
+            work.run(i)
 
 
 class SlicedConv:
@@ -174,26 +167,29 @@ class SlicedConv:
         width, height = self.columns_per_slice, self.rows_per_slice
         column_cuts, row_cuts = self.counts[0] // channels, self.counts[1] // channels
 
-        def forward(lo: int, hi: int) -> None:  # pass 1: down the columns, then the twiddles
-            for c, js in _spans(lo, hi, column_cuts, width):
-                column = torch.fft.rfft(blocks[:, c, :, js], n=n1, dim=-2)
-                torch.mul(column, twiddle[:, js], out=scratch[:, c, :, js])
+        def forward(i: int) -> None:  # pass 1: transforms down the columns, then the twiddles
+            c, k = divmod(i, column_cuts)
+            js = slice(k * width, (k + 1) * width)
+            column = torch.fft.rfft(blocks[:, c, :, js], n=n1, dim=-2)
+            torch.mul(column, twiddle[:, js], out=scratch[:, c, :, js])
 
-        def middle(lo: int, hi: int) -> None:  # pass 2: the rows, forward, times filters, back
-            for c, ks in _spans(lo, hi, row_cuts, height):
-                rows = scratch[:, c, ks]
-                product = torch.fft.fft(rows, dim=-1)
-                if keep is not None:
-                    keep[:, c, ks].copy_(product)
-                product.mul_(spectrum[0, c, ks])
-                if previous is not None:
-                    product.addcmul_(previous[:, c, ks], spectrum[1, c, ks])
-                torch.mul(torch.fft.ifft(product, dim=-1), twiddle_inverse[ks], out=rows)
+        def middle(i: int) -> None:  # pass 2: along the rows, forward, times the filters, back
+            c, k = divmod(i, row_cuts)
+            ks = slice(k * height, (k + 1) * height)
+            rows = scratch[:, c, ks]
+            product = torch.fft.fft(rows, dim=-1)
+            if keep is not None:
+                keep[:, c, ks].copy_(product)
+            product.mul_(spectrum[0, c, ks])
+            if previous is not None:
+                product.addcmul_(previous[:, c, ks], spectrum[1, c, ks])
+            torch.mul(torch.fft.ifft(product, dim=-1), twiddle_inverse[ks], out=rows)
 
-        def inverse(lo: int, hi: int) -> None:  # pass 3: back down the columns, to the output
-            for c, js in _spans(lo, hi, column_cuts, width):
-                y = torch.fft.irfft(scratch[:, c, :, js], n=n1, dim=-2)
-                out[:, c, :, js].copy_(y[:, row : row + out.shape[-2]])
+        def inverse(i: int) -> None:  # pass 3: back down the columns; wanted rows to the output
+            c, k = divmod(i, column_cuts)
+            js = slice(k * width, (k + 1) * width)
+            y = torch.fft.irfft(scratch[:, c, :, js], n=n1, dim=-2)
+            out[:, c, :, js].copy_(y[:, row : row + out.shape[-2]])
 
         return [
             Pass(count, run)
@@ -212,8 +208,8 @@ class SlicedConv:
         n, spectrum, group = self.n, self.spectrum, self.channels_per_slice
         stop = start + out.shape[-1]
 
-        def run(lo: int, hi: int) -> None:
-            cs = slice(lo * group, hi * group)
+        def run(i: int) -> None:
+            cs = slice(i * group, (i + 1) * group)
             product = torch.fft.rfft(x[:, cs], n=n)
             if keep is not None:
                 keep[:, cs].copy_(product)
