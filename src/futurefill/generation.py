@@ -105,7 +105,7 @@ def generate(
     streamer: Any = None,
     return_logits: bool = False,
     compile: bool = False,
-    **engine_options: int | bool,
+    **engine_options: int,
 ) -> torch.Tensor | GenerationOutput:
     """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
 
@@ -159,8 +159,7 @@ def generate(
         and generation lengths) and gives eager's tokens (greedy's argmax is in the graph);
         on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
     **engine_options
-        ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized), ``background``
-        (deamortized).
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
     Returns
     -------

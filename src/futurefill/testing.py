@@ -64,7 +64,7 @@ def assert_decoding_matches_forward(
         Largest error allowed, relative to the largest magnitude of the forward's logits;
         default by dtype (:func:`default_rtol`: 1e-9 float64, 1e-4 float32).
     **engine_options
-        ``epoch_len``, ``tile_len`` or ``background``, passed to the session.
+        ``epoch_len`` or ``tile_len``, passed to the session.
 
     The error names the method, the prompt length, the first position that differs, its error
     and the tolerance.

@@ -53,10 +53,6 @@ def test_unknown_method_and_foreign_options():
         ValueError, match="tile_len applies to method='continuous' or method='deamortized' only"
     ):
         OnlineConv(h, method="naive", tile_len=4)
-    with pytest.raises(ValueError, match="background applies to method='deamortized' only"):
-        OnlineConv(h, method="continuous", background=False)
-    with pytest.raises(TypeError, match="background must be True or False, got 0"):
-        OnlineConv(h, method="deamortized", background=0)
 
 
 def test_step_shape_dtype_device(method):

@@ -142,7 +142,7 @@ class DecodingSession:
     Attributes
     ----------
     batch_size, max_len, method : as given.
-    engine_options : dict, ``epoch_len``, ``tile_len`` or ``background`` for every engine.
+    engine_options : dict, ``epoch_len`` or ``tile_len`` for every engine.
     states : dict, module name -> :class:`ModuleState`.
     valid : bool Tensor (batch, n) or None, the padding mask inside :meth:`padded`.
     traced : bool, whether inside :meth:`traced_steps`.
@@ -155,7 +155,7 @@ class DecodingSession:
         batch_size: int,
         max_len: int | None = None,
         method: str = "continuous",
-        **engine_options: int | bool | None,
+        **engine_options: int | None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -297,7 +297,7 @@ def decoding(
     batch_size: int,
     max_len: int | None = None,
     method: str = "continuous",
-    **engine_options: int | bool | None,
+    **engine_options: int | None,
 ) -> DecodingSession:
     """Open a decoding session over every futurefill.nn module of ``model``.
 
@@ -314,8 +314,7 @@ def decoding(
     method : {"continuous", "epoched", "naive", "deamortized"}
         The online convolution engine of every long convolution (:mod:`futurefill.online`).
     **engine_options
-        ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized), ``background``
-        (deamortized).
+        ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
     Returns
     -------

@@ -9,9 +9,8 @@ naive        O(L^2)                      O(P + K)                   direct dot p
 epoched      O(L^1.5 sqrt(log L))        O(P + K) inputs + O(E)     epoch_len E ~ sqrt(L log L)
 continuous   O(L log^2 L)                O(K)                       tile_len b0 below FFT levels
 deamortized  O(L log^2 L), every step    O(K)                       continuous, its FFT jobs on
-             bounded (no stalls)                                    a worker thread with b steps
-                                                                    of slack each; tile_len b0,
-                                                                    background (the worker)
+             bounded (no stalls)                                    worker threads with b steps
+                                                                    of slack each; tile_len b0
 ===========  ==========================  =========================  ==============================
 
 (K = max_len - P, the steps left after a prompt of length P.)
@@ -29,7 +28,7 @@ from futurefill.online.continuous import (
     default_tile_len,
     end_tiles,
 )
-from futurefill.online.deamortized import DeamortizedConv, check_background
+from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
 
@@ -51,15 +50,11 @@ METHODS = ("naive", "epoched", "continuous", "deamortized")
 
 
 # The knobs and the methods that take them (see the table above).
-ENGINE_OPTIONS = {
-    "epoch_len": ("epoched",),
-    "tile_len": ("continuous", "deamortized"),
-    "background": ("deamortized",),
-}
+ENGINE_OPTIONS = {"epoch_len": ("epoched",), "tile_len": ("continuous", "deamortized")}
 
 
 def engine_options_text() -> str:
-    """``epoch_len (epoched), tile_len (continuous/deamortized), ...``, for error messages."""
+    """``epoch_len (epoched), tile_len (continuous/deamortized)``, for error messages."""
     return ", ".join(f"{name} ({'/'.join(takers)})" for name, takers in ENGINE_OPTIONS.items())
 
 
@@ -67,8 +62,7 @@ def check_engine_options(method: str, options: dict[str, object]) -> None:
     """Raise unless ``method`` is known and ``options`` are valid knobs of it.
 
     An unknown option name is a TypeError naming the known ones; a knob of another method, an
-    ``epoch_len`` below 1 or a ``tile_len`` that is not a power of two is a ValueError, a
-    ``background`` that is not a bool a TypeError.
+    ``epoch_len`` below 1 or a ``tile_len`` that is not a power of two is a ValueError.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
@@ -84,8 +78,6 @@ def check_engine_options(method: str, options: dict[str, object]) -> None:
             raise ValueError(f"{name} applies to {takers} only, not {method!r}")
         if name == "tile_len":
             check_tile_len(value)
-        elif name == "background":
-            check_background(value)
         else:
             check_int(value, name)
 
@@ -96,10 +88,9 @@ def make_engine(
     *,
     max_len: int | None = None,
     batch_size: int = 1,
-    **options: int | bool | None,
+    **options: int | None,
 ) -> OnlineConvEngine:
-    """Build the engine for ``method`` with its knobs (``epoch_len``, ``tile_len``,
-    ``background``), if any."""
+    """Build the engine for ``method`` with its knob (``epoch_len`` or ``tile_len``), if any."""
     check_engine_options(method, options)
     knobs = {name: value for name, value in options.items() if value is not None}
     if method == "naive":
@@ -131,11 +122,7 @@ class OnlineConv:
     epoch_len : int, optional
         Epoch length for ``method="epoched"`` (default ``round(sqrt(L log2 L))``).
     tile_len : int, optional
-        Direct-computation tile for ``method="continuous"`` or ``"deamortized"`` (a power of
-        two).
-    background : bool, optional
-        For ``method="deamortized"``: whether a worker thread runs the FFT jobs beside the
-        decoding thread (default True; see :class:`DeamortizedConv`).
+        Direct-computation tile for ``method="continuous"`` (a power of two).
 
     Examples
     --------
@@ -157,7 +144,6 @@ class OnlineConv:
         batch_size: int = 1,
         epoch_len: int | None = None,
         tile_len: int | None = None,
-        background: bool | None = None,
     ):
         self.method = method
         self.engine = make_engine(
@@ -167,7 +153,6 @@ class OnlineConv:
             batch_size=batch_size,
             epoch_len=epoch_len,
             tile_len=tile_len,
-            background=background,
         )
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,7 @@ from futurefill.online.continuous import TiledEngine
 # Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep); a job of
 # at most SMALL_JOB_POINTS (batch x channels x FFT size) runs at its block's end in one call.
 # Chosen from the measurements in the module docstring.
-SLICE_POINTS = 1 << 13
+SLICE_POINTS = 1 << 16
 SMALL_JOB_POINTS = 1 << 12
 
 
@@ -214,14 +214,10 @@ class _Background:
         return None
 
     @classmethod
-    def run_one(cls, job: Job | None = None) -> bool:
-        """In the decoding thread: run the next slice of ``job``, or by default of the earliest
-        deadline's job; False if none."""
+    def run_one(cls) -> bool:
+        """In the decoding thread: run the earliest deadline's next slice; False if none."""
         with cls.lock:
-            if job is None:
-                got = cls._take()
-            else:
-                got = None if (piece := job.take()) is None else (job, *piece)
+            got = cls._take()
         if got is None:
             return False
         cls._run(*got)
@@ -279,13 +275,6 @@ class _Background:
             cls._thread.join()
 
 
-def check_background(background: object) -> bool:
-    """``background`` if it is a bool, else a TypeError."""
-    if not isinstance(background, bool):
-        raise TypeError(f"background must be True or False, got {background!r}")
-    return background
-
-
 def _levels(b0: int, remaining: int) -> list[int]:
     """The block sizes b whose jobs reach an output: b0, 2 b0, ... while 2b < remaining."""
     levels, b = [], b0
@@ -303,11 +292,6 @@ class DeamortizedConv(TiledEngine):
     tile_len : int, optional
         The direct-computation tile b0, a power of two; default
         :func:`~futurefill.online.continuous.default_tile_len`.
-    background : bool
-        Whether the process's worker thread takes slices of the jobs (default). If False, the
-        decoding thread runs every slice itself, paced over the jobs' slack: no second core and
-        no GIL hand-offs, so the largest step is the schedule's own (0.66 ms against 1-6 ms at
-        L = 2^18, 128 channels, on a loaded 2-core VM), at about 1.6x the total time.
     """
 
     method = "deamortized"
@@ -319,12 +303,10 @@ class DeamortizedConv(TiledEngine):
         max_len: int | None = None,
         batch_size: int = 1,
         tile_len: int | None = None,
-        background: bool = True,
     ):
         super().__init__(
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
         )
-        self.background = check_background(background)
         self._plans: dict[int, SlicedConv] = {}  # per level b
         self._kept: dict[int, torch.Tensor] = {}  # per level, an even block's spectrum
         self._scratch: dict[int, torch.Tensor] = {}  # per level, for four-step jobs
@@ -411,7 +393,7 @@ class DeamortizedConv(TiledEngine):
         jobs = self._jobs.values()
         pace_at = min((job.due() for job in jobs), default=self._remaining)
         if jobs and pace_at <= self._position - self._offset:
-            _Background.run_one(None if self.background else min(jobs, key=lambda j: j.key))
+            _Background.run_one()
             pace_at = min((job.due() for job in jobs), default=self._remaining)  # one more done
         self._pace_at = pace_at
 
@@ -476,8 +458,7 @@ class DeamortizedConv(TiledEngine):
             return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
         job = Job(passes, sum(plan.counts), start, start + b, self._offset)
-        if self.background:
-            _Background.submit(job)
+        _Background.submit(job)
         self._pace_at = min(self._pace_at, job.due())
         return job
 
