@@ -46,21 +46,24 @@ deadline finishes what is left. A slice holds references to the tensors it write
 freed under it; collecting or resetting an engine cancels its jobs. A job that raises re-raises
 at its deadline step; the engine then needs ``reset()``.
 
-Measured (2-core x86 VM, load average 0.7-1.2, batch 1, float32, one intra-op thread, two runs
-each; the knobs chosen from these). 128 channels, L = 2^18: continuous 4.2-4.3 s, largest step
-352-355 ms; deamortized 7.1-8.7 s (1.7-2.0x), median step 7.8-8.6 us, p99.9 414-577 us,
-p99.99 640-830 us, largest 1.5-5.7 ms. Slices of 2^12 / 2^13 / 2^14 points: total 9.9-10.0 /
-7.4-8.7 / 6.7-7.5 s, p99.99 780-820 / 750-830 / 820-960 us. Small jobs up to 2^14 points in
-one call: p99.99 950-1040 us. 4 channels, L = 2^20: continuous 7.8-7.9 s (largest step 44-47
-ms), deamortized 11.0-11.5 s, p99.99 650-940 us, largest 1.4-2.8 ms. Without the background
-thread (the decoding thread runs every slice, paced), 128 channels at 2^18: total 13.4 s
-(3.1x), median 12.5 us, largest step 0.66 ms. The largest steps are not the schedule's: the
-slowest steps are plain steps or a single paced slice that took 1-6 ms, i.e. the decoding
-thread preempted (two busy threads and this VM's other load on two cores) or waiting for the
-GIL. The schedule's own work is the tile ends (0.1-0.6 ms: joins, submissions, the rings'
-gather) and paced slices (about 0.1 ms). On CUDA the slices are issued from the worker thread
-on the default stream (correct, but not overlapped with the decoding thread's kernels;
-untested here).
+Measured (2-core x86 VM, load average about 1.0, batch 1, float32, one intra-op thread, a plain
+loop passing ``out=``, two runs each; the knobs chosen from these). 128 channels, L = 2^18:
+continuous 4.2-4.4 s, largest step 352-358 ms; deamortized 6.3-6.6 s (1.5x), median step 7.8
+us, p99.9 500-530 us, p99.99 750-800 us, largest 1.9-5.1 ms. Slices of 2^15 points: 8.6 s;
+small jobs up to 2^14 / 2^16 points in one call: 6.2-6.4 / 5.9-6.0 s but p99.99 0.9-1.0 /
+1.3-1.4 ms. Slices of 2^13 points run one at a time: 12-15 s (each small op costs ~10 us here
+when the worker shares the GIL); batched 16 to a call by the worker they took 7.2-7.6 s, but a
+batched FFT can differ in its last bits from the same transforms one by one, so outputs
+depended on which thread ran what (not kept). Every slice in the decoding thread, paced (no
+worker): 2^13 / 2^14 / 2^16 points 14.0 / 10.5 / 8.3 s, largest step 1.9-4.1 / 1.7-1.8 /
+3.5 ms: no better bound on this loaded VM (not kept). 4 channels, L = 2^20: continuous 7.8-7.9
+s, largest step 30-47 ms; deamortized 10.9 s (1.4x), p99.9 390 us, p99.99 610-620 us, largest
+0.84-1.6 ms. The largest steps are not the schedule's own: they are plain steps or one slice
+that took milliseconds, the decoding thread preempted (two busy threads and this VM's other
+load on two cores) or waiting for the GIL. The schedule's own work is the tile ends (0.1-0.6
+ms: joins, submissions, the rings' gather) and paced slices. On CUDA the slices are issued from
+the worker thread on the default stream (correct, but not overlapped with the decoding thread's
+kernels; untested here).
 """
 
 from __future__ import annotations
