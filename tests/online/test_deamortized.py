@@ -125,6 +125,32 @@ def test_a_failing_job_raises_at_its_deadline_then_until_reset(monkeypatch):
     assert rel_err(run(conv, u, 0), reference_conv(u, decaying_filter(D, L))) < 1e-10
 
 
+def test_a_job_whose_slices_cannot_be_built_raises_at_its_deadline(monkeypatch):
+    """Building the passes (done by the first thread to take a slice) fails: the job ends, the
+    worker lives on, and the error reaches the decoding thread at the job's deadline."""
+    conv = engine(tile_len=2)
+    u = random_input(B, D, L)
+    submit = deamortized._Background.submit.__func__
+
+    def unbuildable(cls, job):
+        if job.key[0] == 20:
+
+            def build():
+                raise MemoryError("injected")
+
+            job.build = build
+        submit(cls, job)
+
+    monkeypatch.setattr(deamortized._Background, "submit", classmethod(unbuildable))
+    with pytest.raises(MemoryError, match="injected"):
+        run(conv, u, 0)
+    assert conv.position == 20
+    monkeypatch.undo()
+    conv.reset()
+    assert rel_err(run(conv, u, 0), reference_conv(u, decaying_filter(D, L))) < 1e-10
+    assert [t.name for t in threading.enumerate()].count("futurefill-deamortized") == 1
+
+
 def test_collecting_engines_with_jobs_in_flight_leaks_nothing():
     for _ in range(3):
         conv = DeamortizedConv(decaying_filter(8, 4096), batch_size=1, tile_len=1)
