@@ -240,9 +240,9 @@ class _Background:
 
     @classmethod
     def _run(cls, job: Job, work: Pass, index: int) -> None:
-        """Run one slice in this thread. Inference mode (which is per thread): the
-        engine's buffers may be inference tensors (made under ``generate``), which only it may
-        update in place. An error is handed to the decoding thread at the job's deadline."""
+        """Run one slice in this thread. Inference mode (which is per thread): the engine's
+        buffers may be inference tensors (made under ``generate``), which only it may update
+        in place. An error is handed to the decoding thread at the job's deadline."""
         error = None
         try:
             with torch.inference_mode():
@@ -334,7 +334,7 @@ class DeamortizedConv(TiledEngine):
         levels = _levels(b0, remaining)
         self._prompt: torch.Tensor | None = None  # the prompt's part of every output (K, B, D)
         # Every level's ring of two b-blocks (time-major), as tiles of one buffer: level b's
-        # are tiles first[b] .. first[b] + 2b/b0 - 1, so a tile start reads all in one gather.
+        # are tiles first[b] .. first[b] + 2b/b0 - 1.
         tiles = [2 * b // b0 for b in levels]
         self._first = dict(zip(levels, itertools.accumulate(tiles, initial=0), strict=False))
         self._ring_tiles = self._zeros(sum(tiles), b0, batch, channels)
@@ -434,9 +434,9 @@ class DeamortizedConv(TiledEngine):
             if block < 2:
                 break  # the first outputs a level-b job reaches are those of block 2
             tiles.append(first + (block % 2 * b + start % b) // b0)
-        if tiles:  # three ops for all levels (per-op overhead dominates these small adds)
-            index = torch.tensor(tiles, device=self.device)
-            current.add_(self._ring_tiles.index_select(0, index).sum(dim=0))
+        if tiles:  # three ops for all levels (per-op overhead dominates these small adds); no
+            # index tensor, which on CUDA would be a host-to-device copy at every tile
+            current.add_(torch.stack([self._ring_tiles[t] for t in tiles]).sum(dim=0))
 
     # ----------------------------------------------------------------- the jobs
 
