@@ -8,9 +8,10 @@ method       time for L steps            memory (after P prompt)    notes
 naive        O(L^2)                      O(P + K)                   direct dot product per step
 epoched      O(L^1.5 sqrt(log L))        O(P + K) inputs + O(E)     epoch_len E ~ sqrt(L log L)
 continuous   O(L log^2 L)                O(K)                       tile_len b0 below FFT levels
-deamortized  O(L log^2 L), every step    O(K)                       continuous, its FFT jobs on
-             bounded (no stalls)                                    worker threads with b steps
-                                                                    of slack each; tile_len b0
+deamortized  O(L log^2 L), every step    O(K)                       continuous, its FFT jobs
+             bounded (no stalls)                                    (2x the work) on a worker
+                                                                    thread with b steps of slack
+                                                                    each; tile_len b0
 ===========  ==========================  =========================  ==============================
 
 (K = max_len - P, the steps left after a prompt of length P.)
