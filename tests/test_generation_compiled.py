@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 
 from futurefill import ConvLM, ConvLMConfig, decoding, generate
 from futurefill.model import MIXERS
+from futurefill.online import deamortized
 from futurefill.pretrained import HyenaLM, HyenaLMConfig
 
 
@@ -39,7 +40,11 @@ def test_compiled_epoched_and_cross_layer_batched_levels_in_float64():
     config = ConvLMConfig(d_model=8, n_layers=3, max_len=200, mixer="hyena", hyena_pos_dim=5)
     model = ConvLM(config).double().eval()
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4))
-    methods = (("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 7}))
+    methods = (
+        ("continuous", {"tile_len": 4}),
+        ("epoched", {"epoch_len": 7}),
+        ("deamortized", {"tile_len": 2}),
+    )
     # A 1-token prompt is an eager step, not a prefill: the traced step starts mid-tile.
     for (method, options), prompt in itertools.product(methods, (ids, ids[:, :1])):
         eager = generate(model, prompt, 150, method=method, return_logits=True, **options)
@@ -51,7 +56,8 @@ def test_compiled_epoched_and_cross_layer_batched_levels_in_float64():
 
 
 @pytest.mark.parametrize(
-    ("method", "options"), [("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 6})]
+    ("method", "options"),
+    [("continuous", {"tile_len": 4}), ("epoched", {"epoch_len": 6}), ("deamortized", {})],
 )
 def test_traced_steps_after_eager_steps_continue_at_the_position(method, options):
     """Prefill, three eager steps (mid-tile, mid-epoch), then traced steps: the forward's
@@ -115,7 +121,7 @@ def test_cli_compile_prints_eager_text(capsys):
     assert main([*argv, "--compile"]) == 0
     assert capsys.readouterr().out == eager
     assert main([*argv, "--compile", "--method", "naive"]) == 2
-    assert "--compile runs --method continuous or epoched" in capsys.readouterr().err
+    assert "--compile runs --method continuous, epoched or deamortized" in capsys.readouterr().err
 
 
 def test_bench_context_times_the_compiled_step(tmp_path):
@@ -155,3 +161,19 @@ def test_batch_one_products_become_multiply_and_sum_on_cpu():
     after = counters["inductor"]["decompose_addmm"] + counters["inductor"]["decompose_mm"]
     assert after > before
     assert torch.equal(compiled, generate(model, ids, 6))
+
+
+def test_compiled_deamortized_with_its_jobs_on_the_worker(monkeypatch):
+    """Every FFT job queued (none small enough to run inline), cut into four-step slices: the
+    compiled steps' tokens and logits are eager's (float64)."""
+    monkeypatch.setattr(deamortized, "SMALL_JOB_POINTS", 0)
+    monkeypatch.setattr(deamortized, "SLICE_POINTS", 16)
+    torch.manual_seed(7)
+    config = ConvLMConfig(d_model=8, n_layers=2, max_len=200, mixer="hyena", hyena_pos_dim=5)
+    model = ConvLM(config).double().eval()
+    ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(8))
+    options = {"method": "deamortized", "tile_len": 2, "return_logits": True}
+    eager = generate(model, ids, 120, **options)
+    compiled = generate(model, ids, 120, compile=True, **options)
+    assert torch.equal(compiled.tokens, eager.tokens)
+    assert torch.allclose(compiled.logits, eager.logits, rtol=0, atol=1e-10)

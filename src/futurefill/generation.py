@@ -31,7 +31,7 @@ from futurefill.online import ENGINE_OPTIONS, engine_options_text
 __all__ = ["COMPILED_METHODS", "GenerationOutput", "generate", "select_next_tokens"]
 
 # Engines with a traced step (see futurefill.nn.DecodingSession.traced_steps).
-COMPILED_METHODS = ("continuous", "epoched")
+COMPILED_METHODS = ("continuous", "epoched", "deamortized")
 # A batch-1 token step is bound by reading the weights once per token. On CPU inductor's
 # "decompose_mm_pass" turns each (1, k) @ (k, n) product into a fused multiply-and-sum kernel
 # spread over the intra-op threads, where MKL's GEMV reads the weights on one core: a
@@ -151,10 +151,11 @@ def generate(
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
     compile : bool
-        Run the per-token forward as one ``torch.compile`` graph (``method`` continuous or
-        epoched): every module's step is a fixed-shape function of the engine's index in its
-        tile or epoch, and the host does what depends on the position (the FFT levels at a
-        tile's end, batched across layers; the epoch refills) between graph calls. It is
+        Run the per-token forward as one ``torch.compile`` graph (``method`` continuous,
+        epoched or deamortized): every module's step is a fixed-shape function of the engine's
+        index in its tile or epoch, and the host does what depends on the position (the FFT
+        levels at a tile's end, batched across layers; the epoch refills; the deamortized
+        jobs' scheduling and pacing) between graph calls. It is
         compiled once per model, batch size and dtype (kept across calls, whatever the prompt
         and generation lengths) and gives eager's tokens (greedy's argmax is in the graph);
         on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).

@@ -305,8 +305,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="run each token step as one torch.compile graph (methods continuous and epoched; "
-        "compiles once, tens of seconds); with --compare, an extra 'compiled' (continuous) row",
+        help="run each token step as one torch.compile graph (methods continuous, epoched and "
+        "deamortized; compiles once, tens of seconds); with --compare, an extra 'compiled' "
+        "(continuous) row",
     )
     parser.add_argument(
         "--threads",
@@ -413,7 +414,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     if args.compile and not args.compare and args.method not in COMPILED_METHODS:
         raise argtypes.UsageError(
-            f"--compile runs --method {' or '.join(COMPILED_METHODS)} (engines with a traced step)"
+            f"--compile runs --method {', '.join(COMPILED_METHODS[:-1])} or "
+            f"{COMPILED_METHODS[-1]} (engines with a traced step)"
         )
     model, tokenizer = _load_model(args.model, args.trust_pickle)
     prompt_ids, echo = _prompt_ids(args, tokenizer)

@@ -1,5 +1,5 @@
-"""The continuous engine's traced step (fixed-shape, for torch.compile) and cross-layer
-batched tile ends, against the float64 offline convolution."""
+"""The tiled engines' traced step (fixed-shape, for torch.compile): continuous with cross-layer
+batched tile ends, deamortized with its jobs queued, against the float64 offline convolution."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill.online import ContinuousConv, NaiveConv, end_tiles
-from reference import decaying_filter, random_input, reference_conv, rel_err
+from futurefill.online import ContinuousConv, DeamortizedConv, NaiveConv, deamortized, end_tiles
+from reference import (
+    decaying_filter,
+    random_input,
+    reference_conv,
+    reference_feedback,
+    rel_err,
+)
 
 
 def run_traced(engines, inputs, prompt_len):
@@ -49,6 +55,54 @@ def test_batched_traced_steps_match_the_float64_reference(
     ]
     for y, h, u in zip(run_traced(engines, inputs, prompt_len), filters, inputs, strict=True):
         assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    length=st.integers(2, 90),
+    prompt_frac=st.floats(0, 1),
+    batch=st.integers(1, 3),
+    tile_len=st.sampled_from([1, 2, 4]),
+    points=st.sampled_from([8, 10**6]),
+    seed=st.integers(0, 2**16),
+)
+def test_deamortized_traced_steps_match_the_float64_reference(
+    length, prompt_frac, batch, tile_len, points, seed
+):
+    """Every job queued for the worker (four-step slices with ``points`` 8), paced and joined
+    from :meth:`advance`, which never defers a tile's end."""
+    channels = 3
+    prompt_len = min(round(prompt_frac * length), length - 1)
+    h = decaying_filter(channels, length, seed=seed)
+    u = random_input(batch, channels, length, seed=seed + 10)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(deamortized, "SMALL_JOB_POINTS", 0)
+        patch.setattr(deamortized, "SLICE_POINTS", points)
+        engine = DeamortizedConv(h, max_len=length, batch_size=batch, tile_len=tile_len)
+        outputs = [engine.prefill(u[..., :prompt_len])] if prompt_len else []
+        engine.prepare_traced()
+        for t in range(prompt_len, length):
+            outputs.append(engine.step_traced(u[..., t].contiguous()).unsqueeze(-1))
+            assert engine.advance(defer_tile_end=True) is False
+    y = torch.cat(outputs, dim=-1)
+    assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
+
+
+def test_deamortized_feedback_loop_through_traced_steps_after_eager_ones():
+    """u[t + 1] = tanh(y[t]); a 1-token prompt, eager steps into mid-tile, then traced ones."""
+    length, channels = 70, 4
+    h = decaying_filter(channels, length, seed=3)
+    u0 = torch.ones(1, channels, dtype=torch.float64)
+    _, y_ref = reference_feedback(u0.numpy(), h.numpy(), length)
+    engine = DeamortizedConv(h, max_len=length, tile_len=4)
+    ys = [engine.prefill(u0.unsqueeze(-1))[..., 0]]
+    for _ in range(5):
+        ys.append(engine.step(torch.tanh(ys[-1])))
+    engine.prepare_traced()
+    while engine.position < length:
+        ys.append(engine.step_traced(torch.tanh(ys[-1])).clone())
+        engine.advance()
+    assert rel_err(torch.stack(ys, dim=-1), y_ref) < 1e-10
 
 
 def test_feedback_loop_through_traced_steps():

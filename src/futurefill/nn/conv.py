@@ -71,7 +71,8 @@ class EngineState(ModuleState):
         if self.engine is None or not self.engine.traceable:
             raise ValueError(
                 f"{self.name!r}: method {self.session.method!r} has no compiled step "
-                "(continuous and epoched have one, in float32 and float64, after a first chunk)"
+                "(continuous, epoched and deamortized have one, in float32 and float64, after a "
+                "first chunk)"
             )
         self.engine.prepare_traced()
 

@@ -234,7 +234,7 @@ class DecodingSession:
         whole per-token forward as one graph that never depends on the position; call
         :meth:`advance` after each such step (the host's part: positions, and the FFT levels
         that a tile's end schedules). Needs a first chunk (the engines) and engines that have a
-        traceable step (``method`` continuous or epoched)."""
+        traceable step (``method`` continuous, epoched or deamortized)."""
         if self.position == 0:
             raise RuntimeError("traced steps need a first chunk: prefill the prompt first")
         for state in self.states.values():

@@ -89,11 +89,14 @@ class TiledEngine(OnlineConvEngine):
         width = min(taps, self.max_len)
         head[:width, 0].copy_(self.h[:, :width].t())
         self._h_head = head  # (taps, 1, D): what an input adds to the outputs of its window
+        self._h_shift: torch.Tensor | None = None  # prepare_traced()
 
     def _tile_views(self, window: torch.Tensor) -> None:
         """The current tile's inputs, and the views every step uses into them and into
         ``window`` (time-major outputs, starting at the current tile), built once."""
         b0 = self.tile_len
+        self._window = window
+        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the tile
         self._x_tile = self._zeros(b0, self.batch_size, self.channels)
         self._x_rows = list(self._x_tile.unbind(0))
         self._out_rows = list(window[:b0].unbind(0))
@@ -114,6 +117,42 @@ class TiledEngine(OnlineConvEngine):
     def _end_tile(self, seen: int) -> None:
         """After the step that completed ``seen`` local inputs, a multiple of the tile."""
 
+    has_traced_step = True
+
+    def prepare_traced(self) -> None:
+        """Build the table of shifted filters :meth:`step_traced` reads (once), and set the
+        index tensor to the position (eager steps, e.g. after a 1-token prompt, keep no index)."""
+        b0, width = self.tile_len, len(self._h_head)
+        if self._h_shift is None:
+            lag = (
+                torch.arange(width, device=self.device)
+                - torch.arange(b0, device=self.device)[:, None]
+            )
+            table = self._h_head[lag.clamp(min=0)]  # [j, t] = h[t - j]: (b0, window, 1, D)
+            self._h_shift = table.masked_fill((lag < 0)[..., None, None], 0).contiguous()
+        self._j.fill_((self._position - self._offset) % b0)
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
+        row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (row j of
+        the table of shifted filters ``(b0, window, 1, D)`` that :meth:`prepare_traced` builds)."""
+        j = self._j
+        self._x_tile.index_copy_(0, j, u_t.unsqueeze(0))
+        self._window.addcmul_(self._h_shift.index_select(0, j).squeeze(0), u_t)
+        return self._window.index_select(0, j).squeeze(0)
+
+    def advance(self, *, defer_tile_end: bool = False) -> bool:
+        """After :meth:`step_traced`: one position on; at a tile's end its work runs, unless
+        ``defer_tile_end`` (then it returns True and the caller runs it)."""
+        self._position += 1
+        j = (self._position - self._offset) % self.tile_len
+        self._j.fill_(j)
+        if j != 0:
+            return False
+        if not defer_tile_end:
+            self._end_tile(self._position - self._offset)
+        return True
+
 
 class ContinuousConv(TiledEngine):
     """Online causal convolution by Continuous-FutureFill. See :class:`OnlineConvEngine`.
@@ -125,7 +164,6 @@ class ContinuousConv(TiledEngine):
     """
 
     method = "continuous"
-    has_traced_step = True
 
     def __init__(
         self,
@@ -139,7 +177,6 @@ class ContinuousConv(TiledEngine):
             h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=1
         )
         self._spectra: dict[int, torch.Tensor] = {}
-        self._h_shift: torch.Tensor | None = None  # prepare_traced()
         self._reset()
 
     def _allocate(self, remaining: int) -> None:
@@ -154,7 +191,6 @@ class ContinuousConv(TiledEngine):
         # The current tile's outputs, time-major; the step's views into it built once.
         self._c_tile = self._zeros(b0, batch, channels)
         self._tile_views(self._c_tile)
-        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the tile
         levels = []
         b = b0
         while b < remaining:
@@ -183,38 +219,6 @@ class ContinuousConv(TiledEngine):
         if remaining:
             self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
         return y
-
-    def prepare_traced(self) -> None:
-        """Build the table of shifted filters :meth:`step_traced` reads (once), and set the
-        index tensor to the position (eager steps, e.g. after a 1-token prompt, keep no index)."""
-        b0 = self.tile_len
-        if self._h_shift is None:
-            t = torch.arange(b0, device=self.device)
-            lag = t[None, :] - t[:, None]  # [j, t] = t - j
-            table = self._h_head[:b0][lag.clamp(min=0)]  # (b0, b0, 1, D)
-            self._h_shift = table.masked_fill((lag < 0)[..., None, None], 0).contiguous()
-        self._j.fill_((self._position - self._offset) % b0)
-
-    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
-        """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
-        row j of the tile, and ``h[t - j] u`` to every output t >= j of the tile (row j of the
-        table of shifted filters ``(b0, b0, 1, D)`` that :meth:`prepare_traced` builds)."""
-        j = self._j
-        self._x_tile.index_copy_(0, j, u_t.unsqueeze(0))
-        self._c_tile.addcmul_(self._h_shift.index_select(0, j).squeeze(0), u_t)
-        return self._c_tile.index_select(0, j).squeeze(0)
-
-    def advance(self, *, defer_tile_end: bool = False) -> bool:
-        """After :meth:`step_traced`: one position on; at a tile's end its level runs, unless
-        ``defer_tile_end`` (then it returns True and the caller runs :func:`end_tiles`)."""
-        self._position += 1
-        j = (self._position - self._offset) % self.tile_len
-        self._j.fill_(j)
-        if j != 0:
-            return False
-        if not defer_tile_end:
-            self._end_tile(self._position - self._offset)
-        return True
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file the tile, run its FutureFill level."""

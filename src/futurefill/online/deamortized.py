@@ -367,8 +367,8 @@ class DeamortizedConv(TiledEngine):
     def _buffers(self) -> list[torch.Tensor]:
         spectra = [t for plan in self._plans.values() for t in plan.tensors()]
         levels = [self._ring_tiles, *self._kept.values(), *self._scratch.values(), *spectra]
-        prompt = [] if self._prompt is None else [self._prompt]
-        return [self._x, self._direct, self._x_tile, self._h_head, *prompt, *levels]
+        optional = [t for t in (self._prompt, self._h_shift) if t is not None]
+        return [self._x, self._direct, self._x_tile, self._h_head, *optional, *levels]
 
     # ----------------------------------------------------------------- prompt and steps
 
@@ -382,13 +382,25 @@ class DeamortizedConv(TiledEngine):
         return y
 
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        self._check_failed()
+        if self._position - self._offset >= self._pace_at:
+            self._pace()
+        return super()._step(u_t, out)
+
+    def advance(self, *, defer_tile_end: bool = False) -> bool:
+        """After :meth:`step_traced`: one position on, the tile's end run here (never deferred:
+        its jobs are this engine's), and a slice run if a job is behind its pace."""
+        self._check_failed()
+        super().advance()
+        if self._position - self._offset >= self._pace_at:
+            self._pace()
+        return False
+
+    def _check_failed(self) -> None:
         if self._failed is not None:
             raise RuntimeError(
                 f"a FutureFill job of this engine failed: call reset() ({self._failed!r})"
             )
-        if self._position - self._offset >= self._pace_at:
-            self._pace()
-        return super()._step(u_t, out)
 
     def _pace(self) -> None:
         """A job behind its even pace (the worker has not kept up): run one queued slice, the
