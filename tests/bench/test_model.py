@@ -108,3 +108,13 @@ def test_model_float64_tight_tolerance(bench, out_dir):
     assert code == 0
     report = bench.read_json(out_dir / "model.json")
     assert report["tol"] == 1e-9 and report["max_rel_err"] < 1e-12
+
+
+def test_compiled_steppers_agree_with_the_float64_forward(bench, out_dir):
+    """Both compiled steppers (continuous and deamortized engines) through the harness."""
+    argv = (*TINY[:3], "8", "--mixers", "longconv", *TINY[9:])
+    argv = (*argv, "--methods", "compiled", "compiled-deamortized")
+    assert bench.run_cli(*argv, "--out", str(out_dir)) == 0
+    rows = bench.read_json(out_dir / "model.json")["rows"]
+    assert {r["method"] for r in rows} == {"compiled", "compiled-deamortized"}
+    assert all(r["status"] == "ok" and r["max_rel_err"] <= r["tol"] for r in rows)

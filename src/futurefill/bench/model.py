@@ -7,6 +7,7 @@ feedback loop: nothing is pre-computed). Methods:
 * ``naive``, ``epoched``, ``continuous``, ``deamortized``: the model's forward, one token per
   call, in a ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
 * ``compiled``: continuous, each token one ``torch.compile`` graph (``generate(compile=True)``);
+  ``compiled-deamortized`` the same with the deamortized engines;
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
 Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
@@ -133,6 +134,7 @@ def _cached(method: str, compiled: bool = False):
 MODEL_STEPPERS = {
     **{m: _cached(m) for m in METHODS},
     "compiled": _cached("continuous", compiled=True),
+    "compiled-deamortized": _cached("deamortized", compiled=True),
     "recompute": RecomputeStepper,
 }
 MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")

@@ -20,6 +20,7 @@ STYLE = {
     "continuous": ("tab:blue", "^"),
     "deamortized": ("tab:green", "v"),
     "compiled": ("tab:cyan", "P"),
+    "compiled-deamortized": ("tab:olive", "<"),
     "recompute": ("tab:gray", "x"),
     "offline": ("black", "."),
 }
