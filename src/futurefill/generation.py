@@ -155,10 +155,10 @@ def generate(
         epoched or deamortized): every module's step is a fixed-shape function of the engine's
         index in its tile or epoch, and the host does what depends on the position (the FFT
         levels at a tile's end, batched across layers; the epoch refills; the deamortized
-        jobs' scheduling and pacing) between graph calls. It is
-        compiled once per model, batch size and dtype (kept across calls, whatever the prompt
-        and generation lengths) and gives eager's tokens (greedy's argmax is in the graph);
-        on CUDA with ``mode="reduce-overhead"`` (CUDA graphs).
+        jobs' scheduling and pacing) between graph calls. It is compiled once per model, batch
+        size and dtype (kept across calls, whatever the prompt and generation lengths) and
+        gives eager's tokens (greedy's argmax is in the graph); on CUDA with
+        ``mode="reduce-overhead"`` (CUDA graphs).
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
