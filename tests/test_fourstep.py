@@ -4,6 +4,7 @@ the passes of a four-step FFT, against numpy."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -50,7 +51,7 @@ def test_a_kept_spectrum_and_its_partner_give_the_fft_convolution(
     g = torch.randn(2, channels, n - 1, generator=gen, dtype=torch.float64)
     plan = SlicedConv(g, n, batch, points)
     assert plan.four_step == (batch * n > points)
-    kept = torch.full((plan.spectrum_size(batch, channels),), torch.nan, dtype=torch.complex128)
+    kept = torch.full((plan.spectrum_size,), torch.nan, dtype=torch.complex128)
     start = m * (factor - 1)
     out1, out2 = torch.full((2, batch, channels, m), torch.nan, dtype=torch.float64)
     in_any_order(plan.passes(x1, start, out1, keep=kept))
@@ -76,3 +77,9 @@ def test_float32_and_views_of_a_longer_buffer():
     expected = aliased_convolution(x.double().numpy(), g[0].double().numpy(), 2048)
     assert rel_err(ring[..., 1024:2048], expected[..., 1024:2048]) < 1e-5
     assert not ring[..., :1024].any()
+
+
+def test_blocks_must_have_the_plans_batch_and_channels():
+    plan = SlicedConv(torch.randn(1, 3, 16), 16, 2, 64)
+    with pytest.raises(ValueError, match=r"blocks of shape \(1, 3, 8\) for a plan of"):
+        plan.passes(torch.randn(1, 3, 8), 8, torch.zeros(1, 3, 8))

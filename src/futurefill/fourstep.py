@@ -76,7 +76,9 @@ class SlicedConv:
     rows (pass 2). A pass may start only when the one before has finished. A slice builds its
     views when it runs, so a job of thousands of slices costs nothing to set up.
 
-    ``counts``: how many slices each pass has, for blocks of ``batch`` and g's channels.
+    For blocks of ``batch`` and g's channels: ``counts``, how many slices each pass has;
+    ``layout``, the shape of a block's spectrum (kept, or the four-step's scratch), and
+    ``spectrum_size``, its number of complex values.
 
     Parameters
     ----------
@@ -98,6 +100,8 @@ class SlicedConv:
             self.spectrum = torch.fft.rfft(g, n=n)  # (T, D, n/2 + 1)
             self.channels_per_slice = max(1, min(channels, points // (batch * n)))
             self.counts = (-(-channels // self.channels_per_slice),)
+            self.layout = (batch, channels, n // 2 + 1)
+            self.spectrum_size = math.prod(self.layout)
             return
         # n2 <= n1 = n / n2, and n2 <= n / 4: blocks of n/4 or more split into whole rows.
         n2 = max(1, min(1 << (n.bit_length() - 1) // 2, n // 4))
@@ -117,22 +121,14 @@ class SlicedConv:
         column_cuts = -(-n2 // self.columns_per_slice)
         row_cuts = -(-half // self.rows_per_slice)
         self.counts = (channels * column_cuts, channels * row_cuts, channels * column_cuts)
+        self.layout = (batch, channels, half, n2)
+        self.spectrum_size = math.prod(self.layout)
 
     def tensors(self) -> list[torch.Tensor]:
         """What the plan holds: the spectra (and the twiddles)."""
         if not self.four_step:
             return [self.spectrum]
         return [self.spectrum, self.twiddle, self.twiddle_inverse]
-
-    def layout(self, batch: int, channels: int) -> tuple[int, ...]:
-        """The shape of a block's spectrum (kept, or the four-step's scratch)."""
-        if self.four_step:
-            return (batch, channels, self.n1 // 2 + 1, self.n2)
-        return (batch, channels, self.n // 2 + 1)
-
-    def spectrum_size(self, batch: int, channels: int) -> int:
-        """Complex values of a kept spectrum, and of the four-step's scratch."""
-        return math.prod(self.layout(batch, channels))
 
     def passes(
         self,
@@ -148,12 +144,16 @@ class SlicedConv:
         ``out`` ``(batch, channels, m')``: of ``x`` ``(batch, channels, m)`` by ``g[0]``, plus
         the block whose spectrum is ``previous`` by ``g[1]``. ``keep``: where to keep x's
         spectrum for a later job. ``keep``, ``previous`` and ``scratch`` (the four-step's work
-        space; allocated if None) are flat complex tensors of at least :meth:`spectrum_size`
+        space; allocated if None) are flat complex tensors of at least ``spectrum_size``
         values. In the four-step case ``start``, ``m'`` and ``m`` must be multiples of ``n2``
         (n2 <= n/4: multiples of n/4 always are). The passes hold the tensors they use."""
         batch, channels, m = x.shape
-        size = self.spectrum_size(batch, channels)
-        shape = self.layout(batch, channels)
+        if (batch, channels) != self.layout[:2]:
+            raise ValueError(
+                f"blocks of shape {tuple(x.shape)} for a plan of (batch, channels) "
+                f"{self.layout[:2]}"
+            )
+        size, shape = self.spectrum_size, self.layout
         keep, previous = (None if t is None else t[:size].view(shape) for t in (keep, previous))
         if not self.four_step:
             return [self._channel_groups(x, start, out, keep, previous)]

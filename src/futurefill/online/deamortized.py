@@ -344,7 +344,7 @@ class DeamortizedConv(TiledEngine):
         # costs milliseconds).
         self._kept, self._scratch = {}, {}
         for b, plan in self._plans.items():
-            size = plan.spectrum_size(batch, channels)
+            size = plan.spectrum_size
             dtype = plan.spectrum.dtype
             self._kept[b] = torch.empty(size, dtype=dtype, device=self.device)
             if plan.four_step:
