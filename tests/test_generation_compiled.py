@@ -125,9 +125,9 @@ def test_cli_compile_prints_eager_text(capsys):
 
 
 def test_bench_context_times_the_compiled_step(tmp_path):
-    from futurefill.bench import context
+    from futurefill.bench import model as model_bench
 
-    config = context.ContextConfig(
+    config = model_bench.ContextConfig(
         prompt_lens=(16, 64),
         new_tokens=16,
         methods=("continuous", "compiled"),
@@ -141,7 +141,7 @@ def test_bench_context_times_the_compiled_step(tmp_path):
         progress=False,
         out=tmp_path,
     )
-    report = context.run(config)
+    report = model_bench.run(config)
     assert not report["failures"]
     rows = {(r["method"], r["P"]): r for r in report["rows"]}
     assert all(r["status"] == "ok" and r["tokens_match"] for r in rows.values())

@@ -113,4 +113,4 @@ def test_every_config_field_is_an_option(name):
     sub = next(a for a in parser._actions if a.dest == "command").choices["bench"]
     bench_parser = next(a for a in sub._actions if a.dest == "bench_command").choices[name]
     dests = {a.dest for a in bench_parser._actions}
-    assert {f.name for f in dataclasses.fields(cli._module(name).CONFIG)} <= dests
+    assert {f.name for f in dataclasses.fields(cli.BENCHMARKS[name].config)} <= dests

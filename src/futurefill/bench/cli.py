@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import sys
 import time
 from collections.abc import Sequence
@@ -18,14 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from futurefill import argtypes
-from futurefill.bench import common
+from futurefill.bench import common, layer, model
 
-BENCHMARKS = {
-    "layer": "one online convolution, total time against L",
-    "prompt": "prompt of length P, then K generated steps",
-    "model": "the ConvLM end to end: tokens/s against context length",
-    "context": "the ConvLM: decode tokens/s after a prompt of P tokens, against P",
-}
+BENCHMARKS = {b.name: b for b in (layer.LAYER, layer.PROMPT, model.MODEL, model.CONTEXT)}
 
 
 def _pow2(lo: int, hi: int) -> tuple[int, ...]:
@@ -92,13 +86,11 @@ SHARED = [f for f in dataclasses.fields(common.Options) if f.name not in ("warmu
 
 
 def _fields(config: Any) -> list[dataclasses.Field]:
-    """The fields of a config class or instance, the benchmark's own before the shared ones."""
-    shared = {f.name for f in dataclasses.fields(common.Options)}
-    return sorted(dataclasses.fields(config), key=lambda f: f.name in shared)
-
-
-def _module(name: str):
-    return importlib.import_module(f"futurefill.bench.{name}")
+    """The fields of a config class or instance in the order its classes declare them, the most
+    derived first: the benchmark's own, its shape's, then the options every benchmark has."""
+    cls = config if isinstance(config, type) else type(config)
+    order = [name for c in cls.__mro__ for name in vars(c).get("__annotations__", {})]
+    return sorted(dataclasses.fields(cls), key=lambda f: order.index(f.name))
 
 
 def _add_option(parser: argparse.ArgumentParser, field: dataclasses.Field, default: str) -> None:
@@ -144,15 +136,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = bench.add_subparsers(dest="bench_command", required=True)
-    for name, summary in BENCHMARKS.items():
-        parser = sub.add_parser(name, help=summary)
+    for name, spec in BENCHMARKS.items():
+        parser = sub.add_parser(name, help=spec.summary)
         presets = [p for p in sorted(PRESETS) if name in PRESETS[p]]
         parser.add_argument(
             "--preset",
             choices=presets,
             help="a set of option values; options given beside it win (default: none)",
         )
-        for field in _fields(_module(name).CONFIG):
+        for field in _fields(spec.config):
             _add_option(parser, field, _default(name, field))
         if "lengths" in PRESETS["quick"][name]:
             exponent = argtypes.bounded_int(0, 40, "an exponent")
@@ -184,7 +176,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def resolve_config(name: str, args: argparse.Namespace) -> Any:
     """The benchmark's config: field defaults < preset < options given on the command line."""
-    cls = _module(name).CONFIG
+    cls = BENCHMARKS[name].config
     values = dict(PRESETS[args.preset][name]) if getattr(args, "preset", None) else {}
     given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
@@ -200,7 +192,7 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
     config = cls(**{**values, **given})
     if getattr(args, "compile", False) and "compiled" not in config.methods:
         config = dataclasses.replace(config, methods=(*config.methods, "compiled"))
-    need, have = _module(name).peak_bytes(config), argtypes.total_memory()
+    need, have = BENCHMARKS[name].peak_bytes(config), argtypes.total_memory()
     if need > have:
         raise argtypes.UsageError(
             f"the largest run of bench {name} needs about {common.fmt_bytes(need)} by estimate, "
@@ -223,14 +215,13 @@ def equivalent_command(name: str, config: Any) -> str:
 
 def run_benchmark(name: str, config: Any) -> int:
     """Run one benchmark, write its files, print its table; exit code 1 on agreement failure."""
-    module = _module(name)
+    bench = BENCHMARKS[name]
     began = time.perf_counter()
-    report = module.run(config)
+    report = common.run(bench, config)
     report["wall_s"] = time.perf_counter() - began
     report["command"] = equivalent_command(name, config)
-    table = module.table(report)
-    written = common.write_report(Path(config.out), name, report, table, module, config.plots)
-    print(table)
+    written = common.write_report(bench, report, Path(config.out), config.plots)
+    print(common.table(bench, report))
     print("Wrote " + ", ".join(map(str, written)))
     print(f"Rerun with: {report['command']}")
     print(f"bench {name}: {report['wall_s']:.1f} s in all")

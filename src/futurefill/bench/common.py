@@ -1,7 +1,8 @@
-"""The harness every benchmark runs in: options, machine record, timing, budget, agreement, files.
+"""The harness every benchmark runs in: options, machine record, timing, budget, agreement, report.
 
-A benchmark describes what it sweeps (its cells), what one run does (``measure``) and what it
-reports (table, CSV columns, plots); :func:`sweep` does the rest, by these rules:
+A benchmark is a :class:`Benchmark`: what it sweeps (its cells), what one run does (``measure``)
+and what it reports (table sections, CSV columns, plots); :func:`run`, :func:`table` and
+:func:`write_report` do the rest, by these rules:
 
 * wall clock with :func:`time.perf_counter`, after :func:`sync` (``torch.cuda.synchronize`` on a
   CUDA device, nothing on CPU), so queued GPU work is counted where it belongs; Python's garbage
@@ -42,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from futurefill import argtypes
+from futurefill.bench import plots
 
 DTYPES = {
     "float16": torch.float16,
@@ -111,9 +113,7 @@ class Options:
     )
     seed: int = option(0, "seed of the random inputs and weights", type=argtypes.seed)
     out: Path = option(  # noqa: RUF009 (a Path is immutable)
-        Path("results"),
-        "directory for JSON, CSV, table and PNGs",
-        type=argtypes.output_dir,
+        Path("results"), "directory for JSON, CSV, table and PNGs", type=argtypes.output_dir
     )
     progress: bool = option(True, "progress bars on stderr")
     plots: bool = option(True, "PNG plots")
@@ -133,10 +133,10 @@ def cpu_model() -> str:
 
 def git_commit() -> str | None:
     """``HEAD`` of the repository this package lives in, with ``-dirty`` if it has local edits."""
-    here = Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
+            here = Path(__file__).resolve().parent
             done = subprocess.run(
                 ["git", *args], cwd=here, capture_output=True, text=True, timeout=10
             )
@@ -144,9 +144,7 @@ def git_commit() -> str | None:
         return None
 
     head = git("rev-parse", "HEAD")
-    return head and head + (
-        "-dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
-    )
+    return head and head + ("-dirty" if git("status", "--porcelain", "-uno") else "")
 
 
 def load_average() -> float | None:
@@ -159,6 +157,7 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """What a reader needs to interpret the timings: CPU, cores, threads, versions, device, load."""
     import futurefill
 
+    now = datetime.datetime.now(datetime.timezone.utc)
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "processor": platform.processor(),
@@ -174,12 +173,11 @@ def machine_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         "git_commit": git_commit(),
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "timestamp_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp_utc": now.isoformat(timespec="seconds"),
         "load_average_1min": load_average(),
     }
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda_version"] = torch.version.cuda
+        info.update(gpu=torch.cuda.get_device_name(device), cuda_version=torch.version.cuda)
     return info
 
 
@@ -187,14 +185,12 @@ def contention_warning(info: dict[str, Any]) -> str | None:
     """A warning when other processes already keep the cores busy: with several torch threads,
     every parallel op waits for its slowest thread, and a descheduled one stalls it for a
     scheduler time slice (milliseconds), which swamps the microseconds of a decoding step."""
-    load, cores = info.get("load_average_1min"), info["available_cores"]
+    load, cores, threads = info["load_average_1min"], info["available_cores"], info["torch_threads"]
     if load is None or load < 0.5 * cores:
         return None
     text = f"warning: load average {load:.1f} on {cores} cores before the benchmark: timings noisy"
-    if info["torch_threads"] > 1:
-        text += (
-            f"; {info['torch_threads']} torch threads wait for descheduled ones (try --threads 1)"
-        )
+    if threads > 1:
+        text += f"; {threads} torch threads wait for descheduled ones (try --threads 1)"
     return text
 
 
@@ -354,15 +350,6 @@ def idle_steps(steps: int, device: torch.device) -> dict[str, Any]:
     return {"steps": steps} | {k: v for k, v in latency(times).items() if k != "trace"}
 
 
-def idle_line(machine: dict[str, Any]) -> str:
-    """A sentence on the idle step floor of the machine record, for a latency table."""
-    idle = machine["idle_step"]
-    return (
-        f"An idle step on this machine (one small op, {idle['steps']} steps timed the same way): "
-        f"{latency_cell(idle)}."
-    )
-
-
 # ------------------------------------------------------------------------------ scaling, budget
 
 
@@ -443,13 +430,11 @@ def ratios_at_largest(
             if r["status"] == "ok" and r.get("mixer") == mixer
         }
         for num, den in pairs:
-            both = [size for (m, size) in ok if m == num and (den, size) in ok]
-            if both:
+            if both := [size for (m, size) in ok if m == num and (den, size) in ok]:
                 size = max(both, key=lambda s: (sum(s), s))
-                head = {} if mixer is None else {"mixer": mixer}
                 out.append(
-                    {
-                        **head,
+                    ({} if mixer is None else {"mixer": mixer})
+                    | {
                         "numerator": num,
                         "denominator": den,
                         **dict(zip(size_keys, size, strict=True)),
@@ -483,22 +468,33 @@ def slopes(rows: Sequence[dict[str, Any]], config: Any) -> dict[str, Any]:
     return {x: {m: entry(x, m) for m in config.methods} for x in config.mixers}
 
 
-# ------------------------------------------------------------------------------ the sweep
+# ------------------------------------------------------------------------------ one cell
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One size of a sweep: ``fields`` go into its rows (``{"L": 64}``, ``{"P": 8, "K": 4}``),
-    ``size`` drives the budget projection, ``label`` names it in messages (``L=64``)."""
+    """One size of a sweep: ``fields`` go into its rows (``{"L": 64}``, ``{"P": 8, "K": 4}``);
+    their sum drives the budget projection."""
 
     fields: dict[str, int]
-    size: int
-    label: str
+
+    @property
+    def size(self) -> int:
+        return sum(self.fields.values())
+
+    @property
+    def steps(self) -> int:
+        """Steps one run takes (``K`` after a prompt, else ``L``)."""
+        return self.fields.get("K", self.fields.get("L", 0))
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.fields.items())
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """What :func:`sweep` hands each measurement besides the method and the operands."""
+    """What the sweep hands each measurement besides the method and the operands."""
 
     repeats: int
     budget: float
@@ -557,51 +553,101 @@ def rel_err(actual: torch.Tensor, reference: torch.Tensor) -> float:
     return float(diff / max(reference.abs().max().item(), 1e-300))
 
 
-def sweep(
-    name: str,
-    config: Any,
-    *,
-    tols: dict[torch.dtype, float],
-    groups: Sequence[str | None],
-    cells: Sequence[Cell],
-    warm: Cell,
-    operands: tuple[
-        Callable[[str | None, torch.device, torch.dtype], Any], Callable[[Any, Cell], Any]
-    ],
-    measure: Callable[[str, Any, Cell, Setting], dict[str, Any]],
-    compare: Callable[[list[dict[str, Any]], Any, float], None] | None = None,
-    checked: str = "from the float64 reference",
-    row_fields: Sequence[str] = (),
-) -> dict[str, Any]:
-    """The loop every benchmark runs; the report (machine, config, rows, failures, error).
+# ------------------------------------------------------------------------------ a benchmark
 
-    ``operands`` is ``(open_group, open_cell)``. For each group (a mixer, or ``None``):
-    ``open_group(group, device, dtype)`` builds what its
-    cells share (a model), ``open_cell(state, cell)`` the operands of a cell (inputs, the float64
-    reference), ``measure(method, operands, cell, setting)`` runs one method on one cell and
-    returns its row; every method runs once on ``warm`` first, untimed; ``compare(rows,
-    operands, tol)`` may check a cell's rows against each other (greedy tokens). Rows get
-    ``benchmark``, the config fields in ``row_fields``, dtype, device and threads.
+
+Row = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """One table of a report: a line per size, a column per method holding ``key`` (a method
+    with an ok row lacking it is left out), ``cell(row)`` for an ok row; with ``ratios`` the
+    benchmark's ratio pairs, with ``slopes`` a row of fitted slopes."""
+
+    caption: str
+    column: str  # a column's header, "{m}" standing for the method
+    key: str
+    cell: Callable[[Row], str]
+    ratios: bool = False
+    slopes: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """A benchmark, described: the command-line options, the sweep, one run, and the report.
+
+    ``sizes`` name the fields of a cell and ``cells(config)`` lists them, increasing (as value
+    tuples); ``warm(config)`` is the warm-up cell. ``operands(config, longest)`` returns
+    ``(open_group, open_cell)``: for each group (a mixer, or ``None``) ``open_group(group,
+    device, dtype)`` builds what its cells share, ``open_cell(state, cell)`` a cell's operands
+    (inputs, the float64 reference). ``measure(method, operands, cell, setting)`` runs one method
+    on one cell and returns its row; ``compare(rows, operands, tol)`` may check a cell's rows
+    against each other. ``title`` and ``setting`` (formatted with the config) head the table.
     """
+
+    name: str
+    summary: str
+    config: type
+    sizes: tuple[str, ...]
+    cells: Callable[[Any], list[tuple[int, ...]]]
+    warm: Callable[[Any], tuple[int, ...]]
+    operands: Callable[[Any, int], tuple[Callable, Callable]]
+    measure: Callable[[str, Any, Cell, Setting], Row]
+    peak_bytes: Callable[[Any], int]  # bytes of the largest run, by estimate
+    title: str
+    setting: str
+    sections: tuple[Section, ...]
+    plot_title: str
+    plots: tuple[plots.Plot, ...]
+    columns: tuple[str, ...]  # of <name>.csv
+    ratios: tuple[tuple[str, str], ...] = ()
+    ratio_key: str = "total_s"
+    ratio_what: str = "time"
+    tols: dict[torch.dtype, float] = dataclasses.field(default_factory=lambda: DEFAULT_TOL)
+    checked: str = "from the float64 reference"
+    compare: Callable[[list[Row], Any, float], None] | None = None
+    notes: Callable[[dict[str, Any]], list[str]] | None = None
+    row_fields: tuple[str, ...] = ()
+    per_position: bool = False  # write <name>_per_position.csv
+
+
+def run(bench: Benchmark, config: Any) -> dict[str, Any]:
+    """The sweep: every method on every cell of every group; the report (machine, config, rows,
+    failures, largest error, ratios, and with cells of ``L`` the fitted slopes)."""
     check_options(config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
-    tol = tols[dtype] if config.tol is None else config.tol
-    setting = Setting(config.repeats, config.budget, tol, device)
-    warm_setting = Setting(1, math.inf, tol, device)
-    open_group, open_cell = operands
-    rows: list[dict[str, Any]] = []
+    tol = bench.tols[dtype] if config.tol is None else config.tol
+    setting, warm_setting = (
+        Setting(config.repeats, config.budget, tol, device),
+        Setting(1, math.inf, tol, device),
+    )
+    cells = [Cell(dict(zip(bench.sizes, c, strict=True))) for c in bench.cells(config)]
+    warm = Cell(dict(zip(bench.sizes, bench.warm(config), strict=True)))
+    open_group, open_cell = bench.operands(config, max(c.size for c in [*cells, warm]))
+    groups = getattr(config, "mixers", (None,))
+    rows: list[Row] = []
     gate = BudgetGate(config.budget)
-    total = len(groups) * len(cells) * len(config.methods)
+
+    def measure(method: str, operands: Any, cell: Cell, setting: Setting) -> Row:
+        row = bench.measure(method, operands, cell, setting)
+        return row | {"per_token_s": row.get("decode_s", row["total_s"]) / cell.steps}
+
     with (
         torch_threads(config.threads),
-        tqdm(total=total, desc=f"bench {name}", unit="run", disable=not config.progress) as bar,
+        tqdm(
+            total=len(groups) * len(cells) * len(config.methods),
+            desc=f"bench {bench.name}",
+            unit="run",
+            disable=not config.progress,
+        ) as bar,
     ):
         machine = machine_info(device, dtype)
         machine["idle_step"] = idle_steps(min(max(c.size for c in cells), 2**20), device)
         if warning := contention_warning(machine):
             print(warning, file=sys.stderr)
         for group in groups:
-            where = "" if group is None else f"{group} "
+            where, head = ("", {}) if group is None else (f"{group} ", {"mixer": group})
             bar.set_postfix_str(f"{where}setting up")
             state = open_group(group, device, dtype)
             for method in config.methods:
@@ -610,41 +656,82 @@ def sweep(
                 operands, done = open_cell(state, cell), []
                 for method in config.methods:
                     bar.set_postfix_str(f"{where}{cell.label} {method}")
-                    head = {} if group is None else {"mixer": group}
-                    head.update(method=method, **cell.fields)
+                    first = {**head, "method": method, **cell.fields}
                     if (blocked := gate.check((group, method), cell.size)) is not None:
-                        rows.append({**head, "tol": tol, **blocked})
+                        rows.append({**first, "tol": tol, **blocked})
                     else:
-                        done.append({**head, **measure(method, operands, cell, setting)})
+                        done.append({**first, **measure(method, operands, cell, setting)})
                         rows.append(done[-1])
                     bar.update(1)
-                if compare is not None:
-                    compare(done, operands, tol)
+                if bench.compare is not None:
+                    bench.compare(done, operands, tol)
                 for row in done:
-                    what, at = f"{where}{row['method']}", cell.label
-                    gate.record(
-                        (group, row["method"]), cell.size, row, what=what, at=at, time_key="total_s"
-                    )
+                    what, key = f"{where}{row['method']}", (group, row["method"])
+                    gate.record(key, cell.size, row, what=what, at=cell.label, time_key="total_s")
                 worst = max((r["max_rel_err"] for r in done), default=0.0)
-                bar.write(f"{where}{cell.label}: largest relative difference {checked} {worst:.2e}")
+                bar.write(
+                    f"{where}{cell.label}: largest relative difference {bench.checked} {worst:.2e}"
+                )
                 del operands
             del state
     machine["load_average_1min_after"] = load_average()
     for row in rows:
-        row.update({f: getattr(config, f) for f in row_fields}, benchmark=name, dtype=config.dtype)
-        row.update(device=str(device), threads=machine["torch_threads"])
-    return {
-        "benchmark": name,
-        "machine": machine,
-        "config": dataclasses.asdict(config),
-        "rows": rows,
-        "failures": gate.failures,
-        "max_rel_err": max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0),
-        "tol": tol,
-    }
+        row.update({f: getattr(config, f) for f in bench.row_fields}, benchmark=bench.name)
+        row.update(dtype=config.dtype, device=str(device), threads=machine["torch_threads"])
+    report = {"benchmark": bench.name, "machine": machine, "config": dataclasses.asdict(config)}
+    report.update(rows=rows, failures=gate.failures, tol=tol)
+    report["max_rel_err"] = max((r.get("max_rel_err") or 0.0 for r in rows), default=0.0)
+    report["ratios"] = ratios_at_largest(rows, bench.ratios, bench.sizes, bench.ratio_key)
+    if bench.sizes == ("L",):
+        report["slopes"] = slopes(rows, config)
+    return report
 
 
-# ------------------------------------------------------------------------------ report files
+# ------------------------------------------------------------------------------ report
+
+
+def table(bench: Benchmark, report: dict[str, Any]) -> str:
+    """The terminal/Markdown summary: a heading, the machine, the setting, each section's table
+    (per mixer where the benchmark has mixers), then the ratios, skips and agreement."""
+    rows, cfg = report["rows"], report["config"]
+    methods = cfg["methods"]
+    pairs = [p for p in bench.ratios if p[0] in methods and p[1] in methods]
+    lines = [
+        f"## {bench.title.format(**cfg)} (median of up to {cfg['repeats']} runs)",
+        "",
+        f"Machine: {machine_line(report['machine'])}",
+        bench.setting.format(**cfg),
+        "",
+    ]
+    for group in cfg.get("mixers", (None,)):
+        mine = [r for r in rows if r.get("mixer") == group]
+        lines += [] if group is None else [f"### mixer {group}", ""]
+        for s in bench.sections:
+            shown = [
+                m
+                for m in methods
+                if all(
+                    r.get(s.key) is not None
+                    for r in mine
+                    if (r["method"], r["status"]) == (m, "ok")
+                )
+            ]
+            columns = [(s.column.format(m=m), m, s.cell) for m in shown]
+            ratio_pairs = pairs if s.ratios else ()
+            header, body = method_grid(mine, bench.sizes, columns, ratio_pairs, bench.ratio_key)
+            fitted = report.get("slopes", {})
+            fitted = fitted if group is None else fitted.get(group, {})
+            for name, key in (("slope", "all"), (f"slope L>={cfg.get('slope_from')}", "tail")):
+                if s.slopes and fitted and (key == "all" or cfg["slope_from"] is not None):
+                    values = [fitted[m].get(key) for m in shown]
+                    values = ["-" if v is None else f"{v:.2f}" for v in values]
+                    body.append([name, *values, *[""] * len(ratio_pairs)])  # sizes are ("L",)
+            if s.caption:
+                lines += [s.caption.format(idle=idle_line(report["machine"])), ""]
+            lines += [markdown_table(header, body), ""]
+    lines += notes(report, bench.sizes, what=bench.ratio_what, checked=bench.checked)
+    lines += bench.notes(report) if bench.notes else []
+    return "\n".join(lines) + "\n"
 
 
 def _jsonable(value: Any) -> Any:
@@ -659,7 +746,7 @@ def _jsonable(value: Any) -> Any:
     return str(value) if isinstance(value, torch.dtype | torch.device | Path) else value
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
@@ -674,18 +761,18 @@ def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> t
     return (*head, "repeats", *extra.split(), *setting.split(), "dtype", "device", "threads")
 
 
-def write_report(
-    out: Path, name: str, report: dict[str, Any], table: str, bench: Any, plots: bool
-) -> list[Path]:
-    """Write ``<name>.json``, ``<name>.csv`` (``bench.CSV_COLUMNS``), ``<name>_table.md``
-    (``table``), with ``bench.PER_POSITION_KEYS`` ``<name>_per_position.csv`` (mean step
-    time per chunk of every ok row) and with ``plots`` the PNGs of ``bench.plot``."""
+def write_report(bench: Benchmark, report: dict[str, Any], out: Path, plot: bool) -> list[Path]:
+    """Write ``<name>.json``, ``<name>.csv``, ``<name>_table.md``, with ``bench.per_position``
+    ``<name>_per_position.csv`` (mean step time per chunk of every ok row) and with ``plot``
+    the PNGs of ``bench.plots``."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = report["rows"]
-    json_path = out / f"{name}.json"
-    json_path.write_text(json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
-    written = [json_path, write_csv(out / f"{name}.csv", rows, bench.CSV_COLUMNS)]
-    if keys := getattr(bench, "PER_POSITION_KEYS", None):
+    name, rows = bench.name, report["rows"]
+    (json_path := out / f"{name}.json").write_text(
+        json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+    )
+    written = [json_path, write_csv(out / f"{name}.csv", rows, bench.columns)]
+    if bench.per_position:
+        keys = (*("mixer",) * ("mixers" in report["config"]), "method", *bench.sizes)
         chunk_rows = [
             {**{k: r[k] for k in keys}, "start": a, "stop": b, "mean_step_s": s}
             for r in rows
@@ -694,28 +781,27 @@ def write_report(
         ]
         columns = (*keys, "start", "stop", "mean_step_s")
         written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, columns))
-    written.append(out / f"{name}_table.md")
-    written[-1].write_text(table)
-    return written + (bench.plot(report, out) if plots else [])
+    (table_path := out / f"{name}_table.md").write_text(table(bench, report))
+    written.append(table_path)
+    if plot:
+        title = f"{bench.plot_title.format(**report['config'])}"
+        written += plots.figures(report, out, title, machine_line(report["machine"]), bench.plots)
+    return written
 
 
 # ------------------------------------------------------------------------------ tables
 
 
 def notes(
-    report: dict[str, Any],
-    size_keys: Sequence[str],
-    *,
-    what: str = "time",
-    checked: str = "from the float64 reference",
+    report: dict[str, Any], size_keys: Sequence[str], *, what: str = "time", checked: str
 ) -> list[str]:
     """The bullet lines under a table: each ratio at the largest size both methods reached,
     each budget skip, and the agreement check."""
 
-    def at(r: dict[str, Any]) -> str:
+    def at(r: Row) -> str:
         return ", ".join(f"{k}={r[k]}" for k in size_keys)
 
-    def who(r: dict[str, Any]) -> str:
+    def who(r: Row) -> str:
         return f"{r['mixer']}: " if "mixer" in r else ""
 
     lines = [
@@ -736,11 +822,11 @@ def notes(
     return lines
 
 
-Column = tuple[str, str, Callable[[dict[str, Any]], str]]  # header, method, format of an ok row
+Column = tuple[str, str, Callable[[Row], str]]  # header, method, format of an ok row
 
 
 def method_grid(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[Row],
     keys: Sequence[str],
     columns: Sequence[Column],
     pairs: Sequence[tuple[str, str]] = (),
@@ -777,18 +863,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def grid(*args: Any, **kwargs: Any) -> str:
-    """:func:`method_grid` as a Markdown table."""
-    return markdown_table(*method_grid(*args, **kwargs))
-
-
-def latency_cell(row: dict[str, Any]) -> str:
+def latency_cell(row: Row) -> str:
     """A table cell: median / p99.9 / max step time (and max over median)."""
-    if "step_max_s" not in row:
-        return "-"
     times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
     spread = row["step_max_s"] / row["step_median_s"]
     return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
+
+
+def idle_line(machine: dict[str, Any]) -> str:
+    """A sentence on the idle step floor of the machine record, for a latency table."""
+    idle = machine["idle_step"]
+    return (
+        f"An idle step on this machine (one small op, {idle['steps']} steps timed the same way): "
+        f"{latency_cell(idle)}."
+    )
 
 
 def fmt_seconds(seconds: float | None) -> str:

@@ -1,7 +1,10 @@
-"""``futurefill bench layer``: one online convolution, total time against generated length L.
+"""``futurefill bench layer`` and ``bench prompt``: one online convolution, method against method.
 
-For every L of the sweep and every method, L random inputs (B, D) are fed one step at a time and
-the outputs kept; then they are checked against the float64 offline convolution. Methods:
+``layer``: for every L of the sweep, L random inputs (B, D) are fed one step at a time and the
+outputs kept; then they are checked against the float64 offline convolution. ``prompt`` (the
+paper's setting): for every (P, K) of a grid, ``prefill`` of the P prompt inputs at once (timed),
+then K inputs stepped (timed), on a filter of length P + K; all P + K outputs are checked.
+Methods:
 
 ===========  ====================================================================  =============
 method       what runs per step                                                    total time
@@ -14,35 +17,28 @@ recompute    a full FFT convolution of the prefix; keeps its last output (no cac
 offline      one FFT convolution of the whole sequence (not online: the floor)     O(L log L)
 ===========  ====================================================================  =============
 
+After a prompt (FutureFill paper, section 5) naive decodes in O(P K + K^2) and holds O(P + K);
+continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), independent of P.
+
 Steppers come from :data:`STEPPERS` (name -> factory ``(h, max_len, batch_size) -> stepper`` with
 ``step(u_t)``, ``prefill(u)`` and ``nbytes``); a test may put a wrong one there to see the
-agreement check fail. :func:`measure` also serves ``bench prompt``: a cell with a prompt length
-``P`` prefills the first P inputs at once and steps through the rest.
+agreement check fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.common import LENGTH, SIZE, option
+from futurefill.bench.common import LENGTH, SIZE, Section, option
 from futurefill.fftconv import causal_conv
 from futurefill.online import make_engine
 
 ONLINE_METHODS = ("naive", "epoched", "continuous", "deamortized")
 LAYER_METHODS = (*ONLINE_METHODS, "recompute", "offline")
-# (numerator, denominator) pairs whose time ratio is reported at the largest L both reached.
-RATIOS = (
-    ("naive", "epoched"),
-    ("naive", "continuous"),
-    ("recompute", "continuous"),
-    ("continuous", "offline"),
-    ("deamortized", "continuous"),
-)
 
 
 class RecomputeConv:
@@ -81,15 +77,21 @@ STEPPERS = {**{m: _engine_factory(m) for m in ONLINE_METHODS}, "recompute": Reco
 
 
 @dataclasses.dataclass
-class LayerConfig(common.Options):
-    """Options of the layer benchmark (the CLI flags have the same names)."""
+class ConvOptions(common.Options):
+    """The layer's shape (the CLI flags have the same names)."""
+
+    channels: int = option(128, "channels D", type=SIZE)
+    batch: int = option(1, "batch size B", type=SIZE)
+
+
+@dataclasses.dataclass
+class LayerConfig(ConvOptions):
+    """Options of ``bench layer``."""
 
     lengths: tuple[int, ...] = option(
         tuple(2**k for k in range(8, 15)), "generated lengths L to sweep", type=LENGTH, nargs="+"
     )
     methods: tuple[str, ...] = option(LAYER_METHODS, "methods", choices=LAYER_METHODS, nargs="+")
-    channels: int = option(128, "channels D", type=SIZE)
-    batch: int = option(1, "batch size B", type=SIZE)
     warmup_len: int = option(256, "length of every method's warm-up run", type=LENGTH)
     slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
 
@@ -98,7 +100,20 @@ class LayerConfig(common.Options):
         return max(self.lengths)
 
 
-CONFIG = LayerConfig
+@dataclasses.dataclass
+class PromptConfig(ConvOptions):
+    """Options of ``bench prompt``."""
+
+    prompt_lens: tuple[int, ...] = option((1024, 4096), "prompt lengths P", type=LENGTH, nargs="+")
+    gen_lens: tuple[int, ...] = option(
+        (256, 1024, 4096), "generated lengths K", type=LENGTH, nargs="+"
+    )
+    methods: tuple[str, ...] = option(ONLINE_METHODS, "methods", choices=ONLINE_METHODS, nargs="+")
+    warmup_len: int = option(128, "P and K of every method's warm-up run", type=LENGTH)
+
+    @property
+    def longest(self) -> int:
+        return max(self.prompt_lens) + max(self.gen_lens)
 
 
 def open_conv(config: Any, longest: int):
@@ -163,117 +178,139 @@ def peak_bytes(config: Any) -> int:
     return config.batch * config.channels * config.longest * (3 * size + 8 * 8)
 
 
-def run(config: LayerConfig) -> dict[str, Any]:
-    """Run the sweep; the report (machine, config, rows, slopes, ratios, failures)."""
-    lengths = sorted(set(config.lengths))
-    warm = min(config.warmup_len, lengths[0])
-
-    def measure_per_token(method, operands, cell, setting) -> dict[str, Any]:
-        row = measure(method, operands, cell, setting)
-        return row | {"per_token_s": row["total_s"] / cell.size}
-
-    report = common.sweep(
-        "layer",
-        config,
-        tols=common.DEFAULT_TOL,
-        groups=[None],
-        cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
-        warm=common.Cell({"L": warm}, warm, "warm-up"),
-        measure=measure_per_token,
-        row_fields=("channels", "batch"),
-        operands=open_conv(config, max(lengths[-1], warm)),
-    )
-    report["slopes"] = common.slopes(report["rows"], config)
-    report["ratios"] = common.ratios_at_largest(report["rows"], RATIOS, ("L",))
-    return report
+def seconds(key: str):
+    return lambda r: common.fmt_seconds(r[key])
 
 
-# ------------------------------------------------------------------------------ output
+def cache(r: dict[str, Any]) -> str:
+    return common.fmt_bytes(r["peak_cache_bytes"])
 
 
-def table(report: dict[str, Any]) -> str:
-    """The terminal/Markdown summary: total time per L and method, ratios, cache, slopes."""
-    rows, cfg = report["rows"], report["config"]
-    methods = list(cfg["methods"])
-    pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
-    total = [(m, m, lambda r: common.fmt_seconds(r["total_s"])) for m in methods]
-    header, body = common.method_grid(rows, ("L",), total, pairs)
-    for name, key in (("slope", "all"), (f"slope L>={cfg['slope_from']}", "tail")):
-        fitted = [report["slopes"][m].get(key) for m in methods]
-        if key == "all" or cfg["slope_from"] is not None:
-            body.append(
-                [name, *("-" if s is None else f"{s:.2f}" for s in fitted), *[""] * len(pairs)]
-            )
-    cached = [m for m in methods if m != "offline"]
-    cache = [(f"{m} cache", m, lambda r: common.fmt_bytes(r["peak_cache_bytes"])) for m in cached]
-    online = [m for m in methods if m in ONLINE_METHODS]
-    steps = [(f"{m} median / p99.9 / max", m, common.latency_cell) for m in online]
-    lines = [
-        f"## Layer benchmark: total time for L steps (median of up to {cfg['repeats']} runs)",
-        "",
-        f"Machine: {common.machine_line(report['machine'])}",
-        f"Layer: {cfg['channels']} channels, batch {cfg['batch']}, {cfg['dtype']}, "
-        f"budget {cfg['budget']:g} s per run. Slope: least squares of log time on log L.",
-        "",
-        common.markdown_table(header, body),
-        "",
-        common.grid(rows, ("L",), cache) if cached else "",
-        "",
-        "Time of one step (the fastest run's), and the largest over its median. "
-        + common.idle_line(report["machine"]),
-        "",
-        common.grid(rows, ("L",), steps) if online else "",
-        "",
-        *common.notes(report, ("L",)),
-    ]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-CSV_COLUMNS = common.csv_columns(
-    "method L",
-    "total_s per_token_s setup_s peak_cache_bytes",
-    "step_median_s step_p99_s step_p999_s step_max_s step_max_at",
-    "channels batch",
+LATENCY = Section(
+    "Time of one step (the fastest run's), and the largest over its median. {idle}",
+    "{m} median / p99.9 / max",
+    "step_max_s",
+    common.latency_cell,
 )
-PER_POSITION_KEYS = ("method", "L")  # columns of layer_per_position.csv
+LAYER = common.Benchmark(
+    name="layer",
+    summary="one online convolution, total time against L",
+    config=LayerConfig,
+    sizes=("L",),
+    cells=lambda c: [(n,) for n in sorted(set(c.lengths))],
+    warm=lambda c: (min(c.warmup_len, *c.lengths),),
+    operands=open_conv,
+    measure=measure,
+    peak_bytes=peak_bytes,
+    title="Layer benchmark: total time for L steps",
+    setting="Layer: {channels} channels, batch {batch}, {dtype}, budget {budget:g} s per run. "
+    "Slope: least squares of log time on log L.",
+    sections=(
+        Section("", "{m}", "total_s", seconds("total_s"), ratios=True, slopes=True),
+        Section("", "{m} cache", "peak_cache_bytes", cache),
+        LATENCY,
+    ),
+    plot_title="D={channels}, B={batch}",
+    plots=(
+        plots.Plot(
+            "layer_total_time",
+            "L",
+            "total_s",
+            "generated length L",
+            "total time (s)",
+            "Online convolution: total time for L steps",
+        ),
+        plots.per_position("layer_time_per_token", "L"),
+        plots.Plot(
+            "layer_cache_bytes",
+            "L",
+            "peak_cache_bytes",
+            "generated length L",
+            "peak bytes held",
+            "Cache (engine buffers) against L",
+        ),
+        plots.step_latency("layer_step_latency", "L"),
+    ),
+    columns=common.csv_columns(
+        "method L",
+        "total_s per_token_s setup_s peak_cache_bytes",
+        "step_median_s step_p99_s step_p999_s step_max_s step_max_at",
+        "channels batch",
+    ),
+    ratios=(
+        ("naive", "epoched"),
+        ("naive", "continuous"),
+        ("recompute", "continuous"),
+        ("continuous", "offline"),
+        ("deamortized", "continuous"),
+    ),
+    row_fields=("channels", "batch"),
+    per_position=True,
+)
+PROMPT = common.Benchmark(
+    name="prompt",
+    summary="prompt of length P, then K generated steps",
+    config=PromptConfig,
+    sizes=("P", "K"),
+    # From small to large total length, so budget projections come from smaller cells.
+    cells=lambda c: sorted(
+        {(p, k) for p in c.prompt_lens for k in c.gen_lens}, key=lambda pk: (sum(pk), pk)
+    ),
+    warm=lambda c: (c.warmup_len, c.warmup_len),
+    operands=open_conv,
+    measure=measure,
+    peak_bytes=peak_bytes,
+    title="Prompt benchmark: prefill P inputs, then decode K steps",
+    setting="Layer: {channels} channels, batch {batch}, {dtype}, budget {budget:g} s per run; "
+    "cache = peak bytes held by the engine.",
+    sections=(
+        Section("Decode time (K steps):", "{m}", "decode_s", seconds("decode_s"), ratios=True),
+        Section("Prefill time (P inputs at once):", "{m}", "prefill_s", seconds("prefill_s")),
+        Section("Peak bytes held by the engine:", "{m}", "peak_cache_bytes", cache),
+        LATENCY,
+    ),
+    plot_title="D={channels}, B={batch}",
+    plots=(
+        plots.Plot(
+            "prompt_decode_time",
+            "K",
+            "decode_s",
+            "generated length K",
+            "decode time (s)",
+            "Decode time for K steps after a prompt of length P",
+            by="P",
+        ),
+        plots.Plot(
+            "prompt_prefill_time",
+            "P",
+            "prefill_s",
+            "prompt length P",
+            "prefill time (s)",
+            "Prefill time for a prompt of length P",
+            by="K",
+        ),
+        plots.Plot(
+            "prompt_cache_bytes",
+            "K",
+            "peak_cache_bytes",
+            "generated length K",
+            "peak bytes held",
+            "Engine memory after a prompt of length P",
+            by="P",
+        ),
+    ),
+    columns=common.csv_columns(
+        "method P K",
+        "prefill_s decode_s total_s per_token_s cache_bytes_after_prefill peak_cache_bytes",
+        setting="channels batch",
+    ),
+    ratios=(("naive", "epoched"), ("naive", "continuous")),
+    ratio_key="decode_s",
+    ratio_what="decode time",
+    row_fields=("channels", "batch"),
+)
 
 
-def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    rows, cfg = report["rows"], report["config"]
-    methods, cached = cfg["methods"], [m for m in cfg["methods"] if m != "offline"]
-    total = plots.method_lines(rows, methods, "L", "total_s")
-    for line in total:
-        slope = report["slopes"][line["method"]]["all"]
-        line["label"] += "" if slope is None else f" (slope {slope:.2f})"
-    per_position = plots.per_position("layer_time_per_token", rows, cached, "L")
-    offline = [r for r in rows if r["method"] == "offline" and r["status"] == "ok"]
-    if offline:  # not stepped: its time per token at the largest L as a flat reference line
-        last = max(offline, key=lambda r: r["L"])
-        per_position.lines.append(
-            {"method": "offline", "label": f"offline (L={last['L']})", "linestyle": "--"}
-            | {"x": [1, last["L"]], "y": [last["per_token_s"]] * 2}
-        )
-    cache = plots.method_lines(rows, cached, "L", "peak_cache_bytes")
-    return plots.figures(
-        report,
-        out,
-        f"D={cfg['channels']}, B={cfg['batch']}",
-        [
-            plots.Plot(
-                "layer_total_time",
-                total,
-                "generated length L",
-                "total time (s)",
-                "Online convolution: total time for L steps",
-            ),
-            per_position,
-            plots.Plot(
-                "layer_cache_bytes",
-                cache,
-                "generated length L",
-                "peak bytes held",
-                "Cache (engine buffers) against L",
-            ),
-            plots.step_latency("layer_step_latency", rows, methods, "L"),
-        ],
-    )
+def run(config: LayerConfig | PromptConfig) -> dict[str, Any]:
+    """Run ``bench layer`` (a :class:`LayerConfig`) or ``bench prompt``; the report."""
+    return common.run(LAYER if isinstance(config, LayerConfig) else PROMPT, config)

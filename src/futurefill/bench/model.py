@@ -1,8 +1,12 @@
-"""``futurefill bench model``: the ConvLM end to end, tokens/s against context length.
+"""``futurefill bench model`` and ``bench context``: a language model generating tokens.
 
-For every mixer, a randomly initialised :class:`~futurefill.model.ConvLM` (seeded) generates L
-tokens greedily, one step per token, each token the argmax of the previous logits (the real
-feedback loop: nothing is pre-computed). Methods:
+``model``: for every mixer, a randomly initialised :class:`~futurefill.model.ConvLM` (seeded)
+generates L tokens greedily, one step per token, each token the argmax of the previous logits (the
+real feedback loop: nothing is pre-computed); tokens/s and token latency against L. ``context``:
+the model's forward on P random prompt tokens (timed: ``prefill_s``), then K greedy steps (timed:
+``decode_s``): how fast does the model decode once it has seen P tokens? Naive decoding costs
+O(P) per token, FutureFill O(log^2) amortised. One model per mixer serves every cell: its
+``max_len`` is the longest run (the STU filters depend on it). Methods:
 
 * ``naive``, ``epoched``, ``continuous``, ``deamortized``: the model's forward, one token per
   call, in a ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
@@ -10,11 +14,14 @@ feedback loop: nothing is pre-computed). Methods:
   ``compiled-deamortized`` the same with the deamortized engines;
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
-Each run's logits are checked against a float64 copy of the model's parallel forward pass over the
-tokens that run generated. Steppers come from :data:`MODEL_STEPPERS` (name -> factory
-``(model, max_len, batch_size) -> stepper`` with ``step(ids_t) -> logits``, ``nbytes``,
-``prefill(ids) -> logits`` and ``close()``). :func:`measure` also serves ``bench context``: a cell
-with a prompt length ``P`` prefills P prompt tokens first.
+Each run's logits (the prompt's and every step's) are checked against a float64 copy of the
+model's parallel forward pass over the tokens that run fed. In ``context`` every method must also
+choose the same K + 1 greedy tokens as the first method that passed; tokens may only differ where
+the float64 reference's two largest logits are within the tolerance of each other (a tie at the
+working precision: recorded as ``tokens_match: false`` but not a failure).
+
+Steppers come from :data:`MODEL_STEPPERS` (name -> factory ``(model, max_len, batch_size) ->
+stepper`` with ``step(ids_t) -> logits``, ``nbytes``, ``prefill(ids) -> logits`` and ``close()``).
 """
 
 from __future__ import annotations
@@ -22,13 +29,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.common import LENGTH, SIZE, option
+from futurefill.bench.common import LENGTH, SIZE, Section, option
 from futurefill.generation import compiled_step
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
 from futurefill.nn import decoding
@@ -43,7 +49,6 @@ MODEL_TOL = {
     torch.float16: 2e-2,
     torch.bfloat16: 1e-1,
 }
-RATIOS = (("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuous"))
 # The HyenaDNA release's largest model (``hyenadna-large-1m-seqlen``): its hyper-parameters
 # besides width and depth (``--d-model 256 --n-layers 8`` give its shape).
 HYENADNA_LARGE_1M = {
@@ -138,12 +143,22 @@ MODEL_STEPPERS = {
     "recompute": RecomputeStepper,
 }
 MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
-CHECKED = "of the logits from the float64 forward pass"
+CONTEXT_METHODS = ("naive", "epoched", "continuous")
 
 
 @dataclasses.dataclass
-class ModelConfig(common.Options):
-    """Options of the model benchmark (the CLI flags have the same names)."""
+class ModelOptions(common.Options):
+    """The model's shape (the CLI flags have the same names)."""
+
+    batch: int = option(1, "batch size B", type=SIZE)
+    d_model: int = option(128, "model width", type=SIZE)
+    n_layers: int = option(4, "layers", type=SIZE)
+    vocab_size: int = option(256, "vocabulary", type=SIZE)
+
+
+@dataclasses.dataclass
+class ModelConfig(ModelOptions):
+    """Options of ``bench model``."""
 
     lengths: tuple[int, ...] = option(
         tuple(2**k for k in range(7, 12)), "generated lengths (context)", type=LENGTH, nargs="+"
@@ -154,10 +169,6 @@ class ModelConfig(common.Options):
     mixers: tuple[str, ...] = option(
         ("stu_tensordot", "longconv", "stu", "hyena"), "mixers", choices=BENCH_MIXERS, nargs="+"
     )
-    batch: int = option(1, "batch size B", type=SIZE)
-    d_model: int = option(128, "model width", type=SIZE)
-    n_layers: int = option(4, "layers", type=SIZE)
-    vocab_size: int = option(256, "vocabulary", type=SIZE)
     slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
 
     @property
@@ -165,7 +176,29 @@ class ModelConfig(common.Options):
         return max(self.lengths)
 
 
-CONFIG = ModelConfig
+@dataclasses.dataclass
+class ContextConfig(ModelOptions):
+    """Options of ``bench context``."""
+
+    prompt_lens: tuple[int, ...] = option(
+        (1024, 4096),
+        "context lengths P: prompt tokens prefilled before decoding",
+        type=LENGTH,
+        nargs="+",
+        aliases=("--prompt-len", "--contexts"),
+    )
+    new_tokens: int = option(256, "tokens K decoded at each P", type=LENGTH)
+    methods: tuple[str, ...] = option(
+        CONTEXT_METHODS, "methods", choices=tuple(MODEL_STEPPERS), nargs="+"
+    )
+    mixers: tuple[str, ...] = option(("stu_tensordot",), "mixers", choices=BENCH_MIXERS, nargs="+")
+    budget: float = option(
+        60.0, "seconds one prefill + decode may take (projected)", type=common.POSITIVE
+    )
+
+    @property
+    def longest(self) -> int:
+        return max(self.prompt_lens) + self.new_tokens
 
 
 def build_model(config: Any, mixer: str, max_len: int, device, dtype):
@@ -226,7 +259,7 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
     with ``method``, each step timed (host time, the argmax included: one token's latency); its
     measured row fields. With a prompt the row holds, under ``_tokens``, the K + 1 greedy tokens
     of the first run (the argmax of the last prefill logits and of every step's), for
-    :func:`futurefill.bench.context.compare`, which removes them."""
+    :func:`compare`, which removes them."""
     model, references, tokens = operands
     batch, prompt_len = tokens.shape[0], cell.fields.get("P", 0)
     length, device = cell.fields.get("K", cell.fields.get("L")), setting.device
@@ -266,14 +299,13 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         return common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
 
     row = common.repeat_runs(run_once, check, setting)
-    seconds = row.get("decode_s", row["total_s"])
-    row.update(tokens_per_s=batch * length / seconds, per_token_s=seconds / length)
+    row["tokens_per_s"] = batch * length / row.get("decode_s", row["total_s"])
     if prompt_len:
         return row | {"_tokens": greedy[0]}
     return row | {"first_token_s": min(runs, key=lambda r: r["seconds"])["steps"][0]}
 
 
-def model_peak_bytes(config: Any) -> int:
+def peak_bytes(config: Any) -> int:
     """An upper estimate of the memory of the longest run: every layer's naive engine (three
     buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by every
     channel), and the float64 reference's and the working model's parallel forward (four
@@ -286,108 +318,231 @@ def model_peak_bytes(config: Any) -> int:
     )
 
 
-peak_bytes = model_peak_bytes
+def compare_tokens(
+    tokens: torch.Tensor,
+    expected: torch.Tensor,
+    reference: torch.Tensor,
+    prompt_len: int,
+    tol: float,
+) -> dict[str, Any]:
+    """Whether greedy ``tokens`` (B, K + 1) equal ``expected``; where not, whether it is a tie.
+
+    ``reference`` (B, P + K, vocab) holds the float64 logits of the sequence ``tokens`` came
+    from; the logits that chose token j sit at position P - 1 + j. At the first difference, a gap
+    between the reference's two largest logits within 2 ``tol`` (relative to the largest reference
+    logit, as in the agreement check) is a tie that two correct methods may break differently.
+    """
+    differs = (tokens != expected).any(dim=0).nonzero()
+    if differs.numel() == 0:
+        return {"tokens_match": True}
+    step = int(differs[0])
+    row = int((tokens[:, step] != expected[:, step]).nonzero()[0])
+    top = reference[row, prompt_len - 1 + step].topk(2).values
+    gap = float((top[0] - top[1]).item() / max(reference.abs().max().item(), 1e-300))
+    return {
+        "tokens_match": False,
+        "first_token_diff": step,
+        "token_gap": gap,
+        "tie": gap <= 2 * tol,
+    }
 
 
-def run(config: ModelConfig) -> dict[str, Any]:
-    """Run the sweep for every mixer; the report (machine, config, rows, slopes, ratios)."""
-    lengths = sorted(set(config.lengths))
-    warm = min(config.warmup_len, lengths[0])
-    report = common.sweep(
-        "model",
-        config,
-        tols=MODEL_TOL,
-        groups=config.mixers,
-        cells=[common.Cell({"L": n}, n, f"L={n}") for n in lengths],
-        warm=common.Cell({"L": warm}, warm, "warm-up"),
-        operands=open_models(config, max(lengths[-1], warm)),
-        measure=measure,
-        checked=CHECKED,
-        row_fields=("batch", "d_model", "n_layers"),
-    )
-    report["slopes"] = common.slopes(report["rows"], config)
-    report["ratios"] = common.ratios_at_largest(report["rows"], RATIOS, ("L",))
-    return report
+def compare(rows: list[dict[str, Any]], operands: tuple, tol: float) -> None:
+    """Greedy tokens of every ok row against the first ok row's (a difference fails the row
+    unless it is a tie of the float64 reference); removes the rows' ``_tokens``."""
+    _, references, prompt = operands
+    expected: tuple[str, torch.Tensor] | None = None
+    for row in rows:
+        tokens = row.pop("_tokens", None)
+        if row["status"] != "ok":
+            continue
+        if expected is None:
+            expected = (row["method"], tokens)
+            row["tokens_match"] = True
+            continue
+        fed = torch.cat([prompt, tokens[:, :-1]], dim=1)
+        check = compare_tokens(tokens, expected[1], references(fed), prompt.shape[1], tol)
+        row.update(check, tokens_compared_with=expected[0])
+        if not check["tokens_match"] and not check["tie"]:
+            row["status"] = (
+                f"FAILED (greedy tokens differ from {expected[0]}'s at step "
+                f"{check['first_token_diff']}, where the reference's top-2 logit gap "
+                f"{check['token_gap']:.1e} > 2 tol)"
+            )
 
 
-# ------------------------------------------------------------------------------ output
+def tie_notes(report: dict[str, Any]) -> list[str]:
+    """A line per method whose greedy tokens differ from the first method's at a tie."""
+    return [
+        f"- {r['mixer']} {r['method']} at P={r['P']}: greedy tokens differ from "
+        f"{r['tokens_compared_with']}'s from step {r['first_token_diff']} on, at a tie "
+        f"(reference top-2 logit gap {r['token_gap']:.1e} <= 2 tol)"
+        for r in report["rows"]
+        if r.get("tokens_match") is False and r["status"] == "ok"
+    ] + ["- greedy tokens compared across methods"]
 
 
-def table(report: dict[str, Any]) -> str:
-    """Per mixer: tokens/s per L and method, speed-ups, slopes; cache bytes; token latency."""
-    rows, cfg = report["rows"], report["config"]
-    methods = list(cfg["methods"])
-    pairs = [p for p in RATIOS[:2] if p[0] in methods and p[1] in methods]
-    lines = [
-        f"## Model benchmark: tokens/s generating L tokens one at a time "
-        f"(median of up to {cfg['repeats']} runs)",
-        "",
-        f"Machine: {common.machine_line(report['machine'])}",
-        f"ConvLM: d_model {cfg['d_model']}, {cfg['n_layers']} layers, vocab {cfg['vocab_size']}, "
-        f"batch {cfg['batch']}, random weights, greedy; budget {cfg['budget']:g} s per run.",
-        "",
-    ]
-    columns = [(f"{m} tok/s", m, lambda r: f"{r['tokens_per_s']:.0f}") for m in methods]
-    columns += [
-        (f"{m} cache", m, lambda r: common.fmt_bytes(r["peak_cache_bytes"]))
-        for m in methods
-        if m != "recompute"
-    ]
-    steps = [(f"{m} median / p99.9 / max", m, common.latency_cell) for m in methods]
-    for mixer in cfg["mixers"]:
-        mine = [r for r in rows if r["mixer"] == mixer]
-        header, body = common.method_grid(mine, ("L",), columns, pairs)
-        slope = report["slopes"][mixer]
-        slopes = ("-" if slope[m]["all"] is None else f"{slope[m]['all']:.2f}" for m in methods)
-        body.append(["time slope", *slopes] + [""] * (len(header) - 1 - len(methods)))
-        lines += [
-            f"### mixer {mixer}",
-            "",
-            common.markdown_table(header, body),
-            "",
-            "Time of one token after the first (the fastest run's; the first builds the "
-            "session's engines: first_token_s in the JSON), and the largest over its median. "
-            + common.idle_line(report["machine"]),
-            "",
-            common.grid(mine, ("L",), steps),
-            "",
-        ]
-    return "\n".join(lines + common.notes(report, ("L",), checked=CHECKED)) + "\n"
+def tokens_per_s(r: dict[str, Any]) -> str:
+    return f"{r['tokens_per_s']:.0f}"
 
 
-CSV_COLUMNS = common.csv_columns(
-    "mixer method L",
-    "total_s tokens_per_s per_token_s setup_s peak_cache_bytes",
-    "first_token_s step_median_s step_p99_s step_p999_s step_max_s step_max_at",
-    "batch d_model n_layers",
+def cache(r: dict[str, Any]) -> str:
+    return common.fmt_bytes(r["peak_cache_bytes"])
+
+
+CHECKED = "of the logits from the float64 forward pass"
+SHAPE = (
+    "ConvLM (mixer hyenadna: a HyenaLM shaped like HyenaDNA-large-1m: order-2 Hyena, emb_dim 5, "
+    "filter FFN 64 wide with 2 inner layers, filters on the 1M grid, MLP 4 x d_model): d_model "
+    "{d_model}, {n_layers} layers, vocab {vocab_size}, batch {batch}, random weights, greedy"
 )
-PER_POSITION_KEYS = ("mixer", "method", "L")  # columns of model_per_position.csv
+MODEL = common.Benchmark(
+    name="model",
+    summary="the ConvLM end to end: tokens/s against context length",
+    config=ModelConfig,
+    sizes=("L",),
+    cells=lambda c: [(n,) for n in sorted(set(c.lengths))],
+    warm=lambda c: (min(c.warmup_len, *c.lengths),),
+    operands=open_models,
+    measure=measure,
+    peak_bytes=peak_bytes,
+    title="Model benchmark: tokens/s generating L tokens one at a time",
+    setting=SHAPE + "; budget {budget:g} s per run.",
+    sections=(
+        Section("", "{m} tok/s", "tokens_per_s", tokens_per_s, ratios=True, slopes=True),
+        Section("", "{m} cache", "peak_cache_bytes", cache),
+        Section(
+            "Time of one token after the first (the fastest run's; the first builds the session's "
+            "engines: first_token_s in the JSON), and the largest over its median. {idle}",
+            "{m} median / p99.9 / max",
+            "step_max_s",
+            common.latency_cell,
+        ),
+    ),
+    plot_title="ConvLM d={d_model}, {n_layers} layers, B={batch}",
+    plots=(
+        plots.Plot(
+            "model_tokens_per_s",
+            "L",
+            "tokens_per_s",
+            "generated tokens L",
+            "tokens / s",
+            "ConvLM generation throughput",
+            by="mixer",
+        ),
+        plots.per_position("model_time_per_token", "L", by="mixer"),
+        plots.Plot(
+            "model_cache_bytes",
+            "L",
+            "peak_cache_bytes",
+            "generated tokens L",
+            "peak bytes held by the cache",
+            "Decoding cache against L",
+            by="mixer",
+        ),
+        plots.step_latency("model_step_latency", "L", by="mixer"),
+    ),
+    columns=common.csv_columns(
+        "mixer method L",
+        "total_s tokens_per_s per_token_s setup_s peak_cache_bytes",
+        "first_token_s step_median_s step_p99_s step_p999_s step_max_s step_max_at",
+        "batch d_model n_layers",
+    ),
+    ratios=(("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuous")),
+    tols=MODEL_TOL,
+    checked=CHECKED,
+    row_fields=("batch", "d_model", "n_layers"),
+    per_position=True,
+)
+CONTEXT = common.Benchmark(
+    name="context",
+    summary="the ConvLM: decode tokens/s after a prompt of P tokens, against P",
+    config=ContextConfig,
+    sizes=("P", "K"),
+    cells=lambda c: [(p, c.new_tokens) for p in sorted(set(c.prompt_lens))],
+    warm=lambda c: (min(c.warmup_len, *c.prompt_lens), min(c.warmup_len, c.new_tokens)),
+    operands=open_models,
+    measure=measure,
+    peak_bytes=peak_bytes,
+    title="Context benchmark: decode tokens/s after a prompt of P tokens, K = {new_tokens} new",
+    setting=SHAPE + "; budget {budget:g} s per run (prefill + decode).",
+    sections=(
+        Section(
+            "Decoding K tokens after the prefill (a/b: decode time of a over that of b, the "
+            "speed-up of b in tokens/s):",
+            "{m} tok/s",
+            "tokens_per_s",
+            tokens_per_s,
+            ratios=True,
+        ),
+        Section(
+            "Prefill of the P prompt tokens:",
+            "{m}",
+            "prefill_s",
+            lambda r: common.fmt_seconds(r["prefill_s"]),
+        ),
+        Section(
+            "Bytes the cache holds (prefilled / peak):",
+            "{m}",
+            "cache_bytes_after_prefill",
+            lambda r: f"{common.fmt_bytes(r['cache_bytes_after_prefill'])} / {cache(r)}",
+        ),
+    ),
+    plot_title="d={d_model}, {n_layers} layers, B={batch}",
+    plots=(
+        plots.Plot(
+            "context_tokens_per_s",
+            "P",
+            "tokens_per_s",
+            "context length P (prompt tokens before decoding)",
+            "decode tokens / s",
+            "Decode throughput at context P, K={new_tokens} new tokens",
+            by="mixer",
+        ),
+        plots.Plot(
+            "context_prefill_time",
+            "P",
+            "prefill_s",
+            "context length P",
+            "prefill time (s)",
+            "Prefill time of P prompt tokens",
+            by="mixer",
+        ),
+        plots.Plot(
+            "context_cache_bytes",
+            "P",
+            "peak_cache_bytes",
+            "context length P",
+            "peak bytes held by the cache",
+            "Decoding cache at context P, K={new_tokens}",
+            by="mixer",
+        ),
+    ),
+    columns=common.csv_columns(
+        "mixer method P K",
+        "tokens_per_s decode_s per_token_s prefill_s total_s setup_s cache_bytes_after_prefill "
+        "peak_cache_bytes",
+        "tokens_match projected_s",
+        "batch d_model n_layers",
+    ),
+    # (numerator, denominator) of decode-time ratios = speed-up of the denominator in tokens/s.
+    ratios=(
+        ("naive", "continuous"),
+        ("naive", "epoched"),
+        ("naive", "compiled"),
+        ("recompute", "continuous"),
+        ("recompute", "compiled"),
+    ),
+    ratio_key="decode_s",
+    ratio_what="decode time",
+    tols=MODEL_TOL,
+    checked=CHECKED,
+    compare=compare,
+    notes=tie_notes,
+    row_fields=("batch", "d_model", "n_layers"),
+)
 
 
-def plot(report: dict[str, Any], out: Path) -> list[Path]:
-    cfg, rows = report["config"], report["rows"]
-    methods, cached = cfg["methods"], [m for m in cfg["methods"] if m != "recompute"]
-    groups = {"by": "mixer", "values": cfg["mixers"], "label": "{method} {value}"}
-    return plots.figures(
-        report,
-        out,
-        f"ConvLM d={cfg['d_model']}, {cfg['n_layers']} layers, B={cfg['batch']}",
-        [
-            plots.Plot(
-                "model_tokens_per_s",
-                plots.method_lines(rows, methods, "L", "tokens_per_s", **groups),
-                "generated tokens L",
-                "tokens / s",
-                "ConvLM generation throughput",
-            ),
-            plots.per_position("model_time_per_token", rows, methods, "L", **groups),
-            plots.Plot(
-                "model_cache_bytes",
-                plots.method_lines(rows, cached, "L", "peak_cache_bytes", **groups),
-                "generated tokens L",
-                "peak bytes held by the cache",
-                "Decoding cache against L",
-            ),
-            plots.step_latency("model_step_latency", rows, methods, "L", **groups),
-        ],
-    )
+def run(config: ModelConfig | ContextConfig) -> dict[str, Any]:
+    """Run ``bench model`` (a :class:`ModelConfig`) or ``bench context``; the report."""
+    return common.run(MODEL if isinstance(config, ModelConfig) else CONTEXT, config)
