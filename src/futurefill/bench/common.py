@@ -298,12 +298,13 @@ def add_prefill(record: dict[str, Any], prompt_len: int, prefill: float, nbytes:
 
 
 def timed(func: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """``func()`` and its time, synced before and after."""
-    sync(device)
-    began = time.perf_counter()
-    result = func()
-    sync(device)
-    return result, time.perf_counter() - began
+    """``func()`` and its time, synced before and after; the garbage collector paused."""
+    with paused_gc():
+        sync(device)
+        began = time.perf_counter()
+        result = func()
+        sync(device)
+        return result, time.perf_counter() - began
 
 
 def median(values: Sequence[float]) -> float:
