@@ -5,8 +5,9 @@ checks each method's outputs against a float64 reference (and exits with status 
 one differs), warms up, reports the median of repeated runs and every step's latency, records the
 machine (CPU, cores, torch threads, versions, device, dtype, git commit, load average before and
 after), and skips a method where its projected time exceeds ``--budget``. The harness is
-:mod:`futurefill.bench.common`; each subcommand's module describes its sweep, its run and its
-report.
+:mod:`futurefill.bench.common`; each subcommand is one :class:`~futurefill.bench.common.Benchmark`
+description (its options, cells, one run, table sections, plots and CSV columns) in
+:mod:`~futurefill.bench.layer` (layer, prompt) or :mod:`~futurefill.bench.model` (model, context).
 
 Threads: ``--threads`` (default: every available core) sets torch's intra-op threads. A decoding
 step is microseconds of work; where other processes keep the cores busy, a multi-threaded op

@@ -213,21 +213,11 @@ LAYER = common.Benchmark(
     plot_title="D={channels}, B={batch}",
     plots=(
         plots.Plot(
-            "layer_total_time",
-            "L",
-            "total_s",
-            "generated length L",
-            "total time (s)",
-            "Online convolution: total time for L steps",
+            "layer_total_time", "L", "total_s", "Online convolution: total time for L steps"
         ),
         plots.per_position("layer_time_per_token", "L"),
         plots.Plot(
-            "layer_cache_bytes",
-            "L",
-            "peak_cache_bytes",
-            "generated length L",
-            "peak bytes held",
-            "Cache (engine buffers) against L",
+            "layer_cache_bytes", "L", "peak_cache_bytes", "Cache (engine buffers) against L"
         ),
         plots.step_latency("layer_step_latency", "L"),
     ),
@@ -275,26 +265,16 @@ PROMPT = common.Benchmark(
             "prompt_decode_time",
             "K",
             "decode_s",
-            "generated length K",
-            "decode time (s)",
             "Decode time for K steps after a prompt of length P",
             by="P",
         ),
         plots.Plot(
-            "prompt_prefill_time",
-            "P",
-            "prefill_s",
-            "prompt length P",
-            "prefill time (s)",
-            "Prefill time for a prompt of length P",
-            by="K",
+            "prompt_prefill_time", "P", "prefill_s", "Prefill time for a prompt of length P", by="K"
         ),
         plots.Plot(
             "prompt_cache_bytes",
             "K",
             "peak_cache_bytes",
-            "generated length K",
-            "peak bytes held",
             "Engine memory after a prompt of length P",
             by="P",
         ),

@@ -422,23 +422,11 @@ MODEL = common.Benchmark(
     plot_title="ConvLM d={d_model}, {n_layers} layers, B={batch}",
     plots=(
         plots.Plot(
-            "model_tokens_per_s",
-            "L",
-            "tokens_per_s",
-            "generated tokens L",
-            "tokens / s",
-            "ConvLM generation throughput",
-            by="mixer",
+            "model_tokens_per_s", "L", "tokens_per_s", "ConvLM generation throughput", by="mixer"
         ),
         plots.per_position("model_time_per_token", "L", by="mixer"),
         plots.Plot(
-            "model_cache_bytes",
-            "L",
-            "peak_cache_bytes",
-            "generated tokens L",
-            "peak bytes held by the cache",
-            "Decoding cache against L",
-            by="mixer",
+            "model_cache_bytes", "L", "peak_cache_bytes", "Decoding cache against L", by="mixer"
         ),
         plots.step_latency("model_step_latency", "L", by="mixer"),
     ),
@@ -494,26 +482,16 @@ CONTEXT = common.Benchmark(
             "context_tokens_per_s",
             "P",
             "tokens_per_s",
-            "context length P (prompt tokens before decoding)",
-            "decode tokens / s",
             "Decode throughput at context P, K={new_tokens} new tokens",
             by="mixer",
         ),
         plots.Plot(
-            "context_prefill_time",
-            "P",
-            "prefill_s",
-            "context length P",
-            "prefill time (s)",
-            "Prefill time of P prompt tokens",
-            by="mixer",
+            "context_prefill_time", "P", "prefill_s", "Prefill time of P prompt tokens", by="mixer"
         ),
         plots.Plot(
             "context_cache_bytes",
             "P",
             "peak_cache_bytes",
-            "context length P",
-            "peak bytes held by the cache",
             "Decoding cache at context P, K={new_tokens}",
             by="mixer",
         ),

@@ -26,6 +26,21 @@ STYLE = {
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+# The axis label of each row field a plot draws.
+AXES = {
+    "L": "generated length L",
+    "K": "generated length K",
+    "P": "prompt length P (the context before decoding)",
+    "total_s": "total time (s)",
+    "decode_s": "decode time (s)",
+    "prefill_s": "prefill time (s)",
+    "tokens_per_s": "tokens / s",
+    "peak_cache_bytes": "peak bytes held by the cache",
+    "chunks": "time per token (s)",
+    "trace": "time of one step (s)",
+}
+
+
 class Plot(NamedTuple):
     """One PNG, ``<name>.png``: per method (and per value of the row field ``by``) the ok rows'
     field ``y`` against ``x``, log-log. Two ``y`` are drawn from each method's run at the largest
@@ -36,55 +51,54 @@ class Plot(NamedTuple):
     name: str
     x: str
     y: str
-    xlabel: str
-    ylabel: str
     title: str
     by: str | None = None
 
+    @property
+    def xlabel(self) -> str:
+        if self.y == "chunks":
+            return "position t (mean over dyadic chunks)"
+        return f"position t (buckets of {self.x}/256 steps)" if self.y == "trace" else AXES[self.x]
+
 
 def per_position(name: str, size: str, by: str | None = None) -> Plot:
-    title = f"Time per token against position, at the largest {size} run"
-    xlabel = "position t (mean over dyadic chunks)"
-    return Plot(name, size, "chunks", xlabel, "time per token (s)", title, by)
+    return Plot(
+        name, size, "chunks", f"Time per token against position, at the largest {size} run", by
+    )
 
 
 def step_latency(name: str, size: str, by: str | None = None) -> Plot:
-    title = f"Step latency against position, at the largest {size} run"
-    xlabel = f"position t (buckets of {size}/256 steps)"
-    return Plot(name, size, "trace", xlabel, "time of one step (s)", title, by)
+    return Plot(
+        name, size, "trace", f"Step latency against position, at the largest {size} run", by
+    )
 
 
 def lines(plot: Plot, report: dict[str, Any]) -> list[dict[str, Any]]:
     """The lines of ``plot``: dicts with ``x``, ``y``, ``label``, ``method``, ``linestyle``."""
-    rows, fitted, out = [r for r in report["rows"] if r["status"] == "ok"], report.get("slopes"), []
+    rows = [r for r in report["rows"] if r["status"] == "ok" and r.get(plot.y) is not None]
     values = sorted({r[plot.by] for r in rows}) if plot.by else [None]
+    slopes = report.get("slopes", {}) if plot.y == "total_s" else {}  # slopes of total time
+    prefix = "" if plot.by == "mixer" else f"{plot.by}="
+    out = []
     for i, value in enumerate(values):
         for method in report["config"]["methods"]:
-            mine = [r for r in rows if r["method"] == method and r.get(plot.y) is not None]
-            mine = sorted(
-                (r for r in mine if plot.by is None or r[plot.by] == value), key=lambda r: r[plot.x]
-            )
+            mine = [r for r in rows if r["method"] == method and r.get(plot.by) == value]
             if not mine:
                 continue
-            name = (
-                method
-                if plot.by is None
-                else f"{method} {value}"
-                if plot.by == "mixer"
-                else f"{method} {plot.by}={value}"
-            )
+            mine.sort(key=lambda r: r[plot.x])
+            name = method if value is None else f"{method} {prefix}{value}"
             style = {"method": method, "linestyle": LINESTYLES[i % 4]}
             if plot.y in ("chunks", "trace"):
                 out += _at_largest(plot, mine[-1], name, style)
                 continue
-            slope = (fitted or {}).get(value, {}) if plot.by == "mixer" else (fitted or {})
-            slope = slope.get(method, {}).get("all") if plot.y == "total_s" else None
+            slope = (slopes.get(value, {}) if plot.by else slopes).get(method, {}).get("all")
             name += "" if slope is None else f" (slope {slope:.2f})"
-            out.append(
-                style
-                | {"label": name, "x": [r[plot.x] for r in mine], "y": [r[plot.y] for r in mine]}
-            )
+            out.append(_line(style, name, [r[plot.x] for r in mine], [r[plot.y] for r in mine]))
     return out
+
+
+def _line(style: dict[str, Any], label: str, x: list, y: list, **more: Any) -> dict[str, Any]:
+    return style | {"label": label, "x": x, "y": y} | more
 
 
 def _at_largest(
@@ -93,39 +107,28 @@ def _at_largest(
     at = f" ({plot.x}={last[plot.x]})"
     if plot.y == "trace":
         x = [a for a, _, _ in last["trace"]]
+        top, middle = [t for _, t, _ in last["trace"]], [m for _, _, m in last["trace"]]
         return [
-            style
-            | {
-                "label": f"{name}: largest step per bucket{at}",
-                "x": x,
-                "y": [t for _, t, _ in last["trace"]],
-            },
-            style
-            | {
-                "label": f"{name}: median step per bucket",
-                "x": x,
-                "y": [m for _, _, m in last["trace"]],
-                "linestyle": ":",
-            },
+            _line(style, f"{name}: largest step per bucket{at}", x, top),
+            _line(style, f"{name}: median step per bucket", x, middle, linestyle=":"),
         ]
     chunks = last["chunks"]
     if len(chunks) == 1:  # not stepped (offline): its time per token as a dashed level
         ((a, b, s),) = chunks
-        return [style | {"label": name + at, "x": [max(a, 1), b], "y": [s, s], "linestyle": "--"}]
-    x, y = [(a + b) / 2 for a, b, _ in chunks], [s for _, _, s in chunks]
-    return [style | {"label": name + at, "x": x, "y": y}]
+        return [_line(style, name + at, [max(a, 1), b], [s, s], linestyle="--")]
+    return [_line(style, name + at, [(a + b) / 2 for a, b, _ in chunks], [s for *_, s in chunks])]
 
 
 def figures(
     report: dict[str, Any], out: Path, what: str, machine: str, specs: Sequence[Plot]
 ) -> list[Path]:
-    """One PNG per plot that has a point; ``what`` goes into the title, ``machine`` below it."""
+    """One PNG per plot that has a point: its title formatted with the config, ``what`` beside
+    it, ``machine`` below."""
     written = []
     for plot in specs:
         if drawn := lines(plot, report):
-            written.append(
-                draw(plot, drawn, f"{plot.title} ({what})\n{machine}", out / f"{plot.name}.png")
-            )
+            title = f"{plot.title.format(**report['config'])} ({what})\n{machine}"
+            written.append(draw(plot, drawn, title, out / f"{plot.name}.png"))
     return written
 
 
@@ -146,7 +149,7 @@ def draw(plot: Plot, drawn: list[dict[str, Any]], title: str, path: Path) -> Pat
     if plot.y != "trace":
         ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set(xlabel=plot.xlabel, ylabel=plot.ylabel)
+    ax.set(xlabel=plot.xlabel, ylabel=AXES[plot.y])
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", alpha=0.1)
