@@ -458,9 +458,9 @@ def slopes(rows: Sequence[dict[str, Any]], config: Any) -> dict[str, Any]:
         sizes = [x for x, _ in ok]
         out = {"all": fit_slope(sizes, [t for _, t in ok]), "points": len(ok)}
         out.update(L_min=min(sizes, default=None), L_max=max(sizes, default=None))
-        if config.slope_from is not None:
-            tail = [(x, t) for x, t in ok if x >= config.slope_from]
-            out["from"] = config.slope_from
+        if (slope_from := getattr(config, "slope_from", None)) is not None:
+            tail = [(x, t) for x, t in ok if x >= slope_from]
+            out["from"] = slope_from
             out["tail"] = fit_slope([x for x, _ in tail], [t for _, t in tail])
         return out
 
@@ -619,10 +619,8 @@ def run(bench: Benchmark, config: Any) -> dict[str, Any]:
     check_options(config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     tol = bench.tols[dtype] if config.tol is None else config.tol
-    setting, warm_setting = (
-        Setting(config.repeats, config.budget, tol, device),
-        Setting(1, math.inf, tol, device),
-    )
+    setting = Setting(config.repeats, config.budget, tol, device)
+    warm_setting = Setting(1, math.inf, tol, device)
     cells = [Cell(dict(zip(bench.sizes, c, strict=True))) for c in bench.cells(config)]
     warm = Cell(dict(zip(bench.sizes, bench.warm(config), strict=True)))
     open_group, open_cell = bench.operands(config, max(c.size for c in [*cells, warm]))
@@ -694,9 +692,8 @@ def run(bench: Benchmark, config: Any) -> dict[str, Any]:
 def table(bench: Benchmark, report: dict[str, Any]) -> str:
     """The terminal/Markdown summary: a heading, the machine, the setting, each section's table
     (per mixer where the benchmark has mixers), then the ratios, skips and agreement."""
-    rows, cfg = report["rows"], report["config"]
-    methods = cfg["methods"]
-    pairs = [p for p in bench.ratios if p[0] in methods and p[1] in methods]
+    cfg = report["config"]
+    pairs = [p for p in bench.ratios if p[0] in cfg["methods"] and p[1] in cfg["methods"]]
     lines = [
         f"## {bench.title.format(**cfg)} (median of up to {cfg['repeats']} runs)",
         "",
@@ -705,34 +702,42 @@ def table(bench: Benchmark, report: dict[str, Any]) -> str:
         "",
     ]
     for group in cfg.get("mixers", (None,)):
-        mine = [r for r in rows if r.get("mixer") == group]
         lines += [] if group is None else [f"### mixer {group}", ""]
-        for s in bench.sections:
-            shown = [
-                m
-                for m in methods
-                if all(
-                    r.get(s.key) is not None
-                    for r in mine
-                    if (r["method"], r["status"]) == (m, "ok")
-                )
-            ]
-            columns = [(s.column.format(m=m), m, s.cell) for m in shown]
-            ratio_pairs = pairs if s.ratios else ()
-            header, body = method_grid(mine, bench.sizes, columns, ratio_pairs, bench.ratio_key)
-            fitted = report.get("slopes", {})
-            fitted = fitted if group is None else fitted.get(group, {})
-            for name, key in (("slope", "all"), (f"slope L>={cfg.get('slope_from')}", "tail")):
-                if s.slopes and fitted and (key == "all" or cfg["slope_from"] is not None):
-                    values = [fitted[m].get(key) for m in shown]
-                    values = ["-" if v is None else f"{v:.2f}" for v in values]
-                    body.append([name, *values, *[""] * len(ratio_pairs)])  # sizes are ("L",)
-            if s.caption:
-                lines += [s.caption.format(idle=idle_line(report["machine"])), ""]
-            lines += [markdown_table(header, body), ""]
+        for section in bench.sections:
+            lines += _section(bench, section, report, group, pairs)
     lines += notes(report, bench.sizes, what=bench.ratio_what, checked=bench.checked)
     lines += bench.notes(report) if bench.notes else []
     return "\n".join(lines) + "\n"
+
+
+def _section(
+    bench: Benchmark,
+    section: Section,
+    report: dict[str, Any],
+    group: str | None,
+    pairs: Sequence[tuple[str, str]],
+) -> list[str]:
+    """The lines of one section of ``group``'s rows: its caption and its table."""
+    cfg, pairs = report["config"], pairs if section.ratios else ()
+    mine = [r for r in report["rows"] if r.get("mixer") == group]
+    ok = [r for r in mine if r["status"] == "ok"]
+    shown = [
+        m
+        for m in cfg["methods"]
+        if all(r.get(section.key) is not None for r in ok if r["method"] == m)
+    ]
+    columns = [(section.column.format(m=m), m, section.cell) for m in shown]
+    header, body = method_grid(mine, bench.sizes, columns, pairs, bench.ratio_key)
+    fitted = report.get("slopes", {}) if section.slopes else {}
+    fitted = fitted if group is None else fitted.get(group, {})
+    for name, key in (("slope", "all"), (f"slope L>={cfg.get('slope_from')}", "tail")):
+        if fitted and (key == "all" or cfg.get("slope_from") is not None):
+            values = [fitted[m].get(key) for m in shown]
+            values = ["-" if v is None else f"{v:.2f}" for v in values]
+            body.append([name, *values, *[""] * len(pairs)])  # slopes come with sizes ("L",)
+    idle = idle_line(report["machine"])
+    caption = [section.caption.format(idle=idle), ""] if section.caption else []
+    return [*caption, markdown_table(header, body), ""]
 
 
 def _jsonable(value: Any) -> Any:
