@@ -121,19 +121,8 @@ def test_layer_rejects_unknown_method():
         layer.run(layer.LayerConfig(lengths=(8,), methods=("fast",), progress=False))
 
 
-PROMPT_TINY = (
-    "bench",
-    "prompt",
-    "--prompt-lens",
-    "8",
-    "32",
-    "--gen-lens",
-    "16",
-    "64",
-    "--channels",
-    "4",
-    "--batch",
-    "2",
+PROMPT_TINY = tuple(
+    "bench prompt --prompt-lens 8 32 --gen-lens 16 64 --channels 4 --batch 2".split()
 )
 
 

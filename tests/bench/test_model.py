@@ -8,29 +8,13 @@ pytest.importorskip("futurefill.model")
 
 from futurefill.bench import model as model_bench
 
-TINY = (
-    "bench",
-    "model",
-    "--lengths",
-    "8",
-    "16",
-    "32",
-    "--mixers",
-    "longconv",
-    "hyena",
-    "--d-model",
-    "8",
-    "--n-layers",
-    "1",
-    "--vocab-size",
-    "16",
-    "--warmup-len",
-    "4",
-)
+SHAPE = "--d-model 8 --n-layers 1 --vocab-size 16 --warmup-len 4"
+TINY = tuple(f"bench model --lengths 8 16 32 --mixers longconv hyena {SHAPE}".split())
 
 
 class _Off:
-    """Logits off by ``rel`` of their size (the argmax, hence the tokens, unchanged)."""
+    """Logits off by ``rel`` of their size, in the prefill and every step (the argmax, hence the
+    tokens, unchanged)."""
 
     def __init__(self, stepper, rel):
         self.stepper, self.rel = stepper, rel
@@ -38,6 +22,9 @@ class _Off:
     @property
     def nbytes(self):
         return self.stepper.nbytes
+
+    def prefill(self, ids):
+        return self.stepper.prefill(ids) * (1 + self.rel)
 
     def step(self, ids_t):
         return self.stepper.step(ids_t) * (1 + self.rel)
@@ -122,46 +109,9 @@ def test_compiled_steppers_agree_with_the_float64_forward(bench, out_dir):
     assert all(r["status"] == "ok" and r["max_rel_err"] <= r["tol"] for r in rows)
 
 
-CONTEXT_TINY = (
-    "bench",
-    "context",
-    "--prompt-lens",
-    "8",
-    "16",
-    "32",
-    "--new-tokens",
-    "8",
-    "--mixers",
-    "longconv",
-    "--d-model",
-    "8",
-    "--n-layers",
-    "1",
-    "--vocab-size",
-    "16",
-    "--warmup-len",
-    "4",
+CONTEXT_TINY = tuple(
+    f"bench context --prompt-lens 8 16 32 --new-tokens 8 --mixers longconv {SHAPE}".split()
 )
-
-
-class _OffPrefill:
-    """Logits off by ``rel`` of their size, in the prefill and every step (tokens unchanged)."""
-
-    def __init__(self, stepper, rel):
-        self.stepper, self.rel = stepper, rel
-
-    @property
-    def nbytes(self):
-        return self.stepper.nbytes
-
-    def prefill(self, ids):
-        return self.stepper.prefill(ids) * (1 + self.rel)
-
-    def step(self, ids_t):
-        return self.stepper.step(ids_t) * (1 + self.rel)
-
-    def close(self):
-        self.stepper.close()
 
 
 def test_context_runs_and_writes_json_csv_png(bench, out_dir):
@@ -212,7 +162,7 @@ def test_context_skips_over_budget_and_records_it(bench, out_dir):
 def test_context_agreement_check_fails_loudly_on_wrong_method(bench, out_dir, monkeypatch, capsys):
     make = model_bench.MODEL_STEPPERS["epoched"]
     monkeypatch.setitem(
-        model_bench.MODEL_STEPPERS, "epoched", lambda m, n, b: _OffPrefill(make(m, n, b), 1e-3)
+        model_bench.MODEL_STEPPERS, "epoched", lambda m, n, b: _Off(make(m, n, b), 1e-3)
     )
     code = bench.run_cli(*CONTEXT_TINY, "--out", str(out_dir), "--no-plots")
     assert code == 1
