@@ -100,12 +100,13 @@ def test_model_float64_tight_tolerance(bench, out_dir):
 
 
 def test_compiled_steppers_agree_with_the_float64_forward(bench, out_dir):
-    """Both compiled steppers (continuous and deamortized engines) through the harness."""
-    argv = (*TINY[:3], "8", "--mixers", "longconv", *TINY[9:])
-    argv = (*argv, "--methods", "compiled", "compiled-deamortized")
+    """Every compiled stepper (continuous, epoched and deamortized engines) through the harness,
+    past several tile ends and epoch refills."""
+    compiled = ("compiled", "compiled-epoched", "compiled-deamortized")
+    argv = (*TINY[:3], "32", "--mixers", "longconv", *TINY[9:], "--methods", *compiled)
     assert bench.run_cli(*argv, "--out", str(out_dir)) == 0
     rows = bench.read_json(out_dir / "model.json")["rows"]
-    assert {r["method"] for r in rows} == {"compiled", "compiled-deamortized"}
+    assert {r["method"] for r in rows} == set(compiled)
     assert all(r["status"] == "ok" and r["max_rel_err"] <= r["tol"] for r in rows)
 
 

@@ -11,7 +11,7 @@ O(P) per token, FutureFill O(log^2) amortised. One model per mixer serves every 
 * ``naive``, ``epoched``, ``continuous``, ``deamortized``: the model's forward, one token per
   call, in a ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
 * ``compiled``: continuous, each token one ``torch.compile`` graph (``generate(compile=True)``);
-  ``compiled-deamortized`` the same with the deamortized engines;
+  ``compiled-epoched`` and ``compiled-deamortized`` the same with those engines;
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
 Each run's logits (the prompt's and every step's) are checked against a float64 copy of the
@@ -64,7 +64,7 @@ BENCH_MIXERS = (*MIXERS, "hyenadna")
 
 class CachedStepper:
     """The model's forward in a decoding session of the given method (what :func:`generate`
-    runs); with ``compiled``, each step is one ``torch.compile`` graph (continuous engines, as
+    runs); with ``compiled``, each step is one ``torch.compile`` graph (as
     ``generate(compile=True)``); ``close()`` ends the session."""
 
     def __init__(self, model, max_len: int, batch_size: int, method: str, compiled: bool = False):
@@ -139,6 +139,7 @@ def _cached(method: str, compiled: bool = False):
 MODEL_STEPPERS = {
     **{m: _cached(m) for m in METHODS},
     "compiled": _cached("continuous", compiled=True),
+    "compiled-epoched": _cached("epoched", compiled=True),
     "compiled-deamortized": _cached("deamortized", compiled=True),
     "recompute": RecomputeStepper,
 }

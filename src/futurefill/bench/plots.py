@@ -19,6 +19,7 @@ STYLE = {
     "continuous": ("tab:blue", "^"),
     "deamortized": ("tab:green", "v"),
     "compiled": ("tab:cyan", "P"),
+    "compiled-epoched": ("tab:brown", ">"),
     "compiled-deamortized": ("tab:olive", "<"),
     "recompute": ("tab:gray", "x"),
     "offline": ("black", "."),
