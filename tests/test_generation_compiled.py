@@ -9,6 +9,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from futurefill import ConvLM, ConvLMConfig, decoding, generate
+from futurefill.generation import COMPILED_METHODS
 from futurefill.model import MIXERS
 from futurefill.online import deamortized
 from futurefill.pretrained import HyenaLM, HyenaLMConfig
@@ -77,15 +78,18 @@ def test_traced_steps_after_eager_steps_continue_at_the_position(method, options
     assert torch.allclose(torch.cat(got, dim=1), expected, rtol=0, atol=1e-10)
 
 
-def test_one_compilation_serves_a_whole_generation_and_the_next():
+@pytest.mark.parametrize("method", COMPILED_METHODS)
+def test_one_compilation_serves_a_whole_generation_and_the_next(method):
+    """Lengths change the buffers (epoched: the epoch length itself), never the step graph."""
     model = small_model("stu_tensordot")
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2))
-    generate(model, ids, 3, compile=True)
+    generate(model, ids, 3, method=method, compile=True)
     frames, graphs = counters["frames"]["total"], counters["stats"]["unique_graphs"]
-    tokens = generate(model, ids, 300, compile=True)  # longer: other buffers, same step graph
+    for new_tokens in (300, 40, 120):
+        tokens = generate(model, ids, new_tokens, method=method, compile=True)
+        assert torch.equal(tokens, generate(model, ids, new_tokens, method=method))
     assert counters["frames"]["total"] == frames
     assert counters["stats"]["unique_graphs"] == graphs
-    assert torch.equal(tokens, generate(model, ids, 300))
 
 
 def test_compile_arguments_are_checked():
