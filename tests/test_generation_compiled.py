@@ -92,6 +92,19 @@ def test_one_compilation_serves_a_whole_generation_and_the_next(method):
     assert counters["stats"]["unique_graphs"] == graphs
 
 
+def test_every_step_has_its_own_recompile_limit():
+    """Dynamo counts graphs against its recompile limit per code object: with one function for
+    every step, the third (method, batch size) here would run eagerly under a limit of 2 (at
+    the default 8, later tests in this file compared eager with eager)."""
+    model = small_model("longconv")
+    ids = torch.randint(0, 16, (2, 3), generator=torch.Generator().manual_seed(7))
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for method, batch in (("continuous", 1), ("continuous", 2), ("epoched", 2)):
+            generate(model, ids[:batch], 3, method=method, compile=True)
+    assert counters["stats"]["unique_graphs"] == graphs + 3
+
+
 def test_compile_arguments_are_checked():
     model = small_model("hyena")
     ids = torch.zeros(1, 3, dtype=torch.long)

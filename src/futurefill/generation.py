@@ -17,6 +17,7 @@ exactly the outputs it would get alone, and all sequences generate from the firs
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -25,7 +26,7 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
-from futurefill.nn import decoding, decoding_max_len
+from futurefill.nn import DecodingSession, decoding, decoding_max_len
 from futurefill.online import ENGINE_OPTIONS, engine_options_text
 
 __all__ = ["COMPILED_METHODS", "GenerationOutput", "generate", "select_next_tokens"]
@@ -155,9 +156,9 @@ def generate(
         epoched or deamortized): every module's step is a fixed-shape function of the engine's
         index in its tile or epoch, and the host does what depends on the position (the FFT
         levels at a tile's end, batched across layers; the epoch refills; the deamortized
-        jobs' scheduling and pacing) between graph calls. It is compiled once per model, batch
-        size and dtype (kept across calls, whatever the prompt and generation lengths) and
-        gives eager's tokens (greedy's argmax is in the graph); on CUDA with
+        jobs' scheduling and pacing) between graph calls. It is compiled once per model,
+        method, batch size and dtype (kept across calls, whatever the prompt and generation
+        lengths) and gives eager's tokens (greedy's argmax is in the graph); on CUDA with
         ``mode="reduce-overhead"`` (CUDA graphs).
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
@@ -237,7 +238,7 @@ def generate(
         with session.padded(valid) if p_min < p_max else contextlib.nullcontext():
             logits = _last_logits(model(prompt), batch)  # (batch, vocab): the first new token's
         if compile:
-            step = compiled_step(model, device)
+            step = compiled_step(model, session, device)
             stack.enter_context(session.traced_steps())
         greedy_next = None  # the compiled step's argmax, when greedy
         all_logits = (
@@ -288,24 +289,37 @@ def generate(
     return _ordinary(GenerationOutput(new_tokens, all_logits))
 
 
-def compiled_step(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], Any]:
-    """The compiled token step of ``model``: ids ``(batch, 1)`` to the last logits
-    ``(batch, vocab)`` and their argmax ``(batch,)``. One per model, kept on the model (dynamo
-    then keeps a graph per batch size and dtype: what its guards on shapes tell apart)."""
-    step = model.__dict__.get("_futurefill_compiled_step")
-    if step is None:
+def compiled_step(
+    model: nn.Module, session: DecodingSession, device: torch.device
+) -> Callable[[torch.Tensor], Any]:
+    """The compiled token step of ``model`` decoding in ``session`` on ``device``: ids
+    ``(batch, 1)`` to the last logits ``(batch, vocab)`` and their argmax ``(batch,)``.
+
+    One per model and (engine method and options, batch size, dtype, device), kept on the model,
+    each a function with a code object of its own: dynamo keeps its graphs, and counts them
+    against its recompile limit (8), per code object. One function for all of them reached the
+    limit with the eighth such combination in a process, and dynamo then ran every later one
+    eagerly, with one log line."""
+    dtype = getattr(next(model.parameters(), None), "dtype", None)
+    options = tuple(sorted(session.engine_options.items()))
+    key = (session.method, options, session.batch_size, dtype, torch.device(device))
+    steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
+    if key not in steps:
 
         def token_step(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = _last_logits(model(ids), ids.shape[0])
             return logits, logits.argmax(dim=-1)
 
+        code = token_step.__code__.replace()  # equal, but another object
+        token_step = types.FunctionType(
+            code, token_step.__globals__, token_step.__name__, closure=token_step.__closure__
+        )
         if torch.device(device).type == "cuda":
-            step = torch.compile(token_step, dynamic=False, mode="reduce-overhead")
+            steps[key] = torch.compile(token_step, dynamic=False, mode="reduce-overhead")
         else:
-            options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
-            step = torch.compile(token_step, dynamic=False, options=options)
-        model.__dict__["_futurefill_compiled_step"] = step  # not a submodule: no state-dict key
-    return step
+            cpu_options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
+            steps[key] = torch.compile(token_step, dynamic=False, options=cpu_options)
+    return steps[key]
 
 
 def _inductor_decomposes_cpu_mm() -> bool:

@@ -70,7 +70,8 @@ class CachedStepper:
     def __init__(self, model, max_len: int, batch_size: int, method: str, compiled: bool = False):
         self.model = model
         self.session = decoding(model, batch_size=batch_size, max_len=max_len, method=method)
-        self._step = compiled_step(model, next(model.parameters()).device) if compiled else None
+        device = next(model.parameters()).device
+        self._step = compiled_step(model, self.session, device) if compiled else None
         self._traced = contextlib.ExitStack()
 
     @property
