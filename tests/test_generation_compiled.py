@@ -29,7 +29,9 @@ def test_compiled_generation_gives_eager_tokens(mixer):
     model = small_model(mixer)
     ids = torch.randint(0, 16, (2, 9), generator=torch.Generator().manual_seed(1))
     eager = generate(model, ids, 40, return_logits=True, tile_len=4)
+    breaks = sum(counters["graph_break"].values())
     compiled = generate(model, ids, 40, compile=True, return_logits=True, tile_len=4)
+    assert sum(counters["graph_break"].values()) == breaks  # the step is one graph
     assert torch.equal(compiled.tokens, eager.tokens)
     assert torch.allclose(compiled.logits, eager.logits, rtol=0, atol=1e-4)
     ragged = generate(model, ids, 12, prompt_lengths=[9, 1], compile=True)
