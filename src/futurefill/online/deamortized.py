@@ -460,11 +460,10 @@ class DeamortizedConv(TiledEngine):
         first = self._first[b] + (block + 2) % 2 * b // self.tile_len  # the target's slot
         out = self._ring_tiles[first : first + b // self.tile_len].flatten(0, 1).permute(1, 2, 0)
         kept, even = self._kept[b], block % 2 == 0
-        plan = self._plans[b]
+        plan, scratch = self._plans[b], self._scratch.get(b)
 
-        def passes() -> list[Pass]:
-            scratch = self._scratch.get(b)
-            if even:
+        def passes() -> list[Pass]:  # views of the buffers, never the engine: a queued job
+            if even:  # must not keep it alive (collecting it cancels its jobs)
                 return plan.passes(x, b, out, keep=kept, scratch=scratch)
             return plan.passes(x, b, out, previous=kept, scratch=scratch)
 
