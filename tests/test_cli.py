@@ -45,6 +45,8 @@ BAD = [
     ("bench layer --out /proc/nonexistent/x", "argument --out: .* cannot write there"),
     ("bench layer --out /etc/passwd/x", "argument --out: .* cannot write there"),
     ("bench layer --device tpu", "argument --device: must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("bench model --methods compiled --dtype bfloat16", "need --dtype float32 or float64"),
+    ("bench context --compile --dtype float16", "compiled need --dtype float32 or float64"),
     ("bench all --skip foo", "argument --skip: invalid choice: 'foo'"),
     ("bench all --threads 0", "argument --threads: must be a thread count in"),
     ("generate hi --top-k 0", "argument --top-k: must be an integer >= 1, got 0"),

@@ -125,10 +125,18 @@ def test_compile_arguments_are_checked():
                 model(ids)
     with decoding(model, batch_size=1, max_len=8, method="naive") as session:
         model(ids)
-        with pytest.raises(ValueError, match="has no compiled step"):
+        with pytest.raises(ValueError, match="method 'naive' has no compiled step"):
             with session.traced_steps():
                 pass
         assert not session.traced
+    half = small_model("hyena").to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"needs a float32 or float64 model.*got bfloat16"):
+        generate(half, ids, 4, compile=True)  # before any work
+    with decoding(half, batch_size=1, max_len=8) as session:
+        half(ids)
+        with pytest.raises(ValueError, match="no compiled step in bfloat16"):
+            with session.traced_steps():
+                pass
 
 
 def test_cli_compile_prints_eager_text(capsys):

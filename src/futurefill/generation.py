@@ -213,6 +213,12 @@ def generate(
         raise ValueError(
             f"compile=True supports method in {COMPILED_METHODS}, got method={method!r}"
         )
+    half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
+    if compile and half:
+        raise ValueError(
+            f"compile=True needs a float32 or float64 model (half precisions decode eagerly, "
+            f"through float32), got {str(half.pop()).removeprefix('torch.')} parameters"
+        )
 
     # Every prompt moved to end at position p_max (left padding, which the session keeps out of
     # every convolution): one parallel prefill, then every sequence generates at every step.

@@ -192,6 +192,10 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
     config = cls(**{**values, **given})
     if getattr(args, "compile", False) and "compiled" not in config.methods:
         config = dataclasses.replace(config, methods=(*config.methods, "compiled"))
+    try:
+        common.check_config(BENCHMARKS[name], config)
+    except ValueError as exc:
+        raise argtypes.UsageError(str(exc)) from None
     need, have = BENCHMARKS[name].peak_bytes(config), argtypes.total_memory()
     if need > have:
         raise argtypes.UsageError(

@@ -611,12 +611,20 @@ class Benchmark:
     notes: Callable[[dict[str, Any]], list[str]] | None = None
     row_fields: tuple[str, ...] = ()
     per_position: bool = False  # write <name>_per_position.csv
+    check: Callable[[Any], None] | None = None  # ValueError for options that do not go together
+
+
+def check_config(bench: Benchmark, config: Any) -> None:
+    """ValueError naming the option when ``config`` is one ``bench`` cannot run."""
+    check_options(config)
+    if bench.check is not None:
+        bench.check(config)
 
 
 def run(bench: Benchmark, config: Any) -> dict[str, Any]:
     """The sweep: every method on every cell of every group; the report (machine, config, rows,
     failures, largest error, ratios, and with cells of ``L`` the fitted slopes)."""
-    check_options(config)
+    check_config(bench, config)
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     tol = bench.tols[dtype] if config.tol is None else config.tol
     setting = Setting(config.repeats, config.budget, tol, device)

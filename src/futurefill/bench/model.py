@@ -307,6 +307,15 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
     return row | {"first_token_s": min(runs, key=lambda r: r["seconds"])["steps"][0]}
 
 
+def check(config: Any) -> None:
+    """The compiled methods step in float32 or float64 only (half precisions decode eagerly)."""
+    compiled = [m for m in config.methods if m.startswith("compiled")]
+    if compiled and config.dtype in ("float16", "bfloat16"):
+        raise ValueError(
+            f"--methods {' '.join(compiled)} need --dtype float32 or float64, got {config.dtype}"
+        )
+
+
 def peak_bytes(config: Any) -> int:
     """An upper estimate of the memory of the longest run: every layer's naive engine (three
     buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by every
@@ -443,6 +452,7 @@ MODEL = common.Benchmark(
     checked=CHECKED,
     row_fields=("batch", "d_model", "n_layers"),
     per_position=True,
+    check=check,
 )
 CONTEXT = common.Benchmark(
     name="context",
@@ -520,6 +530,7 @@ CONTEXT = common.Benchmark(
     compare=compare,
     notes=tie_notes,
     row_fields=("batch", "d_model", "n_layers"),
+    check=check,
 )
 
 

@@ -68,13 +68,18 @@ class EngineState(ModuleState):
         self._position = 0
 
     def prepare_traced(self) -> None:
-        if self.engine is None or not self.engine.traceable:
+        engine, method = self.engine, self.session.method
+        if engine is None or not engine.has_traced_step:
             raise ValueError(
-                f"{self.name!r}: method {self.session.method!r} has no compiled step "
-                "(continuous, epoched and deamortized have one, in float32 and float64, after a "
-                "first chunk)"
+                f"{self.name!r}: method {method!r} has no compiled step (continuous, epoched and "
+                "deamortized have one, after a first chunk)"
             )
-        self.engine.prepare_traced()
+        if not engine.traceable:
+            raise ValueError(
+                f"{self.name!r}: no compiled step in {str(engine.dtype).removeprefix('torch.')} "
+                "(half precisions decode eagerly, through float32): use float32 or float64"
+            )
+        engine.prepare_traced()
 
     def advance(self) -> OnlineConvEngine | None:
         """One position on; the engine when its tile ended (the session batches those)."""
