@@ -189,3 +189,12 @@ def test_compare_tokens_tells_ties_from_disagreements():
     wrong = model_bench.compare_tokens(torch.tensor([[0, 2, 0, 0]]), expected, reference, 2, 1e-4)
     assert wrong["first_token_diff"] == 1 and not wrong["tie"]
     assert wrong["token_gap"] == pytest.approx(1.0)
+
+
+def test_runs_shorter_than_the_stu_filter_bank(bench, out_dir):
+    """An STU needs filters of at least its 24 spectral filters' length: runs of 1 and 5 tokens
+    still get a model (a longer one), not an error."""
+    argv = "bench model --lengths 1 5 --mixers stu_tensordot stu --methods naive continuous"
+    assert bench.run_cli(*argv.split(), *SHAPE.split(), "--out", str(out_dir), "--no-plots") == 0
+    rows = bench.read_json(out_dir / "model.json")["rows"]
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)

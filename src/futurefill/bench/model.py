@@ -216,7 +216,9 @@ def build_model(config: Any, mixer: str, max_len: int, device, dtype):
         shape = {"n_layer": config.n_layers, "d_inner": 4 * config.d_model}
         model = HyenaLM(HyenaLMConfig(**width, **shape, **hyper))
     else:
-        shape = {"n_layers": config.n_layers, "max_len": max_len, "mixer": mixer}
+        # The STU needs filters of at least its num_eigh positions, however short the runs.
+        length = max(max_len, ConvLMConfig.num_eigh)
+        shape = {"n_layers": config.n_layers, "max_len": length, "mixer": mixer}
         model = ConvLM(ConvLMConfig(**width, **shape))
     model = model.eval().to(device=device, dtype=dtype)
     # From the cast model, so both hold the same (rounded) weights.
