@@ -309,7 +309,7 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
     return row | {"first_token_s": min(runs, key=lambda r: r["seconds"])["steps"][0]}
 
 
-def check(config: Any) -> None:
+def check_dtype(config: Any) -> None:
     """The compiled methods step in float32 or float64 only (half precisions decode eagerly)."""
     compiled = [m for m in config.methods if m.startswith("compiled")]
     if compiled and config.dtype in ("float16", "bfloat16"):
@@ -454,7 +454,7 @@ MODEL = common.Benchmark(
     checked=CHECKED,
     row_fields=("batch", "d_model", "n_layers"),
     per_position=True,
-    check=check,
+    check=check_dtype,
 )
 CONTEXT = common.Benchmark(
     name="context",
@@ -532,7 +532,7 @@ CONTEXT = common.Benchmark(
     compare=compare,
     notes=tie_notes,
     row_fields=("batch", "d_model", "n_layers"),
-    check=check,
+    check=check_dtype,
 )
 
 
