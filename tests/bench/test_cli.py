@@ -6,7 +6,7 @@ import pytest
 
 from futurefill import cli as top_cli
 from futurefill.argtypes import UsageError
-from futurefill.bench import cli
+from futurefill.bench import cli, common
 
 
 def test_bench_registered_in_futurefill_cli():
@@ -114,3 +114,27 @@ def test_every_config_field_is_an_option(name):
     bench_parser = next(a for a in sub._actions if a.dest == "bench_command").choices[name]
     dests = {a.dest for a in bench_parser._actions}
     assert {f.name for f in dataclasses.fields(cli.BENCHMARKS[name].config)} <= dests
+
+
+def test_a_report_file_that_is_a_directory_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "layer.csv").mkdir()
+    argv = ["bench", "layer", "--lengths", "16", "--channels", "2", "--out", str(tmp_path)]
+    assert top_cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "layer.csv exists and is not a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layer.csv"]
+
+
+def test_a_failed_write_leaves_the_output_directory_as_it_was(bench, out_dir, monkeypatch):
+    out_dir.mkdir()
+    (out_dir / "layer.json").write_text("earlier run\n")
+    written = []
+
+    def full_disk(path, rows, columns):
+        written.append(path)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(common, "write_csv", full_disk)
+    assert bench.run_cli("bench", "layer", "--lengths", "16", "--out", str(out_dir)) == 1
+    assert written and sorted(p.name for p in out_dir.iterdir()) == ["layer.json"]
+    assert (out_dir / "layer.json").read_text() == "earlier run\n"

@@ -33,6 +33,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -615,10 +616,14 @@ class Benchmark:
 
 
 def check_config(bench: Benchmark, config: Any) -> None:
-    """ValueError naming the option when ``config`` is one ``bench`` cannot run."""
+    """ValueError naming the option when ``config`` is one ``bench`` cannot run, or whose
+    report could not be written (a file of it in ``out`` is a directory)."""
     check_options(config)
     if bench.check is not None:
         bench.check(config)
+    for name in report_files(bench, config.plots):
+        if (path := Path(config.out) / name).exists() and not path.is_file():
+            raise ValueError(f"--out: {path} exists and is not a file")
 
 
 def run(bench: Benchmark, config: Any) -> dict[str, Any]:
@@ -775,32 +780,47 @@ def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> t
     return (*head, "repeats", *extra.split(), *setting.split(), "dtype", "device", "threads")
 
 
+def report_files(bench: Benchmark, plot: bool) -> list[str]:
+    """The names of the files :func:`write_report` writes (a plot without points is left out)."""
+    names = [f"{bench.name}.json", f"{bench.name}.csv", f"{bench.name}_table.md"]
+    names += [f"{bench.name}_per_position.csv"] if bench.per_position else []
+    return names + ([f"{p.name}.png" for p in bench.plots] if plot else [])
+
+
 def write_report(bench: Benchmark, report: dict[str, Any], out: Path, plot: bool) -> list[Path]:
     """Write ``<name>.json``, ``<name>.csv``, ``<name>_table.md``, with ``bench.per_position``
     ``<name>_per_position.csv`` (mean step time per chunk of every ok row) and with ``plot``
-    the PNGs of ``bench.plots``."""
+    the PNGs of ``bench.plots``. All are written into a staging directory in ``out`` first and
+    then moved into place, so a failed write (a full disk) leaves ``out`` as it was."""
     out.mkdir(parents=True, exist_ok=True)
     name, rows = bench.name, report["rows"]
-    (json_path := out / f"{name}.json").write_text(
-        json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
-    )
-    written = [json_path, write_csv(out / f"{name}.csv", rows, bench.columns)]
-    if bench.per_position:
-        keys = (*("mixer",) * ("mixers" in report["config"]), "method", *bench.sizes)
-        chunk_rows = [
-            {**{k: r[k] for k in keys}, "start": a, "stop": b, "mean_step_s": s}
-            for r in rows
-            if r["status"] == "ok"
-            for a, b, s in r["chunks"]
-        ]
-        columns = (*keys, "start", "stop", "mean_step_s")
-        written.append(write_csv(out / f"{name}_per_position.csv", chunk_rows, columns))
-    (table_path := out / f"{name}_table.md").write_text(table(bench, report))
-    written.append(table_path)
-    if plot:
-        title = f"{bench.plot_title.format(**report['config'])}"
-        written += plots.figures(report, out, title, machine_line(report["machine"]), bench.plots)
-    return written
+    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-") as staging_dir:
+        staging = Path(staging_dir)
+        (staged := [staging / f"{name}.json"])[0].write_text(
+            json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+        )
+        staged.append(write_csv(staging / f"{name}.csv", rows, bench.columns))
+        if bench.per_position:
+            keys = (*("mixer",) * ("mixers" in report["config"]), "method", *bench.sizes)
+            chunk_rows = [
+                {**{k: r[k] for k in keys}, "start": a, "stop": b, "mean_step_s": s}
+                for r in rows
+                if r["status"] == "ok"
+                for a, b, s in r["chunks"]
+            ]
+            columns = (*keys, "start", "stop", "mean_step_s")
+            staged.append(write_csv(staging / f"{name}_per_position.csv", chunk_rows, columns))
+        staged.append(staging / f"{name}_table.md")
+        staged[-1].write_text(table(bench, report))
+        if plot:
+            title, machine = (
+                bench.plot_title.format(**report["config"]),
+                machine_line(report["machine"]),
+            )
+            staged += plots.figures(report, staging, title, machine, bench.plots)
+        for path in staged:
+            os.replace(path, out / path.name)
+    return [out / path.name for path in staged]
 
 
 # ------------------------------------------------------------------------------ tables
