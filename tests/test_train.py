@@ -84,3 +84,21 @@ def test_lr_schedule():
     assert _lr_at(10, cfg) == pytest.approx(1.0)
     assert _lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
     assert all(_lr_at(s, cfg) >= _lr_at(s + 1, cfg) for s in range(10, 99))
+
+
+def test_an_interrupted_checkpoint_leaves_the_previous_one(small_corpus, tmp_path, monkeypatch):
+    from futurefill import train as train_module
+
+    train(TrainConfig(**TINY), tmp_path, progress=False, data=small_corpus)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    dumps = json.dumps
+
+    def interrupted(obj, **kwargs):  # Ctrl-C while the manifest is written, the weights done
+        if "steps_done" in obj:
+            raise KeyboardInterrupt
+        return dumps(obj, **kwargs)
+
+    monkeypatch.setattr(train_module.json, "dumps", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**TINY, seed=9), tmp_path, progress=False, data=small_corpus)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

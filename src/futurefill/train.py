@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from futurefill import argtypes
 from futurefill import data as corpus
+from futurefill.staging import staged
 
 __all__ = [
     "HELDOUT_FILE",
@@ -217,12 +218,11 @@ def train(
     def checkpoint(final: bool) -> None:
         if out is None:
             return
-        directory = Path(out)
-        directory.mkdir(parents=True, exist_ok=True)
-        model.save(directory)
-        (directory / HELDOUT_FILE).write_bytes(bytes(heldout.tolist()))
         manifest["complete"] = final
-        (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        with staged(out, last=(MANIFEST_FILE,)) as directory:  # all files or, interrupted, none
+            model.save(directory)
+            (directory / HELDOUT_FILE).write_bytes(bytes(heldout.tolist()))
+            (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
 
     model.train()
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -33,7 +33,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from futurefill import argtypes
 from futurefill.bench import plots
+from futurefill.staging import staged
 
 DTYPES = {
     "float16": torch.float16,
@@ -790,16 +790,13 @@ def report_files(bench: Benchmark, plot: bool) -> list[str]:
 def write_report(bench: Benchmark, report: dict[str, Any], out: Path, plot: bool) -> list[Path]:
     """Write ``<name>.json``, ``<name>.csv``, ``<name>_table.md``, with ``bench.per_position``
     ``<name>_per_position.csv`` (mean step time per chunk of every ok row) and with ``plot``
-    the PNGs of ``bench.plots``. All are written into a staging directory in ``out`` first and
-    then moved into place, so a failed write (a full disk) leaves ``out`` as it was."""
-    out.mkdir(parents=True, exist_ok=True)
+    the PNGs of ``bench.plots``: all of them, or (a failed write) none (:func:`staged`)."""
     name, rows = bench.name, report["rows"]
-    with tempfile.TemporaryDirectory(dir=out, prefix=f".{name}-") as staging_dir:
-        staging = Path(staging_dir)
-        (staged := [staging / f"{name}.json"])[0].write_text(
+    with staged(out) as staging:
+        (staging / f"{name}.json").write_text(
             json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
         )
-        staged.append(write_csv(staging / f"{name}.csv", rows, bench.columns))
+        write_csv(staging / f"{name}.csv", rows, bench.columns)
         if bench.per_position:
             keys = (*("mixer",) * ("mixers" in report["config"]), "method", *bench.sizes)
             chunk_rows = [
@@ -809,18 +806,13 @@ def write_report(bench: Benchmark, report: dict[str, Any], out: Path, plot: bool
                 for a, b, s in r["chunks"]
             ]
             columns = (*keys, "start", "stop", "mean_step_s")
-            staged.append(write_csv(staging / f"{name}_per_position.csv", chunk_rows, columns))
-        staged.append(staging / f"{name}_table.md")
-        staged[-1].write_text(table(bench, report))
+            write_csv(staging / f"{name}_per_position.csv", chunk_rows, columns)
+        (staging / f"{name}_table.md").write_text(table(bench, report))
         if plot:
-            title, machine = (
-                bench.plot_title.format(**report["config"]),
-                machine_line(report["machine"]),
-            )
-            staged += plots.figures(report, staging, title, machine, bench.plots)
-        for path in staged:
-            os.replace(path, out / path.name)
-    return [out / path.name for path in staged]
+            title = bench.plot_title.format(**report["config"])
+            plots.figures(report, staging, title, machine_line(report["machine"]), bench.plots)
+        written = sorted(path.name for path in staging.iterdir())
+    return [out / name for name in written]
 
 
 # ------------------------------------------------------------------------------ tables
