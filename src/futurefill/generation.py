@@ -302,10 +302,9 @@ def compiled_step(
     ``(batch, 1)`` to the last logits ``(batch, vocab)`` and their argmax ``(batch,)``.
 
     One per model and (engine method and options, batch size, dtype, device), kept on the model,
-    each a function with a code object of its own: dynamo keeps its graphs, and counts them
-    against its recompile limit (8), per code object. One function for all of them reached the
-    limit with the eighth such combination in a process, and dynamo then ran every later one
-    eagerly, with one log line."""
+    each a function with a code object of its own: dynamo keeps graphs, and counts them against
+    its recompile limit (8), per code object, and runs every call past the limit eagerly (one
+    function for every step would reach it with the eighth such combination in a process)."""
     dtype = getattr(next(model.parameters(), None), "dtype", None)
     options = tuple(sorted(session.engine_options.items()))
     key = (session.method, options, session.batch_size, dtype, torch.device(device))
