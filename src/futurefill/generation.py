@@ -213,8 +213,8 @@ def generate(
         raise ValueError(
             f"compile=True supports method in {COMPILED_METHODS}, got method={method!r}"
         )
-    half = {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
-    if compile and half:
+    half = compile and {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
+    if half:
         raise ValueError(
             f"compile=True needs a float32 or float64 model (half precisions decode eagerly, "
             f"through float32), got {str(half.pop()).removeprefix('torch.')} parameters"
