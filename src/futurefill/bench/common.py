@@ -486,8 +486,8 @@ class Cell:
 
     @property
     def steps(self) -> int:
-        """Steps one run takes (``K`` after a prompt, else ``L``)."""
-        return self.fields.get("K", self.fields.get("L", 0))
+        """Steps one run takes: ``K`` after a prompt, else ``L``, else the size."""
+        return self.fields.get("K", self.fields.get("L", self.size))
 
     @property
     def label(self) -> str:
