@@ -89,7 +89,6 @@ class TiledEngine(OnlineConvEngine):
         width = min(taps, self.max_len)
         head[:width, 0].copy_(self.h[:, :width].t())
         self._h_head = head  # (taps, 1, D): what an input adds to the outputs of its window
-        self._h_shift: torch.Tensor | None = None  # prepare_traced()
 
     def _tile_views(self, window: torch.Tensor) -> None:
         """The current tile's inputs, and the views every step uses into them and into
@@ -120,25 +119,19 @@ class TiledEngine(OnlineConvEngine):
     has_traced_step = True
 
     def prepare_traced(self) -> None:
-        """Build the table of shifted filters :meth:`step_traced` reads (once), and set the
-        index tensor to the position (eager steps, e.g. after a 1-token prompt, keep no index)."""
-        b0, width = self.tile_len, len(self._h_head)
-        if self._h_shift is None:
-            lag = (
-                torch.arange(width, device=self.device)
-                - torch.arange(b0, device=self.device)[:, None]
-            )
-            table = self._h_head[lag.clamp(min=0)]  # [j, t] = h[t - j]: (b0, window, 1, D)
-            self._h_shift = table.masked_fill((lag < 0)[..., None, None], 0).contiguous()
-        self._j.fill_((self._position - self._offset) % b0)
+        """Set the index tensor to the position (eager steps, e.g. after a 1-token prompt, keep
+        no index); nothing to build: the traced push gathers the filter by lag at each step."""
+        self._j.fill_((self._position - self._offset) % self.tile_len)
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
-        row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (row j of
-        the table of shifted filters ``(b0, window, 1, D)`` that :meth:`prepare_traced` builds)."""
+        row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (the filter
+        gathered by lag, zero for t < j; compiled, the gather, mask and push are one kernel)."""
         j = self._j
         self._x_tile.index_copy_(0, j, u_t.unsqueeze(0))
-        self._window.addcmul_(self._h_shift.index_select(0, j).squeeze(0), u_t)
+        lag = torch.arange(self._window.shape[0], device=self.device) - j  # (window,)
+        head = self._h_head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1)
+        self._window.addcmul_(head, u_t)
         return self._window.index_select(0, j).squeeze(0)
 
     def advance(self, *, defer_tile_end: bool = False) -> bool:
@@ -206,9 +199,8 @@ class ContinuousConv(TiledEngine):
         self._allocate(self.max_len)
 
     def _buffers(self) -> list[torch.Tensor]:
-        traced = [] if self._h_shift is None else [self._h_shift]
         buffers = [self._x, self._c, self._x_tile, self._c_tile, self._h_head]
-        return [*buffers, *traced, *self._spectra.values()]
+        return [*buffers, *self._spectra.values()]
 
     def _prefill(self, u: torch.Tensor) -> torch.Tensor:
         prompt_len = u.shape[-1]

@@ -367,8 +367,8 @@ class DeamortizedConv(TiledEngine):
     def _buffers(self) -> list[torch.Tensor]:
         spectra = [t for plan in self._plans.values() for t in plan.tensors()]
         levels = [self._ring_tiles, *self._kept.values(), *self._scratch.values(), *spectra]
-        optional = [t for t in (self._prompt, self._h_shift) if t is not None]
-        return [self._x, self._direct, self._x_tile, self._h_head, *optional, *levels]
+        prompt = [] if self._prompt is None else [self._prompt]
+        return [self._x, self._direct, self._x_tile, self._h_head, *prompt, *levels]
 
     # ----------------------------------------------------------------- prompt and steps
 
