@@ -222,3 +222,21 @@ class OnlineConvEngine(ABC):
     @abstractmethod
     def _buffers(self) -> list[torch.Tensor]:
         """The tensors the engine owns (counted by ``nbytes``)."""
+
+
+def traced_push(
+    inputs: torch.Tensor,
+    outputs: torch.Tensor,
+    head: torch.Tensor,
+    u_t: torch.Tensor,
+    j: torch.Tensor,
+) -> torch.Tensor:
+    """One step of a time-major block as a fixed-shape function of the index tensor ``j``
+    ``(1,)``, for a traced (compiled) step: ``u_t`` ``(B, D)`` goes to row j of ``inputs``
+    ``(n, B, D)``, and ``h[t - j] u_t`` to every row t of ``outputs`` ``(n, B, D)``, the filter
+    ``head`` ``(n, 1, D)`` gathered by lag (zero for t < j: compiled, the gather, mask and push
+    are one kernel). Returns output row j ``(B, D)``."""
+    inputs.index_copy_(0, j, u_t.unsqueeze(0))
+    lag = torch.arange(outputs.shape[0], device=outputs.device) - j  # (n,)
+    outputs.addcmul_(head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1), u_t)
+    return outputs.index_select(0, j).squeeze(0)

@@ -28,7 +28,7 @@ import torch
 
 from futurefill.checks import check_int
 from futurefill.fftconv import prompt_conv
-from futurefill.online.base import OnlineConvEngine
+from futurefill.online.base import OnlineConvEngine, traced_push
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -126,13 +126,8 @@ class TiledEngine(OnlineConvEngine):
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
         row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (the filter
-        gathered by lag, zero for t < j; compiled, the gather, mask and push are one kernel)."""
-        j = self._j
-        self._x_tile.index_copy_(0, j, u_t.unsqueeze(0))
-        lag = torch.arange(self._window.shape[0], device=self.device) - j  # (window,)
-        head = self._h_head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1)
-        self._window.addcmul_(head, u_t)
-        return self._window.index_select(0, j).squeeze(0)
+        gathered by lag, zero for t < j: :func:`~futurefill.online.base.traced_push`)."""
+        return traced_push(self._x_tile, self._window, self._h_head, u_t, self._j)
 
     def advance(self, *, defer_tile_end: bool = False) -> bool:
         """After :meth:`step_traced`: one position on; at a tile's end its work runs, unless

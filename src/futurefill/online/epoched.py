@@ -21,7 +21,7 @@ import torch
 
 from futurefill.checks import check_int
 from futurefill.fftconv import fft_size, prompt_conv
-from futurefill.online.base import OnlineConvEngine
+from futurefill.online.base import OnlineConvEngine, traced_push
 
 
 def default_epoch_len(max_len: int) -> int:
@@ -124,13 +124,8 @@ class EpochedConv(OnlineConvEngine):
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The epoch step as a fixed-shape function of the index tensor ``_j``: the input goes to
         row j of the epoch, and ``h[t - j] u`` to every output t >= j of the cache (the filter
-        gathered by lag, zero for t < j)."""
-        j = self._j
-        self._x_epoch.index_copy_(0, j, u_t.unsqueeze(0))
-        lag = torch.arange(self._cache.shape[0], device=self.device) - j  # (E,)
-        head = self._h_head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1)
-        self._cache.addcmul_(head, u_t)
-        return self._cache.index_select(0, j).squeeze(0)
+        gathered by lag, zero for t < j: :func:`~futurefill.online.base.traced_push`)."""
+        return traced_push(self._x_epoch, self._cache, self._h_head, u_t, self._j)
 
     def advance(self, *, defer_tile_end: bool = False) -> bool:
         """After :meth:`step_traced`: one position on, refilling the cache at an epoch's end
