@@ -1,4 +1,7 @@
-"""Test configuration: a deterministic hypothesis profile for CI, one intra-op thread."""
+"""Test configuration: a deterministic hypothesis profile for CI, one intra-op thread, and the
+``device`` fixture: a test that takes it runs on the CPU and, where CUDA is available, on the
+GPU (its CUDA case is marked ``cuda``, collected everywhere and skipped without a GPU:
+``pytest -m cuda`` runs the CUDA cases alone)."""
 
 import pytest
 import torch
@@ -16,3 +19,18 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ],
+)
+
+
+@pytest.fixture(params=["cpu", CUDA])
+def device(request) -> torch.device:
+    """The device a test runs on: ``cpu``, and ``cuda`` (skipped where there is none)."""
+    return torch.device(request.param)

@@ -32,7 +32,11 @@ def random_input(batch: int, channels: int, length: int, dtype=torch.float64, se
 
 
 def rel_err(actual, expected) -> float:
-    """Largest absolute difference relative to the largest reference magnitude."""
+    """Largest absolute difference relative to the largest reference magnitude (tensors on any
+    device, or arrays)."""
+    actual, expected = (
+        x.detach().cpu().double() if isinstance(x, torch.Tensor) else x for x in (actual, expected)
+    )
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     scale = max(np.abs(expected).max(initial=0.0), 1e-300)

@@ -54,9 +54,9 @@ def greedy_by_forward(model: ConvLM, prompt: torch.Tensor, n: int) -> torch.Tens
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_greedy_is_what_forward_implies_for_every_engine(mixer):
-    model = tiny_model(mixer)
-    ids = random_ids(2, 6)
+def test_greedy_is_what_forward_implies_for_every_engine(mixer, device):
+    model = tiny_model(mixer).to(device)
+    ids = random_ids(2, 6).to(device)
     expected = torch.stack([greedy_by_forward(model, ids[b : b + 1], 30) for b in range(2)])
     assert len(set(expected.flatten().tolist())) > 3  # a non-trivial sequence
     for method in METHODS:
@@ -74,10 +74,10 @@ def test_greedy_in_float32_for_every_engine():
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
-def test_ragged_batch_equals_each_sequence_alone(mixer):
-    model = tiny_model(mixer)
+def test_ragged_batch_equals_each_sequence_alone(mixer, device):
+    model = tiny_model(mixer).to(device)
     lengths = [9, 2, 5, 9]
-    ids = random_ids(4, 9)
+    ids = random_ids(4, 9).to(device)
     ids[1, 2:] = 31  # padding is never read: any value
     batched = generate(model, ids, 15, prompt_lengths=lengths, method="continuous")
     for b, length in enumerate(lengths):
@@ -106,9 +106,9 @@ def test_ragged_batch_random(lengths, new, method, seed):
         assert rel_err(out.logits[b], full[length - 1 : length - 1 + new]) < 1e-9
 
 
-def test_returned_logits_are_the_forward_logits():
-    model = tiny_model("stu")
-    ids = random_ids(2, 7)
+def test_returned_logits_are_the_forward_logits(device):
+    model = tiny_model("stu").to(device)
+    ids = random_ids(2, 7).to(device)
     out = generate(model, ids, 12, return_logits=True)
     assert isinstance(out, GenerationOutput)
     assert out.logits.shape == (2, 12, VOCAB) and out.logits.dtype == torch.float64

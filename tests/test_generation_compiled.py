@@ -38,11 +38,13 @@ def test_compiled_generation_gives_eager_tokens(mixer):
     assert torch.equal(ragged[1], generate(model, ids[1:, :1], 12)[0])
 
 
-def test_compiled_epoched_and_cross_layer_batched_levels_in_float64():
+def test_compiled_epoched_and_cross_layer_batched_levels_in_float64(device):
+    """On CUDA: CUDA graphs (no cudagraph skipped), the deamortized jobs on a side stream."""
     torch.manual_seed(3)
     config = ConvLMConfig(d_model=8, n_layers=3, max_len=200, mixer="hyena", hyena_pos_dim=5)
-    model = ConvLM(config).double().eval()
-    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4))
+    model = ConvLM(config).double().eval().to(device)
+    ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4)).to(device)
+    skips = counters["inductor"]["cudagraph_skips"]
     methods = (
         ("continuous", {"tile_len": 4}),
         ("epoched", {"epoch_len": 7}),
@@ -56,6 +58,7 @@ def test_compiled_epoched_and_cross_layer_batched_levels_in_float64():
         )
         assert torch.equal(compiled.tokens, eager.tokens), method
         assert torch.allclose(compiled.logits, eager.logits, rtol=0, atol=1e-10), method
+    assert counters["inductor"]["cudagraph_skips"] == skips
 
 
 @pytest.mark.parametrize(
@@ -81,10 +84,10 @@ def test_traced_steps_after_eager_steps_continue_at_the_position(method, options
 
 
 @pytest.mark.parametrize("method", COMPILED_METHODS)
-def test_one_compilation_serves_a_whole_generation_and_the_next(method):
+def test_one_compilation_serves_a_whole_generation_and_the_next(method, device):
     """Lengths change the buffers (epoched: the epoch length itself), never the step graph."""
-    model = small_model("stu_tensordot")
-    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2))
+    model = small_model("stu_tensordot").to(device)
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2)).to(device)
     generate(model, ids, 3, method=method, compile=True)
     frames, graphs = counters["frames"]["total"], counters["stats"]["unique_graphs"]
     for new_tokens in (300, 40, 120):

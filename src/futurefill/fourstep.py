@@ -88,14 +88,16 @@ class SlicedConv:
         The FFT size, a power of two.
     batch : int
         The batch size of the blocks.
-    points : int
-        About how many complex values a slice transforms.
+    points : int or None
+        About how many complex values a slice transforms; None: a job is one slice (one
+        rfft/irfft pair over every channel, whatever n: for a device that runs it whole).
     """
 
-    def __init__(self, g: torch.Tensor, n: int, batch: int, points: int):
+    def __init__(self, g: torch.Tensor, n: int, batch: int, points: int | None):
         terms, channels = g.shape[:2]
         self.n = n
-        self.four_step = batch * n > points or n > LONGEST_DIRECT
+        self.four_step = points is not None and (batch * n > points or n > LONGEST_DIRECT)
+        points = batch * n * channels if points is None else points
         if not self.four_step:
             self.spectrum = torch.fft.rfft(g, n=n)  # (T, D, n/2 + 1)
             self.channels_per_slice = max(1, min(channels, points // (batch * n)))

@@ -320,11 +320,23 @@ def compiled_step(
             code, token_step.__globals__, token_step.__name__, closure=token_step.__closure__
         )
         if torch.device(device).type == "cuda":
-            steps[key] = torch.compile(token_step, dynamic=False, mode="reduce-overhead")
+            steps[key] = _outputs_cloned(
+                torch.compile(token_step, dynamic=False, mode="reduce-overhead")
+            )
         else:
             cpu_options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
             steps[key] = torch.compile(token_step, dynamic=False, options=cpu_options)
     return steps[key]
+
+
+def _outputs_cloned(step: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
+    """``step`` with its outputs copied: a CUDA graph's outputs live in its memory pool, which
+    its next replay overwrites, and a caller (a streamer, a list of logits) may keep them."""
+
+    def cloned(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(t.clone() for t in step(ids))
+
+    return cloned
 
 
 def _inductor_decomposes_cpu_mm() -> bool:

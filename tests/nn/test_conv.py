@@ -77,11 +77,12 @@ def test_forward_matches_numpy(skip):
 
 @pytest.mark.parametrize(("method", "opts"), CASES)
 @pytest.mark.parametrize(("prompt_len", "chunk"), SCHEDULES)
-def test_explicit_decoding_matches_numpy(method, opts, prompt_len, chunk):
+def test_explicit_decoding_matches_numpy(method, opts, prompt_len, chunk, device):
     conv = explicit(skip=True)
     u = random_u(3, 23)
-    y, _ = decode_chunks(conv, u, prompt_len, method, chunk=chunk, **opts)
-    assert rel_err(y, reference_longconv(conv, u)) < 1e-10
+    expected = reference_longconv(conv, u)
+    y, _ = decode_chunks(conv.to(device), u.to(device), prompt_len, method, chunk=chunk, **opts)
+    assert rel_err(y, expected) < 1e-10
 
 
 @pytest.mark.parametrize(("method", "opts"), CASES)
@@ -109,13 +110,15 @@ def test_filter_bank_decoding_matches_numpy(method, opts, prompt_len, chunk):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_float32_decoding(method):
+def test_float32_decoding(method, device):
     conv = explicit(torch.float32, skip=True)
     u = random_u(2, 37, dtype=torch.float32)
+    expected = reference_longconv(conv, u)
+    conv, u = conv.to(device), u.to(device)
     for prompt_len in (0, 1, 20):
         y, _ = decode_chunks(conv, u, prompt_len, method)
         assert y.dtype == torch.float32
-        assert rel_err(y, reference_longconv(conv, u)) < 1e-4
+        assert rel_err(y, expected) < 1e-4
 
 
 @settings(max_examples=30)

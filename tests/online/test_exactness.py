@@ -33,10 +33,11 @@ def run_online(conv: OnlineConv, u: torch.Tensor, prompt_len: int) -> torch.Tens
 
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("length", LENGTHS)
-def test_matches_reference_batch3_channels5(method, opts, length):
+def test_matches_reference_batch3_channels5(method, opts, length, device):
     h = decaying_filter(5, length + 3)
     u = random_input(3, 5, length)
     ref = reference_conv(u, h)
+    h, u = h.to(device), u.to(device)
     for prompt_len in sorted({0, 1, length // 2, length}):
         conv = OnlineConv(h, method=method, max_len=length, batch_size=3, **opts)
         y = run_online(conv, u, prompt_len)
@@ -79,7 +80,7 @@ def test_random_cases(method, length, prompt_frac, batch, channels, knob, slack,
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("prompt_len", [0, 1, 37])
 @pytest.mark.parametrize("into_buffer", [False, True], ids=["returned", "out"])
-def test_feedback_loop(method, opts, prompt_len, into_buffer):
+def test_feedback_loop(method, opts, prompt_len, into_buffer, device):
     """u[t+1] = tanh(y[t]): each input depends on the output just produced. With ``into_buffer``
     every output lands in one caller buffer (``step(u_t, out=y)``), read for the next input and
     overwritten by the next step, and the input buffer is reused too."""
@@ -90,14 +91,14 @@ def test_feedback_loop(method, opts, prompt_len, into_buffer):
     _ref_u, ref_y = reference_feedback(
         u0, h.numpy(), length, None if prompt is None else prompt.numpy()
     )
-    conv = OnlineConv(h, method=method, batch_size=batch, **opts)
+    conv = OnlineConv(h.to(device), method=method, batch_size=batch, **opts)
     outputs = []
     if prompt is not None:
-        outputs.append(conv.prefill(prompt))
+        outputs.append(conv.prefill(prompt.to(device)))
         u_t = torch.tanh(outputs[-1][..., -1])
     else:
-        u_t = torch.from_numpy(u0.copy())
-    y_buffer = torch.empty(batch, channels, dtype=torch.float64)
+        u_t = torch.from_numpy(u0.copy()).to(device)
+    y_buffer = torch.empty(batch, channels, dtype=torch.float64, device=device)
     while conv.position < length:
         if into_buffer:
             assert conv.step(u_t, out=y_buffer) is y_buffer
@@ -123,24 +124,24 @@ def test_out_buffer_in_half_precision(method):
 
 
 @pytest.mark.parametrize(("method", "opts"), CASES, ids=CASE_IDS)
-def test_float32_within_output_scale(method, opts):
+def test_float32_within_output_scale(method, opts, device):
     length = 257
     h = decaying_filter(4, length)
     u = random_input(2, 4, length)
     ref = reference_conv(u, h)
     for prompt_len in (0, 1, 128):
-        conv = OnlineConv(h.float(), method=method, batch_size=2, **opts)
-        y = run_online(conv, u.float(), prompt_len)
+        conv = OnlineConv(h.float().to(device), method=method, batch_size=2, **opts)
+        y = run_online(conv, u.float().to(device), prompt_len)
         assert y.dtype == torch.float32
         assert rel_err(y, ref) < 1e-4
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("method", METHODS)
-def test_half_precision_computed_in_float32(method, half):
+def test_half_precision_computed_in_float32(method, half, device):
     length = 100
-    h = decaying_filter(3, length).to(half)
-    u = random_input(2, 3, length).to(half)
+    h = decaying_filter(3, length).to(half).to(device)
+    u = random_input(2, 3, length).to(half).to(device)
     ref = reference_conv(u.double(), h.double())  # exact for the rounded inputs
     y = run_online(OnlineConv(h, method=method, batch_size=2), u, 10)
     assert y.dtype == half

@@ -88,14 +88,19 @@ def test_deamortized_traced_steps_match_the_float64_reference(
     assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
 
 
-def test_deamortized_feedback_loop_through_traced_steps_after_eager_ones():
-    """u[t + 1] = tanh(y[t]); a 1-token prompt, eager steps into mid-tile, then traced ones."""
+@pytest.mark.parametrize("small_job_points", [0, deamortized.SMALL_JOB_POINTS])
+def test_deamortized_feedback_loop_through_traced_steps_after_eager_ones(
+    device, small_job_points, monkeypatch
+):
+    """u[t + 1] = tanh(y[t]); a 1-token prompt, eager steps into mid-tile, then traced ones.
+    With ``small_job_points`` 0 every job is queued (on CUDA: on the side stream)."""
+    monkeypatch.setattr(deamortized, "SMALL_JOB_POINTS", small_job_points)
     length, channels = 70, 4
     h = decaying_filter(channels, length, seed=3)
     u0 = torch.ones(1, channels, dtype=torch.float64)
     _, y_ref = reference_feedback(u0.numpy(), h.numpy(), length)
-    engine = DeamortizedConv(h, max_len=length, tile_len=4)
-    ys = [engine.prefill(u0.unsqueeze(-1))[..., 0]]
+    engine = DeamortizedConv(h.to(device), max_len=length, tile_len=4)
+    ys = [engine.prefill(u0.to(device).unsqueeze(-1))[..., 0]]
     for _ in range(5):
         ys.append(engine.step(torch.tanh(ys[-1])))
     engine.prepare_traced()
@@ -105,16 +110,17 @@ def test_deamortized_feedback_loop_through_traced_steps_after_eager_ones():
     assert rel_err(torch.stack(ys, dim=-1), y_ref) < 1e-10
 
 
-def test_feedback_loop_through_traced_steps():
+def test_feedback_loop_through_traced_steps(device):
     """u[t + 1] = tanh(y[t]) for two engines of one 'model', tile ends batched."""
     length, channels = 70, 4
     filters = [decaying_filter(channels, length, seed=k) for k in range(2)]
-    engines = [ContinuousConv(h, max_len=length, tile_len=4) for h in filters]
-    first = engines[0].prefill(torch.ones(1, channels, 1, dtype=torch.float64))
+    engines = [ContinuousConv(h.to(device), max_len=length, tile_len=4) for h in filters]
+    one = torch.ones(1, channels, 1, dtype=torch.float64, device=device)
+    first = engines[0].prefill(one)
     second = engines[1].prefill(torch.tanh(first))
     for e in engines:
         e.prepare_traced()
-    u = [torch.ones(1, channels, 1, dtype=torch.float64), torch.tanh(first)]
+    u = [one, torch.tanh(first)]
     ys = [first, second]
     for _ in range(length - 1):
         a = engines[0].step_traced(torch.tanh(ys[1][..., -1]))
@@ -126,7 +132,7 @@ def test_feedback_loop_through_traced_steps():
         if ended:
             end_tiles(ended)
     for y, h, inputs in zip(ys, filters, u, strict=True):
-        assert rel_err(y, reference_conv(inputs.numpy(), h.numpy())) < 1e-10
+        assert rel_err(y, reference_conv(inputs.cpu().numpy(), h.numpy())) < 1e-10
 
 
 def test_engines_without_a_traced_step_say_so():

@@ -81,6 +81,9 @@ class EngineState(ModuleState):
             )
         engine.prepare_traced()
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return self.engine.traced_tensors()
+
     def advance(self) -> OnlineConvEngine | None:
         """One position on; the engine when its tile ended (the session batches those)."""
         self._position += 1

@@ -100,6 +100,11 @@ class ModuleState(ABC):
     def prepare_traced(self) -> None:
         """Ready the state for compiled steps (:meth:`DecodingSession.traced_steps`)."""
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        """The tensors a compiled step reads or updates in place (see
+        :meth:`DecodingSession.traced_steps`); none by default."""
+        return []
+
     @abstractmethod
     def advance(self) -> object | None:
         """After a compiled step: the host's bookkeeping of one more position; returns an
@@ -234,11 +239,17 @@ class DecodingSession:
         whole per-token forward as one graph that never depends on the position; call
         :meth:`advance` after each such step (the host's part: positions, and the FFT levels
         that a tile's end schedules). Needs a first chunk (the engines) and engines that have a
-        traceable step (``method`` continuous, epoched or deamortized)."""
+        traceable step (``method`` continuous, epoched or deamortized). On CUDA the states'
+        tensors (:meth:`ModuleState.traced_tensors`) are marked static addresses, so that a CUDA
+        graph of the step (``mode="reduce-overhead"``) updates them in place, unguarded: a new
+        session re-records the graph, it does not recompile it."""
         if self.position == 0:
             raise RuntimeError("traced steps need a first chunk: prefill the prompt first")
         for state in self.states.values():
             state.prepare_traced()
+            for tensor in state.traced_tensors():
+                if tensor.is_cuda:  # a CUDA graph may update it in place, at this address
+                    torch._dynamo.mark_static_address(tensor, guard=False)
         self.traced = True
         try:
             yield self

@@ -55,6 +55,9 @@ class HistoryState(ModuleState):
     def prepare_traced(self) -> None:
         """Nothing to prepare: the history's update is fixed-shape already."""
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [self.history]
+
     def advance(self) -> None:
         self._position += 1
 

@@ -165,6 +165,11 @@ class OnlineConvEngine(ABC):
         """Allocate what :meth:`step_traced` needs (once; before tracing)."""
         raise NotImplementedError(f"{type(self).__name__} has no traceable step")
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        """The tensors :meth:`step_traced` reads or updates in place (the engine's buffers and
+        its index), whose addresses a CUDA graph of the step records."""
+        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+
     def reset(self) -> None:
         """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
         self._position = 0

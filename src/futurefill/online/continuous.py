@@ -123,6 +123,9 @@ class TiledEngine(OnlineConvEngine):
         no index); nothing to build: the traced push gathers the filter by lag at each step."""
         self._j.fill_((self._position - self._offset) % self.tile_len)
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [*self._buffers(), self._j]
+
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
         row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (the filter

@@ -64,6 +64,12 @@ load on two cores) or waiting for the GIL. The schedule's own work is the tile e
 ms: joins, submissions, the rings' gather) and paced slices. On CUDA the slices are issued from
 the worker thread on the default stream (correct, but not overlapped with the decoding thread's
 kernels; untested here).
+
+On CUDA no thread is needed: a job is queued on a side stream (one per device) behind an event
+of the decoding stream, in one call (no slices: the GPU overlaps it with the steps' kernels), and
+its deadline step makes the decoding stream wait for the job's event. Neither blocks the host:
+no step synchronizes with the device, so the step's bound is what the GPU gives. The buffers a
+job touches are recorded on the side stream, so the allocator reuses none of them before it ends.
 """
 
 from __future__ import annotations
@@ -314,6 +320,9 @@ class DeamortizedConv(TiledEngine):
         self._kept: dict[int, torch.Tensor] = {}  # per level, an even block's spectrum
         self._scratch: dict[int, torch.Tensor] = {}  # per level, for four-step jobs
         self._jobs: dict[int, Job] = {}
+        # CUDA: the side stream the jobs run on, and per level the event of the job in flight.
+        self._side_stream = _side_stream(self.device)
+        self._events: dict[int, torch.cuda.Event] = {}
         weakref.finalize(self, _cancel, self._jobs)
         self._failed: BaseException | None = None
         self._reset()
@@ -354,11 +363,14 @@ class DeamortizedConv(TiledEngine):
 
     def _plan(self, b: int) -> SlicedConv:
         """Level b's jobs: FFT size 2b, filter segments h[b : 3b] (the block's own share of
-        the target, two blocks on) and h[2b : 4b] (its even partner's, three blocks on)."""
+        the target, two blocks on) and h[2b : 4b] (its even partner's, three blocks on). On
+        CUDA a job is one slice (one rfft/irfft pair, queued on the side stream)."""
         g = self.h.new_zeros(2, self.channels, 2 * b)
         for term, lag in enumerate((b, 2 * b)):
             segment = self.h[:, lag : min(lag + 2 * b, self.max_len)]
             g[term, :, : segment.shape[-1]] = segment
+        if self._side_stream is not None:
+            return SlicedConv(g, 2 * b, self.batch_size, points=None)
         return SlicedConv(g, 2 * b, self.batch_size, SLICE_POINTS)
 
     def _reset(self) -> None:
@@ -470,14 +482,36 @@ class DeamortizedConv(TiledEngine):
         if not plan.four_step and 2 * x.numel() <= SMALL_JOB_POINTS:
             run_passes(passes())  # small: now, in one call (no job, no slices)
             return None
+        if self._side_stream is not None:
+            self._events[b] = self._queue_on_side_stream(passes, scratch)
+            return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
         job = Job(passes, sum(plan.counts), start, start + b, self._offset)
         _Background.submit(job)
         self._pace_at = min(self._pace_at, job.due())
         return job
 
+    def _queue_on_side_stream(
+        self, passes: Callable[[], list[Pass]], scratch: torch.Tensor | None
+    ) -> torch.cuda.Event:
+        """Queue a job on the side stream after the decoding stream's work so far; its event."""
+        side, main = self._side_stream, torch.cuda.current_stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            run_passes(passes())
+            done = torch.cuda.Event()
+            done.record(side)
+        buffers = [self._x, self._ring_tiles, *self._kept.values()]
+        for buffer in buffers if scratch is None else [*buffers, scratch]:
+            buffer.record_stream(side)
+        return done
+
     def _join(self, b: int) -> None:
-        """Wait for the level-b job due now, running queued slices meanwhile."""
+        """Wait for the level-b job due now, running queued slices meanwhile (on CUDA: the
+        decoding stream waits for its event; the host does not)."""
+        event = self._events.pop(b, None)
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
         job = self._jobs.pop(b, None)
         if job is None:
             return
@@ -492,10 +526,25 @@ class DeamortizedConv(TiledEngine):
         for job in self._jobs.values():
             self._wait(job)
         self._jobs.clear()
+        for b in list(self._events):
+            self._join(b)
 
     def _wait(self, job: Job) -> None:
         """Until ``job`` is done (its remaining slices run in this thread)."""
         _Background.finish(job)
+
+
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream | None:
+    """The stream the deamortized jobs of ``device`` run on (one per CUDA device); None on CPU."""
+    if device.type != "cuda":
+        return None
+    device = torch.device("cuda", device.index if device.index is not None else 0)
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
 
 
 def _cancel(jobs: dict[int, Job]) -> None:

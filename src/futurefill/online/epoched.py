@@ -121,6 +121,9 @@ class EpochedConv(OnlineConvEngine):
         for buffer in (self._x_epoch, self._cache, self._h_head):
             torch._dynamo.maybe_mark_dynamic(buffer, 0)
 
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [*self._buffers(), self._j]
+
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The epoch step as a fixed-shape function of the index tensor ``_j``: the input goes to
         row j of the epoch, and ``h[t - j] u`` to every output t >= j of the cache (the filter
