@@ -42,7 +42,7 @@ import torch  # noqa: E402
 # Sizes with a GPU, and for the CPU dry run (same code, tiny).
 FULL = {
     "layer_lengths": ["16384", "65536", "262144", "1048576"],
-    "layer_budget": "30",
+    "layer_budget": "25",
     "context_lens": ["256", "1024", "1792"],  # the bundled model's own context: 2048
     "context_budget": "30",
     "hyenadna_lens": ["16384", "65536", "262144", "1048576"],
@@ -50,10 +50,10 @@ FULL = {
     "compiled_tokens": 512,
     "sync_len": 4096,
     "timeouts": {
-        "tests": 110,
+        "tests": 90,
         "compiled": 90,
         "sync": 30,
-        "layer": 150,
+        "layer": 200,
         "context": 45,
         "hyenadna": 110,
     },
@@ -116,129 +116,30 @@ def bench(kind: str, args: list[str], device: str, out: Path) -> list[str]:
 
 
 def parts(sizes: dict, device: str, out: Path) -> list[tuple[str, list[str]]]:
-    py = sys.executable
+    py, me = sys.executable, [sys.executable, __file__, "--device", device, "--out", str(out)]
+    layer = "--channels 128 --methods naive epoched continuous deamortized offline --repeats 2"
+    context = "--methods naive epoched continuous compiled compiled-deamortized --repeats 1"
+    # The float32 forward itself differs from float64 by a relative 4.1e-4 at P = 2^18 on the
+    # GPU, every method alike (its prefill FFT; the preset's 3e-4 was set from P <= 2^17): the
+    # tolerance here is wider, and the methods' greedy tokens are compared besides.
+    hyenadna = "--preset hyenadna --tol 2e-3 --methods naive continuous compiled --repeats 1"
     return [
-        (
-            "tests",
-            [
-                py,
-                "-m",
-                "pytest",
-                "-m",
-                "cuda",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "--maxfail=20",
-                "--no-header",
-                "tests",
-            ],
-        ),
-        (
-            "compiled",
-            [
-                py,
-                __file__,
-                "--part",
-                "compiled",
-                "--device",
-                device,
-                "--out",
-                str(out),
-                "--tokens",
-                str(sizes["compiled_tokens"]),
-            ],
-        ),
-        (
-            "sync",
-            [
-                py,
-                __file__,
-                "--part",
-                "sync",
-                "--device",
-                device,
-                "--out",
-                str(out),
-                "--tokens",
-                str(sizes["sync_len"]),
-            ],
-        ),
-        (
-            "layer",
-            bench(
-                "layer",
-                [
-                    "--lengths",
-                    *sizes["layer_lengths"],
-                    "--channels",
-                    "128",
-                    "--methods",
-                    "naive",
-                    "epoched",
-                    "continuous",
-                    "deamortized",
-                    "offline",
-                    "--repeats",
-                    "1",
-                    "--warmup-len",
-                    "1024",
-                    "--budget",
-                    sizes["layer_budget"],
-                ],
-                device,
-                out / "layer",
-            ),
-        ),
-        (
-            "context",
-            bench(
-                "context",
-                [
-                    "--prompt-lens",
-                    *sizes["context_lens"],
-                    "--new-tokens",
-                    sizes["new_tokens"],
-                    "--methods",
-                    "naive",
-                    "epoched",
-                    "continuous",
-                    "compiled",
-                    "compiled-deamortized",
-                    "--repeats",
-                    "1",
-                    "--budget",
-                    sizes["context_budget"],
-                ],
-                device,
-                out / "context",
-            ),
-        ),
-        (
-            "hyenadna",
-            bench(
-                "context",
-                [
-                    "--preset",
-                    "hyenadna",
-                    "--prompt-lens",
-                    *sizes["hyenadna_lens"],
-                    "--new-tokens",
-                    sizes["new_tokens"],
-                    "--methods",
-                    "naive",
-                    "continuous",
-                    "compiled",
-                    "--repeats",
-                    "1",
-                    "--budget",
-                    sizes["context_budget"],
-                ],
-                device,
-                out / "hyenadna",
-            ),
-        ),
-    ]
+        ("tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                   "--maxfail=20", "--no-header", "tests"]),
+        ("compiled", [*me, "--part", "compiled", "--tokens", str(sizes["compiled_tokens"])]),
+        ("sync", [*me, "--part", "sync", "--tokens", str(sizes["sync_len"])]),
+        ("layer", bench("layer", [*layer.split(), "--lengths", *sizes["layer_lengths"],
+                                  "--warmup-len", "1024", "--budget", sizes["layer_budget"]],
+                        device, out / "layer")),
+        ("context", bench("context", [*context.split(), "--prompt-lens", *sizes["context_lens"],
+                                      "--new-tokens", sizes["new_tokens"],
+                                      "--budget", sizes["context_budget"]], device,
+                          out / "context")),
+        ("hyenadna", bench("context", [*hyenadna.split(), "--prompt-lens",
+                                       *sizes["hyenadna_lens"], "--new-tokens",
+                                       sizes["new_tokens"], "--budget", sizes["context_budget"]],
+                           device, out / "hyenadna")),
+    ]  # fmt: skip
 
 
 # ------------------------------------------------------------------ parts run in this file

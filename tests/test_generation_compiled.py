@@ -25,9 +25,9 @@ def small_model(mixer: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("mixer", [*MIXERS, "hyenadna"])
-def test_compiled_generation_gives_eager_tokens(mixer):
-    model = small_model(mixer)
-    ids = torch.randint(0, 16, (2, 9), generator=torch.Generator().manual_seed(1))
+def test_compiled_generation_gives_eager_tokens(mixer, device):
+    model = small_model(mixer).to(device)
+    ids = torch.randint(0, 16, (2, 9), generator=torch.Generator().manual_seed(1)).to(device)
     eager = generate(model, ids, 40, return_logits=True, tile_len=4)
     breaks = sum(counters["graph_break"].values())
     compiled = generate(model, ids, 40, compile=True, return_logits=True, tile_len=4)

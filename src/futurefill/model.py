@@ -160,7 +160,9 @@ def embed_tokens(
     formatted with it, names the bound in the error), on the embedding's device, inside the
     vocabulary. On the CPU the embedding's own bounds check finds a bad id (no extra pass over
     the ids, no sync per token); elsewhere (CUDA reports it only as a device-side assert) the
-    ids are checked first."""
+    ids of a chunk of several positions are checked first, on the host (one sync: a prompt),
+    and those of one position (a decoding step, where a host check would stall every token)
+    on the device: a bad id fails the next synchronization with a device-side assertion."""
     check_token_dtype(ids)
     if ids.dim() != 2:
         raise ValueError(f"ids must have shape (batch, length), got {tuple(ids.shape)}")
@@ -170,7 +172,11 @@ def embed_tokens(
     if ids.device != weight.device:
         raise ValueError(f"ids are on {ids.device}, the model on {weight.device}")
     if ids.device.type != "cpu":
-        check_token_ids(ids, embedding.num_embeddings)
+        if ids.shape[1] == 1:
+            inside = (ids >= 0) & (ids < embedding.num_embeddings)
+            torch._assert_async(inside.all(), "token id outside the vocabulary")
+        else:
+            check_token_ids(ids, embedding.num_embeddings)
         return embedding(ids)
     try:
         return embedding(ids)

@@ -140,10 +140,10 @@ def test_float32_within_output_scale(method, opts, device):
 @pytest.mark.parametrize("method", METHODS)
 def test_half_precision_computed_in_float32(method, half, device):
     length = 100
-    h = decaying_filter(3, length).to(half).to(device)
-    u = random_input(2, 3, length).to(half).to(device)
+    h = decaying_filter(3, length).to(half)
+    u = random_input(2, 3, length).to(half)
     ref = reference_conv(u.double(), h.double())  # exact for the rounded inputs
-    y = run_online(OnlineConv(h, method=method, batch_size=2), u, 10)
+    y = run_online(OnlineConv(h.to(device), method=method, batch_size=2), u.to(device), 10)
     assert y.dtype == half
     # Only the final rounding to half precision separates the result from the reference.
     eps = torch.finfo(half).eps
