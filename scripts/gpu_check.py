@@ -124,7 +124,7 @@ def parts(sizes: dict, device: str, out: Path) -> list[tuple[str, list[str]]]:
     # tolerance here is wider, and the methods' greedy tokens are compared besides.
     hyenadna = "--preset hyenadna --tol 2e-3 --methods naive continuous compiled --repeats 1"
     return [
-        ("tests", [py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+        ("tests", [py, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider",
                    "--maxfail=20", "--no-header", "tests"]),
         ("compiled", [*me, "--part", "compiled", "--tokens", str(sizes["compiled_tokens"])]),
         ("sync", [*me, "--part", "sync", "--tokens", str(sizes["sync_len"])]),

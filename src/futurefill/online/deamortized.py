@@ -61,9 +61,7 @@ s, largest step 30-47 ms; deamortized 10.9 s (1.4x), p99.9 390 us, p99.99 610-62
 0.84-1.6 ms. The largest steps are not the schedule's own: they are plain steps or one slice
 that took milliseconds, the decoding thread preempted (two busy threads and this VM's other
 load on two cores) or waiting for the GIL. The schedule's own work is the tile ends (0.1-0.6
-ms: joins, submissions, the rings' gather) and paced slices. On CUDA the slices are issued from
-the worker thread on the default stream (correct, but not overlapped with the decoding thread's
-kernels; untested here).
+ms: joins, submissions, the rings' gather) and paced slices.
 
 On CUDA no thread is needed: a job is queued on a side stream (one per device) behind an event
 of the decoding stream, in one call (no slices: the GPU overlaps it with the steps' kernels), and
