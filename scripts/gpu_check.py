@@ -328,15 +328,23 @@ def summarize(out: Path, results: list[dict]) -> str:
         data = json.loads(path.read_text())
         lines += [
             "",
-            f"bench context ({name}): decode tokens/s after P prompt tokens:",
+            f"bench context ({name}): decode tokens/s after P prompt tokens, host time of a "
+            "step (us):",
             "",
-            "| method | P | tokens/s | prefill s | status |",
-            "|---|---|---|---|---|",
+            "| method | P | tokens/s | prefill s | median / p99 / max step | status |",
+            "|---|---|---|---|---|---|",
         ]
         for r in data["rows"]:
             tps = f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else ""
             pre = f"{r['prefill_s']:.3f}" if r.get("prefill_s") else ""
-            lines.append(f"| {r['method']} | {r['P']} | {tps} | {pre} | {r['status'][:40]} |")
+            steps = ""
+            if r.get("step_median_s"):
+                steps = " / ".join(
+                    f"{r[k] * 1e6:.0f}" for k in ("step_median_s", "step_p99_s", "step_max_s")
+                )
+            lines.append(
+                f"| {r['method']} | {r['P']} | {tps} | {pre} | {steps} | {r['status'][:40]} |"
+            )
     return "\n".join(lines) + "\n"
 
 
