@@ -117,3 +117,9 @@ def test_generate_accepts_outputs_with_logits_and_ragged_prompts():
     alone = generate(model, prompt[:1, :4], 6)
     assert torch.equal(out.tokens[:1], alone)
     assert out.logits.shape == (2, 6, VOCAB)
+
+
+def test_a_model_without_decoding_modules_fails_the_check_with_an_assertion():
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Linear(4, 8))
+    with pytest.raises(AssertionError, match=r"Sequential has no futurefill\.nn modules"):
+        assert_decoding_matches_forward(model, torch.zeros(1, 3, dtype=torch.long))

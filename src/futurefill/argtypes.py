@@ -132,6 +132,8 @@ def output_dir(text: str) -> Path:
     Probed by creating (and removing) a temporary entry where the files would go, so nothing is
     left behind when a later option is rejected.
     """
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty string")
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")

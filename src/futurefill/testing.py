@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from futurefill.nn import decoding
+from futurefill.nn import DecodingModule, decoding
 from futurefill.online import ENGINE_OPTIONS, METHODS
 
 __all__ = ["assert_decoding_matches_forward", "default_rtol"]
@@ -69,6 +69,11 @@ def assert_decoding_matches_forward(
     The error names the method, the prompt length, the first position that differs, its error
     and the tolerance.
     """
+    if not any(isinstance(m, DecodingModule) for m in model.modules()):
+        raise AssertionError(
+            f"{type(model).__name__} has no futurefill.nn modules, so it cannot decode: its time "
+            "mixing must use futurefill.nn.LongConv, FilterBankConv or ShortConv"
+        )
     batch, length = input_ids.shape
     reference = _logits(model(input_ids))
     scale = float(reference.abs().max())

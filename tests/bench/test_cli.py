@@ -138,3 +138,12 @@ def test_a_failed_write_leaves_the_output_directory_as_it_was(bench, out_dir, mo
     assert bench.run_cli("bench", "layer", "--lengths", "16", "--out", str(out_dir)) == 1
     assert written and sorted(p.name for p in out_dir.iterdir()) == ["layer.json"]
     assert (out_dir / "layer.json").read_text() == "earlier run\n"
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_an_empty_output_directory_is_refused(out, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty --out once wrote here, silently
+    assert top_cli.main(["bench", "layer", "--lengths", "16", "--out", out]) == 2
+    _, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "--out" in err and "empty string" in err
+    assert list(tmp_path.iterdir()) == []
