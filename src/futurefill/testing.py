@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from futurefill.nn import DecodingModule, decoding
+from futurefill.nn.session import no_decoding_modules
 from futurefill.online import ENGINE_OPTIONS, METHODS
 
 __all__ = ["assert_decoding_matches_forward", "default_rtol"]
@@ -70,10 +71,7 @@ def assert_decoding_matches_forward(
     and the tolerance.
     """
     if not any(isinstance(m, DecodingModule) for m in model.modules()):
-        raise AssertionError(
-            f"{type(model).__name__} has no futurefill.nn modules, so it cannot decode: its time "
-            "mixing must use futurefill.nn.LongConv, FilterBankConv or ShortConv"
-        )
+        raise AssertionError(no_decoding_modules(model))
     batch, length = input_ids.shape
     reference = _logits(model(input_ids))
     scale = float(reference.abs().max())

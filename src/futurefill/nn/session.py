@@ -135,6 +135,14 @@ class DecodingModule(nn.Module, ABC):
         """The state this module keeps in ``session`` (called once, when the session opens)."""
 
 
+def no_decoding_modules(model: nn.Module) -> str:
+    """Why ``model``, which has no :class:`DecodingModule`, cannot decode (an error message)."""
+    return (
+        f"{type(model).__name__} has no futurefill.nn modules, so it cannot decode: its time "
+        "mixing must use futurefill.nn.LongConv, FilterBankConv or ShortConv"
+    )
+
+
 def decoding_max_len(model: nn.Module) -> int | None:
     """The longest sequence every futurefill.nn module of ``model`` accepts (None: no limit)."""
     limits = [m.max_len for m in model.modules() if isinstance(m, DecodingModule) and m.max_len]
@@ -166,10 +174,7 @@ class DecodingSession:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         modules = [(n, m) for n, m in model.named_modules() if isinstance(m, DecodingModule)]
         if not modules:
-            raise ValueError(
-                f"{type(model).__name__} has no futurefill.nn modules, so it cannot decode: its "
-                "time mixing must use futurefill.nn.LongConv, FilterBankConv or ShortConv"
-            )
+            raise ValueError(no_decoding_modules(model))
         self.batch_size = check_int(batch_size, "batch_size")
         limit = decoding_max_len(model)
         if max_len is None:
