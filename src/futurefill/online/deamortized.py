@@ -367,9 +367,8 @@ class DeamortizedConv(TiledEngine):
         for term, lag in enumerate((b, 2 * b)):
             segment = self.h[:, lag : min(lag + 2 * b, self.max_len)]
             g[term, :, : segment.shape[-1]] = segment
-        if self._side_stream is not None:
-            return SlicedConv(g, 2 * b, self.batch_size, points=None)
-        return SlicedConv(g, 2 * b, self.batch_size, SLICE_POINTS)
+        points = None if self._side_stream is not None else SLICE_POINTS
+        return SlicedConv(g, 2 * b, self.batch_size, points)
 
     def _reset(self) -> None:
         self._allocate(self.max_len)
@@ -539,7 +538,8 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream | None:
     """The stream the deamortized jobs of ``device`` run on (one per CUDA device); None on CPU."""
     if device.type != "cuda":
         return None
-    device = torch.device("cuda", device.index if device.index is not None else 0)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    device = torch.device("cuda", index)
     if device not in _SIDE_STREAMS:
         _SIDE_STREAMS[device] = torch.cuda.Stream(device)
     return _SIDE_STREAMS[device]
