@@ -25,6 +25,8 @@ and exits 0 when every part works (1 otherwise).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import re
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +154,7 @@ def part_compiled(device: torch.device, tokens: int, out: Path) -> None:
     from torch._dynamo.utils import counters
 
     from futurefill import ConvLM, ConvLMConfig, generate
+    from futurefill.bench.common import timed
 
     config = json.loads((ROOT / "src/futurefill/checkpoints/pydoc-stu/config.json").read_text())
     config["max_len"] = max(config["max_len"], 2 * tokens + 64)
@@ -163,13 +167,9 @@ def part_compiled(device: torch.device, tokens: int, out: Path) -> None:
         for compiled in (False, True):
             generate(model, ids, 16, method=method, compile=compiled)  # warm-up (compiles)
             frames, graphs = counters["frames"]["total"], counters["stats"]["unique_graphs"]
-            times = []
-            for _ in range(2):
-                torch.cuda.synchronize(device) if device.type == "cuda" else None
-                began = time.perf_counter()
-                new = generate(model, ids, tokens, method=method, compile=compiled)
-                torch.cuda.synchronize(device) if device.type == "cuda" else None
-                times.append(time.perf_counter() - began)
+            run = functools.partial(generate, model, ids, tokens, method=method, compile=compiled)
+            runs = [timed(run, device) for _ in range(2)]
+            new, times = runs[-1][0], [seconds for _, seconds in runs]
             shorter = generate(model, ids, tokens // 2 + 1, method=method, compile=compiled)
             key = "compiled" if compiled else "eager"
             row[f"{key}_per_token_us"] = round(min(times) / tokens * 1e6, 1)
@@ -198,28 +198,36 @@ def part_compiled(device: torch.device, tokens: int, out: Path) -> None:
         raise SystemExit(f"compiled check failed: {bad}, cudagraph skips {skips}")
 
 
+@contextlib.contextmanager
+def host_syncs_are_errors(device: torch.device) -> Iterator[None]:
+    """Inside, an operation that synchronizes the host with ``device`` raises (CUDA; on the CPU
+    nothing to check)."""
+    if device.type != "cuda":
+        yield
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def part_sync(device: torch.device, length: int, out: Path) -> None:
     """Engine steps and a session's traced steps with host synchronization made an error."""
     from futurefill import ConvLM, ConvLMConfig, OnlineConv, decoding
     from futurefill.online import deamortized
 
-    cuda = device.type == "cuda"
     h = torch.randn(128, length, device=device) / length**0.5
     results = {}
     for method in ("continuous", "deamortized"):
         conv = OnlineConv(h, method=method, max_len=length)
         u, y = torch.randn(1, 128, device=device), torch.empty(1, 128, device=device)
         conv.prefill(torch.randn(1, 128, 3, device=device))
-        if cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.set_sync_debug_mode("error")
-        try:
+        with host_syncs_are_errors(device):
             while conv.position < length:
                 conv.step(u, out=y)
                 torch.tanh(y, out=u)
-        finally:
-            if cuda:
-                torch.cuda.set_sync_debug_mode("default")
         results[method] = f"no host sync in {length - 3} steps"
         print(method, results[method], flush=True)
     assert deamortized.SMALL_JOB_POINTS < 128 * length  # the large levels were queued jobs
@@ -231,17 +239,11 @@ def part_sync(device: torch.device, length: int, out: Path) -> None:
         model(ids)
         with session.traced_steps():
             next_ids = ids[:, :1]
-            if cuda:
-                torch.cuda.synchronize(device)
-                torch.cuda.set_sync_debug_mode("error")
-            try:
+            with host_syncs_are_errors(device):
                 for _ in range(min(length - 8, 300)):
                     logits = model(next_ids)
                     next_ids = logits[:, -1].argmax(-1, keepdim=True)
                     session.advance()
-            finally:
-                if cuda:
-                    torch.cuda.set_sync_debug_mode("default")
     results["session traced steps (eager)"] = "no host sync"
     (out / "sync.json").write_text(json.dumps(results, indent=1))
 
