@@ -1,45 +1,26 @@
 """Auto-regressive generation from any model whose time mixing is :mod:`futurefill.nn`.
 
-The model's own ``forward`` does the work inside a decoding session (:func:`futurefill.decoding`):
-the prompt goes in as one chunk (one parallel FFT pass that seeds every long convolution's online
-engine) and each new token as a chunk of one position, so the long convolutions are never
-recomputed, and the logits are those of the model's parallel forward pass, to rounding, whichever
-engine ``method`` runs them.
-
-Ragged batches (prompts of different lengths) come right-padded with ``prompt_lengths``. They are
-prefilled in one parallel pass: each prompt is moved to end at the longest one's end, and the
-positions before it are padding that the session keeps out of every convolution
-(:meth:`~futurefill.nn.DecodingSession.padded`: every futurefill.nn module sees zeros there).
-Convolutions are time invariant and are a model's only time mixing, so every sequence gets
-exactly the outputs it would get alone, and all sequences generate from the first step on.
+:func:`generate` is a short loop over a :class:`~futurefill.decoder.Decoder`: prefill every
+prompt (one parallel pass; ragged prompts too), then choose a token per sequence (greedy or
+sampled), stop at end-of-sequence, stream, record logits, and feed the tokens back, one decoder
+step per token. The logits are those of the model's parallel forward pass, to rounding,
+whichever engine ``method`` runs the long convolutions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import types
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.model import check_token_ids
-from futurefill.nn import DecodingSession, decoding, decoding_max_len
-from futurefill.online import ENGINE_OPTIONS, engine_options_text
+from futurefill.decoder import Decoder, check_input_ids, check_prompt_lengths
+from futurefill.nn import decoding_max_len
+from futurefill.online import engine_options, engine_options_text
 
-__all__ = ["COMPILED_METHODS", "GenerationOutput", "generate", "select_next_tokens"]
-
-# Engines with a traced step (see futurefill.nn.DecodingSession.traced_steps).
-COMPILED_METHODS = ("continuous", "epoched", "deamortized")
-# A batch-1 token step is bound by reading the weights once per token. On CPU inductor's
-# "decompose_mm_pass" turns each (1, k) @ (k, n) product into a fused multiply-and-sum kernel
-# spread over the intra-op threads, where MKL's GEMV reads the weights on one core: a
-# HyenaDNA-large-1m-shaped step (8 layers, width 256, 25 MB of weights) went from 3.85 ms to
-# 1.40 ms on a 2-core x86 CPU (32 such products alone: 3.3 ms to 0.61 ms).
-# (Asked for only where this torch's inductor has the pass's CPU case; others compile without.)
-CPU_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+__all__ = ["GenerationOutput", "generate", "select_next_tokens"]
 
 
 class GenerationOutput(NamedTuple):
@@ -106,7 +87,7 @@ def generate(
     streamer: Any = None,
     return_logits: bool = False,
     compile: bool = False,
-    **engine_options: int,
+    **options: int,
 ) -> torch.Tensor | GenerationOutput:
     """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
 
@@ -122,8 +103,9 @@ def generate(
     max_new_tokens : int >= 0
         Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
         the model's max length (its shortest filter) for the longest prompt.
-    method : {"continuous", "epoched", "naive", "deamortized"}
-        The online convolution engine of every layer; all give the same tokens.
+    method : str
+        The online convolution engine of every layer (:data:`futurefill.online.METHODS`); all
+        give the same tokens (to rounding: see docs/exactness.md for half precisions).
     temperature : float >= 0
         Divides the logits before sampling; 0 means greedy.
     top_k : int >= 1, optional
@@ -152,53 +134,93 @@ def generate(
     return_logits : bool
         Also return the logits each token was chosen from (see :class:`GenerationOutput`).
     compile : bool
-        Run the per-token forward as one ``torch.compile`` graph (``method`` continuous,
-        epoched or deamortized): every module's step is a fixed-shape function of the engine's
-        index in its tile or epoch, and the host does what depends on the position (the FFT
-        levels at a tile's end, batched across layers; the epoch refills; the deamortized
-        jobs' scheduling and pacing) between graph calls. It is compiled once per model,
-        method, batch size and dtype (kept across calls, whatever the prompt and generation
-        lengths) and gives eager's tokens (greedy's argmax is in the graph); on CUDA with
-        ``mode="reduce-overhead"`` (CUDA graphs).
-    **engine_options
-        ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
+        Run the per-token forward as one ``torch.compile`` graph (every method; float32 or
+        float64), compiled once per model, method, batch size and dtype whatever the lengths;
+        gives eager's tokens (see :class:`~futurefill.decoder.Decoder`).
+    **options
+        The method's knobs: ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized).
 
     Returns
     -------
     LongTensor, shape (batch, max_new_tokens): the new tokens of each sequence (the ``i``-th new
     token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
 
-    Runs in ``torch.inference_mode`` (about 10% less per-token overhead than ``no_grad`` on a
-    CPU); the returned tensors are ordinary ones. Cost: one parallel prefill of every prompt
-    (ragged ones padded to the longest), then ``max_new_tokens - 1`` steps, each one call of
-    ``model`` on one position per sequence.
+    Runs in ``torch.inference_mode``; the returned tensors are ordinary ones. Cost: one parallel
+    prefill of every prompt (ragged ones padded to the longest), then ``max_new_tokens - 1``
+    steps, each one call of ``model`` on one position per sequence.
     """
-    for name in engine_options:
-        if name not in ENGINE_OPTIONS:
+    for name in options:
+        if name not in engine_options():
             raise TypeError(
                 f"generate() got an unexpected keyword argument {name!r}; its engine options are "
                 f"{engine_options_text()}"
             )
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     weight = next(model.parameters(), None)
     device = weight.device if weight is not None else getattr(input_ids, "device", None)
-    ids = _check_input_ids(input_ids, device)
+    ids = check_input_ids(input_ids, device)
     batch, width = ids.shape
     max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
-    lengths_list = _check_prompt_lengths(prompt_lengths, batch, width)
-    lengths = torch.tensor(lengths_list, dtype=torch.long, device=device)
-    in_prompt = torch.arange(width, device=device) < lengths[:, None]  # (batch, width)
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    check_token_ids(ids[in_prompt], vocab or torch.iinfo(torch.long).max, "input_ids")
-    p_min, p_max = min(lengths_list), max(lengths_list)
-    max_len = decoding_max_len(model)
-    if max_len is not None and p_max + max_new_tokens > max_len:
+    lengths = check_prompt_lengths(prompt_lengths, batch, width)
+    limit = decoding_max_len(model)
+    if limit is not None and max(lengths) + max_new_tokens > limit:
         raise ValueError(
-            f"prompt length {p_max} + max_new_tokens {max_new_tokens} = "
-            f"{p_max + max_new_tokens} exceeds the model's max_len {max_len}"
+            f"prompt length {max(lengths)} + max_new_tokens {max_new_tokens} = "
+            f"{max(lengths) + max_new_tokens} exceeds the model's max_len {limit}"
         )
     do_sample = _resolve_sampling(do_sample, temperature, top_k, top_p, generator, device)
+    sample = functools.partial(
+        select_next_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        generator=generator,
+    )
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    eos_token_id, pad_token_id = _check_eos(eos_token_id, pad_token_id, vocab)
+    put, end = _streamer_calls(streamer)
+
+    # The last token is never fed back: the state holds the prompt and max_new_tokens - 1 more.
+    max_len = max(lengths) + max(max_new_tokens - 1, 0)
+    options.update(method=method, compile=compile)
+    new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    recorded: list[torch.Tensor] = []
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    with Decoder(model, batch_size=batch, max_len=max_len, **options) as decoder:
+        out = decoder.prefill(ids, lengths)
+        for i in range(max_new_tokens):
+            if return_logits:
+                recorded.append(out.logits)
+            chosen = sample(out.logits) if do_sample else out.greedy
+            kept = (
+                chosen
+                if eos_token_id is None
+                else _after_eos(chosen, finished, eos_token_id, pad_token_id)
+            )
+            new_tokens[:, i] = kept
+            if put is not None:
+                put(kept)
+            if i == max_new_tokens - 1:
+                break
+            if eos_token_id is not None and bool(finished.all()):  # a device sync
+                new_tokens[:, i + 1 :] = pad_token_id
+                break
+            out = decoder.step(chosen)
+    if end is not None:
+        end()
+    if not return_logits:
+        return _ordinary(new_tokens)
+    return _ordinary(
+        GenerationOutput(new_tokens, _logits_table(recorded, out.logits, new_tokens, eos_token_id))
+    )
+
+
+def _check_eos(
+    eos_token_id: int | None, pad_token_id: int | None, vocab: int | None
+) -> tuple[int | None, int | None]:
+    """The checked ids; ``pad_token_id`` defaults to ``eos_token_id``."""
     if eos_token_id is not None:
         eos_token_id = check_int(eos_token_id, "eos_token_id", 0)
         if vocab is not None and eos_token_id >= vocab:
@@ -206,146 +228,36 @@ def generate(
         pad_token_id = eos_token_id if pad_token_id is None else pad_token_id
     if pad_token_id is not None:
         pad_token_id = check_int(pad_token_id, "pad_token_id", None)
-    put, end = _streamer_calls(streamer)
-    if not isinstance(compile, bool):
-        raise TypeError(f"compile must be a bool, got {compile!r}")
-    if compile and method not in COMPILED_METHODS:
-        raise ValueError(
-            f"compile=True supports method in {COMPILED_METHODS}, got method={method!r}"
-        )
-    half = compile and {p.dtype for p in model.parameters()} & {torch.float16, torch.bfloat16}
-    if half:
-        raise ValueError(
-            f"compile=True needs a float32 or float64 model (half precisions decode eagerly, "
-            f"through float32), got {str(half.pop()).removeprefix('torch.')} parameters"
-        )
+    return eos_token_id, pad_token_id
 
-    # Every prompt moved to end at position p_max (left padding, which the session keeps out of
-    # every convolution): one parallel prefill, then every sequence generates at every step.
-    start = p_max - lengths  # (batch,): where each prompt begins
-    columns = torch.arange(p_max, device=device)
-    valid = columns >= start[:, None]  # (batch, p_max)
-    source = (columns - start[:, None]).clamp(0, width - 1)
-    prompt = torch.where(valid, ids.gather(1, source), 0)
-    if max_new_tokens == 0:
-        empty = ids[:, :0]
-        if not return_logits:
-            return _ordinary(empty)
-        logits = _last_logits(model(prompt[:, -1:]), batch)
-        return _ordinary(GenerationOutput(empty, logits.new_empty(batch, 0, logits.shape[-1])))
 
-    new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    total = p_max + max_new_tokens
-    with contextlib.ExitStack() as stack:
-        session = stack.enter_context(
-            decoding(model, batch_size=batch, max_len=total - 1, method=method, **engine_options)
-        )
-        with session.padded(valid) if p_min < p_max else contextlib.nullcontext():
-            logits = _last_logits(model(prompt), batch)  # (batch, vocab): the first new token's
-        if compile:
-            step = compiled_step(model, session, device)
-            stack.enter_context(session.traced_steps())
-        greedy_next = None  # the compiled step's argmax, when greedy
-        all_logits = (
-            logits.new_full((batch, max_new_tokens, logits.shape[-1]), float("nan"))
-            if return_logits
-            else None
-        )
-        for i in range(max_new_tokens):
-            if all_logits is not None:
-                all_logits[:, i].copy_(logits)
-            chosen = greedy_next
-            if chosen is None:
-                chosen = select_next_tokens(
-                    logits,
-                    do_sample=do_sample,
-                    temperature=temperature,
-                    top_k=top_k,
-                    top_p=top_p,
-                    generator=generator,
-                )
-            kept = chosen
-            if eos_token_id is not None:
-                kept = torch.where(finished, pad_token_id, chosen)
-                finished |= chosen == eos_token_id
-            new_tokens[:, i].copy_(kept)
-            if put is not None:
-                put(kept)
-            if i == max_new_tokens - 1:
-                break
-            if eos_token_id is not None and bool(finished.all()):
-                new_tokens[:, i + 1 :] = pad_token_id
-                break
-            if compile:
-                logits, greedy_next = step(chosen[:, None])
-                session.advance()
-                if do_sample:
-                    greedy_next = None
-            else:
-                logits = _last_logits(model(chosen[:, None]), batch)
-    if end is not None:
-        end()
-    if all_logits is None:
-        return _ordinary(new_tokens)
+def _after_eos(
+    chosen: torch.Tensor, finished: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> torch.Tensor:
+    """The tokens kept ``(batch,)``: ``pad_token_id`` for sequences already finished; marks the
+    sequences that choose ``eos_token_id`` now as finished (in place)."""
+    kept = torch.where(finished, pad_token_id, chosen)
+    finished |= chosen == eos_token_id
+    return kept
+
+
+def _logits_table(
+    recorded: list[torch.Tensor],
+    last: torch.Tensor,
+    tokens: torch.Tensor,
+    eos_token_id: int | None,
+) -> torch.Tensor:
+    """``(batch, max_new_tokens, vocab)``: the recorded logits, NaN where none was recorded
+    (generation ended early) and after each sequence's end-of-sequence token."""
+    batch, count = tokens.shape
+    table = last.new_full((batch, count, last.shape[-1]), float("nan"))
+    if recorded:
+        table[:, : len(recorded)] = torch.stack(recorded, dim=1)
     if eos_token_id is not None:
-        is_eos = new_tokens == eos_token_id
+        is_eos = tokens == eos_token_id
         after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
-        all_logits.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
-    return _ordinary(GenerationOutput(new_tokens, all_logits))
-
-
-def compiled_step(
-    model: nn.Module, session: DecodingSession, device: torch.device
-) -> Callable[[torch.Tensor], Any]:
-    """The compiled token step of ``model`` decoding in ``session`` on ``device``: ids
-    ``(batch, 1)`` to the last logits ``(batch, vocab)`` and their argmax ``(batch,)``.
-
-    One per model and (engine method and options, batch size, dtype, device), kept on the model,
-    each a function with a code object of its own: dynamo keeps graphs, and counts them against
-    its recompile limit (8), per code object, and runs every call past the limit eagerly (one
-    function for every step would reach it with the eighth such combination in a process)."""
-    dtype = getattr(next(model.parameters(), None), "dtype", None)
-    options = tuple(sorted(session.engine_options.items()))
-    key = (session.method, options, session.batch_size, dtype, torch.device(device))
-    steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
-    if key not in steps:
-
-        def token_step(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = _last_logits(model(ids), ids.shape[0])
-            return logits, logits.argmax(dim=-1)
-
-        code = token_step.__code__.replace()  # equal, but another object
-        token_step = types.FunctionType(
-            code, token_step.__globals__, token_step.__name__, closure=token_step.__closure__
-        )
-        if torch.device(device).type == "cuda":
-            steps[key] = _outputs_cloned(
-                torch.compile(token_step, dynamic=False, mode="reduce-overhead")
-            )
-        else:
-            cpu_options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
-            steps[key] = torch.compile(token_step, dynamic=False, options=cpu_options)
-    return steps[key]
-
-
-def _outputs_cloned(step: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
-    """``step`` with its outputs copied: a CUDA graph's outputs live in its memory pool, which
-    its next replay overwrites, and a caller (a streamer, a list of logits) may keep them."""
-
-    def cloned(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(t.clone() for t in step(ids))
-
-    return cloned
-
-
-def _inductor_decomposes_cpu_mm() -> bool:
-    """Whether this torch's inductor has the CPU case of its ``decompose_mm_pass``."""
-    try:
-        from torch._inductor.fx_passes import decompose_mem_bound_mm
-    except ImportError:
-        return False
-    return hasattr(decompose_mem_bound_mm, "CPU_MAX_FIRST_DIMENSION_DECOMPOSITION")
+        table.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
+    return table
 
 
 # ---------------------------------------------------------------------- argument checks
@@ -357,64 +269,6 @@ def _ordinary(result: Any) -> Any:
         if isinstance(result, torch.Tensor):
             return result.clone()
         return type(result)(*(t.clone() for t in result))
-
-
-def _last_logits(output: Any, batch: int) -> torch.Tensor:
-    """The last position's logits ``(batch, vocab)`` of a model's output ``(batch, n, vocab)``
-    (a tensor, or an object with ``.logits``)."""
-    logits = getattr(output, "logits", output)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[0] != batch:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise TypeError(
-            "generate needs a model whose forward returns logits (batch, length, vocab_size), or "
-            f"an object with .logits; got {shape}"
-        )
-    return logits[:, -1]
-
-
-def _check_input_ids(input_ids: Any, device: torch.device) -> torch.Tensor:
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-    if (
-        input_ids.dtype.is_floating_point
-        or input_ids.dtype.is_complex
-        or input_ids.dtype == torch.bool
-    ):
-        raise TypeError(f"input_ids must have an integer dtype (torch.long), got {input_ids.dtype}")
-    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
-        raise ValueError(
-            f"input_ids must have shape (batch, length) with batch, length >= 1, "
-            f"got {tuple(input_ids.shape)}"
-        )
-    if input_ids.device != device:
-        raise ValueError(f"input_ids are on {input_ids.device}, the model on {device}")
-    return input_ids.long()
-
-
-def _check_prompt_lengths(
-    prompt_lengths: Sequence[int] | torch.Tensor | None, batch: int, width: int
-) -> list[int]:
-    if prompt_lengths is None:
-        return [width] * batch
-    if isinstance(prompt_lengths, torch.Tensor):
-        if prompt_lengths.dtype.is_floating_point or prompt_lengths.dtype == torch.bool:
-            raise TypeError(f"prompt_lengths must be integers, got dtype {prompt_lengths.dtype}")
-        if prompt_lengths.dim() != 1:
-            raise ValueError(
-                f"prompt_lengths must be 1-D (batch,), got shape {tuple(prompt_lengths.shape)}"
-            )
-        prompt_lengths = prompt_lengths.tolist()
-    lengths = list(prompt_lengths)
-    if len(lengths) != batch:
-        raise ValueError(f"prompt_lengths has {len(lengths)} entries, input_ids has batch {batch}")
-    for length in lengths:
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise TypeError(f"prompt_lengths must hold ints, got {type(length).__name__}")
-        if not 1 <= length <= width:
-            raise ValueError(
-                f"prompt_lengths must be in [1, input_ids.shape[1]={width}], got {length}"
-            )
-    return lengths
 
 
 def _resolve_sampling(

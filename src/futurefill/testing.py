@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from futurefill import online
 from futurefill.nn import DecodingModule, decoding
 from futurefill.nn.session import no_decoding_modules
-from futurefill.online import ENGINE_OPTIONS, METHODS
 
 __all__ = ["assert_decoding_matches_forward", "default_rtol"]
 
@@ -40,7 +40,7 @@ def assert_decoding_matches_forward(
     model: nn.Module,
     input_ids: torch.Tensor,
     *,
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = online.METHODS,
     prompt_lens: Iterable[int] | None = None,
     rtol: float | None = None,
     **engine_options: int,
@@ -78,7 +78,8 @@ def assert_decoding_matches_forward(
     tol = (default_rtol(reference.dtype) if rtol is None else rtol) * max(scale, 1e-30)
     prompt_lens = (0, length // 2) if prompt_lens is None else tuple(prompt_lens)
     for method in methods:
-        options = {k: v for k, v in engine_options.items() if method in ENGINE_OPTIONS.get(k, ())}
+        takers = online.engine_options()
+        options = {k: v for k, v in engine_options.items() if method in takers.get(k, ())}
         for prompt_len in prompt_lens:
             with decoding(model, batch_size=batch, max_len=length, method=method, **options):
                 chunks = [_logits(model(input_ids[:, :prompt_len]))] if prompt_len else []

@@ -24,10 +24,13 @@ class _Off:
         return self.stepper.nbytes
 
     def prefill(self, ids):
-        return self.stepper.prefill(ids) * (1 + self.rel)
+        return self._off(self.stepper.prefill(ids))
 
     def step(self, ids_t):
-        return self.stepper.step(ids_t) * (1 + self.rel)
+        return self._off(self.stepper.step(ids_t))
+
+    def _off(self, out):
+        return out._replace(logits=out.logits * (1 + self.rel))
 
     def close(self):
         self.stepper.close()

@@ -1,5 +1,6 @@
-"""The tiled engines' traced step (fixed-shape, for torch.compile): continuous with cross-layer
-batched tile ends, deamortized with its jobs queued, against the float64 offline convolution."""
+"""Every engine's traced step (fixed-shape, for torch.compile) with the work its positions
+schedule returned by ``advance`` and run batched (:func:`run_scheduled`): against the float64
+offline convolution, with prompts, in feedback loops, after eager steps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill.online import ContinuousConv, DeamortizedConv, NaiveConv, deamortized, end_tiles
+from futurefill.online import (
+    ENGINES,
+    METHODS,
+    ContinuousConv,
+    DeamortizedConv,
+    deamortized,
+    make_engine,
+    run_scheduled,
+)
+from futurefill.online.continuous import TileEnd
 from reference import (
     decaying_filter,
     random_input,
@@ -29,32 +39,51 @@ def run_traced(engines, inputs, prompt_len):
     for t in range(prompt_len, inputs[0].shape[-1]):
         for e, u, out in zip(engines, inputs, outputs, strict=True):
             out.append(e.step_traced(u[..., t].contiguous()).unsqueeze(-1))
-        ended = [e for e in engines if e.advance(defer_tile_end=True)]
-        if ended:
-            end_tiles(ended)
+        run_scheduled([e.advance() for e in engines])
     return [torch.cat(out, dim=-1) for out in outputs]
 
 
-@settings(max_examples=15, deadline=None)
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=12, deadline=None)
 @given(
     length=st.integers(2, 90),
     prompt_frac=st.floats(0, 1),
     batch=st.integers(1, 3),
-    tile_len=st.sampled_from([1, 2, 4, 8]),
+    knob=st.sampled_from([1, 2, 4, 8]),
     seed=st.integers(0, 2**16),
 )
 def test_batched_traced_steps_match_the_float64_reference(
-    length, prompt_frac, batch, tile_len, seed
+    method, length, prompt_frac, batch, knob, seed
 ):
+    """Three engines of one method (three layers), their scheduled work run batched."""
     channels = 3
     prompt_len = min(round(prompt_frac * length), length - 1)
     filters = [decaying_filter(channels, length, seed=seed + k) for k in range(3)]
     inputs = [random_input(batch, channels, length, seed=seed + 10 + k) for k in range(3)]
-    engines = [
-        ContinuousConv(h, max_len=length, batch_size=batch, tile_len=tile_len) for h in filters
-    ]
+    options = dict.fromkeys(ENGINES[method].options, knob)
+    engines = [make_engine(h, method, max_len=length, batch_size=batch, **options) for h in filters]
     for y, h, u in zip(run_traced(engines, inputs, prompt_len), filters, inputs, strict=True):
         assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
+
+
+def test_tile_ends_of_engines_at_one_step_run_as_one_fft_call(monkeypatch):
+    """Cross-layer batching: the tile ends of three continuous engines at one local step are
+    one group, one FFT call per level."""
+    engines = [ContinuousConv(decaying_filter(3, 64, seed=k), tile_len=4) for k in range(3)]
+    batches = []
+    run_batch = TileEnd.run_batch.__func__
+    monkeypatch.setattr(
+        TileEnd,
+        "run_batch",
+        classmethod(lambda cls, w: (batches.append(len(w)), run_batch(cls, w))),
+    )
+    for engine in engines:
+        engine.prepare_traced()
+    for _ in range(16):
+        for engine in engines:
+            engine.step_traced(torch.ones(1, 3, dtype=torch.float64))
+        run_scheduled([e.advance() for e in engines])
+    assert batches == [3, 3, 3, 3]
 
 
 @settings(max_examples=15, deadline=None)
@@ -83,7 +112,7 @@ def test_deamortized_traced_steps_match_the_float64_reference(
         engine.prepare_traced()
         for t in range(prompt_len, length):
             outputs.append(engine.step_traced(u[..., t].contiguous()).unsqueeze(-1))
-            assert engine.advance(defer_tile_end=True) is False
+            run_scheduled([engine.advance()])
     y = torch.cat(outputs, dim=-1)
     assert rel_err(y, reference_conv(u.numpy(), h.numpy())) < 1e-10
 
@@ -106,7 +135,7 @@ def test_deamortized_feedback_loop_through_traced_steps_after_eager_ones(
     engine.prepare_traced()
     while engine.position < length:
         ys.append(engine.step_traced(torch.tanh(ys[-1])).clone())
-        engine.advance()
+        run_scheduled([engine.advance()])
     assert rel_err(torch.stack(ys, dim=-1), y_ref) < 1e-10
 
 
@@ -128,23 +157,20 @@ def test_feedback_loop_through_traced_steps(device):
         u[0] = torch.cat([u[0], torch.tanh(ys[1][..., -1:])], dim=-1)
         u[1] = torch.cat([u[1], torch.tanh(a).unsqueeze(-1)], dim=-1)
         ys = [torch.cat([ys[0], a.unsqueeze(-1)], -1), torch.cat([ys[1], b.unsqueeze(-1)], -1)]
-        ended = [e for e in engines if e.advance(defer_tile_end=True)]
-        if ended:
-            end_tiles(ended)
+        run_scheduled([e.advance() for e in engines])
     for y, h, inputs in zip(ys, filters, u, strict=True):
         assert rel_err(y, reference_conv(inputs.cpu().numpy(), h.numpy())) < 1e-10
 
 
-def test_engines_without_a_traced_step_say_so():
-    assert not ContinuousConv(torch.randn(2, 8, dtype=torch.bfloat16), max_len=8).traceable
-    naive = NaiveConv(torch.randn(2, 8), max_len=8)
-    assert not naive.traceable
-    with pytest.raises(NotImplementedError, match="NaiveConv has no traceable step"):
-        naive.step_traced(torch.zeros(1, 2))
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_engines_have_no_traced_step(method):
+    engine = make_engine(torch.randn(2, 8, dtype=torch.bfloat16), method, max_len=8)
+    with pytest.raises(ValueError, match="no compiled step in bfloat16"):
+        engine.prepare_traced()
 
 
 @pytest.mark.parametrize("cls", [ContinuousConv, DeamortizedConv])
-def test_the_traced_step_allocates_nothing(cls):
+def test_preparing_the_traced_step_allocates_nothing(cls):
     """The traced push gathers the filter by lag: no table of shifted filters (it was
     b0 x window x channels, 8-32 MiB for a 4-layer model of width 128)."""
     engine = cls(decaying_filter(16, 256), batch_size=2, tile_len=8)

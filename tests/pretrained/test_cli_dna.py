@@ -34,7 +34,10 @@ def test_compare_checks_every_method_on_a_dna_model(capsys):
     argv = ["generate", "ACGT", "--model", HF, "--max-new-tokens", "10", "--compare"]
     assert main([*argv, "--repeats", "1", "--temperature", "0"]) == 0
     out = capsys.readouterr().out
-    assert "identical output from every method (naive, epoched, continuous): 10 tokens" in out
+    assert (
+        "identical output from every method (naive, epoched, continuous, deamortized): 10 tokens"
+        in out
+    )
 
 
 def test_prompt_file_reads_fasta(tmp_path, capsys):

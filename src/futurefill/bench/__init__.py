@@ -17,9 +17,9 @@ waits for a descheduled thread (milliseconds): the load is recorded and a warnin
 Subcommands
 -----------
 layer
-    One online convolution (channels D, batch B), L steps swept over powers of two: naive,
-    epoched, continuous, deamortized, recompute (an FFT of the prefix per step: no cache) and
-    offline (one FFT: the floor). Total time, time per token, cache bytes, log-log slope.
+    One online convolution (channels D, batch B), L steps swept over powers of two: every
+    registered method, recompute (an FFT of the prefix per step: no cache) and offline (one
+    FFT: the floor). Total time, time per token, cache bytes, log-log slope.
 prompt
     A prompt of P inputs prefilled at once, then K steps, over a grid of P and K.
 model

@@ -6,16 +6,10 @@ paper's setting): for every (P, K) of a grid, ``prefill`` of the P prompt inputs
 then K inputs stepped (timed), on a filter of length P + K; all P + K outputs are checked.
 Methods:
 
-===========  ====================================================================  =============
-method       what runs per step                                                    total time
-===========  ====================================================================  =============
-naive        the naive engine: dot product with the t + 1 inputs so far            O(L^2)
-epoched      Epoched-FutureFill engine                                             O(L^1.5 ...)
-continuous   Continuous-FutureFill engine                                          O(L log^2 L)
-deamortized  Continuous-FutureFill with every FFT spread over the steps before it  O(L log^2 L)
-recompute    a full FFT convolution of the prefix; keeps its last output (no cache) O(L^2 log L)
-offline      one FFT convolution of the whole sequence (not online: the floor)     O(L log L)
-===========  ====================================================================  =============
+* every registered method (:data:`futurefill.online.METHODS`): its engine, one input per step;
+* ``recompute``: a full FFT convolution of the prefix at every step, its last output kept (no
+  cache; O(L^2 log L));
+* ``offline``: one FFT convolution of the whole sequence (not online: the floor; O(L log L)).
 
 After a prompt (FutureFill paper, section 5) naive decodes in O(P K + K^2) and holds O(P + K);
 continuous prefills in O(P log P), decodes in O(K log^2 K) and holds O(K), independent of P.
@@ -35,9 +29,9 @@ import torch
 from futurefill.bench import common, plots
 from futurefill.bench.common import LENGTH, SIZE, Section, option
 from futurefill.fftconv import causal_conv
-from futurefill.online import make_engine
+from futurefill.online import METHODS, make_engine
 
-ONLINE_METHODS = ("naive", "epoched", "continuous", "deamortized")
+ONLINE_METHODS = tuple(METHODS)
 LAYER_METHODS = (*ONLINE_METHODS, "recompute", "offline")
 
 

@@ -8,10 +8,10 @@ the model's forward on P random prompt tokens (timed: ``prefill_s``), then K gre
 O(P) per token, FutureFill O(log^2) amortised. One model per mixer serves every cell: its
 ``max_len`` is the longest run (the STU filters depend on it). Methods:
 
-* ``naive``, ``epoched``, ``continuous``, ``deamortized``: the model's forward, one token per
-  call, in a ``futurefill.decoding(model, batch_size=batch, max_len=L, method=method)`` session;
-* ``compiled``: continuous, each token one ``torch.compile`` graph (``generate(compile=True)``);
-  ``compiled-epoched`` and ``compiled-deamortized`` the same with those engines;
+* every registered method (:data:`futurefill.online.METHODS`): a
+  :class:`~futurefill.decoder.Decoder` of the model with that method, one token per step;
+* ``compiled``: continuous, each token one ``torch.compile`` graph (``Decoder(compile=True)``);
+  ``compiled-<method>`` the same with every other method;
 * ``recompute``: no cache, ``model(ids[:, :t+1])[:, -1]`` at every step (O(L^2 log L)).
 
 Each run's logits (the prompt's and every step's) are checked against a float64 copy of the
@@ -21,12 +21,11 @@ the float64 reference's two largest logits are within the tolerance of each othe
 working precision: recorded as ``tokens_match: false`` but not a failure).
 
 Steppers come from :data:`MODEL_STEPPERS` (name -> factory ``(model, max_len, batch_size) ->
-stepper`` with ``step(ids_t) -> logits``, ``nbytes``, ``prefill(ids) -> logits`` and ``close()``).
+stepper`` with the decoder's ``prefill``, ``step``, ``nbytes`` and ``close()``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 from typing import Any
@@ -35,9 +34,8 @@ import torch
 
 from futurefill.bench import common, plots
 from futurefill.bench.common import LENGTH, SIZE, Section, option
-from futurefill.generation import compiled_step
+from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.model import MIXERS, ConvLM, ConvLMConfig
-from futurefill.nn import decoding
 from futurefill.online import METHODS
 
 # Agreement tolerance of the logits, relative to their largest magnitude. Half precisions round the
@@ -62,49 +60,9 @@ HYENADNA_LARGE_1M = {
 BENCH_MIXERS = (*MIXERS, "hyenadna")
 
 
-class CachedStepper:
-    """The model's forward in a decoding session of the given method (what :func:`generate`
-    runs); with ``compiled``, each step is one ``torch.compile`` graph (as
-    ``generate(compile=True)``); ``close()`` ends the session."""
-
-    def __init__(self, model, max_len: int, batch_size: int, method: str, compiled: bool = False):
-        self.model = model
-        self.session = decoding(model, batch_size=batch_size, max_len=max_len, method=method)
-        device = next(model.parameters()).device
-        self._step = compiled_step(model, self.session, device) if compiled else None
-        self._traced = contextlib.ExitStack()
-
-    @property
-    def nbytes(self) -> int:
-        return self.session.nbytes
-
-    @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        """``(B, P) -> (B, P, vocab)``: the prompt in one parallel pass, on a fresh session."""
-        logits = self.model(ids)
-        if self._step is not None:
-            self._traced.enter_context(self.session.traced_steps())
-        return logits
-
-    @torch.inference_mode()
-    def step(self, ids_t: torch.Tensor) -> torch.Tensor:
-        """``(B,) -> (B, vocab)``: one token per sequence."""
-        if self._step is None or not self.session.traced:
-            logits = self.model(ids_t[:, None])[:, 0]  # eager (a compiled run's first token)
-            if self._step is not None:
-                self._traced.enter_context(self.session.traced_steps())
-            return logits
-        logits = self._step(ids_t[:, None])[0]
-        self.session.advance()
-        return logits
-
-    def close(self) -> None:
-        self._traced.close()
-        self.session.close()
-
-
 class RecomputeStepper:
-    """No cache: the parallel forward pass over all tokens so far at every step; last logits."""
+    """No cache: the parallel forward pass over all tokens so far at every step; last logits.
+    The :class:`~futurefill.decoder.Decoder`'s interface (prefill, step, nbytes, close)."""
 
     def __init__(self, model, max_len: int, batch_size: int):
         self.model = model
@@ -117,31 +75,40 @@ class RecomputeStepper:
         return self._ids.numel() * self._ids.element_size()
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor) -> DecoderOutput:
         self._ids[:, : ids.shape[1]] = ids
         self._t = ids.shape[1]
-        return self.model(ids)
+        return _last(self.model(ids))
 
     @torch.inference_mode()
-    def step(self, ids_t: torch.Tensor) -> torch.Tensor:
+    def step(self, ids_t: torch.Tensor) -> DecoderOutput:
         t = self._t
         self._ids[:, t] = ids_t
         self._t = t + 1
-        return self.model(self._ids[:, : t + 1])[:, -1]
+        return _last(self.model(self._ids[:, : t + 1]))
 
     def close(self) -> None:
         """Nothing to release."""
 
 
-def _cached(method: str, compiled: bool = False):
-    return lambda model, max_len, batch: CachedStepper(model, max_len, batch, method, compiled)
+def _last(logits: torch.Tensor) -> DecoderOutput:
+    return DecoderOutput(logits[:, -1], logits[:, -1].argmax(dim=-1))
 
 
+def _decoder(method: str, compile: bool = False):
+    """The factory of a :class:`~futurefill.decoder.Decoder` of ``method``."""
+
+    def make(model, max_len: int, batch: int) -> Decoder:
+        return Decoder(model, batch_size=batch, max_len=max_len, method=method, compile=compile)
+
+    return make
+
+
+# Every registered method, eager and compiled ("compiled" alone: continuous), and no cache.
 MODEL_STEPPERS = {
-    **{m: _cached(m) for m in METHODS},
-    "compiled": _cached("continuous", compiled=True),
-    "compiled-epoched": _cached("epoched", compiled=True),
-    "compiled-deamortized": _cached("deamortized", compiled=True),
+    **{m: _decoder(m) for m in METHODS},
+    "compiled": _decoder("continuous", compile=True),
+    **{f"compiled-{m}": _decoder(m, compile=True) for m in METHODS if m != "continuous"},
     "recompute": RecomputeStepper,
 }
 MODEL_METHODS = ("naive", "epoched", "continuous", "recompute")
@@ -274,14 +241,15 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         stepper, setup = common.timed(lambda: make(model, prompt_len + length, batch), device)
         fed, logits, tok, prompt_logits = [], [], tokens[:, 0], None
         if prompt_len:
-            prompt_logits, prefill = common.timed(lambda: stepper.prefill(tokens), device)
-            after_prefill, tok = stepper.nbytes, prompt_logits[:, -1].argmax(dim=-1)
+            prompt_out, prefill = common.timed(lambda: stepper.prefill(tokens), device)
+            after_prefill, tok, prompt_logits = stepper.nbytes, prompt_out.greedy, prompt_out.logits
 
         def step(_: int) -> None:
             nonlocal tok
             fed.append(tok)
-            logits.append(stepper.step(tok))
-            tok = logits[-1].argmax(dim=-1)
+            out = stepper.step(tok)
+            logits.append(out.logits)
+            tok = out.greedy
 
         with torch.inference_mode():
             record = common.timed_steps(step, length, device, lambda: stepper.nbytes)
@@ -299,8 +267,8 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         if not prompt_len:
             return common.rel_err(logits, references(fed))
         greedy.append(torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1))
-        reference = references(torch.cat([tokens, fed], dim=1))
-        return common.rel_err(torch.cat([prompt_logits, logits], dim=1), reference)
+        reference = references(torch.cat([tokens, fed], dim=1))[:, prompt_len - 1 :]
+        return common.rel_err(torch.cat([prompt_logits[:, None], logits], dim=1), reference)
 
     row = common.repeat_runs(run_once, check, setting)
     row["tokens_per_s"] = batch * length / row.get("decode_s", row["total_s"])

@@ -13,17 +13,29 @@ from typing import Any, NamedTuple
 
 from matplotlib.figure import Figure
 
-STYLE = {
-    "naive": ("tab:red", "o"),
-    "epoched": ("tab:orange", "s"),
-    "continuous": ("tab:blue", "^"),
-    "deamortized": ("tab:green", "v"),
-    "compiled": ("tab:cyan", "P"),
-    "compiled-epoched": ("tab:brown", ">"),
-    "compiled-deamortized": ("tab:olive", "<"),
-    "recompute": ("tab:gray", "x"),
-    "offline": ("black", "."),
-}
+from futurefill.online import METHODS
+
+# Every registered method a colour of its own, in registration order; its compiled variant the
+# same colour, hollow; the baselines grey and black.
+PALETTE = ("tab:red", "tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:brown")
+MARKERS = ("o", "s", "^", "v", "D", "P")
+BASELINES = {"recompute": ("tab:gray", "x"), "offline": ("black", ".")}
+
+
+def style(name: str) -> tuple[str, str, str]:
+    """``(colour, marker, marker face)`` of a bench method: a registered method, ``compiled``
+    (continuous) or ``compiled-<method>``, ``recompute`` or ``offline``."""
+    if name in BASELINES:
+        return (*BASELINES[name], "full")
+    method = "continuous" if name == "compiled" else name.removeprefix("compiled-")
+    i = list(METHODS).index(method) if method in METHODS else len(METHODS)
+    return (
+        PALETTE[i % len(PALETTE)],
+        MARKERS[i % len(MARKERS)],
+        ("none" if name.startswith("compiled") else "full"),
+    )
+
+
 LINESTYLES = ("-", "--", ":", "-.")
 
 
@@ -137,12 +149,13 @@ def draw(plot: Plot, drawn: list[dict[str, Any]], title: str, path: Path) -> Pat
     fig = Figure(figsize=(7, 4.8))
     ax = fig.add_subplot()
     for s in drawn:
-        color, marker = STYLE.get(s["method"], ("tab:purple", "d"))
+        color, marker, fill = style(s["method"])
         ax.plot(
             s["x"],
             s["y"],
             color=color,
             marker=marker,
+            fillstyle=fill,
             label=s["label"],
             linestyle=s["linestyle"],
             markersize=4,

@@ -29,7 +29,7 @@ from torch import nn
 from futurefill.fftconv import bank_conv, causal_conv
 from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
 from futurefill.online import make_engine
-from futurefill.online.base import OnlineConvEngine
+from futurefill.online.base import OnlineConvEngine, ScheduledWork
 
 __all__ = ["FilterBankConv", "LongConv", "decaying_filters"]
 
@@ -68,26 +68,21 @@ class EngineState(ModuleState):
         self._position = 0
 
     def prepare_traced(self) -> None:
-        engine, method = self.engine, self.session.method
-        if engine is None or not engine.has_traced_step:
-            raise ValueError(
-                f"{self.name!r}: method {method!r} has no compiled step (continuous, epoched and "
-                "deamortized have one, after a first chunk)"
-            )
-        if not engine.traceable:
-            raise ValueError(
-                f"{self.name!r}: no compiled step in {str(engine.dtype).removeprefix('torch.')} "
-                "(half precisions decode eagerly, through float32): use float32 or float64"
-            )
-        engine.prepare_traced()
+        if self.engine is None:
+            raise ValueError(f"{self.name!r}: traced steps need a first chunk")
+        try:
+            self.engine.prepare_traced()
+        except ValueError as error:
+            raise ValueError(f"{self.name!r}: {error}") from None
 
     def traced_tensors(self) -> list[torch.Tensor]:
         return self.engine.traced_tensors()
 
-    def advance(self) -> OnlineConvEngine | None:
-        """One position on; the engine when its tile ended (the session batches those)."""
+    def advance(self) -> ScheduledWork | None:
+        """One position on; the work the engine's position schedules (the session batches the
+        work of every module)."""
         self._position += 1
-        return self.engine if self.engine.advance(defer_tile_end=True) else None
+        return self.engine.advance()
 
     def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
         """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first

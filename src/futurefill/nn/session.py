@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.online import check_engine_options, end_tiles
+from futurefill.online import ScheduledWork, check_engine_options, run_scheduled
 
 __all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "decoding_max_len"]
 
@@ -106,9 +106,10 @@ class ModuleState(ABC):
         return []
 
     @abstractmethod
-    def advance(self) -> object | None:
-        """After a compiled step: the host's bookkeeping of one more position; returns an
-        engine whose tile ended (its level left to :meth:`DecodingSession.advance`), or None."""
+    def advance(self) -> ScheduledWork | None:
+        """After a compiled step: the host's bookkeeping of one more position. Returns the work
+        that position schedules (:class:`~futurefill.online.ScheduledWork`), which
+        :meth:`DecodingSession.advance` runs batched with every other module's, or None."""
 
 
 class DecodingModule(nn.Module, ABC):
@@ -188,14 +189,14 @@ class DecodingSession:
                 f"max_len {self.max_len} exceeds the model's max_len {limit} (the filter length "
                 f"of {name!r})"
             )
-        check_engine_options(method, engine_options)  # the method's name too
+        checked = check_engine_options(method, engine_options)  # the method's name too
         for name, module in modules:
             if module.decoding:
                 raise RuntimeError(
                     f"{name!r} is already in a decoding session: close that one first"
                 )
         self.method = method
-        self.engine_options = {k: v for k, v in engine_options.items() if v is not None}
+        self.engine_options = checked
         self.valid: torch.Tensor | None = None  # see padded()
         self.traced = False  # see traced_steps()
         self.states = {name: module.open_state(self, name) for name, module in modules}
@@ -243,8 +244,8 @@ class DecodingSession:
         without checks or Python state changes, so that ``torch.compile`` can trace the model's
         whole per-token forward as one graph that never depends on the position; call
         :meth:`advance` after each such step (the host's part: positions, and the FFT levels
-        that a tile's end schedules). Needs a first chunk (the engines) and engines that have a
-        traceable step (``method`` continuous, epoched or deamortized). On CUDA the states'
+        that a tile's end schedules). Needs a first chunk (the engines), and float32 or float64
+        (half precisions decode eagerly). On CUDA the states'
         tensors (:meth:`ModuleState.traced_tensors`) are marked static addresses, so that a CUDA
         graph of the step (``mode="reduce-overhead"``) updates them in place, unguarded: a new
         session re-records the graph, it does not recompile it."""
@@ -265,9 +266,7 @@ class DecodingSession:
         """After a compiled step (see :meth:`traced_steps`): every module one position on."""
         if self.position >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
-        ended = [engine for state in self.states.values() if (engine := state.advance())]
-        if ended:
-            end_tiles(ended)  # every layer's level in one FFT call per level
+        run_scheduled([state.advance() for state in self.states.values()])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""
@@ -327,8 +326,9 @@ def decoding(
     max_len : int, optional
         Longest sequence (prompt plus generated); default and maximum the smallest ``max_len``
         of the model's modules.
-    method : {"continuous", "epoched", "naive", "deamortized"}
-        The online convolution engine of every long convolution (:mod:`futurefill.online`).
+    method : str
+        The online convolution engine of every long convolution, one of
+        :data:`futurefill.online.METHODS`.
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 

@@ -1,39 +1,33 @@
 """Online causal convolution: one output per input, exactly the offline result.
 
-``OnlineConv(h, method=...)`` picks an engine:
+Every engine (a subclass of :class:`OnlineConvEngine`) is declared once, in :data:`ENGINES`,
+under its ``method`` name, with its knobs (``options``) and a one-line ``summary``; the
+command line's choices, the benchmarks, ``METHODS`` and the error messages read it.
+:func:`methods_table` prints it::
 
-===========  ==========================  =========================  ==============================
-method       time for L steps            memory (after P prompt)    notes
-===========  ==========================  =========================  ==============================
-naive        O(L^2)                      O(P + K)                   direct dot product per step
-epoched      O(L^1.5 sqrt(log L))        O(P + K) inputs + O(E)     epoch_len E ~ sqrt(L log L)
-continuous   O(L log^2 L)                O(K)                       tile_len b0 below FFT levels
-deamortized  O(L log^2 L), every step    O(K)                       continuous, its FFT jobs
-             bounded (no stalls)                                    (2x the work) on a worker
-                                                                    thread with b steps of slack
-                                                                    each; tile_len b0
-===========  ==========================  =========================  ==============================
+    naive        O(L^2) time, O(P + K) memory: a direct dot product per step
+    epoched      O(L^1.5 sqrt(log L)) time, ... epochs of E steps, each refilled by one FFT
+    continuous   O(L log^2 L) time, O(K) memory: tiles of b0 steps computed directly, ...
+    deamortized  O(L log^2 L) time, every step bounded, O(K) memory: ...
 
-(K = max_len - P, the steps left after a prompt of length P.)
+(L = max_len; K = max_len - P, the steps left after a prompt of length P.) Adding an engine is
+one module and one :func:`register` call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from futurefill.checks import check_int
-from futurefill.online.base import OnlineConvEngine
-from futurefill.online.continuous import (
-    ContinuousConv,
-    check_tile_len,
-    default_tile_len,
-    end_tiles,
-)
+from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_scheduled
+from futurefill.online.continuous import ContinuousConv, default_tile_len
 from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
 
 __all__ = [
+    "ENGINES",
     "METHODS",
     "ContinuousConv",
     "DeamortizedConv",
@@ -41,46 +35,101 @@ __all__ = [
     "NaiveConv",
     "OnlineConv",
     "OnlineConvEngine",
+    "ScheduledWork",
     "check_engine_options",
     "default_epoch_len",
     "default_tile_len",
-    "end_tiles",
+    "engine_options",
+    "make_engine",
+    "methods_table",
+    "register",
+    "run_scheduled",
 ]
 
-METHODS = ("naive", "epoched", "continuous", "deamortized")
+#: The registry: method name -> engine class.
+ENGINES: dict[str, type[OnlineConvEngine]] = {}
 
 
-# The knobs and the methods that take them (see the table above).
-ENGINE_OPTIONS = {"epoch_len": ("epoched",), "tile_len": ("continuous", "deamortized")}
+class _MethodNames(Sequence[str]):
+    """The registered method names, in registration order: a live, read-only view."""
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return tuple(ENGINES)[index]
+
+    def __len__(self) -> int:
+        return len(ENGINES)
+
+    def __contains__(self, name: object) -> bool:
+        return name in ENGINES
+
+    def __repr__(self) -> str:
+        return repr(tuple(ENGINES))
+
+
+#: The method names, in registration order (a live view of :data:`ENGINES`).
+METHODS: Sequence[str] = _MethodNames()
+
+
+def register(engine: type[OnlineConvEngine]) -> type[OnlineConvEngine]:
+    """Declare ``engine`` under its ``method`` name (usable as a class decorator)."""
+    if not (isinstance(engine, type) and issubclass(engine, OnlineConvEngine)):
+        raise TypeError(f"register takes an OnlineConvEngine subclass, got {engine!r}")
+    name = engine.method
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"{engine.__name__}.method must be a name, got {name!r}")
+    if ENGINES.get(name, engine) is not engine:
+        raise ValueError(f"method {name!r} is already registered to {ENGINES[name].__name__}")
+    ENGINES[name] = engine
+    return engine
+
+
+for _engine in (NaiveConv, EpochedConv, ContinuousConv, DeamortizedConv):
+    register(_engine)
+
+
+def engine_options() -> dict[str, tuple[str, ...]]:
+    """Every knob of a registered engine -> the methods that take it."""
+    knobs: dict[str, tuple[str, ...]] = {}
+    for name, engine in ENGINES.items():
+        for knob in engine.options:
+            knobs[knob] = (*knobs.get(knob, ()), name)
+    return knobs
 
 
 def engine_options_text() -> str:
     """``epoch_len (epoched), tile_len (continuous/deamortized)``, for error messages."""
-    return ", ".join(f"{name} ({'/'.join(takers)})" for name, takers in ENGINE_OPTIONS.items())
+    return ", ".join(f"{name} ({'/'.join(takers)})" for name, takers in engine_options().items())
 
 
-def check_engine_options(method: str, options: dict[str, object]) -> None:
-    """Raise unless ``method`` is known and ``options`` are valid knobs of it.
+def methods_table() -> str:
+    """One line per registered method: its name and summary."""
+    width = max(map(len, ENGINES))
+    return "\n".join(f"{name:<{width}}  {engine.summary}" for name, engine in ENGINES.items())
 
-    An unknown option name is a TypeError naming the known ones; a knob of another method, an
-    ``epoch_len`` below 1 or a ``tile_len`` that is not a power of two is a ValueError.
+
+def check_engine_options(method: str, options: dict[str, object]) -> dict[str, int]:
+    """The knobs of ``method`` given in ``options`` (None values dropped), checked.
+
+    An unknown method is a ValueError naming the registered ones; an unknown option name a
+    TypeError naming the known ones; a knob of another method, or a value its checker refuses
+    (an ``epoch_len`` below 1, a ``tile_len`` that is not a power of two), a ValueError.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method not in ENGINES:
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
+    knobs = engine_options()
+    checked = {}
     for name, value in options.items():
-        if name not in ENGINE_OPTIONS:
+        if name not in knobs:
             raise TypeError(
                 f"unknown engine option {name!r}; the options are {engine_options_text()}"
             )
         if value is None:
             continue
-        if method not in ENGINE_OPTIONS[name]:
-            takers = " or ".join(f"method={m!r}" for m in ENGINE_OPTIONS[name])
+        if method not in knobs[name]:
+            takers = " or ".join(f"method={m!r}" for m in knobs[name])
             raise ValueError(f"{name} applies to {takers} only, not {method!r}")
-        if name == "tile_len":
-            check_tile_len(value)
-        else:
-            check_int(value, name)
+        checked[name] = ENGINES[method].options[name](value)
+    return checked
 
 
 def make_engine(
@@ -91,16 +140,9 @@ def make_engine(
     batch_size: int = 1,
     **options: int | None,
 ) -> OnlineConvEngine:
-    """Build the engine for ``method`` with its knob (``epoch_len`` or ``tile_len``), if any."""
-    check_engine_options(method, options)
-    knobs = {name: value for name, value in options.items() if value is not None}
-    if method == "naive":
-        return NaiveConv(h, max_len=max_len, batch_size=batch_size)
-    if method == "epoched":
-        return EpochedConv(h, max_len=max_len, batch_size=batch_size, **knobs)
-    if method == "deamortized":
-        return DeamortizedConv(h, max_len=max_len, batch_size=batch_size, **knobs)
-    return ContinuousConv(h, max_len=max_len, batch_size=batch_size, **knobs)
+    """The registered engine of ``method`` with its knobs (``epoch_len``, ``tile_len``, ...)."""
+    knobs = check_engine_options(method, options)
+    return ENGINES[method](h, max_len=max_len, batch_size=batch_size, **knobs)
 
 
 class OnlineConv:
@@ -114,16 +156,14 @@ class OnlineConv:
     h : Tensor, shape (channels, filter_len)
         The filters; the engine computes on h's device and in h's dtype (half precisions in
         float32). Inputs must match both.
-    method : {"continuous", "epoched", "naive", "deamortized"}
-        The algorithm (see the module docstring for the trade-offs).
+    method : str
+        A registered method (:data:`METHODS`; see the module docstring for the trade-offs).
     max_len : int, optional
         Largest total length, prompt plus generated; default and maximum ``filter_len``.
     batch_size : int
         Number of sequences decoded together.
-    epoch_len : int, optional
-        Epoch length for ``method="epoched"`` (default ``round(sqrt(L log2 L))``).
-    tile_len : int, optional
-        Direct-computation tile for ``method="continuous"`` (a power of two).
+    **options : int, optional
+        The method's knobs: ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized).
 
     Examples
     --------
@@ -143,18 +183,10 @@ class OnlineConv:
         method: str = "continuous",
         max_len: int | None = None,
         batch_size: int = 1,
-        epoch_len: int | None = None,
-        tile_len: int | None = None,
+        **options: int | None,
     ):
         self.method = method
-        self.engine = make_engine(
-            h,
-            method,
-            max_len=max_len,
-            batch_size=batch_size,
-            epoch_len=epoch_len,
-            tile_len=tile_len,
-        )
+        self.engine = make_engine(h, method, max_len=max_len, batch_size=batch_size, **options)
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume a prompt ``(batch_size, channels, P)`` at once; return its outputs, same

@@ -19,6 +19,8 @@ was.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable
+from typing import ClassVar
 
 import torch
 
@@ -40,7 +42,12 @@ class OnlineConvEngine(ABC):
         Number of sequences decoded together.
     """
 
-    method: str = ""
+    #: The registry's name of the engine (:func:`futurefill.online.register`).
+    method: ClassVar[str] = ""
+    #: Its knobs: keyword argument of the constructor -> checker (value -> int, or an error).
+    options: ClassVar[dict[str, Callable[[object], int]]] = {}
+    #: One line for the method tables: time for L steps, memory, how.
+    summary: ClassVar[str] = ""
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         if not isinstance(h, torch.Tensor):
@@ -67,6 +74,8 @@ class OnlineConvEngine(ABC):
         self._step_shape = (self.batch_size, channels)
         self._position = 0
         self._prefilled = False
+        # What step_traced reads of the position (an index in a tile, an epoch, the history).
+        self._index = torch.zeros(1, dtype=torch.long, device=self.device)
 
     # ----------------------------------------------------------------- public interface
 
@@ -137,38 +146,50 @@ class OnlineConvEngine(ABC):
             u_t = u_t.detach()
         if self.compute_dtype != self.dtype:
             y = self._step(u_t.to(self.compute_dtype), None)
-            return y.to(self.dtype) if out is None else out.copy_(y)
-        return self._step(u_t, out)
+            y = y.to(self.dtype) if out is None else out.copy_(y)
+        else:
+            y = self._step(u_t, out)
+        self._position += 1
+        work = self._scheduled_work()
+        if work is not None:
+            work.run()
+        return y
 
     # A compiled decoding step splits step() in two: ``step_traced`` (tensor operations only, a
-    # fixed-shape function of the engine's buffers that torch.compile can trace) and
-    # ``advance`` (the host's part: the position, and the work its binary structure schedules).
-    has_traced_step = False  # set by the engines that implement the three methods below
-
-    @property
-    def traceable(self) -> bool:
-        """Whether :meth:`step_traced` serves this engine (half precisions step through their
-        float32 compute dtype, which the traced step does not)."""
-        return self.has_traced_step and self.compute_dtype == self.dtype
-
-    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
-        """The output at the current position for ``u_t`` ``(batch, channels)``, by tensor
-        operations alone (no checks, no Python state changes); :meth:`advance` must follow."""
-        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
-
-    def advance(self, *, defer_tile_end: bool = False) -> bool:
-        """After :meth:`step_traced`: move to the next position (host bookkeeping); True when
-        work the position schedules was left to the caller (``defer_tile_end``)."""
-        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+    # fixed-shape function of the engine's buffers and an index tensor, which torch.compile can
+    # trace) and ``advance`` (the host's part: the position, and the work it schedules, returned
+    # to the caller so that the work of many engines runs batched).
 
     def prepare_traced(self) -> None:
-        """Allocate what :meth:`step_traced` needs (once; before tracing)."""
-        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+        """Ready :meth:`step_traced` at the current position (before tracing; again after any
+        eager step). Half precisions have no traced step: they step through their float32
+        compute dtype, which the traced step does not (a ValueError)."""
+        if self.compute_dtype != self.dtype:
+            raise ValueError(
+                f"no compiled step in {str(self.dtype).removeprefix('torch.')} (half precisions "
+                "decode eagerly, through float32): use float32 or float64"
+            )
+        self._index.fill_(self._traced_index())
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The output ``(batch, channels)`` at the current position for ``u_t``, by tensor
+        operations alone (no checks, no Python state changes); :meth:`advance` must follow."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step_traced")
+
+    def advance(self) -> ScheduledWork | None:
+        """After :meth:`step_traced`: one position on (host bookkeeping, the index tensor
+        updated). Returns the work this position schedules (a tile's FFT level, an epoch's
+        refill, deamortized jobs), which the caller must run (:func:`run_scheduled`, batched with
+        other engines' work) before the next step; None when there is none."""
+        self._position += 1
+        work = self._scheduled_work()
+        self._index.fill_(self._traced_index())
+        return work
 
     def traced_tensors(self) -> list[torch.Tensor]:
         """The tensors :meth:`step_traced` reads or updates in place (the engine's buffers and
         its index), whose addresses a CUDA graph of the step records."""
-        raise NotImplementedError(f"{type(self).__name__} has no traceable step")
+        return [*self._buffers(), self._index]
 
     def reset(self) -> None:
         """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
@@ -218,7 +239,8 @@ class OnlineConvEngine(ABC):
     @abstractmethod
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         """Output at ``self._position`` for input ``u_t``, written to ``out`` when given, else to
-        a tensor the engine never writes again; must advance ``self._position``."""
+        a tensor the engine never writes again (the caller then advances the position and runs
+        the work it schedules)."""
 
     @abstractmethod
     def _reset(self) -> None:
@@ -227,6 +249,45 @@ class OnlineConvEngine(ABC):
     @abstractmethod
     def _buffers(self) -> list[torch.Tensor]:
         """The tensors the engine owns (counted by ``nbytes``)."""
+
+    @abstractmethod
+    def _scheduled_work(self) -> ScheduledWork | None:
+        """The work the step just taken (``self._position`` already counts it) schedules."""
+
+    @abstractmethod
+    def _traced_index(self) -> int:
+        """The value of the index tensor ``self._index`` :meth:`step_traced` reads now."""
+
+
+class ScheduledWork(ABC):
+    """Work an engine's position schedules after a step: a tile's FFT level, an epoch's refill,
+    deamortized jobs. Works of one class with equal :attr:`key` run as one batched call
+    (:meth:`run_batch`): the layers of a model share one schedule, so one FFT call per level
+    serves them all."""
+
+    #: Works of the same class and key may run together (shapes, dtype, device, local step).
+    key: Hashable = None
+
+    @classmethod
+    def run_batch(cls, works: list[ScheduledWork]) -> None:
+        """Run ``works`` (same class and key); by default one after the other."""
+        for work in works:
+            work.run()
+
+    @abstractmethod
+    def run(self) -> None:
+        """Run this work alone."""
+
+
+def run_scheduled(works: Iterable[ScheduledWork | None]) -> None:
+    """Run every work of ``works`` (None entries skipped), those of one class and key in one
+    :meth:`ScheduledWork.run_batch` call."""
+    groups: dict[tuple, list[ScheduledWork]] = {}
+    for work in works:
+        if work is not None:
+            groups.setdefault((type(work), work.key), []).append(work)
+    for (kind, _), group in groups.items():
+        kind.run_batch(group)
 
 
 def traced_push(

@@ -22,13 +22,14 @@ Filter spectra for every level (rfft of ``h[0 : 2b]`` at length 2b) are computed
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from futurefill.checks import check_int
 from futurefill.fftconv import prompt_conv
-from futurefill.online.base import OnlineConvEngine, traced_push
+from futurefill.online.base import OnlineConvEngine, ScheduledWork, traced_push
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -95,7 +96,6 @@ class TiledEngine(OnlineConvEngine):
         ``window`` (time-major outputs, starting at the current tile), built once."""
         b0 = self.tile_len
         self._window = window
-        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the tile
         self._x_tile = self._zeros(b0, self.batch_size, self.channels)
         self._x_rows = list(self._x_tile.unbind(0))
         self._out_rows = list(window[:b0].unbind(0))
@@ -103,46 +103,28 @@ class TiledEngine(OnlineConvEngine):
         self._h_rests = [self._h_head[: len(window) - j] for j in range(b0)]
 
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-        j = (self._position - self._offset) % self.tile_len
+        j = self._traced_index()
         self._x_rows[j].copy_(u_t)
         self._out_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._out_rows[j].clone() if out is None else out.copy_(self._out_rows[j])
-        self._position += 1
-        if j == self.tile_len - 1:
-            self._end_tile(self._position - self._offset)
-        return y
+        return self._out_rows[j].clone() if out is None else out.copy_(self._out_rows[j])
+
+    def _traced_index(self) -> int:
+        return (self._position - self._offset) % self.tile_len
+
+    def _scheduled_work(self) -> ScheduledWork | None:
+        seen = self._position - self._offset
+        return None if seen % self.tile_len else self._tile_end(seen)
 
     @abstractmethod
-    def _end_tile(self, seen: int) -> None:
-        """After the step that completed ``seen`` local inputs, a multiple of the tile."""
-
-    has_traced_step = True
-
-    def prepare_traced(self) -> None:
-        """Set the index tensor to the position (eager steps, e.g. after a 1-token prompt, keep
-        no index); nothing to build: the traced push gathers the filter by lag at each step."""
-        self._j.fill_((self._position - self._offset) % self.tile_len)
-
-    def traced_tensors(self) -> list[torch.Tensor]:
-        return [*self._buffers(), self._j]
+    def _tile_end(self, seen: int) -> ScheduledWork:
+        """The work after the step that completed ``seen`` local inputs, a multiple of the
+        tile."""
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
-        """The tile step as a fixed-shape function of the index tensor ``_j``: the input goes to
-        row j of the tile, and ``h[t - j] u`` to every output t >= j of the window (the filter
+        """The tile step as a fixed-shape function of the index tensor: the input goes to row j
+        of the tile, and ``h[t - j] u`` to every output t >= j of the window (the filter
         gathered by lag, zero for t < j: :func:`~futurefill.online.base.traced_push`)."""
-        return traced_push(self._x_tile, self._window, self._h_head, u_t, self._j)
-
-    def advance(self, *, defer_tile_end: bool = False) -> bool:
-        """After :meth:`step_traced`: one position on; at a tile's end its work runs, unless
-        ``defer_tile_end`` (then it returns True and the caller runs it)."""
-        self._position += 1
-        j = (self._position - self._offset) % self.tile_len
-        self._j.fill_(j)
-        if j != 0:
-            return False
-        if not defer_tile_end:
-            self._end_tile(self._position - self._offset)
-        return True
+        return traced_push(self._x_tile, self._window, self._h_head, u_t, self._index)
 
 
 class ContinuousConv(TiledEngine):
@@ -155,6 +137,11 @@ class ContinuousConv(TiledEngine):
     """
 
     method = "continuous"
+    options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
+    summary = (
+        "O(L log^2 L) time, O(K) memory: tiles of b0 steps computed directly, FFT levels at "
+        "their ends (tile_len b0, a power of two)"
+    )
 
     def __init__(
         self,
@@ -210,38 +197,43 @@ class ContinuousConv(TiledEngine):
             self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
         return y
 
-    def _end_tile(self, seen: int) -> None:
-        """After input ``seen - 1`` completed a tile: file the tile, run its FutureFill level."""
-        end_tiles([self])
+    def _tile_end(self, seen: int) -> TileEnd:
+        return TileEnd(self, seen)
 
 
-def end_tiles(engines: Sequence[ContinuousConv]) -> None:
-    """The tile ends of ``engines``, each having just completed a tile: file every tile, then
-    run the FutureFill levels with one FFT call per group of engines at the same local step and
-    of the same shape (the layers of a model share the schedule, so one call per level serves
-    them all: cross-layer batching).
+class TileEnd(ScheduledWork):
+    """A continuous engine's tile end after ``seen`` local inputs: file the tile, then the
+    FutureFill level: the block ``x[seen-b : seen]`` (b the largest power of two dividing
+    ``seen``) adds its contribution to outputs ``seen .. seen+b-1`` by an FFT of length 2b.
+    Tile ends of engines at the same local step and of the same shape run as one FFT call
+    per level (cross-layer batching)."""
 
-    Level: the block ``x[seen-b : seen]`` (b the largest power of two dividing ``seen``) adds
-    its contribution to outputs ``seen .. seen+b-1`` by an FFT of length 2b.
-    """
-    groups: dict[tuple, list[ContinuousConv]] = {}
-    for engine in engines:
-        seen, b0 = engine._position - engine._offset, engine.tile_len
-        engine._x[..., seen - b0 : seen].copy_(engine._x_tile.permute(1, 2, 0))
-        if seen < engine._remaining:
-            key = (seen, b0, tuple(engine._x.shape), engine._x.dtype, engine.device)
-            groups.setdefault(key, []).append(engine)
-    for (seen, b0, *_), group in groups.items():
+    def __init__(self, engine: ContinuousConv, seen: int):
+        self.engine, self.seen = engine, seen
+        x = engine._x
+        self.key = (seen, engine.tile_len, tuple(x.shape), x.dtype, engine.device)
+
+    def run(self) -> None:
+        self.run_batch([self])
+
+    @classmethod
+    def run_batch(cls, works: list[TileEnd]) -> None:
+        seen, b0 = works[0].seen, works[0].engine.tile_len
+        engines = [work.engine for work in works]
+        for engine in engines:
+            engine._x[..., seen - b0 : seen].copy_(engine._x_tile.permute(1, 2, 0))
+        if seen >= engines[0]._remaining:
+            return  # the last tile: no output after it
         b = seen & -seen
-        if len(group) == 1:  # views, no stacking copies
-            blocks = group[0]._x[None, ..., seen - b : seen]
-            spectra = group[0]._spectra[b][None]
+        if len(engines) == 1:  # views, no stacking copies
+            blocks = engines[0]._x[None, ..., seen - b : seen]
+            spectra = engines[0]._spectra[b][None]
         else:
-            blocks = torch.stack([e._x[..., seen - b : seen] for e in group])
-            spectra = torch.stack([e._spectra[b] for e in group])
+            blocks = torch.stack([e._x[..., seen - b : seen] for e in engines])
+            spectra = torch.stack([e._spectra[b] for e in engines])
         spec = torch.fft.rfft(blocks, n=2 * b).mul_(spectra.unsqueeze(1))  # (E, B, D, b + 1)
         future = torch.fft.irfft(spec, n=2 * b)
-        keep = min(b, group[0]._c.shape[-1] - seen)
-        for engine, y in zip(group, future, strict=True):
+        keep = min(b, engines[0]._c.shape[-1] - seen)
+        for engine, y in zip(engines, future, strict=True):
             engine._c[..., seen : seen + keep] += y[..., b : b + keep]
             engine._c_tile.copy_(engine._c[..., seen : seen + b0].permute(2, 0, 1))

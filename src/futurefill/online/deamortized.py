@@ -84,7 +84,8 @@ import torch
 
 from futurefill.fftconv import prompt_conv
 from futurefill.fourstep import Pass, SlicedConv, run_passes
-from futurefill.online.continuous import TiledEngine
+from futurefill.online.base import ScheduledWork
+from futurefill.online.continuous import TiledEngine, check_tile_len
 
 # Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep); a job of
 # at most SMALL_JOB_POINTS (batch x channels x FFT size) runs at its block's end in one call.
@@ -302,6 +303,11 @@ class DeamortizedConv(TiledEngine):
     """
 
     method = "deamortized"
+    options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
+    summary = (
+        "O(L log^2 L) time, every step bounded, O(K) memory: continuous with its FFT jobs "
+        "(2x the work) run ahead of their deadlines, b steps of slack each (tile_len b0)"
+    )
 
     def __init__(
         self,
@@ -396,14 +402,14 @@ class DeamortizedConv(TiledEngine):
             self._pace()
         return super()._step(u_t, out)
 
-    def advance(self, *, defer_tile_end: bool = False) -> bool:
-        """After :meth:`step_traced`: one position on, the tile's end run here (never deferred:
-        its jobs are this engine's), and a slice run if a job is behind its pace."""
+    def advance(self) -> DeamortizedTileEnd | None:
+        """After :meth:`step_traced`: one position on, and a slice run if a job is behind its
+        pace; the tile's end is the work returned."""
         self._check_failed()
-        super().advance()
+        work = super().advance()
         if self._position - self._offset >= self._pace_at:
             self._pace()
-        return False
+        return work
 
     def _check_failed(self) -> None:
         if self._failed is not None:
@@ -420,6 +426,9 @@ class DeamortizedConv(TiledEngine):
             _Background.run_one()
             pace_at = min((job.due() for job in jobs), default=self._remaining)  # one more done
         self._pace_at = pace_at
+
+    def _tile_end(self, seen: int) -> DeamortizedTileEnd:
+        return DeamortizedTileEnd(self, seen)
 
     def _end_tile(self, seen: int) -> None:
         """After input ``seen - 1`` completed a tile: file it, join the jobs due now, start the
@@ -529,6 +538,17 @@ class DeamortizedConv(TiledEngine):
     def _wait(self, job: Job) -> None:
         """Until ``job`` is done (its remaining slices run in this thread)."""
         _Background.finish(job)
+
+
+class DeamortizedTileEnd(ScheduledWork):
+    """A deamortized engine's tile end after ``seen`` local inputs: its jobs' joins and
+    submissions (each engine's own: nothing to batch across engines)."""
+
+    def __init__(self, engine: DeamortizedConv, seen: int):
+        self.engine, self.seen = engine, seen
+
+    def run(self) -> None:
+        self.engine._end_tile(self.seen)
 
 
 _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}

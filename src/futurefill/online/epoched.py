@@ -16,12 +16,14 @@ The inputs are kept (O(L)) since each refill reads the whole prefix.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
 from futurefill.checks import check_int
 from futurefill.fftconv import fft_size, prompt_conv
-from futurefill.online.base import OnlineConvEngine, traced_push
+from futurefill.online.base import OnlineConvEngine, ScheduledWork, traced_push
 
 
 def default_epoch_len(max_len: int) -> int:
@@ -39,7 +41,13 @@ class EpochedConv(OnlineConvEngine):
     """
 
     method = "epoched"
-    has_traced_step = True
+    options: ClassVar[dict[str, Callable[[object], int]]] = {
+        "epoch_len": lambda value: check_int(value, "epoch_len")
+    }
+    summary = (
+        "O(L^1.5 sqrt(log L)) time, O(P + K) inputs + O(E) cache: epochs of E steps, each "
+        "refilled by one FFT (epoch_len E, default sqrt(L log2 L))"
+    )
 
     def __init__(
         self,
@@ -78,7 +86,6 @@ class EpochedConv(OnlineConvEngine):
         self._cache_rests = [self._cache[j:] for j in range(e)]  # outputs j .. E-1 of the epoch
         self._h_rests = [self._h_head[: e - j] for j in range(e)]
         self._epoch_start = 0
-        self._j = torch.zeros(1, dtype=torch.long, device=self.device)  # index in the epoch
 
     def _buffers(self) -> list[torch.Tensor]:
         buffers = [self._x, self._x_epoch, self._cache, self._h_padded, self._h_head]
@@ -101,52 +108,53 @@ class EpochedConv(OnlineConvEngine):
         self._epoch_start = prompt_len
         return y
 
-    def _refill(self, seen: int) -> None:
-        """File the epoch's inputs; cache <- contribution of inputs 0 .. seen-1 to outputs
-        seen .. seen+E-1 (one FutureFill over the whole prefix)."""
-        self._x[..., self._epoch_start : seen].copy_(self._x_epoch.permute(1, 2, 0))
+    def _refill(self, start: int, seen: int) -> None:
+        """File the epoch's inputs (``start .. seen-1``); cache <- contribution of inputs
+        0 .. seen-1 to outputs seen .. seen+E-1 (one FutureFill over the whole prefix)."""
+        self._x[..., start:seen].copy_(self._x_epoch[: seen - start].permute(1, 2, 0))
         n = fft_size(seen + self.epoch_len)
         spec = torch.fft.rfft(self._x[..., :seen], n=n).mul_(self._spectrum(n))
         future = torch.fft.irfft(spec, n=n)[..., seen : seen + self.epoch_len]
         self._cache.copy_(future.permute(2, 0, 1))
-        self._epoch_start = seen
 
     def prepare_traced(self) -> None:
-        """Set the index tensor to the position (eager steps keep no index); nothing to build:
-        the traced push gathers the filter by lag at each step. The epoch length follows
-        ``max_len``: its dimension is marked dynamic for ``torch.compile``, so that one graph
-        serves every length (static graphs recompiled at every new length, 0.2-3.4 s each on a
-        CPU, and dynamo runs eagerly after 8; the dynamic step costs about 18% more)."""
-        self._j.fill_(self._position - self._epoch_start)
+        """Also marks the epoch dimension dynamic for ``torch.compile``: the epoch length follows
+        ``max_len``, and one graph serves every length (static graphs would recompile at every
+        new length, and dynamo runs eagerly after 8)."""
+        super().prepare_traced()
         for buffer in (self._x_epoch, self._cache, self._h_head):
             torch._dynamo.maybe_mark_dynamic(buffer, 0)
 
-    def traced_tensors(self) -> list[torch.Tensor]:
-        return [*self._buffers(), self._j]
-
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
-        """The epoch step as a fixed-shape function of the index tensor ``_j``: the input goes to
-        row j of the epoch, and ``h[t - j] u`` to every output t >= j of the cache (the filter
+        """The epoch step as a fixed-shape function of the index tensor: the input goes to row j
+        of the epoch, and ``h[t - j] u`` to every output t >= j of the cache (the filter
         gathered by lag, zero for t < j: :func:`~futurefill.online.base.traced_push`)."""
-        return traced_push(self._x_epoch, self._cache, self._h_head, u_t, self._j)
+        return traced_push(self._x_epoch, self._cache, self._h_head, u_t, self._index)
 
-    def advance(self, *, defer_tile_end: bool = False) -> bool:
-        """After :meth:`step_traced`: one position on, refilling the cache at an epoch's end
-        (never deferred: nothing is left to the caller)."""
-        self._position += 1
-        j = self._position - self._epoch_start
-        if j == self.epoch_len and self._position < self.max_len:
-            self._refill(self._position)
-            j = 0
-        self._j.fill_(j)
-        return False
+    def _traced_index(self) -> int:
+        return self._position - self._epoch_start
+
+    def _scheduled_work(self) -> EpochRefill | None:
+        """At an epoch's end the next epoch starts here (bookkeeping now); its refill is the
+        work (the tensors' part)."""
+        seen = self._position
+        if seen - self._epoch_start < self.epoch_len or seen >= self.max_len:
+            return None
+        start, self._epoch_start = self._epoch_start, seen
+        return EpochRefill(self, start, seen)
 
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         j = self._position - self._epoch_start
         self._x_rows[j].copy_(u_t)
         self._cache_rests[j].addcmul_(self._h_rests[j], u_t)
-        y = self._cache_rows[j].clone() if out is None else out.copy_(self._cache_rows[j])
-        self._position += 1
-        if j == self.epoch_len - 1 and self._position < self.max_len:
-            self._refill(self._position)
-        return y
+        return self._cache_rows[j].clone() if out is None else out.copy_(self._cache_rows[j])
+
+
+class EpochRefill(ScheduledWork):
+    """An epoched engine's refill at the end of the epoch ``start .. seen-1``."""
+
+    def __init__(self, engine: EpochedConv, start: int, seen: int):
+        self.engine, self.start, self.seen = engine, start, seen
+
+    def run(self) -> None:
+        self.engine._refill(self.start, self.seen)

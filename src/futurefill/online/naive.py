@@ -23,6 +23,7 @@ class NaiveConv(OnlineConvEngine):
     """Online causal convolution by direct summation. See :class:`OnlineConvEngine`."""
 
     method = "naive"
+    summary = "O(L^2) time, O(P + K) memory: a direct dot product per step"
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         super().__init__(h, max_len=max_len, batch_size=batch_size)
@@ -49,6 +50,27 @@ class NaiveConv(OnlineConvEngine):
         products = self._products[..., : t + 1]
         torch.mul(self._x[..., : t + 1], self._h_rev[:, self.max_len - 1 - t :], out=products)
         y = self._y[t] if out is None else out
-        torch.sum(products, dim=-1, out=y)
-        self._position = t + 1
-        return y
+        return torch.sum(products, dim=-1, out=y)
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        """The step as a fixed-shape function of the index tensor t: ``u_t`` goes to column t
+        of the history, and ``y = sum_s h[t - s] x[s]`` over the whole history, the filter
+        gathered by lag (zero for s > t, whose inputs are not yet written)."""
+        t, n = self._index, self._x.shape[-1]  # n = max_len, a dynamic size when compiled
+        self._x.index_copy_(2, t, u_t.unsqueeze(-1))
+        lag = t - torch.arange(n, device=self.device)  # (max_len,)
+        h = self._h_rev.index_select(1, (n - 1 - lag).clamp(max=n - 1))
+        return (self._x * (h * (lag >= 0))).sum(dim=-1)
+
+    def prepare_traced(self) -> None:
+        """Also marks the history's length dynamic for ``torch.compile``: one graph serves
+        every ``max_len``."""
+        super().prepare_traced()
+        torch._dynamo.maybe_mark_dynamic(self._x, 2)
+        torch._dynamo.maybe_mark_dynamic(self._h_rev, 1)
+
+    def _traced_index(self) -> int:
+        return self._position
+
+    def _scheduled_work(self) -> None:
+        return None
