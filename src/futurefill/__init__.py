@@ -1,5 +1,6 @@
 """futurefill: fast, exact auto-regressive generation from convolutional sequence models."""
 
+from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.fftconv import causal_conv, futurefill, prompt_conv
 from futurefill.generation import GenerationOutput, generate
 from futurefill.model import ConvLM, ConvLMConfig
@@ -11,6 +12,8 @@ __all__ = [
     "METHODS",
     "ConvLM",
     "ConvLMConfig",
+    "Decoder",
+    "DecoderOutput",
     "DecodingSession",
     "GenerationOutput",
     "HyenaLM",
