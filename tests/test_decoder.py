@@ -22,8 +22,8 @@ def tiny_model(mixer: str = "hyena", seed: int = 0) -> ConvLM:
         n_layers=2,
         max_len=MAX_LEN,
         mixer=mixer,
-        hyena_filter_hidden=8,
-        hyena_pos_dim=5,
+        hyena_filter_order=8,
+        hyena_emb_dim=5,
         num_eigh=6,
         tie_embeddings=False,
     )
@@ -112,7 +112,7 @@ def test_steps_without_a_prompt_start_at_position_zero():
 def test_errors_name_the_argument_and_leave_the_decoder_as_it_was():
     model = tiny_model()
     ids = torch.zeros(2, 4, dtype=torch.long)
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         Decoder("model", batch_size=1)
     with pytest.raises(TypeError, match="compile must be a bool"):
         Decoder(model, batch_size=1, compile=1)

@@ -29,8 +29,8 @@ def tiny_model(
         mixer=mixer,
         mlp_ratio=2,
         num_eigh=6,
-        hyena_filter_hidden=8,
-        hyena_pos_dim=5,
+        hyena_filter_order=8,
+        hyena_emb_dim=5,
         tie_embeddings=False,
     )
     model = ConvLM(config).to(dtype)

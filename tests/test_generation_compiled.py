@@ -17,7 +17,7 @@ from futurefill.pretrained import HyenaLM, HyenaLMConfig
 def small_model(mixer: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if mixer == "hyenadna":
-        config = HyenaLMConfig(vocab_size=16, d_model=8, n_layer=1, d_inner=16, max_seq_len=400)
+        config = HyenaLMConfig(vocab_size=16, d_model=8, n_layers=1, d_inner=16, max_len=400)
         return HyenaLM(config).eval()
     config = ConvLMConfig(d_model=8, n_layers=1, max_len=400, mixer=mixer, num_eigh=4)
     return ConvLM(config).eval()
@@ -40,7 +40,7 @@ def test_compiled_generation_gives_eager_tokens(mixer, device):
 def test_compiled_epoched_and_cross_layer_batched_levels_in_float64(device):
     """On CUDA: CUDA graphs (no cudagraph skipped), the deamortized jobs on a side stream."""
     torch.manual_seed(3)
-    config = ConvLMConfig(d_model=8, n_layers=3, max_len=200, mixer="hyena", hyena_pos_dim=5)
+    config = ConvLMConfig(d_model=8, n_layers=3, max_len=200, mixer="hyena", hyena_emb_dim=5)
     model = ConvLM(config).double().eval().to(device)
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(4)).to(device)
     skips = counters["inductor"]["cudagraph_skips"]
@@ -74,7 +74,7 @@ def test_traced_steps_after_eager_steps_continue_at_the_position(method, options
     """Prefill, three eager steps (mid-tile, mid-epoch), then traced steps: the forward's
     outputs (float64) at every position."""
     torch.manual_seed(5)
-    config = ConvLMConfig(d_model=8, n_layers=2, max_len=64, mixer="hyena", hyena_pos_dim=5)
+    config = ConvLMConfig(d_model=8, n_layers=2, max_len=64, mixer="hyena", hyena_emb_dim=5)
     model = ConvLM(config).double().eval()
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
@@ -196,7 +196,7 @@ def test_compiled_deamortized_with_its_jobs_on_the_worker(monkeypatch):
     monkeypatch.setattr(deamortized, "SMALL_JOB_POINTS", 0)
     monkeypatch.setattr(deamortized, "SLICE_POINTS", 16)
     torch.manual_seed(7)
-    config = ConvLMConfig(d_model=8, n_layers=2, max_len=200, mixer="hyena", hyena_pos_dim=5)
+    config = ConvLMConfig(d_model=8, n_layers=2, max_len=200, mixer="hyena", hyena_emb_dim=5)
     model = ConvLM(config).double().eval()
     ids = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(8))
     options = {"method": "deamortized", "tile_len": 2, "return_logits": True}

@@ -14,14 +14,15 @@ import torch
 from futurefill import data, textgen
 from futurefill.cli import main
 from futurefill.generation import generate
+from futurefill.pretrained import CheckpointError, bundled_checkpoint_dir, load_pretrained
 from futurefill.train import HELDOUT_FILE, MANIFEST_FILE, heldout_loss
 
-BUNDLED = textgen.default_checkpoint_dir()
+BUNDLED = bundled_checkpoint_dir()
 
 
 @pytest.fixture(scope="module")
 def model():
-    return textgen.load_checkpoint()
+    return load_pretrained()
 
 
 @pytest.fixture(scope="module")
@@ -187,16 +188,16 @@ def _cli_error(directory, capsys) -> str:
 
 
 def test_missing_directory(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
-        textgen.load_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="checkpoint directory not found"):
+        load_pretrained(tmp_path / "nope")
     assert "nope" in _cli_error(tmp_path / "nope", capsys)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
 def test_missing_file(copy, name, capsys):
     (copy / name).unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(name)):
-        textgen.load_checkpoint(copy)
+    with pytest.raises(CheckpointError, match=re.escape(name)):
+        load_pretrained(copy, format="futurefill")
     assert name in _cli_error(copy, capsys)
 
 
@@ -204,7 +205,7 @@ def test_truncated_weights(copy, capsys):
     path = copy / "model.safetensors"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"model\.safetensors"):
-        textgen.load_checkpoint(copy)
+        load_pretrained(copy)
     assert "model.safetensors" in _cli_error(copy, capsys)
 
 
@@ -216,7 +217,7 @@ def test_garbage_weights(copy, capsys):
 def test_bad_json(copy, capsys):
     (copy / "config.json").write_text('{"vocab_size": 256,')
     with pytest.raises(ValueError, match=r"config\.json"):
-        textgen.load_checkpoint(copy)
+        load_pretrained(copy)
     assert "config.json" in _cli_error(copy, capsys)
 
 
@@ -224,7 +225,7 @@ def test_config_unknown_field(copy, capsys):
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "n_heads": 4}))
     with pytest.raises(ValueError, match=r"config\.json is invalid"):
-        textgen.load_checkpoint(copy)
+        load_pretrained(copy)
     assert "n_heads" in _cli_error(copy, capsys)
 
 
@@ -232,8 +233,25 @@ def test_config_mismatching_weights(copy, capsys):
     config = json.loads((copy / "config.json").read_text())
     config["d_model"] = config["d_model"] * 2
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"model\.safetensors"):
-        textgen.load_checkpoint(copy)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: weights do not match"):
+        load_pretrained(copy)
+    assert "weights do not match config.json" in _cli_error(copy, capsys)
+
+
+def test_integer_weights_are_refused_in_one_line(copy, capsys):
+    from safetensors.torch import save_file
+
+    save_file({"embed.weight": torch.zeros(2, 2, dtype=torch.int32)}, copy / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds I32 tensors; a model's weights are floating"):
+        load_pretrained(copy)
+    assert "holds I32 tensors" in _cli_error(copy, capsys)
+
+
+def test_an_empty_config_is_the_config_that_is_wrong(copy, capsys):
+    (copy / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"config\.json is missing fields \['vocab_size'"):
+        load_pretrained(copy)
+    assert "is missing fields" in _cli_error(copy, capsys)
 
 
 # --------------------------------------------------------------------------- helpers

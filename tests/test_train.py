@@ -9,6 +9,7 @@ import torch
 
 from futurefill import data
 from futurefill.cli import main
+from futurefill.pretrained import load_pretrained
 from futurefill.train import HELDOUT_FILE, MANIFEST_FILE, TrainConfig, _lr_at, heldout_loss, train
 
 TINY = dict(
@@ -44,7 +45,6 @@ def test_same_seed_same_run(small_corpus, tmp_path):
 
 
 def test_checkpoint_and_manifest(small_corpus, tmp_path):
-    from futurefill.model import ConvLM
 
     cfg = TrainConfig(**TINY, save_every=2)  # an intermediate save at step 2, then the final
     manifest = train(cfg, tmp_path, progress=False, data=small_corpus)
@@ -59,7 +59,7 @@ def test_checkpoint_and_manifest(small_corpus, tmp_path):
     assert on_disk["unigram_bits_per_byte"]["cross_entropy"] > 0
     assert on_disk["wall_time_s"] >= 0 and on_disk["machine"]["torch"] == torch.__version__
     assert (tmp_path / HELDOUT_FILE).stat().st_size == cfg.heldout_windows * cfg.context + 1
-    model = ConvLM.load(tmp_path)
+    model = load_pretrained(tmp_path)
     assert heldout_loss(model, tmp_path) == pytest.approx(
         manifest["heldout"]["loss_nats"], rel=1e-5
     )

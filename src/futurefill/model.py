@@ -21,12 +21,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_model
 from torch import nn
 
-from futurefill.layers import STU, Hyena, LongConv
+from futurefill.layers import STU, Hyena, HyenaConfig, LongConvMixer
 
-__all__ = ["MIXERS", "ConvLM", "ConvLMConfig", "check_token_dtype", "check_token_ids"]
+__all__ = [
+    "MIXERS",
+    "ConvLM",
+    "ConvLMConfig",
+    "check_token_dtype",
+    "check_token_ids",
+    "write_checkpoint",
+]
 
 MIXERS = ("longconv", "stu", "stu_tensordot", "hyena")
 CONFIG_FILE = "config.json"
@@ -44,10 +51,11 @@ class ConvLMConfig:
     mixer: str = "stu_tensordot"  # "longconv" | "stu" | "stu_tensordot" | "hyena"
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * d_model
     num_eigh: int = 24  # STU: number of spectral filters
-    hyena_order: int = 2  # Hyena: number of long convolutions (and gates) per layer
-    hyena_filter_hidden: int = 64  # Hyena: width of the implicit-filter FFN
-    hyena_pos_dim: int = 17  # Hyena: positional features (odd): time + 8 cos/sin pairs
-    short_kernel: int = 3  # Hyena: kernel of the short depthwise convolution
+    # Hyena (futurefill.layers.HyenaConfig's fields of the same names, without "hyena_"):
+    hyena_order: int = 2  # order N: N + 1 streams, N - 1 long convolutions
+    hyena_filter_order: int = 64  # width of the implicit filters' FFN
+    hyena_emb_dim: int = 17  # positional features (odd): time + 8 cos/sin pairs
+    hyena_short_filter_order: int = 3  # kernel of the short depthwise convolution
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = True  # the LM head reuses the token embedding matrix
 
@@ -60,9 +68,6 @@ class ConvLMConfig:
             "n_layers",
             "max_len",
             "mlp_ratio",
-            "hyena_order",
-            "hyena_filter_hidden",
-            "short_kernel",
         )
         for name in positive:
             value = getattr(self, name)
@@ -72,6 +77,23 @@ class ConvLMConfig:
             raise ValueError(
                 f"num_eigh must be in [1, max_len={self.max_len}], got {self.num_eigh}"
             )
+        if self.mixer == "hyena":
+            try:
+                self.hyena  # noqa: B018 (checks the mixer's fields)
+            except ValueError as error:
+                raise ValueError(f"hyena_{error}") from None
+
+    @property
+    def hyena(self) -> HyenaConfig:
+        """The Hyena mixer's configuration."""
+        return HyenaConfig(
+            d_model=self.d_model,
+            max_len=self.max_len,
+            order=self.hyena_order,
+            emb_dim=self.hyena_emb_dim,
+            filter_order=self.hyena_filter_order,
+            short_filter_order=self.hyena_short_filter_order,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> ConvLMConfig:
@@ -87,17 +109,10 @@ def make_mixer(config: ConvLMConfig) -> nn.Module:
     """The sequence-mixing layer named by ``config.mixer``."""
     d, length = config.d_model, config.max_len
     if config.mixer == "longconv":
-        return LongConv(d, length)
+        return LongConvMixer(d, length)
     if config.mixer in ("stu", "stu_tensordot"):
         return STU(d, length, config.num_eigh, tensordot=config.mixer == "stu_tensordot")
-    return Hyena(
-        d,
-        length,
-        config.hyena_order,
-        filter_hidden=config.hyena_filter_hidden,
-        pos_dim=config.hyena_pos_dim,
-        short_kernel=config.short_kernel,
-    )
+    return Hyena(config.hyena)
 
 
 class MLP(nn.Module):
@@ -226,32 +241,18 @@ class ConvLM(nn.Module):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (weights in their dtype) to a directory.
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights and buffers in their dtype)
+        to ``directory``, which :func:`futurefill.load_pretrained` reads back bit-identical."""
+        return write_checkpoint(self, asdict(self.config), directory)
 
-        Buffers (STU filters, Hyena positional features) are saved too, so a loaded model gives
-        bit-identical outputs on the same hardware.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {name: t.detach().contiguous() for name, t in self.state_dict().items()}
-        if self.config.tie_embeddings:
-            del state["head.weight"]  # the same tensor as embed.weight
-        save_file(state, str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
-    @classmethod
-    def load(cls, directory: str | Path, map_location: str | torch.device | None = None) -> ConvLM:
-        """A model saved by :meth:`save`, on ``map_location`` (default CPU), in its saved dtype."""
-        directory = Path(directory)
-        config = ConvLMConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        device = torch.device("cpu" if map_location is None else map_location)
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
-        dtypes = {t.dtype for t in state.values()}
-        if len(dtypes) != 1:
-            raise ValueError(f"{directory / WEIGHTS_FILE} mixes dtypes {sorted(map(str, dtypes))}")
-        model = cls(config).to(device=device, dtype=dtypes.pop())
-        if config.tie_embeddings:
-            state["head.weight"] = state["embed.weight"]
-        model.load_state_dict(state)
-        return model
+def write_checkpoint(model: nn.Module, config: dict, directory: str | Path) -> Path:
+    """``config`` as ``config.json`` and ``model``'s state (buffers included, a tensor shared
+    under several names stored once: ``safetensors.torch.save_model``) as ``model.safetensors``
+    in ``directory`` (created if missing)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return directory

@@ -15,12 +15,10 @@ is ``[CLS]`` + nucleotides; ``--prompt-file`` reads a FASTA file).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
@@ -30,66 +28,16 @@ from futurefill import argtypes
 from futurefill.data import ByteStreamDecoder, encode
 from futurefill.online import METHODS
 from futurefill.pretrained import CheckpointError, detect_format, dna, load_pretrained
-from futurefill.pretrained.formats import read_mapping
 
 __all__ = [
-    "DEFAULT_CHECKPOINT",
     "CompareResult",
     "TextStreamer",
     "compare_methods",
-    "default_checkpoint_dir",
     "format_table",
-    "load_checkpoint",
     "register",
 ]
 
-DEFAULT_CHECKPOINT = "pydoc-stu"  # under futurefill/checkpoints/
 METHOD_ORDER = tuple(METHODS)  # registration order: naive first, the baseline of the speedups
-CHECKPOINT_FILES = ("config.json", "model.safetensors")
-
-
-def default_checkpoint_dir() -> Path:
-    """Directory of the checkpoint bundled with the package."""
-    return Path(str(resources.files("futurefill") / "checkpoints" / DEFAULT_CHECKPOINT))
-
-
-def load_checkpoint(directory: str | os.PathLike | None = None, map_location=None):
-    """Load a :class:`~futurefill.model.ConvLM` saved by ``model.save`` (default: the bundled one).
-
-    Raises
-    ------
-    FileNotFoundError
-        The directory, ``config.json`` or ``model.safetensors`` is missing (the message names it).
-    ValueError
-        A file is unreadable: ``config.json`` is not a valid configuration, or
-        ``model.safetensors`` is truncated, corrupt, or does not match the configuration (the
-        message names the file).
-    """
-    from futurefill.model import ConvLM, ConvLMConfig
-
-    directory = default_checkpoint_dir() if directory is None else Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-    for name in CHECKPOINT_FILES:
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"checkpoint file not found: {directory / name}")
-    config = read_mapping(directory / "config.json")
-    try:
-        ConvLMConfig.from_dict(config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"checkpoint config {directory / 'config.json'} is invalid: {exc}"
-        ) from exc
-    try:
-        model = ConvLM.load(directory, map_location=map_location)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ValueError(
-            f"could not load checkpoint weights {directory / 'model.safetensors'} "
-            f"(truncated, corrupt or mismatched with config.json): {exc}"
-        ) from exc
-    return model.eval()
 
 
 class TextStreamer:
@@ -356,10 +304,8 @@ DNA_LETTERS = frozenset("ACGTNRYKMSWBDHV")
 
 def _load_model(directory: str | None, trust_pickle: bool = False):
     """The model and its tokenizer's name ("bytes" or "dna"); UsageError for a bad checkpoint."""
-    if directory is None:
-        return load_checkpoint(), "bytes"
     try:
-        format = detect_format(directory)
+        format = "futurefill" if directory is None else detect_format(directory)
         if format == "safari":
             raise argtypes.UsageError(
                 f"argument --model: {directory} is a safari Hyena LM, which uses the GPT-2 "

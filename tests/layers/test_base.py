@@ -9,18 +9,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from futurefill import METHODS, decoding
-from futurefill.layers import STU, Hyena, LongConv
+from futurefill.layers import STU, Hyena, HyenaConfig, LongConvMixer
 from futurefill.nn import EngineState
 from reference import decode_chunks, rel_err
 
 D, MAX_LEN = 8, 48
 LAYERS = {
-    "longconv": lambda: LongConv(D, MAX_LEN),
+    "longconv": lambda: LongConvMixer(D, MAX_LEN),
     "stu": lambda: STU(D, MAX_LEN, 6, tensordot=False),
     "stu_tensordot": lambda: STU(D, MAX_LEN, 6, tensordot=True),
-    "hyena": lambda: Hyena(D, MAX_LEN, 2),
-    "hyena_order3": lambda: Hyena(D, MAX_LEN, 3, short_kernel=4),
-    "hyena_order1": lambda: Hyena(D, MAX_LEN, 1, short_kernel=1),
+    "hyena": lambda: Hyena(HyenaConfig(D, MAX_LEN)),
+    "hyena_order3": lambda: Hyena(HyenaConfig(D, MAX_LEN, order=3, short_filter_order=4)),
+    "hyena_order4": lambda: Hyena(
+        HyenaConfig(D, MAX_LEN, order=4, short_filter_order=1, filter_layout="channel-major")
+    ),
 }
 # Engine options from degenerate tiles/epochs (every code path) to the defaults.
 OPTIONS = {
@@ -103,7 +105,13 @@ def test_reset_starts_a_new_sequence(name):
 
 def test_session_holds_one_engine_per_long_convolution():
     x = torch.randn(3, 4, D, dtype=torch.float64)
-    for name, count in (("longconv", 1), ("stu_tensordot", 1), ("stu", 1), ("hyena_order3", 3)):
+    for name, count in (
+        ("longconv", 1),
+        ("stu_tensordot", 1),
+        ("stu", 1),
+        ("hyena_order3", 2),
+        ("hyena_order4", 3),
+    ):
         layer = make_layer(name, torch.float64)
         with torch.no_grad(), decoding(layer, batch_size=3, max_len=10) as session:
             layer(x)
@@ -117,7 +125,7 @@ def test_session_holds_one_engine_per_long_convolution():
     hyena = make_layer("hyena_order3", torch.float64)
     with torch.no_grad(), decoding(hyena, batch_size=2, max_len=10) as session:
         hyena(x[:2])
-        assert session.states["short"].history.shape == (2, 3, 4 * D)
+        assert session.states["short_filter"].history.shape == (2, 3, 4 * D)
         assert session.nbytes > sum(e.nbytes for e in engines(session))
 
 
@@ -180,7 +188,7 @@ def test_forward_input_errors():
     with pytest.raises(ValueError, match="channels=8"):
         layer(torch.zeros(1, 4, D + 1, dtype=torch.float64))
     with pytest.raises(ValueError, match="channels must be >= 1"):
-        LongConv(0, 4)
+        LongConvMixer(0, 4)
 
 
 def test_step_past_max_len_raises():

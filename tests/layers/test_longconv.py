@@ -1,18 +1,18 @@
-"""LongConv: explicit filters, against a numpy reference, and its decaying initialisation."""
+"""LongConvMixer: explicit filters, against a numpy reference, and its decaying initialisation."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from futurefill.layers import LongConv
+from futurefill.layers import LongConvMixer
 from futurefill.nn import decaying_filters
 from reference import reference_conv, rel_err
 
 
 def test_forward_matches_reference():
     torch.manual_seed(0)
-    layer = LongConv(5, 30).double()
+    layer = LongConvMixer(5, 30).double()
     x = torch.randn(2, 17, 5, dtype=torch.float64)
     with torch.no_grad():
         y = layer(x)
@@ -38,23 +38,23 @@ def test_initial_filters_are_unit_norm_and_decay():
 def test_filters_follow_the_default_dtype():
     torch.set_default_dtype(torch.float64)
     try:
-        assert LongConv(3, 8).conv.weight.dtype == torch.float64
+        assert LongConvMixer(3, 8).conv.weight.dtype == torch.float64
     finally:
         torch.set_default_dtype(torch.float32)
-    assert LongConv(3, 8).conv.weight.dtype == torch.float32
+    assert LongConvMixer(3, 8).conv.weight.dtype == torch.float32
 
 
 def test_checkpoints_from_before_futurefill_nn_load():
     """Saved with the layer's own ``filters`` and ``skip``: renamed to ``conv.weight/skip``."""
     torch.manual_seed(0)
-    layer = LongConv(3, 8)
+    layer = LongConvMixer(3, 8)
     state = layer.state_dict()
     legacy = {
         ("filters" if k == "conv.weight" else "skip" if k == "conv.skip" else k): v
         for k, v in state.items()
     }
     assert "filters" in legacy and "skip" in legacy
-    loaded = LongConv(3, 8)
+    loaded = LongConvMixer(3, 8)
     loaded.load_state_dict(legacy)
     for key, value in state.items():
         assert torch.equal(loaded.state_dict()[key], value), key

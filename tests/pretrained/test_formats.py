@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from futurefill import METHODS, generate, load_pretrained
-from futurefill.pretrained import CheckpointError, HyenaLM, detect_format, save_hyenalm
+from futurefill.pretrained import CheckpointError, HyenaLM, detect_format
 from futurefill.testing import assert_decoding_matches_forward
 from pretrained.checkpoints import random_hyena_lm, write_hf, write_hyenadna, write_safari
 
@@ -114,7 +114,7 @@ def test_each_layout_loads_to_the_same_logits(tmp_path, writer, options, semanti
 @pytest.mark.parametrize("case", ["hyenadna-order2", "safari-order3", "hyenadna-hf"])
 def test_a_converted_checkpoint_loads_from_safetensors_bit_identical(tmp_path, case):
     model = load_pretrained(FIXTURES / case)
-    directory = save_hyenalm(model, tmp_path / "converted")
+    directory = model.save(tmp_path / "converted")
     assert detect_format(directory) == "futurefill-hyenalm"
     assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
     again = load_pretrained(directory)
@@ -155,9 +155,9 @@ def test_futurefill_directory_loads_a_convlm(tmp_path):
         assert torch.equal(loaded(ids), model(ids))
 
 
-def test_inputs_longer_than_max_seq_len_are_an_error_not_a_truncation():
+def test_inputs_longer_than_max_len_are_an_error_not_a_truncation():
     model = random_hyena_lm()
-    with pytest.raises(ValueError, match="sequence length 49 exceeds the model's max_seq_len 48"):
+    with pytest.raises(ValueError, match="sequence length 49 exceeds the model's max_len 48"):
         model(torch.zeros(1, 49, dtype=torch.int64))
 
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from futurefill import METHODS, generate
+from futurefill.layers.hyena import FILTER_LAYOUTS
 from futurefill.pretrained import HyenaLMConfig
-from futurefill.pretrained.hyena_lm import FILTER_LAYOUTS
 from futurefill.testing import assert_decoding_matches_forward
 from pretrained.checkpoints import random_hyena_lm
 from reference import reference_conv, rel_err
@@ -111,7 +111,7 @@ def test_greedy_feedback_loop_matches_recomputing_the_forward(method):
     ],
 )
 def test_config_errors(change, message):
-    base = {"vocab_size": 8, "d_model": 4, "n_layer": 1, "d_inner": 8, "max_seq_len": 16}
+    base = {"vocab_size": 8, "d_model": 4, "n_layers": 1, "d_inner": 8, "max_len": 16}
     with pytest.raises(ValueError, match=message):
         HyenaLMConfig(**{**base, **change})
 

@@ -50,7 +50,7 @@ MODEL_TOL = {
 # The HyenaDNA release's largest model (``hyenadna-large-1m-seqlen``): its hyper-parameters
 # besides width and depth (``--d-model 256 --n-layers 8`` give its shape).
 HYENADNA_LARGE_1M = {
-    "max_seq_len": 1_000_002,
+    "max_len": 1_000_002,
     "order": 2,
     "emb_dim": 5,
     "filter_order": 64,
@@ -179,8 +179,8 @@ def build_model(config: Any, mixer: str, max_len: int, device, dtype):
     if mixer == "hyenadna":
         from futurefill.pretrained import HyenaLM, HyenaLMConfig
 
-        hyper = {**HYENADNA_LARGE_1M, "max_seq_len": max(HYENADNA_LARGE_1M["max_seq_len"], max_len)}
-        shape = {"n_layer": config.n_layers, "d_inner": 4 * config.d_model}
+        hyper = {**HYENADNA_LARGE_1M, "max_len": max(HYENADNA_LARGE_1M["max_len"], max_len)}
+        shape = {"n_layers": config.n_layers, "d_inner": 4 * config.d_model}
         model = HyenaLM(HyenaLMConfig(**width, **shape, **hyper))
     else:
         # The STU needs filters of at least its num_eigh positions, however short the runs.

@@ -1,4 +1,4 @@
-"""LongConv: explicit learnable per-channel causal filters as long as the sequence.
+"""LongConvMixer: explicit learnable per-channel causal filters as long as the sequence.
 
 ``y = out_proj(h * u + skip ⊙ u)`` with ``h`` (d_model, max_len) a free parameter, ``*`` the
 causal convolution of each channel with its own filter, and ``skip`` a per-channel gain
@@ -13,13 +13,13 @@ from torch import nn
 
 from futurefill import nn as ffnn
 
-__all__ = ["LongConv"]
+__all__ = ["LongConvMixer"]
 
 # Names in checkpoints saved before the layer was built on futurefill.nn.
 _LEGACY_KEYS = {"filters": "conv.weight", "skip": "conv.skip"}
 
 
-class LongConv(nn.Module):
+class LongConvMixer(nn.Module):
     """Long convolution layer with explicit filters (see the module docstring).
 
     Parameters

@@ -1,13 +1,14 @@
 """Public checkpoints: :func:`load_pretrained` reads a local directory (HyenaDNA's Hugging Face
-port or original release, the safari Hyena LMs, futurefill's own ConvLM) into a model that
+port or original release, the safari Hyena LMs, futurefill's own ConvLM and HyenaLM, the bundled
+model by default) into a model that
 :func:`futurefill.generate` decodes exactly with every method."""
 
 from futurefill.pretrained.formats import (
     FORMATS,
     CheckpointError,
+    bundled_checkpoint_dir,
     detect_format,
     load_pretrained,
-    save_hyenalm,
 )
 from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
 
@@ -16,7 +17,7 @@ __all__ = [
     "CheckpointError",
     "HyenaLM",
     "HyenaLMConfig",
+    "bundled_checkpoint_dir",
     "detect_format",
     "load_pretrained",
-    "save_hyenalm",
 ]

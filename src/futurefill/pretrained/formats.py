@@ -35,18 +35,33 @@ import pickle
 import re
 import zipfile
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from futurefill.pretrained.hyena_lm import HyenaLM, HyenaLMConfig
+from futurefill.model import CONFIG_FILE, WEIGHTS_FILE, ConvLM, ConvLMConfig
+from futurefill.pretrained.hyena_lm import HYENALM_MODEL_TYPE, HyenaLM, HyenaLMConfig
 
-__all__ = ["FORMATS", "CheckpointError", "detect_format", "load_pretrained", "save_hyenalm"]
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "bundled_checkpoint_dir",
+    "detect_format",
+    "load_pretrained",
+]
 
-FORMATS = ("futurefill", "futurefill-hyenalm", "hyenadna-hf", "hyenadna", "safari")
-HYENALM_MODEL_TYPE = "futurefill-hyenalm"  # config.json of HyenaLM.save
+FORMATS = ("futurefill", HYENALM_MODEL_TYPE, "hyenadna-hf", "hyenadna", "safari")
+BUNDLED_CHECKPOINT = "pydoc-stu"  # under futurefill/checkpoints/
+# safetensors' dtype names -> torch's, for the floating dtypes a model may be saved in.
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Options of the public Hyena operator that no released checkpoint uses and this loader does not
 # implement: (config key, the value it must have).
@@ -99,8 +114,14 @@ def detect_format(path: str | Path) -> str:
     raise CheckpointError(f"{directory}: no config.json (or safari YAML config) in the directory")
 
 
+def bundled_checkpoint_dir() -> Path:
+    """The directory of the checkpoint that ships with the package (a ConvLM trained on Python
+    documentation, byte-level)."""
+    return Path(str(resources.files("futurefill") / "checkpoints" / BUNDLED_CHECKPOINT))
+
+
 def load_pretrained(
-    path: str | Path,
+    path: str | Path | None = None,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -111,7 +132,8 @@ def load_pretrained(
 
     Parameters
     ----------
-    path : directory in one of the :data:`FORMATS` (detected from its files unless ``format``).
+    path : directory in one of the :data:`FORMATS` (detected from its files unless ``format``);
+        default the bundled checkpoint (:func:`bundled_checkpoint_dir`).
     device, dtype : where and in which floating dtype to put the model (default: CPU, the
         checkpoint's dtype).
     trust_pickle : open pickled weights with ``weights_only=False`` (see the module docstring).
@@ -128,48 +150,19 @@ def load_pretrained(
         Missing, truncated or corrupt files, an unknown ``model_type``, missing or unexpected
         weights, a weight whose shape disagrees with the config, a config field out of range.
     """
-    directory = _directory(path)
+    directory = _directory(bundled_checkpoint_dir() if path is None else path)
     if format is None:
         format = detect_format(directory)
     elif format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "futurefill":
-        from futurefill.textgen import load_checkpoint
-
-        try:
-            model = load_checkpoint(directory)
-        except (FileNotFoundError, ValueError) as exc:
-            raise CheckpointError(str(exc)) from exc
+        model = _load_convlm(directory)
     else:
         config, config_file = _read_config(directory, format)
         state, weights_file = _read_weights(directory, format, trust_pickle)
         model = _build(config, config_file, state, weights_file)
     model = model.to(device=device, dtype=dtype)
     return model.eval()
-
-
-def save_hyenalm(model: HyenaLM, path: str | Path) -> Path:
-    """Write ``model`` as ``config.json`` + ``model.safetensors`` (format
-    ``futurefill-hyenalm``): a pickled checkpoint converted once loads without ``trust_pickle``.
-    Shared tensors are stored once (the Sin ``freq`` of each filter, a tied head)."""
-    from safetensors.torch import save_file
-
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    state, kept = {}, set()
-    for key, value in model.state_dict().items():
-        if key.endswith(".freq"):
-            owner = key.split(".implicit_filter.")[0]
-            if owner in kept:
-                continue
-            kept.add(owner)
-        if key == "lm_head.weight" and model.config.tie_embeddings:
-            continue
-        state[key] = value.detach().contiguous().clone()
-    save_file(state, str(directory / "model.safetensors"))
-    config = {"model_type": HYENALM_MODEL_TYPE, **dataclasses.asdict(model.config)}
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return directory
 
 
 # --------------------------------------------------------------------------- files
@@ -197,6 +190,53 @@ def read_mapping(file: Path) -> dict:
 
 def _yaml_configs(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _load_convlm(directory: Path) -> ConvLM:
+    """A :class:`~futurefill.model.ConvLM` written by its ``save``, in its saved dtype."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_model
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"checkpoint file not found: {directory / name}")
+    raw = read_mapping(directory / CONFIG_FILE)
+    missing = [f.name for f in dataclasses.fields(ConvLMConfig) if f.name not in raw]
+    if missing:  # ConvLM.save writes every field: anything less is not its config
+        raise CheckpointError(
+            f"checkpoint config {directory / CONFIG_FILE} is missing fields {missing} (a "
+            "ConvLM's config.json, as ConvLM.save writes it, names every field)"
+        )
+    try:
+        config = ConvLMConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint config {directory / CONFIG_FILE} is invalid: {exc}"
+        ) from None
+    file = directory / WEIGHTS_FILE
+    try:
+        with safe_open(str(file), "pt") as weights:
+            dtypes = {weights.get_slice(key).get_dtype() for key in weights.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is truncated or corrupt: {exc}") from exc
+    if len(dtypes) != 1:
+        raise CheckpointError(f"{file} mixes dtypes {sorted(dtypes)}")
+    dtype = dtypes.pop()
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(
+            f"{file} holds {dtype} tensors; a model's weights are floating point "
+            f"({', '.join(SAFETENSORS_DTYPES)})"
+        )
+    model = ConvLM(config).to(dtype=SAFETENSORS_DTYPES[dtype])
+    try:
+        load_model(model, str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{file} is truncated or corrupt: {exc}") from exc
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{file}: weights do not match {CONFIG_FILE}: {str(exc).splitlines()[-1].strip()}"
+        ) from None
+    return model
 
 
 def _read_config(directory: Path, format: str) -> tuple[HyenaLMConfig, Path]:
@@ -239,9 +279,17 @@ def _backbone_fields(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "vocab_size": math.ceil(vocab / multiple) * multiple,
         "d_model": d_model,
-        "n_layer": raw["n_layer"],
+        "n_layers": _positive_int(raw, "n_layer"),
         "d_inner": d_inner,
     }
+
+
+def _positive_int(raw: Mapping[str, Any], key: str) -> int:
+    """``raw[key]``, a checkpoint's field under its own name: an int >= 1, or a ValueError."""
+    value = raw[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{key} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _hf_config(raw: Mapping[str, Any]) -> HyenaLMConfig:
@@ -260,7 +308,7 @@ def _hf_config(raw: Mapping[str, Any]) -> HyenaLMConfig:
         raise ValueError(f"train_freq must be true or false, got {raw['train_freq']!r}")
     return HyenaLMConfig(
         **_backbone_fields(raw),
-        max_seq_len=raw["max_seq_len"],
+        max_len=_positive_int(raw, "max_seq_len"),
         order=2,
         emb_dim=raw.get("emb_dim", 3),
         filter_order=raw.get("filter_order", 64),
@@ -295,7 +343,7 @@ def _training_config(raw: Mapping[str, Any], format: str) -> HyenaLMConfig:
     eps = raw.get("layer_norm_epsilon", 1e-5)
     return HyenaLMConfig(
         **_backbone_fields(raw),
-        max_seq_len=layer["l_max"],
+        max_len=_positive_int(layer, "l_max"),
         order=layer.get("order", 2),
         emb_dim=layer.get("emb_dim", 3),
         filter_order=layer.get("filter_order", 64),
