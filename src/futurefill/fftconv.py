@@ -169,9 +169,8 @@ def prompt_conv(u: torch.Tensor, h: torch.Tensor, n: int) -> tuple[torch.Tensor,
     ``n < P`` that is often twice ``N = fft_size(max(2P - 1, P + n))``, so the two parts are
     computed at length N instead, sharing the prompt's spectrum: the outputs from ``h[:, :P]``
     (linear length 2P - 1 <= N, no aliasing) and the future from ``h[:, :P+n]`` (aliasing lands
-    below index 2P + n - 1 - N <= P - 1, outside the kept slice). Measured on a 2-core x86 CPU
-    (128 channels, 2 threads, n = 2^10): 35-43 ms instead of 129-131 ms at P = 2^14, 484-608 ms
-    instead of 656-743 ms at P = 2^16.
+    below index 2P + n - 1 - N <= P - 1, outside the kept slice). (Measurements:
+    docs/results/cpu-2core/tuning.md.)
     """
     _check_pair(u, h, "u")
     prompt_len = u.shape[-1]

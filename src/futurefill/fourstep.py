@@ -37,12 +37,9 @@ import torch
 
 __all__ = ["Pass", "SlicedConv", "run_passes"]
 
-# Longer transforms are cut four-step whatever the slice size: on a 2-core x86 VM (float32, one
-# thread) an rfft/irfft pair cost 11 ns a point at n = 8192 and 28 ns at 16384 (a row outgrows
-# the core's cache), so one long row would make a slow slice; the four-step's short transforms
-# stay fast. Measured on the deamortized engine (bench layer, 128 channels, L = 2^18): largest
-# step 4.7 ms with this cap, 15.3 ms without (slices of one long row paced in the decoding
-# thread); total 2.08x continuous's with it, 1.82x without.
+# Longer transforms are cut four-step whatever the slice size: past the core's cache one long row
+# would make a slow slice, while the four-step's short transforms stay fast
+# (docs/results/cpu-2core/tuning.md).
 LONGEST_DIRECT = 8192
 
 

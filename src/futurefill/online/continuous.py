@@ -45,14 +45,10 @@ def default_tile_len(channels: int, batch_size: int, device: torch.device) -> in
 
     A step costs a few dispatched ops whatever b0 is, until the push of ``b0 * batch * channels``
     products stops being negligible; each FFT level costs a fixed overhead per call, and there are
-    ``K / b0`` calls in all. Measured on a 2-core x86 CPU (float32, L = 8192; step time in us
-    for b0 = 16/32/64/128/256): 128 values per step 27/24/34/18/23, 1024 values 84/74/64/59/69,
-    4096 values 259/250/245/249/269. A later sweep on the same machine (L = 1024 to 16384,
-    float32 and float64, 128 and 1024 channels, best of 3) was flat from 32 to 256 within its
-    noise (about 15%), 16 being the one clearly slower tile for narrow steps: on CPU the choice
-    matters little once b0 >= 32. Hence 64 for small steps, 128 for wider ones. On CUDA every
-    op costs a kernel launch while a push of a few hundred rows costs about the same as one row,
-    so tiles are larger there (an estimate: no GPU was available to measure it).
+    ``K / b0`` calls in all. On CPU the choice matters little once b0 >= 32
+    (docs/results/cpu-2core/tuning.md): 64 for small steps, 128 for wider ones. On CUDA every op
+    costs a kernel launch while a push of a few hundred rows costs about the same as one row, so
+    tiles are larger there.
     """
     if torch.device(device).type == "cuda":
         return 256

@@ -46,22 +46,9 @@ deadline finishes what is left. A slice holds references to the tensors it write
 freed under it; collecting or resetting an engine cancels its jobs. A job that raises re-raises
 at its deadline step; the engine then needs ``reset()``.
 
-Measured (2-core x86 VM, load average about 1.0, batch 1, float32, one intra-op thread, a plain
-loop passing ``out=``, two runs each; the knobs chosen from these). 128 channels, L = 2^18:
-continuous 4.2-4.4 s, largest step 352-358 ms; deamortized 6.3-6.6 s (1.5x), median step 7.8
-us, p99.9 500-530 us, p99.99 750-800 us, largest 1.9-5.1 ms. Slices of 2^15 points: 8.6 s;
-small jobs up to 2^14 / 2^16 points in one call: 6.2-6.4 / 5.9-6.0 s but p99.99 0.9-1.0 /
-1.3-1.4 ms. Slices of 2^13 points run one at a time: 12-15 s (each small op costs ~10 us here
-when the worker shares the GIL); batched 16 to a call by the worker they took 7.2-7.6 s, but a
-batched FFT can differ in its last bits from the same transforms one by one, so outputs
-depended on which thread ran what (not kept). Every slice in the decoding thread, paced (no
-worker): 2^13 / 2^14 / 2^16 points 14.0 / 10.5 / 8.3 s, largest step 1.9-4.1 / 1.7-1.8 /
-3.5 ms: no better bound on this loaded VM (not kept). 4 channels, L = 2^20: continuous 7.8-7.9
-s, largest step 30-47 ms; deamortized 10.9 s (1.4x), p99.9 390 us, p99.99 610-620 us, largest
-0.84-1.6 ms. The largest steps are not the schedule's own: they are plain steps or one slice
-that took milliseconds, the decoding thread preempted (two busy threads and this VM's other
-load on two cores) or waiting for the GIL. The schedule's own work is the tile ends (0.1-0.6
-ms: joins, submissions, the rings' gather) and paced slices.
+The slice sizes and the small-job threshold were chosen from measurements on a 2-core CPU
+(docs/results/cpu-2core/tuning.md): the largest steps there are not the schedule's own but plain
+steps or one slice preempted by the machine's other load.
 
 On CUDA no thread is needed: a job is queued on a side stream (one per device) behind an event
 of the decoding stream, in one call (no slices: the GPU overlaps it with the steps' kernels), and
@@ -185,11 +172,7 @@ class _Background:
     releases the GIL inside its ops, so the two threads' FFTs overlap. It runs at the process's
     priority: lowered to the lowest (nice 19) the decoding thread waited longer, as the worker,
     preempted by any other process while it held the GIL, kept it from the decoding thread
-    (2-core VM, L = 2^18, 128 channels, eight runs each: largest step 2.9-5.9 ms, median of the
-    eight 5.0 ms, against 0.8-5.1 ms, median 2.8 ms; p99.99 alike, 0.6-0.8 ms). At n = 2^18, 128
-    channels, float32, one thread of a 2-core x86 VM, a four-step slice of 2^13 / 2^14 / 2^16
-    points took 36 / 80 / 232 us (median), a whole job 0.5-0.6 s in slices, about what one
-    rfft/irfft pair over it takes.
+    (docs/results/cpu-2core/tuning.md).
     """
 
     lock: ClassVar[threading.Lock] = threading.Lock()
