@@ -153,7 +153,7 @@ def part_compiled(device: torch.device, tokens: int, out: Path) -> None:
     per-token time."""
     from torch._dynamo.utils import counters
 
-    from futurefill import ConvLM, ConvLMConfig, generate
+    from futurefill import METHODS, ConvLM, ConvLMConfig, generate
     from futurefill.bench.common import timed
 
     config = json.loads((ROOT / "src/futurefill/checkpoints/pydoc-stu/config.json").read_text())
@@ -162,7 +162,7 @@ def part_compiled(device: torch.device, tokens: int, out: Path) -> None:
     model = ConvLM(ConvLMConfig(**config)).to(device).eval()
     ids = torch.randint(0, 256, (1, 64), generator=torch.Generator().manual_seed(1)).to(device)
     rows = []
-    for method in ("continuous", "epoched", "deamortized"):
+    for method in METHODS:
         row = {"method": method}
         for compiled in (False, True):
             generate(model, ids, 16, method=method, compile=compiled)  # warm-up (compiles)
@@ -215,12 +215,12 @@ def host_syncs_are_errors(device: torch.device) -> Iterator[None]:
 
 def part_sync(device: torch.device, length: int, out: Path) -> None:
     """Engine steps and a session's traced steps with host synchronization made an error."""
-    from futurefill import ConvLM, ConvLMConfig, OnlineConv, decoding
+    from futurefill import METHODS, ConvLM, ConvLMConfig, OnlineConv, decoding
     from futurefill.online import deamortized
 
     h = torch.randn(128, length, device=device) / length**0.5
     results = {}
-    for method in ("continuous", "deamortized"):
+    for method in METHODS:
         conv = OnlineConv(h, method=method, max_len=length)
         u, y = torch.randn(1, 128, device=device), torch.empty(1, 128, device=device)
         conv.prefill(torch.randn(1, 128, 3, device=device))
