@@ -3,9 +3,9 @@
 ``y[t] = bias + sum_{j=0..K-1} weight[:, j] * x[t - j]`` per channel, inputs before position 0
 zero. The same code runs a whole sequence and a chunk of a decoding session: the chunk is
 prefixed with the ``K - 1`` inputs before it (zeros outside a session or at its start), and tap
-j multiplies that sequence shifted by j (K fused multiply-adds, no transposes, which cost less than a depthwise
-``conv1d`` for one position: docs/results/cpu-2core/tuning.md). In a
-session the last inputs are kept in a ``(batch, K - 1, channels)`` buffer allocated when the
+j multiplies that sequence shifted by j (K fused multiply-adds, no transposes, which cost less
+than a depthwise ``conv1d`` for one position: docs/results/cpu-2core/tuning.md). In a session
+the last inputs are kept in a ``(batch, K - 1, channels)`` buffer allocated when the
 session opens.
 """
 
