@@ -111,18 +111,6 @@ class Decoder:
         self._traced = contextlib.ExitStack()  # inside session.traced_steps() once compiled
 
     @property
-    def batch_size(self) -> int:
-        return self.session.batch_size
-
-    @property
-    def max_len(self) -> int:
-        return self.session.max_len
-
-    @property
-    def method(self) -> str:
-        return self.session.method
-
-    @property
     def position(self) -> int:
         """Positions consumed by every sequence (the prompt's padded width included)."""
         return self.session.position
@@ -155,17 +143,14 @@ class Decoder:
                 "call reset() to start new sequences"
             )
         ids = check_input_ids(input_ids, self.device)
-        if ids.shape[0] != self.batch_size:
-            raise ValueError(
-                f"input_ids has batch {ids.shape[0]}, the decoder batch_size={self.batch_size}"
-            )
+        batch, max_len = self.session.batch_size, self.session.max_len
+        if ids.shape[0] != batch:
+            raise ValueError(f"input_ids has batch {ids.shape[0]}, the decoder batch_size={batch}")
         width = ids.shape[1]
-        lengths = check_prompt_lengths(prompt_lengths, self.batch_size, width)
+        lengths = check_prompt_lengths(prompt_lengths, batch, width)
         longest = max(lengths)
-        if longest > self.max_len:
-            raise ValueError(
-                f"prompt length {longest} exceeds the decoder's max_len {self.max_len}"
-            )
+        if longest > max_len:
+            raise ValueError(f"prompt length {longest} exceeds the decoder's max_len {max_len}")
         n = torch.tensor(lengths, device=self.device)  # (batch,)
         in_prompt = torch.arange(width, device=self.device) < n[:, None]  # (batch, width)
         vocab = self.vocab_size or torch.iinfo(torch.long).max
@@ -212,9 +197,10 @@ class Decoder:
 
     def __repr__(self) -> str:
         compiled = ", compiled" if self._compiled is not None else ""
+        session = self.session
         return (
-            f"Decoder(batch_size={self.batch_size}, max_len={self.max_len}, "
-            f"method={self.method!r}{compiled}, position={self.position}, nbytes={self.nbytes})"
+            f"Decoder(batch_size={session.batch_size}, max_len={session.max_len}, "
+            f"method={session.method!r}{compiled}, position={self.position}, nbytes={self.nbytes})"
         )
 
     def _enter_traced(self) -> None:
@@ -222,7 +208,7 @@ class Decoder:
             self._traced.enter_context(self.session.traced_steps())
 
     def _output(self, model_output: Any) -> DecoderOutput:
-        logits = last_logits(model_output, self.batch_size)
+        logits = last_logits(model_output, self.session.batch_size)
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
 

@@ -53,10 +53,7 @@ class TextStreamer:
         self._decoder = ByteStreamDecoder()
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        token = int(tokens.reshape(-1)[0])
-        if token < 0:  # generate's marker for "no new token for this sequence at this step"
-            return
-        text = self._decoder.push(token)
+        text = self._decoder.push(int(tokens.reshape(-1)[0]))
         if text:
             self.stream.write(text)
             self.stream.flush()
@@ -288,10 +285,8 @@ class DnaStreamer:
         self.stream = stream
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        token = int(tokens.reshape(-1)[0])
-        if token >= 0:
-            self.stream.write(dna.decode([token]))
-            self.stream.flush()
+        self.stream.write(dna.decode([int(tokens.reshape(-1)[0])]))
+        self.stream.flush()
 
     def end(self) -> None:
         self.stream.write("\n")

@@ -64,28 +64,34 @@ class TiledEngine(OnlineConvEngine):
     ----------
     tile_len : int, optional
         The direct-computation tile b0, a power of two; default :func:`default_tile_len`.
-    window_tiles : int
-        Tiles of outputs an input is pushed into (1: its own; 2: its own and the next).
     """
+
+    options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
+    #: Tiles of outputs an input is pushed into (1: its own; 2: its own and the next).
+    window_tiles: ClassVar[int] = 1
 
     def __init__(
         self,
         h: torch.Tensor,
         *,
-        max_len: int | None,
-        batch_size: int,
-        tile_len: int | None,
-        window_tiles: int,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        tile_len: int | None = None,
     ):
         super().__init__(h, max_len=max_len, batch_size=batch_size)
         if tile_len is None:
             tile_len = default_tile_len(self.channels, self.batch_size, self.device)
         self.tile_len = tile_len = check_tile_len(tile_len)
-        taps = window_tiles * tile_len
+        taps = self.window_tiles * tile_len
         head = self._zeros(taps, 1, self.channels)
         width = min(taps, self.max_len)
         head[:width, 0].copy_(self.h[:, :width].t())
         self._h_head = head  # (taps, 1, D): what an input adds to the outputs of its window
+        self._setup()
+        self._reset()
+
+    def _setup(self) -> None:
+        """The subclass's own state, before the first ``_reset``."""
 
     def _tile_views(self, window: torch.Tensor) -> None:
         """The current tile's inputs, and the views every step uses into them and into
@@ -133,25 +139,13 @@ class ContinuousConv(TiledEngine):
     """
 
     method = "continuous"
-    options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
     summary = (
         "O(L log^2 L) time, O(K) memory: tiles of b0 steps computed directly, FFT levels at "
         "their ends (tile_len b0, a power of two)"
     )
 
-    def __init__(
-        self,
-        h: torch.Tensor,
-        *,
-        max_len: int | None = None,
-        batch_size: int = 1,
-        tile_len: int | None = None,
-    ):
-        super().__init__(
-            h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=1
-        )
+    def _setup(self) -> None:
         self._spectra: dict[int, torch.Tensor] = {}
-        self._reset()
 
     def _allocate(self, remaining: int) -> None:
         """Buffers and level spectra for ``remaining`` more steps (the levels b < remaining)."""

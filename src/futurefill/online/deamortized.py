@@ -72,7 +72,7 @@ import torch
 from futurefill.fftconv import prompt_conv
 from futurefill.fourstep import Pass, SlicedConv, run_passes
 from futurefill.online.base import ScheduledWork
-from futurefill.online.continuous import TiledEngine, check_tile_len
+from futurefill.online.continuous import TiledEngine
 
 # Jobs are cut into slices of about SLICE_POINTS complex values (futurefill.fourstep); a job of
 # at most SMALL_JOB_POINTS (batch x channels x FFT size) runs at its block's end in one call.
@@ -286,23 +286,13 @@ class DeamortizedConv(TiledEngine):
     """
 
     method = "deamortized"
-    options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
+    window_tiles = 2
     summary = (
         "O(L log^2 L) time, every step bounded, O(K) memory: continuous with its FFT jobs "
         "(2x the work) run ahead of their deadlines, b steps of slack each (tile_len b0)"
     )
 
-    def __init__(
-        self,
-        h: torch.Tensor,
-        *,
-        max_len: int | None = None,
-        batch_size: int = 1,
-        tile_len: int | None = None,
-    ):
-        super().__init__(
-            h, max_len=max_len, batch_size=batch_size, tile_len=tile_len, window_tiles=2
-        )
+    def _setup(self) -> None:
         self._plans: dict[int, SlicedConv] = {}  # per level b
         self._kept: dict[int, torch.Tensor] = {}  # per level, an even block's spectrum
         self._scratch: dict[int, torch.Tensor] = {}  # per level, for four-step jobs
@@ -312,7 +302,6 @@ class DeamortizedConv(TiledEngine):
         self._events: dict[int, torch.cuda.Event] = {}
         weakref.finalize(self, _cancel, self._jobs)
         self._failed: BaseException | None = None
-        self._reset()
 
     # ----------------------------------------------------------------- buffers
 
