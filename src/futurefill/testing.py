@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from futurefill import online
-from futurefill.nn import DecodingModule, decoding
+from futurefill.nn import DecodingModule, decoding, decoding_max_len
+from futurefill.nn.conv import FilterLengthError
 from futurefill.nn.session import no_decoding_modules
 
 __all__ = ["assert_decoding_matches_forward", "default_rtol"]
@@ -47,9 +48,11 @@ def assert_decoding_matches_forward(
 ) -> None:
     """Raise AssertionError unless decoding ``input_ids`` gives the logits of ``model(input_ids)``.
 
-    For every method and every prompt length P: inside a fresh decoding session the model gets
-    ``input_ids[:, :P]`` as one chunk (none when P = 0), then one position at a time; the
-    logits of every position are compared with the parallel forward's.
+    For every method and every prompt length P: inside a fresh decoding session (its
+    ``max_len`` twice the input's, within the model's limit, as generation's sessions are longer
+    than their input) the model gets ``input_ids[:, :P]`` as one chunk (none when P = 0), then
+    one position at a time; the logits of every position are compared with the parallel
+    forward's.
 
     Parameters
     ----------
@@ -77,14 +80,21 @@ def assert_decoding_matches_forward(
     scale = float(reference.abs().max())
     tol = (default_rtol(reference.dtype) if rtol is None else rtol) * max(scale, 1e-30)
     prompt_lens = (0, length // 2) if prompt_lens is None else tuple(prompt_lens)
+    # Longer than the input, as generation's sessions are: a filter whose taps depend on the
+    # length asked for (filter(n) != filter(N)[:, :n]) decodes wrongly only then.
+    limit = decoding_max_len(model)
+    max_len = 2 * length if limit is None else max(length, min(limit, 2 * length))
     for method in methods:
         takers = online.engine_options()
         options = {k: v for k, v in engine_options.items() if method in takers.get(k, ())}
         for prompt_len in prompt_lens:
-            with decoding(model, batch_size=batch, max_len=length, method=method, **options):
-                chunks = [_logits(model(input_ids[:, :prompt_len]))] if prompt_len else []
-                for t in range(prompt_len, length):
-                    chunks.append(_logits(model(input_ids[:, t : t + 1])))
+            try:
+                with decoding(model, batch_size=batch, max_len=max_len, method=method, **options):
+                    chunks = [_logits(model(input_ids[:, :prompt_len]))] if prompt_len else []
+                    for t in range(prompt_len, length):
+                        chunks.append(_logits(model(input_ids[:, t : t + 1])))
+            except FilterLengthError as error:
+                raise AssertionError(str(error)) from error
             decoded = torch.cat(chunks, dim=1)
             if decoded.shape != reference.shape:
                 raise AssertionError(

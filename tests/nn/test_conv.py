@@ -93,7 +93,9 @@ def test_implicit_decoding_matches_numpy(method, opts, prompt_len, chunk):
     u = random_u(2, 23, seed=2)
     y, _ = decode_chunks(conv, u, prompt_len, method, max_len=30, chunk=chunk, **opts)
     assert rel_err(y, reference_longconv(conv, u)) < 1e-10
-    assert filt.calls == 2  # the reference's call above, and once in the session
+    # the reference's call above; in the session once at max_len and once at the first chunk's
+    # (shorter) length, to check that the taps are a prefix
+    assert filt.calls == 3
 
 
 @pytest.mark.parametrize(("method", "opts"), CASES)
@@ -170,13 +172,13 @@ def test_implicit_filter_is_materialised_once_per_session():
         conv(u[:, :5])
         for t in range(5, 20):
             conv(u[:, t : t + 1])
-        assert filt.calls == 1
+        assert filt.calls == 2  # at max_len, and at 5 to check the taps are its prefix
         session.reset()
         conv(u[:, :1])
-        assert filt.calls == 1  # a reset keeps the session's filter
+        assert filt.calls == 2  # a reset keeps the session's filter
     with torch.no_grad(), decoding(conv, batch_size=1, max_len=20):
-        conv(u[:, :3])
-    assert filt.calls == 2  # a new session materialises it again
+        conv(u[:, :20])
+    assert filt.calls == 3  # a new session materialises it again (no check at max_len)
 
 
 def test_the_session_filter_has_the_session_length():
@@ -184,7 +186,7 @@ def test_the_session_filter_has_the_session_length():
     conv = LongConv(C, MAX_LEN, filter=lambda n: lengths.append(n) or torch.ones(C, n))
     with torch.no_grad(), decoding(conv, batch_size=1, max_len=17):
         conv(torch.ones(1, 3, C))
-    assert lengths == [17]
+    assert lengths == [17, 3]  # the session's taps, then the first chunk's to check the prefix
 
 
 def test_a_second_session_on_the_same_module_starts_fresh():
@@ -232,3 +234,43 @@ def test_module_errors():
     with pytest.raises(ValueError, match="returned 3 taps, fewer than the 10 asked for"):
         with decoding(short, batch_size=1):
             short(torch.ones(1, 4, C))
+
+
+class LengthNormalizedLM(torch.nn.Module):
+    """A Hyena-style implicit filter written the common wrong way: positions normalised by the
+    length asked for (t / length), so filter(n) != filter(N)[:, :n]."""
+
+    def __init__(self, vocab=16, width=4, max_len=64):
+        super().__init__()
+        self.embed, self.head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab)
+        self.rates = torch.nn.Parameter(torch.linspace(1.0, 4.0, width))
+        self.long = LongConv(width, max_len, filter=self.taps)
+
+    def taps(self, length):
+        t = torch.arange(length, dtype=self.rates.dtype) / length
+        return torch.exp(-self.rates[:, None] * t)
+
+    def forward(self, ids):
+        return self.head(self.long(self.embed(ids)))
+
+
+def test_a_filter_that_depends_on_the_length_is_refused_at_the_first_chunk():
+    from futurefill.nn import FilterLengthError
+
+    model = LengthNormalizedLM().double()
+    ids = torch.randint(0, 16, (2, 10), generator=torch.Generator().manual_seed(0))
+    with decoding(model, batch_size=2, max_len=40) as session:
+        with pytest.raises(FilterLengthError, match=r"'long': its filter's taps depend on the"):
+            model(ids)
+        assert session.position == 0 and session.nbytes == 0  # nothing built
+    with decoding(model, batch_size=2, max_len=10):  # the forward's own length: nothing to see
+        model(ids)
+
+
+def test_the_checker_decodes_longer_than_its_input_and_catches_it():
+    from futurefill.testing import assert_decoding_matches_forward
+
+    model = LengthNormalizedLM().double()
+    ids = torch.randint(0, 16, (2, 12), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(AssertionError, match="filter's taps depend on the length"):
+        assert_decoding_matches_forward(model, ids)

@@ -12,7 +12,13 @@ ShortConv           short causal depthwise conv (kernel k, bias)   the last k - 
 :func:`decoding` opens a session over a model; see :mod:`futurefill.nn.session`.
 """
 
-from futurefill.nn.conv import EngineState, FilterBankConv, LongConv, decaying_filters
+from futurefill.nn.conv import (
+    EngineState,
+    FilterBankConv,
+    FilterLengthError,
+    LongConv,
+    decaying_filters,
+)
 from futurefill.nn.session import (
     DecodingModule,
     DecodingSession,
@@ -27,6 +33,7 @@ __all__ = [
     "DecodingSession",
     "EngineState",
     "FilterBankConv",
+    "FilterLengthError",
     "HistoryState",
     "LongConv",
     "ModuleState",

@@ -31,7 +31,7 @@ from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
 from futurefill.online import make_engine
 from futurefill.online.base import OnlineConvEngine, ScheduledWork
 
-__all__ = ["FilterBankConv", "LongConv", "decaying_filters"]
+__all__ = ["FilterBankConv", "FilterLengthError", "LongConv", "decaying_filters"]
 
 FilterFn = Callable[[int], torch.Tensor]
 
@@ -48,6 +48,33 @@ def decaying_filters(channels: int, length: int) -> torch.Tensor:
     window = torch.exp2(-t / half_lives[:, None])  # (channels, length)
     h = torch.randn(channels, length, dtype=torch.float64) * window
     return (h / h.norm(dim=-1, keepdim=True)).to(torch.get_default_dtype())
+
+
+# How far filter(n) may be from filter(N)[:, :n], relative to the taps' scale: rounding only.
+PREFIX_RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+class FilterLengthError(ValueError):
+    """An implicit filter whose taps depend on the length asked for."""
+
+
+def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> None:
+    """Raise :class:`FilterLengthError` unless ``module.filter_taps(n)`` equals ``h[:, :n]`` (the
+    taps at the session's ``max_len``), to the dtype's rounding: decoding evaluates an implicit
+    filter once at ``max_len`` where the forward evaluates it at the input's length, and the two
+    agree only if ``filter(n) == filter(N)[:, :n]``. One more evaluation, at a session's first
+    chunk."""
+    short = module.filter_taps(n)
+    scale = float(h[:, :n].abs().max()) or 1.0
+    error = float((short - h[:, :n]).abs().max()) / scale
+    if not error <= PREFIX_RTOL.get(h.dtype, 3e-2):  # NaN included
+        raise FilterLengthError(
+            f"{type(module).__name__} {name!r}: its filter's taps depend on the length asked "
+            f"for: filter({n}) differs from filter({h.shape[1]})[:, :{n}] by {error:.2g} of its "
+            "scale, so decoding (which evaluates it once, at the session's max_len) would not "
+            "match the forward; an implicit filter must satisfy filter(n) == filter(N)[:, :n] "
+            "(evaluate it on a fixed grid of max_len positions and take the first n)"
+        )
 
 
 class EngineState(ModuleState):
@@ -108,6 +135,9 @@ class EngineState(ModuleState):
             session = self.session
             with torch.no_grad():
                 h = module.filter_taps(session.max_len)
+                checked = max(u.shape[1], 2)  # one tap alone says little
+                if module.filter is not None and checked < session.max_len:
+                    check_prefix(module, self.name, h, checked)
             self.engine = make_engine(
                 h,
                 session.method,
@@ -231,8 +261,10 @@ class LongConv(_OnlineConv):
         Filter length: the longest sequence the module processes.
     filter : callable, optional
         Implicit filter: ``filter(length)`` returns ``(channels, >= length)`` taps (a Hyena FFN,
-        STU filters times a projection, ...), computed from the caller's own parameters. Without
-        it the module owns ``weight`` ``(channels, max_len)`` (:func:`decaying_filters` init).
+        STU filters times a projection, ...), computed from the caller's own parameters; its taps
+        must not depend on the length asked for, ``filter(n) == filter(N)[:, :n]`` (checked at a
+        session's first chunk: :class:`FilterLengthError`). Without it the module owns
+        ``weight`` ``(channels, max_len)`` (:func:`decaying_filters` init).
     skip : bool
         Add ``skip ⊙ u`` (Hyena's and H3's ``D`` term), ``skip`` a parameter initialised to ones.
 
@@ -280,8 +312,9 @@ class FilterBankConv(_OnlineConv):
     filters : int
         Size of the bank.
     filter : callable, optional
-        ``filter(length)`` returns the bank ``(filters, >= length)``; without it the module
-        owns ``weight`` ``(filters, max_len)``.
+        ``filter(length)`` returns the bank ``(filters, >= length)``, with
+        ``filter(n) == filter(N)[:, :n]``; without it the module owns ``weight``
+        ``(filters, max_len)``.
     """
 
     def __init__(
