@@ -3,6 +3,8 @@ sampling, streaming, and clear errors."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -367,3 +369,34 @@ def test_deamortized_jobs_run_under_generates_inference_mode(monkeypatch, slice_
     expected = generate(model, ids, 40, method="continuous", tile_len=1, return_logits=True)
     assert torch.equal(got.tokens, expected.tokens)
     assert torch.allclose(got.logits, expected.logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_methods_agree_to_the_dtypes_rounding(dtype):
+    """What holds in half precision (every method computes in float32, every layer's output is
+    rounded to the half dtype, and the methods sum in different orders): each method's logits
+    are the float64 forward's over its own tokens to the dtype's tolerance, and two methods'
+    tokens part only at a step where the float64 logits' two largest are within it (a tie at
+    that precision)."""
+    from futurefill.testing import default_rtol
+
+    model = tiny_model("hyena", dtype=torch.float32, seed=3)
+    reference = copy.deepcopy(model).double()
+    model = model.to(dtype)
+    ids = torch.randint(0, VOCAB, (3, 6), generator=torch.Generator().manual_seed(3))
+    runs = {m: generate(model, ids, 30, method=m, return_logits=True) for m in METHODS}
+    for method, run in runs.items():
+        expected = reference(torch.cat([ids, run.tokens], dim=1))[:, 5:-1]
+        scale = float(expected.abs().max())
+        error = float((run.logits.double() - expected).abs().max())
+        assert error <= default_rtol(dtype) * scale, method
+    base = runs["naive"].tokens
+    for method, run in runs.items():
+        for row in range(3):
+            differs = (run.tokens[row] != base[row]).nonzero()
+            if len(differs):
+                i = int(differs[0])
+                before = torch.cat([ids[row], base[row, :i]])[None]
+                top2 = reference(before)[0, -1].topk(2).values
+                gap = float(top2[0] - top2[1])
+                assert gap <= default_rtol(dtype) * scale, (method, row, i, gap)

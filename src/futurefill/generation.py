@@ -104,8 +104,10 @@ def generate(
         Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
         the model's max length (its shortest filter) for the longest prompt.
     method : str
-        The online convolution engine of every layer (:data:`futurefill.online.METHODS`); all
-        give the same tokens (to rounding: see docs/exactness.md for half precisions).
+        The online convolution engine of every layer (:data:`futurefill.online.METHODS`). In
+        float32 and float64 all give the same logits to rounding; in float16 and bfloat16 each
+        layer's output is rounded to the half dtype, so methods may choose different tokens
+        where two logits tie at that precision (docs/algorithms.md, "Exactness").
     temperature : float >= 0
         Divides the logits before sampling; 0 means greedy.
     top_k : int >= 1, optional
