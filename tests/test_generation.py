@@ -237,7 +237,7 @@ def test_sampling_is_reproducible_with_a_generator():
 
     def sample(seed, method="continuous", **options):
         gen = torch.Generator().manual_seed(seed)
-        return generate(model, ids, 25, generator=gen, method=method, **options)
+        return generate(model, ids, 25, do_sample=True, generator=gen, method=method, **options)
 
     first = sample(0)
     assert torch.equal(sample(0), first)
@@ -308,7 +308,12 @@ def test_whole_length_can_be_used():
         ({"top_p": 0.0}, ValueError, r"top_p must be in \(0, 1\]"),
         ({"top_p": 1.5}, ValueError, r"top_p must be in \(0, 1\]"),
         ({"do_sample": True, "temperature": 0.0}, ValueError, "needs temperature > 0"),
-        ({"do_sample": False, "top_k": 3}, ValueError, "do_sample=False"),
+        ({"do_sample": False, "top_k": 3}, ValueError, "top_k shape sampling, which needs"),
+        ({"temperature": 0.7}, ValueError, "temperature shape sampling, which needs do_sample"),
+        ({"do_sample": 1}, TypeError, "do_sample must be a bool"),
+        ({"suppress_token_ids": [32]}, ValueError, r"suppress_token_ids \[32\] are outside"),
+        ({"allowed_token_ids": [-1]}, ValueError, "allowed_token_ids must be >= 0"),
+        ({"suppress_token_ids": range(32)}, ValueError, "leave no token to choose"),
         ({"generator": 3}, TypeError, "torch.Generator"),
         ({"eos_token_id": 32}, ValueError, r"eos_token_id 32 is outside the vocabulary"),
         ({"streamer": 3}, TypeError, "streamer must be callable"),
@@ -400,3 +405,52 @@ def test_half_precision_methods_agree_to_the_dtypes_rounding(dtype):
                 top2 = reference(before)[0, -1].topk(2).values
                 gap = float(top2[0] - top2[1])
                 assert gap <= default_rtol(dtype) * scale, (method, row, i, gap)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_suppressed_and_allowed_tokens_are_never_chosen(do_sample):
+    model = tiny_model("longconv")
+    ids = random_ids(3, 4)
+    options = {"do_sample": do_sample, "generator": torch.Generator().manual_seed(0)}
+    free = generate(model, ids, 30, **options)
+    common = torch.bincount(free.flatten(), minlength=VOCAB).topk(3).indices.tolist()
+    suppressed = generate(model, ids, 30, suppress_token_ids=common, **options)
+    assert not set(suppressed.flatten().tolist()) & set(common)
+    allowed = [1, 5, 9]
+    only = generate(model, ids, 30, allowed_token_ids=allowed, **options)
+    assert set(only.flatten().tolist()) <= set(allowed)
+    if not do_sample:  # greedy among the allowed: the argmax of the allowed logits
+        out = generate(model, ids, 1, allowed_token_ids=allowed, return_logits=True)
+        assert torch.equal(
+            out.tokens[:, 0], torch.tensor(allowed)[out.logits[:, 0, allowed].argmax(-1)]
+        )
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_non_finite_logits_are_an_error_naming_the_first_position(streamed):
+    model = tiny_model("longconv")
+    ids = random_ids(2, 4)
+    put = []
+    with torch.no_grad():
+        model.head.weight[3, 0] = float("nan")  # NaN logits from the first token on
+    with pytest.raises(
+        ValueError,
+        match=r"not finite \(NaN or inf\) for sequence 0 at generated token 0 \(position 3\)",
+    ):
+        generate(model, ids, 5, streamer=put.append if streamed else None)
+    assert put == []  # before any output
+
+
+def test_logits_that_turn_non_finite_later_are_found_without_a_sync_per_step():
+    model = tiny_model("longconv")
+    for seed in range(50):  # a run whose third token of sequence 1 is new to both sequences
+        ids = random_ids(2, 4, seed=seed)
+        tokens = generate(model, ids, 6)
+        bad = int(tokens[1, 2])
+        earlier = {*ids.flatten().tolist(), *tokens[:, :2].flatten().tolist(), int(tokens[0, 2])}
+        if bad not in earlier:
+            break
+    with torch.no_grad():
+        model.embed.weight[bad] = float("inf")  # its logits, at the next token, are NaN
+    with pytest.raises(ValueError, match=r"sequence 1 at generated token 3 \(position 6\)"):
+        generate(model, ids, 6)

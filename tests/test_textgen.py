@@ -61,7 +61,9 @@ def test_recorded_loss_beats_unigram(manifest):
 
 
 @pytest.mark.parametrize(
-    "sampling", [{"temperature": 0.8, "top_k": 40}, {"do_sample": False}], ids=["sample", "greedy"]
+    "sampling",
+    [{"do_sample": True, "temperature": 0.8, "top_k": 40}, {"do_sample": False}],
+    ids=["sample", "greedy"],
 )
 def test_generation_identical_across_methods(model, sampling):
     # 2 ragged prompts x 300 tokens: long enough to cross epoch and FFT-level boundaries.
@@ -146,7 +148,17 @@ def test_compare_catches_a_repeat_that_differs(model, monkeypatch):
 
 
 def test_cli_top_k_top_p(capsys):
-    argv = ["generate", "a", "--max-new-tokens", "8", "--top-k", "5", "--top-p", "0.9"]
+    argv = [
+        "generate",
+        "a",
+        "--max-new-tokens",
+        "8",
+        "--do-sample",
+        "--top-k",
+        "5",
+        "--top-p",
+        "0.9",
+    ]
     outputs = []
     for method in ("naive", "epoched"):
         assert main([*argv, "--method", method]) == 0
@@ -281,3 +293,39 @@ def test_table_and_mismatch():
     assert textgen.mismatch(results) is None
     results[1].tokens[0, 7] = 3
     assert "token 7" in textgen.mismatch(results)
+
+
+def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_up_front(tmp_path, capsys):
+    from futurefill import ConvLM, ConvLMConfig
+
+    ConvLM(ConvLMConfig(vocab_size=100, d_model=8, n_layers=1, max_len=64)).save(tmp_path)
+    line = _cli_error(tmp_path, capsys)
+    assert line.endswith("its vocabulary has 100 tokens, fewer than the byte tokenizer's 256")
+
+
+def test_non_finite_weights_are_one_line_before_any_output(tmp_path, capsys):
+    from futurefill import ConvLM, ConvLMConfig
+
+    model = ConvLM(ConvLMConfig(d_model=8, n_layers=1, max_len=64))
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    model.save(tmp_path)
+    argv = ["generate", "hello", "--model", str(tmp_path), "--max-new-tokens", "5"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not even the echo
+    assert captured.err.strip().splitlines() == [
+        "futurefill generate: error: the model's logits are not finite (NaN or inf) for sequence "
+        "0 at generated token 0 (position 4): check the model's weights and dtype"
+    ]
+
+
+def test_prompt_from_standard_input_is_echoed_like_a_positional_one(monkeypatch, capsys):
+    argv = ["generate", "--max-new-tokens", "12"]
+    assert main([*argv, "The with"]) == 0
+    positional = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("The with"))
+    assert main([*argv, "--prompt-file", "-"]) == 0
+    assert capsys.readouterr().out == positional
+    assert main([*argv, "The with", "--no-echo"]) == 0
+    assert "The with" + capsys.readouterr().out == positional

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
 
 from futurefill import argtypes
@@ -31,10 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, then run the subcommand; the exit status (2 with one line for a bad option, before
     any work; 0 after ``--help``)."""
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
     except SystemExit as exc:  # argparse has printed the error (or the help)
         return int(exc.code or 0)
     prog = " ".join(["futurefill", args.command, getattr(args, "bench_command", "") or ""]).strip()
+    if extra:  # named by the subcommand, as its own parser's errors are
+        print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+        return 2
     return argtypes.run_command(prog, lambda: args.func(args))
 
 

@@ -79,7 +79,9 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    do_sample: bool | None = None,
+    do_sample: bool = False,
+    suppress_token_ids: Sequence[int] | None = None,
+    allowed_token_ids: Sequence[int] | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     prompt_lengths: Sequence[int] | torch.Tensor | None = None,
@@ -108,16 +110,19 @@ def generate(
         float32 and float64 all give the same logits to rounding; in float16 and bfloat16 each
         layer's output is rounded to the half dtype, so methods may choose different tokens
         where two logits tie at that precision (docs/algorithms.md, "Exactness").
+    do_sample : bool
+        Sample (True) or take the argmax (False, the default): Hugging Face's convention.
+        ``temperature``, ``top_k`` and ``top_p`` shape sampling only, so with ``do_sample=False``
+        they are errors, not silently ignored (``temperature=0`` is greedy either way).
     temperature : float >= 0
-        Divides the logits before sampling; 0 means greedy.
+        Divides the logits before sampling (default 1.0).
     top_k : int >= 1, optional
         Sample among the k most likely tokens only.
     top_p : float in (0, 1], optional
         Nucleus sampling: among the most likely tokens holding probability ``top_p``.
-    do_sample : bool, optional
-        Sample (True) or take the argmax (False). Default: sample if any of ``top_k``, ``top_p``,
-        ``generator`` is given or ``temperature`` is neither 0 nor 1, else greedy. With False,
-        ``temperature``, ``top_k`` and ``top_p`` are errors (a ``generator`` is just unused).
+    suppress_token_ids, allowed_token_ids : sequences of int, optional
+        Tokens never chosen, or the only tokens ever chosen (greedy and sampling alike): a DNA
+        model's special tokens, say. At least one token must stay allowed.
     eos_token_id : int, optional
         A sequence that generates it stops: its later tokens are ``pad_token_id``. Generation
         ends early when every sequence has stopped (checked once per step: a device sync).
@@ -171,7 +176,9 @@ def generate(
             f"prompt length {max(lengths)} + max_new_tokens {max_new_tokens} = "
             f"{max(lengths) + max_new_tokens} exceeds the model's max_len {limit}"
         )
-    do_sample = _resolve_sampling(do_sample, temperature, top_k, top_p, generator, device)
+    _check_sampling(do_sample, temperature, top_k, top_p, generator, device)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    banned = _banned_tokens(suppress_token_ids, allowed_token_ids, vocab, device)
     sample = functools.partial(
         select_next_tokens,
         do_sample=True,
@@ -180,7 +187,6 @@ def generate(
         top_p=top_p,
         generator=generator,
     )
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     eos_token_id, pad_token_id = _check_eos(eos_token_id, pad_token_id, vocab)
     put, end = _streamer_calls(streamer)
 
@@ -190,12 +196,22 @@ def generate(
     new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
     recorded: list[torch.Tensor] = []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    nonfinite = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
     with Decoder(model, batch_size=batch, max_len=max_len, **options) as decoder:
         out = decoder.prefill(ids, lengths)
         for i in range(max_new_tokens):
+            if i == 0 or put is not None:  # before any token is out: one host sync
+                _check_finite(out.logits, i, lengths)
+            else:  # the first step each sequence went wrong, checked at the end (no sync)
+                bad = ~torch.isfinite(out.logits).all(dim=-1)
+                nonfinite = torch.where(bad & (nonfinite > i), i, nonfinite)
             if return_logits:
                 recorded.append(out.logits)
-            chosen = sample(out.logits) if do_sample else out.greedy
+            logits = out.logits if banned is None else out.logits.masked_fill(banned, -torch.inf)
+            if do_sample:
+                chosen = sample(logits)
+            else:
+                chosen = out.greedy if banned is None else logits.argmax(dim=-1)
             kept = (
                 chosen
                 if eos_token_id is None
@@ -212,6 +228,9 @@ def generate(
             out = decoder.step(chosen)
     if end is not None:
         end()
+    if bool((nonfinite < max_new_tokens).any()):
+        step = int(nonfinite.min())
+        raise _nonfinite(int((nonfinite == step).nonzero()[0]), step, lengths)
     if not return_logits:
         return _ordinary(new_tokens)
     return _ordinary(
@@ -231,6 +250,21 @@ def _check_eos(
     if pad_token_id is not None:
         pad_token_id = check_int(pad_token_id, "pad_token_id", None)
     return eos_token_id, pad_token_id
+
+
+def _check_finite(logits: torch.Tensor, step: int, lengths: list[int]) -> None:
+    """ValueError unless every logit ``(batch, vocab)`` of generated token ``step`` is finite,
+    naming the first sequence and its position."""
+    bad = ~torch.isfinite(logits).all(dim=-1)
+    if bool(bad.any()):
+        raise _nonfinite(int(bad.nonzero()[0]), step, lengths)
+
+
+def _nonfinite(row: int, step: int, lengths: list[int]) -> ValueError:
+    return ValueError(
+        f"the model's logits are not finite (NaN or inf) for sequence {row} at generated token "
+        f"{step} (position {lengths[row] - 1 + step}): check the model's weights and dtype"
+    )
 
 
 def _after_eos(
@@ -273,18 +307,22 @@ def _ordinary(result: Any) -> Any:
         return type(result)(*(t.clone() for t in result))
 
 
-def _resolve_sampling(
-    do_sample: bool | None,
+def _check_sampling(
+    do_sample: bool,
     temperature: float,
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
     device: torch.device,
-) -> bool:
+) -> None:
+    if not isinstance(do_sample, bool):
+        raise TypeError(f"do_sample must be a bool, got {type(do_sample).__name__}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if do_sample and temperature == 0:
+        raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
     if top_k is not None:
         check_int(top_k, "top_k", 1)
     if top_p is not None:
@@ -297,20 +335,57 @@ def _resolve_sampling(
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator.device.type != device.type:
             raise ValueError(f"generator is on {generator.device}, the model on {device}")
-    # Options that change the distribution; with do_sample=False they would be silently ignored.
-    shaping = top_k is not None or top_p is not None or temperature not in (0, 1)
-    if do_sample is None:
-        return (shaping or generator is not None) and temperature != 0
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be a bool or None, got {type(do_sample).__name__}")
-    if do_sample and temperature == 0:
-        raise ValueError("do_sample=True needs temperature > 0 (temperature 0 means greedy)")
-    if not do_sample and shaping and temperature != 0:
-        raise ValueError(
-            "sampling options (temperature, top_k, top_p) given with do_sample=False; "
-            "drop them or set do_sample=True"
+    # Options that shape sampling; with do_sample=False they would be silently ignored.
+    shaping = [
+        name
+        for name, given in (
+            ("temperature", temperature not in (0, 1)),
+            ("top_k", top_k is not None),
+            ("top_p", top_p is not None),
         )
-    return do_sample
+        if given
+    ]
+    if shaping and not do_sample and temperature != 0:
+        raise ValueError(
+            f"{', '.join(shaping)} shape sampling, which needs do_sample=True (generate is greedy "
+            "by default)"
+        )
+
+
+def _banned_tokens(
+    suppress: Sequence[int] | None,
+    allowed: Sequence[int] | None,
+    vocab: int | None,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """``(vocab,)`` bool, True for the tokens never chosen; None when every token may be."""
+    if suppress is None and allowed is None:
+        return None
+    if vocab is None:
+        raise ValueError(
+            "suppress_token_ids and allowed_token_ids need the model's vocabulary size "
+            "(model.config.vocab_size)"
+        )
+    banned = torch.zeros(vocab, dtype=torch.bool)
+    for name, ids, ban in (
+        ("suppress_token_ids", suppress, True),
+        ("allowed_token_ids", allowed, False),
+    ):
+        if ids is None:
+            continue
+        ids = [check_int(i, name, 0) for i in ids]
+        outside = [i for i in ids if i >= vocab]
+        if outside:
+            raise ValueError(f"{name} {outside} are outside the vocabulary [0, {vocab})")
+        if ban:
+            banned[ids] = True
+        else:
+            keep = torch.ones(vocab, dtype=torch.bool)
+            keep[ids] = False
+            banned |= keep
+    if bool(banned.all()):
+        raise ValueError("suppress_token_ids and allowed_token_ids leave no token to choose")
+    return banned.to(device)
 
 
 def _streamer_calls(streamer: Any) -> tuple[Callable | None, Callable | None]:

@@ -41,26 +41,40 @@ METHOD_ORDER = tuple(METHODS)  # registration order: naive first, the baseline o
 
 
 class TextStreamer:
-    """A ``streamer`` for :func:`futurefill.generation.generate` that prints sequence 0's bytes.
+    """A ``streamer`` for :func:`futurefill.generate` that prints sequence 0's new bytes.
 
     Each call receives the new tokens of the batch, shape (B,); the byte of sequence 0 is decoded
-    incrementally (see :class:`futurefill.data.ByteStreamDecoder`) and written to ``stream``.
-    Call :meth:`end` after generation to print any incomplete trailing character.
+    incrementally (see :class:`futurefill.data.ByteStreamDecoder`) and written to ``stream``,
+    after ``echo`` (the prompt, written with the first token, so that a failure before it prints
+    nothing). Call :meth:`end` after generation to print any incomplete trailing character.
     """
 
-    def __init__(self, stream: TextIO | None = None):
+    def __init__(self, stream: TextIO | None = None, echo: str = ""):
         self.stream = sys.stdout if stream is None else stream
+        self._echo = echo
         self._decoder = ByteStreamDecoder()
 
     def __call__(self, tokens: torch.Tensor) -> None:
-        text = self._decoder.push(int(tokens.reshape(-1)[0]))
+        self._write(self._text(int(tokens.reshape(-1)[0])))
+
+    def end(self) -> None:
+        self._write(self._decoder.flush() + "\n")
+
+    def _text(self, token: int) -> str:
+        return self._decoder.push(token)
+
+    def _write(self, text: str) -> None:
+        text, self._echo = self._echo + text, ""
         if text:
             self.stream.write(text)
             self.stream.flush()
 
-    def end(self) -> None:
-        self.stream.write(self._decoder.flush() + "\n")
-        self.stream.flush()
+
+class DnaStreamer(TextStreamer):
+    """A ``streamer`` printing sequence 0's new nucleotides (special tokens in brackets)."""
+
+    def _text(self, token: int) -> str:
+        return dna.decode([token])
 
 
 @dataclass
@@ -76,11 +90,23 @@ class CompareResult:
         return self.tokens.numel() / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _sampling(args_temperature: float) -> dict:
-    # Temperature 0 means greedy decoding.
-    if args_temperature == 0:
+def _sampling(args: argparse.Namespace) -> dict:
+    """``generate``'s sampling options: greedy unless ``--do-sample`` (Hugging Face's
+    convention, as in Python), the shaping options an error without it."""
+    shaping = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    given = {name: value for name, value in shaping.items() if value is not None}
+    if not args.do_sample and given.get("temperature") == 0:
+        del given["temperature"]  # greedy, said twice
+    if not args.do_sample:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise argtypes.UsageError(
+                f"{flags} shape sampling: add --do-sample (greedy is the default)"
+            )
         return {"do_sample": False}
-    return {"temperature": args_temperature}
+    if given.get("temperature") == 0:
+        raise argtypes.UsageError("argument --temperature: --do-sample needs a temperature > 0")
+    return {"do_sample": True, **given}
 
 
 def _generate(
@@ -210,9 +236,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--prompt-file",
-        type=Path,
         default=None,
-        help="read the prompt from this file instead (FASTA for HyenaDNA: header lines skipped)",
+        help="read the prompt from this file instead, '-' for standard input (FASTA for "
+        "HyenaDNA: header lines skipped)",
+    )
+    parser.add_argument(
+        "--no-echo",
+        dest="echo",
+        action="store_false",
+        help="print only the continuation, not the prompt before it",
     )
     parser.add_argument(
         "--max-new-tokens", type=argtypes.bounded_int(1), default=200, help="tokens to generate"
@@ -221,21 +253,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method", choices=METHODS, default="continuous", help="online convolution engine"
     )
     parser.add_argument(
-        "--temperature",
-        type=argtypes.finite_float(0),
-        default=0.8,
-        help="sampling temperature; 0 for greedy",
+        "--do-sample",
+        action="store_true",
+        help="sample the next token (default: greedy, the argmax, as in Hugging Face's generate)",
     )
     parser.add_argument(
-        "--top-k", type=argtypes.bounded_int(1), default=None, help="sample among the k likeliest"
+        "--temperature",
+        type=argtypes.finite_float(0),
+        default=None,
+        help="with --do-sample: divides the logits (default 1.0)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=argtypes.bounded_int(1),
+        default=None,
+        help="with --do-sample: sample among the k likeliest",
     )
     parser.add_argument(
         "--top-p",
         type=argtypes.finite_float(0, 1, low_open=True),
         default=None,
-        help="nucleus sampling: the likeliest tokens holding this probability",
+        help="with --do-sample: nucleus sampling, the likeliest tokens holding this probability",
     )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="sampling seed")
+    parser.add_argument(
+        "--allow-special-tokens",
+        action="store_true",
+        help="a DNA model may generate its special tokens ([CLS], [MASK], [PAD], ...); by "
+        "default it chooses among the nucleotides A, C, G, T, N only",
+    )
     parser.add_argument(
         "--compare",
         action="store_true",
@@ -278,25 +324,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-class DnaStreamer:
-    """A ``streamer`` printing sequence 0's new nucleotides (special tokens in brackets)."""
-
-    def __init__(self, stream: TextIO):
-        self.stream = stream
-
-    def __call__(self, tokens: torch.Tensor) -> None:
-        self.stream.write(dna.decode([int(tokens.reshape(-1)[0])]))
-        self.stream.flush()
-
-    def end(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
-# Letters a DNA prompt may hold: nucleotides, N, and the IUPAC ambiguity codes (read as [UNK]).
-DNA_LETTERS = frozenset("ACGTNRYKMSWBDHV")
-
-
 def _load_model(directory: str | None, trust_pickle: bool = False):
     """The model and its tokenizer's name ("bytes" or "dna"); UsageError for a bad checkpoint."""
     try:
@@ -309,7 +336,15 @@ def _load_model(directory: str | None, trust_pickle: bool = False):
         model = load_pretrained(directory, trust_pickle=trust_pickle)
     except (CheckpointError, FileNotFoundError) as exc:
         raise argtypes.UsageError(f"argument --model: {exc}") from None
-    return model, "bytes" if format == "futurefill" else "dna"
+    tokenizer = "bytes" if format == "futurefill" else "dna"
+    needed = 256 if tokenizer == "bytes" else len(dna.SPECIAL_TOKENS) + len(dna.NUCLEOTIDE_IDS)
+    vocab = model.config.vocab_size
+    if vocab < needed:
+        kind = "byte tokenizer's 256" if tokenizer == "bytes" else f"DNA tokenizer's {needed}"
+        raise argtypes.UsageError(
+            f"argument --model: its vocabulary has {vocab} tokens, fewer than the {kind}"
+        )
+    return model, tokenizer
 
 
 def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor, str]:
@@ -318,23 +353,25 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor,
         raise argtypes.UsageError("give the prompt or --prompt-file, not both")
     if args.prompt is None and args.prompt_file is None:
         raise argtypes.UsageError("a prompt (or --prompt-file) is required")
+    where = "the prompt"
+    text = args.prompt
     if args.prompt_file is not None:
+        where = "--prompt-file"
         try:
-            if tokenizer == "dna":
-                text = dna.read_fasta(args.prompt_file)
+            if args.prompt_file == "-":
+                text = sys.stdin.read()
             else:
-                text = args.prompt_file.read_text(encoding="utf-8")
+                text = Path(args.prompt_file).read_text(encoding="utf-8")
+            if tokenizer == "dna":
+                text = dna.read_fasta_text(text, args.prompt_file)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise argtypes.UsageError(f"argument --prompt-file: {exc}") from None
-        echo, where = "", "--prompt-file"
-    else:
-        text, echo, where = args.prompt, args.prompt, "the prompt"
+    echo = text if args.echo else ""
     if tokenizer == "dna":
-        bad = sorted({ch for ch in text.upper() if not ch.isspace()} - DNA_LETTERS)
+        bad = dna.invalid_letters(text)
         if bad:
             raise argtypes.UsageError(
-                f"{where}: a HyenaDNA prompt holds A, C, G, T, N (or IUPAC codes), not "
-                f"{''.join(bad[:10])!r}"
+                f"{where}: a HyenaDNA prompt holds A, C, G, T, N (or IUPAC codes), not {bad!r}"
             )
         return dna.encode(text)[None], echo
     try:
@@ -347,10 +384,7 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor,
 def _run(args: argparse.Namespace) -> int:
     from futurefill.nn import decoding_max_len
 
-    if args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
-        raise argtypes.UsageError(
-            "--top-k and --top-p sample: they need --temperature > 0 (0 is greedy)"
-        )
+    sampling = _sampling(args)
     model, tokenizer = _load_model(args.model, args.trust_pickle)
     prompt_ids, echo = _prompt_ids(args, tokenizer)
     max_len = decoding_max_len(model)
@@ -359,17 +393,33 @@ def _run(args: argparse.Namespace) -> int:
             f"prompt ({prompt_ids.shape[1]} tokens) + --max-new-tokens ({args.max_new_tokens}) "
             f"exceeds the model's max_len {max_len}"
         )
-    sampling = _sampling(args.temperature)
-    if args.top_k is not None:
-        sampling["top_k"] = args.top_k
-    if args.top_p is not None:
-        sampling["top_p"] = args.top_p
+    if tokenizer == "dna" and not args.allow_special_tokens:
+        sampling["allowed_token_ids"] = dna.NUCLEOTIDE_IDS
 
     torch.set_num_threads(args.threads)
-    out = sys.stdout
-    out.write(echo)
-    out.flush()
-    streamer = TextStreamer(out) if tokenizer == "bytes" else DnaStreamer(out)
+    streamer = (TextStreamer if tokenizer == "bytes" else DnaStreamer)(sys.stdout, echo)
+    if args.compile:
+        print(
+            "futurefill generate: compiling the token step (once per model, method and batch "
+            "size: tens of seconds on a CPU, less in later processes, which reuse inductor's "
+            "cache) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        return _generate_and_print(args, model, prompt_ids, sampling, streamer)
+    except ValueError as exc:  # non-finite logits: the model's weights, before any output
+        print(f"futurefill generate: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _generate_and_print(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    sampling: dict,
+    streamer: TextStreamer,
+) -> int:
     with torch.inference_mode():
         if not args.compare:
             _generate(

@@ -40,9 +40,10 @@ def engine(tile_len: int = 2) -> DeamortizedConv:
 
 
 def test_every_pair_is_covered_once():
-    """The schedule of FUTUREFILL.md 4b as the engine runs it, counted pair by pair (no filter,
-    no rounding): the direct part, and level b's job of block c writing block c + 2 with the
-    block's own inputs and, for an odd c, its even partner's (block c - 1)."""
+    """The deamortized schedule (online/deamortized.py's module docstring) as the engine runs
+    it, counted pair by pair (no filter, no rounding): the direct part, and level b's job of
+    block c writing block c + 2 with the block's own inputs and, for an odd c, its even
+    partner's (block c - 1)."""
     for b0 in (1, 2, 4):
         n = 200
         count = np.zeros((n, n), dtype=int)  # [input, output]

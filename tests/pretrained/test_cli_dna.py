@@ -17,7 +17,8 @@ HF = str(FIXTURES / "hyenadna-hf")
 
 def expected_text(directory: str, prompt: str, n: int) -> str:
     model = load_pretrained(directory)
-    tokens = generate(model, dna.encode(prompt)[None], max_new_tokens=n)
+    allowed = dna.NUCLEOTIDE_IDS  # the command line's default for a DNA model
+    tokens = generate(model, dna.encode(prompt)[None], max_new_tokens=n, allowed_token_ids=allowed)
     return dna.decode(tokens[0])
 
 
@@ -46,11 +47,15 @@ def test_prompt_file_reads_fasta(tmp_path, capsys):
     argv = ["generate", "--prompt-file", str(fasta), "--model", HF, "--max-new-tokens", "6"]
     assert main([*argv, "--temperature", "0"]) == 0
     out = capsys.readouterr().out
-    assert out == expected_text(HF, "ACGTACGTACggccaattNN", 6) + "\n"  # no echo of the file
+    expected = expected_text(HF, "ACGTACGTACggccaattNN", 6)
+    assert out == "ACGTACGTACggccaattNN" + expected + "\n"  # the sequence echoed, as a prompt is
+    assert main([*argv, "--no-echo"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_sampling_is_seeded(capsys):
     argv = ["generate", "ACGT", "--model", HF, "--max-new-tokens", "15", "--seed", "4"]
+    argv += ["--do-sample"]
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert main(argv) == 0
@@ -117,3 +122,17 @@ def test_trust_pickle_opens_a_lightning_checkpoint_with_objects(tmp_path, capsys
     assert main([*argv, "--temperature", "0", "--trust-pickle"]) == 0
     expected = expected_text(str(FIXTURES / "hyenadna-order2"), "ACGT", 5)
     assert capsys.readouterr().out == "ACGT" + expected + "\n"
+
+
+def test_dna_generation_chooses_nucleotides_unless_told_otherwise(capsys):
+    model = load_pretrained(HF)
+    prompt = dna.encode("ACGTTGCA")[None]
+    free = generate(
+        model, prompt, max_new_tokens=40, do_sample=True, generator=torch.Generator().manual_seed(0)
+    )
+    assert set(free[0].tolist()) - set(dna.NUCLEOTIDE_IDS)  # the tiny random model's choice
+    argv = ["generate", "ACGTTGCA", "--model", HF, "--max-new-tokens", "40", "--do-sample"]
+    assert main([*argv, "--no-echo"]) == 0
+    assert set(capsys.readouterr().out.strip()) <= set("ACGTN")
+    assert main([*argv, "--no-echo", "--allow-special-tokens"]) == 0
+    assert "[" in capsys.readouterr().out

@@ -10,7 +10,11 @@ from futurefill.pretrained import dna
 
 def test_ids_follow_the_hyenadna_vocabulary():
     assert dna.encode("ACGTN").tolist() == [0, 7, 8, 9, 10, 11]
-    assert dna.encode("acgt x\n").tolist() == [0, 7, 8, 9, 10, 6]  # lower case, [UNK], spaces
+    assert dna.encode("acgt r\n").tolist() == [0, 7, 8, 9, 10, 6]  # lower case, IUPAC, spaces
+    with pytest.raises(ValueError, match=r"not 'ELOU'; encode\(..., lenient=True\)"):
+        dna.encode("hello world ACGU")
+    assert dna.encode("ACGU x", lenient=True).tolist() == [0, 7, 8, 9, 6, 6]
+    assert dna.NUCLEOTIDE_IDS == (7, 8, 9, 10, 11)
     assert dna.encode("").tolist() == [0]
     assert dna.decode(torch.tensor([7, 8, 9, 10, 11, 1, 4])) == "ACGTN[SEP][PAD]"
 

@@ -303,3 +303,43 @@ def test_nothing_is_read_from_an_error_path(tmp_path):
     with pytest.raises(CheckpointError):
         load_pretrained(directory)
     assert sorted(p.name for p in directory.iterdir()) == before
+
+
+def test_untrusted_pickle_error_is_ours_in_one_plain_line(tmp_path):
+    directory = write_hyenadna(random_hyena_lm(dtype=torch.float32), tmp_path / "orig")
+    ckpt = directory / "weights.ckpt"
+    content = torch.load(ckpt)
+    content["hyper_parameters"] = Path("not/a/tensor")
+    torch.save(content, ckpt)
+    with pytest.raises(CheckpointError) as error:
+        load_pretrained(directory)
+    message = str(error.value)
+    assert "\x1b" not in message and "\n" not in message  # no terminal codes, one line
+    assert message.endswith("load with trust_pickle=True (--trust-pickle on the command line)")
+
+
+class Evil:
+    """A class the loading process cannot import (it lives in this test module only)."""
+
+
+def test_a_trusted_pickle_naming_a_missing_class_is_a_checkpoint_error(tmp_path, monkeypatch):
+    directory = write_hyenadna(random_hyena_lm(dtype=torch.float32), tmp_path / "orig")
+    ckpt = directory / "weights.ckpt"
+    content = torch.load(ckpt)
+    content["hyper_parameters"] = Evil()
+    Evil.__module__ = "__main__"  # pickled by reference to a module that will not have it
+    monkeypatch.setattr("__main__.Evil", Evil, raising=False)
+    torch.save(content, ckpt)
+    monkeypatch.delattr("__main__.Evil")
+    with pytest.raises(CheckpointError, match=r"whose code is not importable here \(Can't get"):
+        load_pretrained(directory, trust_pickle=True)
+
+
+def test_integer_weights_are_a_checkpoint_error(hf_dir):
+    from safetensors.torch import load_file, save_file
+
+    file = hf_dir / "model.safetensors"
+    state = {k: v.to(torch.int32) for k, v in load_file(str(file)).items()}
+    save_file(state, str(file))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors holds int32 weights"):
+        load_pretrained(hf_dir)

@@ -1,4 +1,5 @@
-"""Deamortized Continuous-FutureFill (FUTUREFILL.md section 4b): bounded work at every step.
+"""Deamortized Continuous-FutureFill: bounded work at every step (derivation below; also
+docs/algorithms.md).
 
 Continuous-FutureFill runs the FFT of a finished block of size b before the very next output, so
 one step in b stalls for it. Here every FFT job gets b steps of slack. With tiles of b0 inputs

@@ -400,12 +400,18 @@ def _read_weights(directory: Path, format: str, trust_pickle: bool) -> tuple[dic
     else:
         try:
             state = torch.load(file, map_location="cpu", weights_only=not trust_pickle)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError:
             raise CheckpointError(
-                f"{file} holds objects besides tensors; if you trust it, load with "
-                "trust_pickle=True (--trust-pickle on the command line; it runs code from the "
-                f"file): {str(exc).splitlines()[0]}"
-            ) from exc
+                f"{file} is a pickle that holds objects besides tensors (a Lightning "
+                "checkpoint's training state, for instance), and unpickling those runs code "
+                "from the file; if you trust it, load with trust_pickle=True (--trust-pickle "
+                "on the command line)"
+            ) from None
+        except (AttributeError, ImportError) as exc:  # trusted, but its classes are not here
+            raise CheckpointError(
+                f"{file} is a pickle of objects whose code is not importable here ({exc}); "
+                "load it where that code is, and save the model with model.save(directory)"
+            ) from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
             raise CheckpointError(f"{file} is truncated or corrupt: {exc}") from exc
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
@@ -431,6 +437,11 @@ def _build(config: HyenaLMConfig, config_file: Path, state: dict, weights_file: 
         if not torch.equal(state[head_key], state[embed_key]):
             config = dataclasses.replace(config, tie_embeddings=False)
     dtype = state[embed_key].dtype if embed_key in state else torch.float32
+    if not dtype.is_floating_point:
+        raise CheckpointError(
+            f"{weights_file} holds {str(dtype).removeprefix('torch.')} weights; a model's "
+            "weights are floating point"
+        )
     with torch.device("meta"):
         expected = HyenaLM(config).state_dict()
     for name in [k for k in expected if k.endswith(".freq")]:
