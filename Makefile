@@ -20,7 +20,7 @@ $(STAMP): $(PY) pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/futurefill bench all --preset quick --out results
-	$(VENV)/bin/futurefill generate "The with statement" --max-new-tokens 2000 --compare
+	$(VENV)/bin/futurefill generate "The with statement" --max-new-tokens 2000 --compare --do-sample --temperature 0.8
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts
