@@ -88,6 +88,7 @@ class Decoder:
         max_len: int | None = None,
         method: str = "continuous",
         compile: bool = False,
+        independent_rows: bool = False,
         **engine_options: int | None,
     ):
         if not isinstance(model, nn.Module):
@@ -105,15 +106,25 @@ class Decoder:
         self.model = model
         self.vocab_size: int | None = getattr(getattr(model, "config", None), "vocab_size", None)
         self.session: DecodingSession = decoding(
-            model, batch_size=batch_size, max_len=max_len, method=method, **engine_options
+            model,
+            batch_size=batch_size,
+            max_len=max_len,
+            method=method,
+            independent_rows=independent_rows,
+            **engine_options,
         )
         self._compiled = compiled_step(model, self.session, self.device) if compile else None
         self._traced = contextlib.ExitStack()  # inside session.traced_steps() once compiled
+        self._all_rows = list(range(batch_size))
 
     @property
     def position(self) -> int:
         """Positions consumed by every sequence (the prompt's padded width included)."""
         return self.session.position
+
+    def row_position(self, row: int) -> int:
+        """Positions consumed by ``row`` (independent rows)."""
+        return self.session.row_position(row)
 
     @property
     def nbytes(self) -> int:
@@ -166,8 +177,35 @@ class Decoder:
         return out
 
     @torch.inference_mode()
-    def step(self, ids: torch.Tensor) -> DecoderOutput:
-        """Feed one token per sequence, ``(batch_size,)``; the logits of the next position."""
+    def start(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
+        """Start a new sequence in ``row`` (independent rows) with its prompt ``(P,)``, in one
+        parallel pass over that row alone: the other rows keep their state. Returns the
+        prompt's last position's :class:`DecoderOutput` (a batch of one)."""
+        ids = check_input_ids(input_ids[None] if input_ids.dim() == 1 else input_ids, self.device)
+        if ids.shape[0] != 1:
+            raise ValueError(f"start takes one prompt (P,), got {tuple(input_ids.shape)}")
+        if ids.shape[1] > self.session.max_len:
+            raise ValueError(
+                f"prompt length {ids.shape[1]} exceeds the decoder's max_len {self.session.max_len}"
+            )
+        check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
+        self._traced.close()  # eager; the traced steps resume, prepared anew, at the next step
+        self.session.reset_rows([row])
+        with self.session.selecting([row]):
+            out = self._output(self.model(ids), 1)
+        return out
+
+    def release(self, row: int) -> None:
+        """Free ``row`` (independent rows): back to position 0, ready for :meth:`start`."""
+        self.session.reset_rows([row])
+
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, rows: list[int] | None = None) -> DecoderOutput:
+        """Feed one token per sequence, ``(batch_size,)``; the logits of the next position.
+        With independent rows: one token per row of ``rows`` ``(len(rows),)``, each continuing
+        that row from its own position; the others wait."""
+        if self.session.independent_rows:
+            return self._step_rows(ids, rows)
         if self._compiled is None or not self.session.traced:
             out = self._output(self.model(ids[:, None]))  # eager (a compiled decoder's first
             self._enter_traced()  # step when no prompt was prefilled)
@@ -203,12 +241,28 @@ class Decoder:
             f"method={session.method!r}{compiled}, position={self.position}, nbytes={self.nbytes})"
         )
 
+    def _step_rows(self, ids: torch.Tensor, rows: list[int] | None) -> DecoderOutput:
+        if rows is None:
+            raise ValueError("with independent rows, step(ids, rows) says whose tokens these are")
+        if self._compiled is None:
+            with self.session.selecting(rows):
+                return self._output(self.model(ids[:, None]), len(rows))
+        # Compiled: one fixed-shape step of every row (the waiting ones fed a placeholder, their
+        # outputs dropped), then only the given rows move on.
+        every = torch.zeros(self.session.batch_size, dtype=torch.long, device=self.device)
+        every[rows] = ids
+        with self.session.selecting(self._all_rows):
+            self._enter_traced()
+            logits, greedy = self._compiled(every[:, None])
+        self.session.advance(rows)
+        return DecoderOutput(logits[rows], greedy[rows])
+
     def _enter_traced(self) -> None:
         if self._compiled is not None and not self.session.traced:
             self._traced.enter_context(self.session.traced_steps())
 
-    def _output(self, model_output: Any) -> DecoderOutput:
-        logits = last_logits(model_output, self.session.batch_size)
+    def _output(self, model_output: Any, batch: int | None = None) -> DecoderOutput:
+        logits = last_logits(model_output, self.session.batch_size if batch is None else batch)
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
 
@@ -224,7 +278,8 @@ def compiled_step(
     function for every step would reach it with the eighth such combination in a process)."""
     dtype = getattr(next(model.parameters(), None), "dtype", None)
     options = tuple(sorted(session.engine_options.items()))
-    key = (session.method, options, session.batch_size, dtype, torch.device(device))
+    rows = session.independent_rows
+    key = (session.method, options, session.batch_size, rows, dtype, torch.device(device))
     steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
     if key not in steps:
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from futurefill.fftconv import bank_conv, causal_conv
-from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState, RowSession
 from futurefill.online import make_engine
 from futurefill.online.base import OnlineConvEngine, ScheduledWork
 
@@ -78,32 +78,55 @@ def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> Non
 
 
 class EngineState(ModuleState):
-    """The online engine of one convolution module, built at the module's first chunk."""
+    """The online engine of one convolution module, built at the module's first chunk. With
+    independent rows, one such state per row (:attr:`row_states`, each a batch of one), whose
+    engines are built together, at the first chunk of any row."""
 
     def __init__(self, session: DecodingSession, name: str):
         super().__init__(session, name)
         self.engine: OnlineConvEngine | None = None
         self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
+        self.row_states: list[EngineState] | None = None
+        if session.independent_rows:
+            row_session = RowSession(session)
+            self.row_states = [
+                EngineState(row_session, f"{name}[{row}]") for row in range(session.batch_size)
+            ]
 
     @property
     def nbytes(self) -> int:
+        if self.row_states is not None:
+            return sum(state.nbytes for state in self.row_states)
         return 0 if self.engine is None else self.engine.nbytes
 
     def reset(self) -> None:
+        for state in self.row_states or ():
+            state.reset()
         if self.engine is not None:
             self.engine.reset()
         self._position = 0
 
+    def row_position(self, row: int) -> int:
+        return self.row_states[row].position
+
+    def reset_rows(self, rows: list[int]) -> None:
+        for row in rows:
+            self.row_states[row].reset()
+
+    def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
+        return [self.row_states[row].advance() for row in rows]
+
     def prepare_traced(self) -> None:
-        if self.engine is None:
-            raise ValueError(f"{self.name!r}: traced steps need a first chunk")
-        try:
-            self.engine.prepare_traced()
-        except ValueError as error:
-            raise ValueError(f"{self.name!r}: {error}") from None
+        for state in self.row_states or [self]:
+            if state.engine is None:
+                raise ValueError(f"{state.name!r}: traced steps need a first chunk")
+            try:
+                state.engine.prepare_traced()
+            except ValueError as error:
+                raise ValueError(f"{state.name!r}: {error}") from None
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        return self.engine.traced_tensors()
+        return [t for state in self.row_states or [self] for t in state.engine.traced_tensors()]
 
     def advance(self) -> ScheduledWork | None:
         """One position on; the work the engine's position schedules (the session batches the
@@ -113,7 +136,10 @@ class EngineState(ModuleState):
 
     def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
         """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first
-        chunk materialises the module's filter taps at the session's ``max_len``."""
+        chunk materialises the module's filter taps at the session's ``max_len``. With
+        independent rows, row i of ``u`` continues the selected row ``session.rows[i]``."""
+        if self.row_states is not None:
+            return self._consume_rows(u, module)
         if self.session.traced:  # inside a compiled step: tensor operations only
             if u.shape[1] != 1:  # static under torch.compile: no cost in the graph
                 raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
@@ -132,20 +158,8 @@ class EngineState(ModuleState):
         self.check_input(u, module)
         u = self.session.unpad(u)
         if self.engine is None:
-            session = self.session
-            with torch.no_grad():
-                h = module.filter_taps(session.max_len)
-                checked = max(u.shape[1], 2)  # one tap alone says little
-                if module.filter is not None and checked < session.max_len:
-                    check_prefix(module, self.name, h, checked)
-            self.engine = make_engine(
-                h,
-                session.method,
-                max_len=session.max_len,
-                batch_size=u.shape[0] * module.rows_per_sequence,
-                **session.engine_options,
-            )
-            self.step_shape = (u.shape[0], 1, u.shape[2])
+            h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)
+            self._build(h, u, module)
         n = u.shape[1]
         if self.engine.position == 0 and n > 1:
             rows = module.sequence_rows(u)  # (rows, filters, n)
@@ -159,6 +173,37 @@ class EngineState(ModuleState):
     def _step(self, u_t: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
         """One position ``(batch, channels)`` through the engine: ``(batch, 1, ...)``."""
         return module.step_output(self.engine.step(module.step_rows(u_t)))
+
+    def _build(self, h: torch.Tensor, u: torch.Tensor, module: _OnlineConv) -> None:
+        """The engine for the filter taps ``h`` and chunks shaped like ``u``."""
+        self.engine = make_engine(
+            h,
+            self.session.method,
+            max_len=self.session.max_len,
+            batch_size=u.shape[0] * module.rows_per_sequence,
+            **self.session.engine_options,
+        )
+        self.step_shape = (u.shape[0], 1, u.shape[2])
+
+    def _consume_rows(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+        rows = self.session.rows
+        if rows is None:
+            raise RuntimeError(
+                f"{self.name!r}: with independent rows, say whose chunk this is: "
+                "session.selecting(rows)"
+            )
+        if len(rows) != u.shape[0]:
+            raise ValueError(
+                f"{type(module).__name__} {self.name!r} got a batch of {u.shape[0]}; the decoding "
+                f"session has {len(rows)} selected rows"
+            )
+        if self.row_states[0].engine is None:  # every row's engine, from one set of taps
+            module.check_input(u)
+            h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)
+            for state in self.row_states:
+                state._build(h, u[:1], module)
+        parts = [self.row_states[row].consume(u[i : i + 1], module) for i, row in enumerate(rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class _OnlineConv(DecodingModule):
@@ -201,6 +246,16 @@ class _OnlineConv(DecodingModule):
                 f"the {length} asked for"
             )
         return h[:, :length]
+
+    @torch.no_grad()
+    def filter_taps_checked(self, length: int, first_chunk: int, name: str) -> torch.Tensor:
+        """The taps a session decodes with, ``(filters, length)``, an implicit filter's checked
+        to be a prefix-consistent (:func:`check_prefix`, at the first chunk's length)."""
+        h = self.filter_taps(length)
+        checked = max(first_chunk, 2)  # one tap alone says little
+        if self.filter is not None and checked < length:
+            check_prefix(self, name, h, checked)
+        return h
 
     def open_state(self, session: DecodingSession, name: str) -> EngineState:
         return EngineState(session, name)

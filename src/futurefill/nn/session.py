@@ -62,21 +62,26 @@ class ModuleState(ABC):
 
     def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
         """Raise unless ``x`` ``(batch, length, ...)`` continues this session: same dtype and
-        device as its first chunk, the session's batch size, and room left for its length."""
+        device as its first chunk, the session's batch size (the selected rows' count, with
+        independent rows), and room left for its length in every row."""
         if self.dtype is not None and (x.dtype != self.dtype or x.device != self.device):
             raise RuntimeError(
                 f"{type(module).__name__} {self.name!r} started this decoding session with "
                 f"{self.dtype} inputs on {self.device} and now gets {x.dtype} on {x.device}: the "
                 "model's dtype or device changed during the session; open a new session"
             )
-        if x.shape[0] != self.session.batch_size:
+        rows = self.session.rows
+        batch = self.session.batch_size if rows is None else len(rows)
+        if x.shape[0] != batch:
+            what = f"batch_size={batch}" if rows is None else f"{batch} selected rows"
             raise ValueError(
                 f"{type(module).__name__} {self.name!r} got a batch of {x.shape[0]}; the decoding "
-                f"session is for batch_size={self.session.batch_size}"
+                f"session is for {what}"
             )
-        if self.position + x.shape[1] > self.session.max_len:
+        position = self.position if rows is None else max(map(self.row_position, rows))
+        if position + x.shape[1] > self.session.max_len:
             raise ValueError(
-                f"{type(module).__name__} {self.name!r} is at position {self.position} of the "
+                f"{type(module).__name__} {self.name!r} is at position {position} of the "
                 f"session's max_len={self.session.max_len}: no room for {x.shape[1]} more; call "
                 "session.reset() or open a session with a larger max_len"
             )
@@ -86,6 +91,21 @@ class ModuleState(ABC):
     def position(self) -> int:
         """Positions consumed so far."""
         return self._position
+
+    # With independent rows (``session.independent_rows``) every row has a position of its own,
+    # and these three replace ``position``, ``reset`` and ``advance`` for the rows given.
+
+    def row_position(self, row: int) -> int:
+        """Positions consumed so far by ``row``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
+
+    def reset_rows(self, rows: list[int]) -> None:
+        """Those rows back to position 0, the others untouched."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
+
+    def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
+        """After a compiled step: those rows one position on; the work each schedules."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
 
     @property
     @abstractmethod
@@ -110,6 +130,28 @@ class ModuleState(ABC):
         """After a compiled step: the host's bookkeeping of one more position. Returns the work
         that position schedules (:class:`~futurefill.online.ScheduledWork`), which
         :meth:`DecodingSession.advance` runs batched with every other module's, or None."""
+
+
+class RowSession:
+    """One row of a session with independent rows, as the row's own module states see it: a
+    batch of one at its own position, with the parent's length, method and mode."""
+
+    batch_size = 1
+    valid = None
+    rows = None
+    independent_rows = False
+
+    def __init__(self, parent: DecodingSession):
+        self.parent = parent
+        self.max_len, self.method = parent.max_len, parent.method
+        self.engine_options = parent.engine_options
+
+    @property
+    def traced(self) -> bool:
+        return self.parent.traced
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class DecodingModule(nn.Module, ABC):
@@ -169,10 +211,13 @@ class DecodingSession:
         batch_size: int,
         max_len: int | None = None,
         method: str = "continuous",
+        independent_rows: bool = False,
         **engine_options: int | None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(independent_rows, bool):
+            raise TypeError(f"independent_rows must be a bool, got {independent_rows!r}")
         modules = [(n, m) for n, m in model.named_modules() if isinstance(m, DecodingModule)]
         if not modules:
             raise ValueError(no_decoding_modules(model))
@@ -199,6 +244,8 @@ class DecodingSession:
         self.engine_options = checked
         self.valid: torch.Tensor | None = None  # see padded()
         self.traced = False  # see traced_steps()
+        self.independent_rows = independent_rows
+        self.rows: list[int] | None = None  # see selecting()
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
@@ -208,7 +255,45 @@ class DecodingSession:
     @property
     def position(self) -> int:
         """Positions consumed so far by every sequence (those of the first module)."""
+        if self.independent_rows:
+            raise RuntimeError("rows are at independent positions: see row_position(row)")
         return next(iter(self.states.values())).position
+
+    def row_position(self, row: int) -> int:
+        """Positions consumed so far by ``row`` (independent rows)."""
+        return next(iter(self.states.values())).row_position(self._check_rows([row])[0])
+
+    @contextlib.contextmanager
+    def selecting(self, rows: list[int]) -> Iterator[DecodingSession]:
+        """Inside, the chunks the model gets are those of ``rows`` (independent rows only), in
+        that order: a chunk ``(len(rows), n, ...)`` continues each of those rows from its own
+        position, and the other rows keep their state."""
+        rows = self._check_rows(rows)
+        self.rows = rows
+        try:
+            yield self
+        finally:
+            self.rows = None
+
+    def reset_rows(self, rows: list[int]) -> None:
+        """Start new sequences in ``rows`` (independent rows): back to position 0, the other
+        rows untouched."""
+        rows = self._check_rows(rows)
+        for state in self.states.values():
+            state.reset_rows(rows)
+
+    def _check_rows(self, rows: list[int]) -> list[int]:
+        if not self.independent_rows:
+            raise RuntimeError("rows are selected in a session with independent_rows=True only")
+        rows = list(rows)
+        if not rows or any(
+            isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.batch_size
+            for r in rows
+        ):
+            raise ValueError(f"rows must be ints in [0, {self.batch_size}), got {rows}")
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"rows must be distinct, got {rows}")
+        return rows
 
     @property
     def nbytes(self) -> int:
@@ -228,6 +313,8 @@ class DecodingSession:
         nothing: sequences left-padded to end together get exactly the outputs they would get
         alone (time invariance), in one parallel prefill of the whole batch.
         """
+        if self.independent_rows:
+            raise RuntimeError("with independent rows each row starts alone: no padding")
         if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or valid.dim() != 2:
             raise TypeError("valid must be a 2-D bool tensor (batch, n)")
         if valid.shape[0] != self.batch_size:
@@ -249,7 +336,13 @@ class DecodingSession:
         tensors (:meth:`ModuleState.traced_tensors`) are marked static addresses, so that a CUDA
         graph of the step (``mode="reduce-overhead"``) updates them in place, unguarded: a new
         session re-records the graph, it does not recompile it."""
-        if self.position == 0:
+        first = next(iter(self.states.values()))
+        started = (
+            any(first.row_position(r) for r in range(self.batch_size))
+            if self.independent_rows
+            else first.position
+        )
+        if not started:
             raise RuntimeError("traced steps need a first chunk: prefill the prompt first")
         for state in self.states.values():
             state.prepare_traced()
@@ -262,11 +355,19 @@ class DecodingSession:
         finally:
             self.traced = False
 
-    def advance(self) -> None:
-        """After a compiled step (see :meth:`traced_steps`): every module one position on."""
-        if self.position >= self.max_len:
-            raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
-        run_scheduled([state.advance() for state in self.states.values()])
+    def advance(self, rows: list[int] | None = None) -> None:
+        """After a compiled step (see :meth:`traced_steps`): every module one position on (with
+        independent rows: ``rows``, whose chunk rows were live; the others' outputs were
+        discarded), the work those positions schedule batched across modules and rows."""
+        if not self.independent_rows:
+            if self.position >= self.max_len:
+                raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
+            run_scheduled([state.advance() for state in self.states.values()])
+            return
+        rows = self._check_rows(rows if rows is not None else [])
+        if max(map(self.row_position, rows)) >= self.max_len:
+            raise RuntimeError(f"cannot step past max_len={self.max_len}; reset the row")
+        run_scheduled([w for state in self.states.values() for w in state.advance_rows(rows)])
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""
@@ -299,9 +400,10 @@ class DecodingSession:
         self.close()
 
     def __repr__(self) -> str:
+        where = "independent rows" if self.independent_rows else f"position={self.position}"
         return (
             f"DecodingSession(modules={len(self.states)}, batch_size={self.batch_size}, "
-            f"max_len={self.max_len}, method={self.method!r}, position={self.position}, "
+            f"max_len={self.max_len}, method={self.method!r}, {where}, "
             f"nbytes={self.nbytes}{', closed' if self.closed else ''})"
         )
 
@@ -312,6 +414,7 @@ def decoding(
     batch_size: int,
     max_len: int | None = None,
     method: str = "continuous",
+    independent_rows: bool = False,
     **engine_options: int | None,
 ) -> DecodingSession:
     """Open a decoding session over every futurefill.nn module of ``model``.
@@ -329,6 +432,11 @@ def decoding(
     method : str
         The online convolution engine of every long convolution, one of
         :data:`futurefill.online.METHODS`.
+    independent_rows : bool
+        Every row at its own position: rows start (``reset_rows``, then a first chunk inside
+        :meth:`~DecodingSession.selecting`), step together and restart on their own, each
+        following its own FutureFill schedule (what a server needs). Default: one position for
+        the whole batch.
     **engine_options
         ``epoch_len`` (epoched) or ``tile_len`` (continuous, deamortized).
 
@@ -348,5 +456,10 @@ def decoding(
     (10, True)
     """
     return DecodingSession(
-        model, batch_size=batch_size, max_len=max_len, method=method, **engine_options
+        model,
+        batch_size=batch_size,
+        max_len=max_len,
+        method=method,
+        independent_rows=independent_rows,
+        **engine_options,
     )

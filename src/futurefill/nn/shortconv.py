@@ -34,6 +34,7 @@ class HistoryState(ModuleState):
             dtype=weight.dtype,
             device=weight.device,
         )
+        self._row_positions = [0] * session.batch_size  # with independent rows
 
     @property
     def nbytes(self) -> int:
@@ -42,14 +43,40 @@ class HistoryState(ModuleState):
     def reset(self) -> None:
         self.history.zero_()
         self._position = 0
+        self._row_positions = [0] * len(self._row_positions)
+
+    def row_position(self, row: int) -> int:
+        return self._row_positions[row]
+
+    def reset_rows(self, rows: list[int]) -> None:
+        self.history[rows] = 0
+        for row in rows:
+            self._row_positions[row] = 0
+
+    def advance_rows(self, rows: list[int]) -> list[None]:
+        for row in rows:
+            self._row_positions[row] += 1
+        return []
 
     def extend(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, channels)`` after the kept inputs; keeps the new last ones (and,
-        outside a compiled step, counts them: there :meth:`advance` does)."""
-        extended = torch.cat([self.history, x], dim=1)  # (batch, K - 1 + n, channels)
-        self.history.copy_(extended[:, extended.shape[1] - self.history.shape[1] :])
+        outside a compiled step, counts them: there :meth:`advance` does). With independent
+        rows, those of the selected rows (a compiled step selects every row)."""
+        rows = self.session.rows
+        if rows is None or (len(rows) == self.history.shape[0] and rows == sorted(rows)):
+            history = self.history  # every row, in order: in place, fixed shape
+        else:
+            history = self.history[rows]
+        extended = torch.cat([history, x], dim=1)  # (batch, K - 1 + n, channels)
+        kept = extended[:, extended.shape[1] - self.history.shape[1] :]
+        if history is self.history:
+            self.history.copy_(kept)
+        else:
+            self.history[rows] = kept
         if not self.session.traced:
             self._position += x.shape[1]
+            for row in rows or ():
+                self._row_positions[row] += x.shape[1]
         return extended
 
     def prepare_traced(self) -> None:
