@@ -300,7 +300,7 @@ def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_up_front(tmp_path, 
 
     ConvLM(ConvLMConfig(vocab_size=100, d_model=8, n_layers=1, max_len=64)).save(tmp_path)
     line = _cli_error(tmp_path, capsys)
-    assert line.endswith("its vocabulary has 100 tokens, fewer than the byte tokenizer's 256")
+    assert line.endswith("its vocabulary has 100 tokens, fewer than the bytes tokenizer's 256")
 
 
 def test_non_finite_weights_are_one_line_before_any_output(tmp_path, capsys):

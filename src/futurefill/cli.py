@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "futurefill.bench.cli",
     "futurefill.train",
     "futurefill.textgen",
+    "futurefill.serving.cli",
 )
 
 

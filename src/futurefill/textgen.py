@@ -27,7 +27,8 @@ import torch
 from futurefill import argtypes
 from futurefill.data import ByteStreamDecoder, encode
 from futurefill.online import METHODS
-from futurefill.pretrained import CheckpointError, detect_format, dna, load_pretrained
+from futurefill.pretrained import CheckpointError, dna
+from futurefill.tokenizers import load_with_tokenizer
 
 __all__ = [
     "CompareResult",
@@ -327,24 +328,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _load_model(directory: str | None, trust_pickle: bool = False):
     """The model and its tokenizer's name ("bytes" or "dna"); UsageError for a bad checkpoint."""
     try:
-        format = "futurefill" if directory is None else detect_format(directory)
-        if format == "safari":
-            raise argtypes.UsageError(
-                f"argument --model: {directory} is a safari Hyena LM, which uses the GPT-2 "
-                "tokenizer (not bundled): call futurefill.generate from Python with its ids"
-            )
-        model = load_pretrained(directory, trust_pickle=trust_pickle)
-    except (CheckpointError, FileNotFoundError) as exc:
+        model, tokenizer, _ = load_with_tokenizer(directory, trust_pickle=trust_pickle)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         raise argtypes.UsageError(f"argument --model: {exc}") from None
-    tokenizer = "bytes" if format == "futurefill" else "dna"
-    needed = 256 if tokenizer == "bytes" else len(dna.SPECIAL_TOKENS) + len(dna.NUCLEOTIDE_IDS)
-    vocab = model.config.vocab_size
-    if vocab < needed:
-        kind = "byte tokenizer's 256" if tokenizer == "bytes" else f"DNA tokenizer's {needed}"
+    if tokenizer is None:
         raise argtypes.UsageError(
-            f"argument --model: its vocabulary has {vocab} tokens, fewer than the {kind}"
+            f"argument --model: {directory} is a safari Hyena LM, which uses the GPT-2 tokenizer "
+            "(not bundled): call futurefill.generate from Python with its ids"
         )
-    return model, tokenizer
+    return model, tokenizer.name
 
 
 def _prompt_ids(args: argparse.Namespace, tokenizer: str) -> tuple[torch.Tensor, str]:

@@ -1,0 +1,7 @@
+"""Serving: continuous batching of many requests over one model (:class:`Scheduler`) and an
+OpenAI-compatible completions server on it (:func:`create_app`, ``futurefill serve``)."""
+
+from futurefill.serving.metrics import Metrics
+from futurefill.serving.scheduler import Completion, QueueFull, Request, Sampling, Scheduler
+
+__all__ = ["Completion", "Metrics", "QueueFull", "Request", "Sampling", "Scheduler"]

@@ -1,0 +1,102 @@
+"""``futurefill serve``: the OpenAI-compatible completions server on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from futurefill import argtypes
+from futurefill.online import METHODS
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP: OpenAI completions API, continuous batching",
+        description="Serve a model over HTTP (the OpenAI completions API) with continuous "
+        "batching: requests join a running batch as slots free, each at its own position.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", default=None, help="checkpoint directory; default: the bundled demo model"
+    )
+    parser.add_argument(
+        "--model-name",
+        default=None,
+        help="the model's id in the API (default: the directory's name, or futurefill-pydoc-stu)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback default)")
+    parser.add_argument("--port", type=argtypes.bounded_int(0, 65535), default=8000, help="port")
+    parser.add_argument(
+        "--slots", type=argtypes.bounded_int(1, 1024), default=8, help="rows decoded together"
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=argtypes.bounded_int(0),
+        default=64,
+        help="requests that may wait for a slot; beyond, 429 with Retry-After",
+    )
+    parser.add_argument(
+        "--prefill-tokens",
+        type=argtypes.bounded_int(1),
+        default=2048,
+        help="prompt tokens prefilled in one iteration at most (a longer prompt goes alone)",
+    )
+    parser.add_argument(
+        "--method", choices=METHODS, default="continuous", help="online convolution engine"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="each step one torch.compile graph of all slots"
+    )
+    parser.add_argument(
+        "--threads", type=argtypes.threads, default=1, help="torch CPU threads for the engine"
+    )
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="open pickled weights that hold objects"
+    )
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    import uvicorn
+
+    from futurefill.pretrained import CheckpointError
+    from futurefill.serving import Metrics, Scheduler
+    from futurefill.serving.server import create_app
+    from futurefill.tokenizers import load_with_tokenizer
+
+    try:
+        model, tokenizer, _ = load_with_tokenizer(args.model, trust_pickle=args.trust_pickle)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise argtypes.UsageError(f"argument --model: {exc}") from None
+    name = args.model_name or (
+        Path(args.model).resolve().name if args.model else "futurefill-pydoc-stu"
+    )
+    torch.set_num_threads(args.threads)
+    metrics = Metrics()
+    scheduler = Scheduler(
+        model,
+        tokenizer,
+        slots=args.slots,
+        method=args.method,
+        compile=args.compile,
+        queue_size=args.queue_size,
+        prefill_tokens=args.prefill_tokens,
+        metrics=metrics,
+    )
+    app = create_app(scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics)
+    print(
+        f"futurefill serve: {name} on http://{args.host}:{args.port}/v1 ({args.slots} slots, "
+        f"{args.method})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10
+    )
+    return 0

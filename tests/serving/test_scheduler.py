@@ -1,0 +1,176 @@
+"""The scheduler: under concurrent requests every completion (greedy, and seeded sampled ones) is
+exactly what generate() gives that request alone, for every method, the bundled model and a
+HyenaDNA fixture; stop strings, cancellation, a full queue, errors."""
+
+from __future__ import annotations
+
+import copy
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from futurefill import METHODS, generate
+from futurefill.serving import QueueFull, Request, Sampling, Scheduler
+from futurefill.tokenizers import DnaTokenizer, load_with_tokenizer
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "pretrained"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    model, tokenizer, _ = load_with_tokenizer()
+    return model, tokenizer
+
+
+def alone(model, request: Request) -> list[int]:
+    """What generate() gives the request by itself."""
+    sampling = request.sampling
+    options = {}
+    if sampling.temperature > 0:
+        options = dict(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            generator=torch.Generator().manual_seed(sampling.seed),
+        )
+    ids = torch.tensor([request.prompt_ids])
+    allowed = request.allowed_token_ids
+    return generate(model, ids, request.max_tokens, allowed_token_ids=allowed, **options)[
+        0
+    ].tolist()
+
+
+def run_concurrently(scheduler: Scheduler, requests: list[Request], stagger: float = 0.0):
+    results = [None] * len(requests)
+
+    def go(i):
+        results[i] = scheduler.complete(requests[i], timeout=120)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+        threading.Event().wait(stagger)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def mixed_requests(tokenizer, count: int, seed: int, max_prompt: int = 60, max_new: int = 40):
+    rng = random.Random(seed)
+    requests = []
+    for i in range(count):
+        prompt = [
+            rng.randrange(7, 12) if tokenizer.name == "dna" else rng.randrange(32, 127)
+            for _ in range(rng.randint(1, max_prompt))
+        ]
+        sampling = Sampling() if i % 2 else Sampling(temperature=0.9, top_k=20, seed=i)
+        requests.append(
+            Request(
+                prompt,
+                rng.randint(1, max_new),
+                sampling,
+                allowed_token_ids=tokenizer.allowed_token_ids,
+            )
+        )
+    return requests
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_request_gets_what_it_would_get_alone(bundled, method):
+    model, tokenizer = bundled
+    reference = copy.deepcopy(model)
+    requests = mixed_requests(tokenizer, 10, seed=hash(method) % 1000)
+    scheduler = Scheduler(model, tokenizer, slots=4, max_len=128, method=method).start()
+    try:
+        results = run_concurrently(scheduler, requests, stagger=0.002)
+    finally:
+        scheduler.stop()
+    for request, result in zip(requests, results, strict=True):
+        assert result.finish_reason == "length"
+        assert result.tokens == alone(reference, request), request
+
+
+def test_a_hyenadna_model_under_load_and_compiled(tmp_path):
+    model, tokenizer, _ = load_with_tokenizer(str(FIXTURES / "hyenadna-hf"))
+    assert isinstance(tokenizer, DnaTokenizer)
+    reference = copy.deepcopy(model)
+    requests = mixed_requests(tokenizer, 8, seed=3, max_prompt=20, max_new=20)
+    scheduler = Scheduler(model, tokenizer, slots=3, max_len=40, compile=True).start()
+    try:
+        results = run_concurrently(scheduler, requests)
+    finally:
+        scheduler.stop()
+    for request, result in zip(requests, results, strict=True):
+        assert result.tokens == alone(reference, request)
+        assert set(result.text) <= set("ACGTN")
+
+
+def test_stop_strings_end_the_text_before_them(bundled):
+    model, tokenizer = bundled
+    prompt = tokenizer.encode("The with statement")
+    scheduler = Scheduler(model, tokenizer, slots=2, max_len=128).start()
+    try:
+        full = scheduler.complete(Request(prompt, 40))
+        stop = full.text[10:13]
+        cut = scheduler.complete(Request(prompt, 40, stop=[stop, "never there"]))
+    finally:
+        scheduler.stop()
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index(stop)]
+
+
+def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=1, max_len=600, queue_size=1).start()
+    events = []
+    try:
+        long = Request(tokenizer.encode("a"), 500, on_event=lambda t, r: events.append(r))
+        scheduler.submit(long)
+        waiting = Request(tokenizer.encode("b"), 3)
+        while scheduler.running == 0:
+            threading.Event().wait(0.001)
+        scheduler.submit(waiting)  # the queue's one place
+        with pytest.raises(QueueFull, match="1 requests are waiting already"):
+            scheduler.submit(Request(tokenizer.encode("c"), 3))
+        scheduler.cancel(long)  # its slot goes to the waiting request, the queue empties
+        while scheduler.queue_length:
+            threading.Event().wait(0.001)
+        done = scheduler.complete(Request(tokenizer.encode("d"), 3), timeout=60)
+        assert done.finish_reason == "length"
+    finally:
+        scheduler.stop()
+    assert events[-1] == "cancelled" and len(long.tokens) < 500
+
+
+def test_requests_that_cannot_fit_are_refused_before_queueing(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=1, max_len=32)
+    with pytest.raises(ValueError, match="max_tokens: the prompt's 10 tokens"):
+        scheduler.submit(Request([65] * 10, 30))
+    with pytest.raises(ValueError, match=r"prompt: token ids must be in \[0, 256\)"):
+        scheduler.submit(Request([300], 3))
+    with pytest.raises(ValueError, match="prompt: at least one token"):
+        scheduler.submit(Request([], 3))
+    assert scheduler.queue_length == 0
+    scheduler.stop()
+
+
+def test_memory_per_slot_is_a_single_sessions(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=3, max_len=64).start()
+    try:
+        scheduler.complete(Request(tokenizer.encode("x"), 2))
+        per_slot = scheduler.bytes_per_slot
+    finally:
+        scheduler.stop()
+    from futurefill import decoding
+
+    with decoding(model, batch_size=1, max_len=64) as session:
+        with torch.inference_mode():
+            model(torch.tensor([tokenizer.encode("x")]))
+        single = session.nbytes
+    assert per_slot == single
