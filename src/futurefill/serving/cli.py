@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from futurefill import argtypes
@@ -96,7 +100,24 @@ def _run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10
     )
+    server = uvicorn.Server(config)
+    server.capture_signals = functools.partial(_capture_signals, server)
+    server.run()
     return 0
+
+
+@contextlib.contextmanager
+def _capture_signals(server) -> Iterator[None]:
+    """SIGTERM and SIGINT start uvicorn's graceful shutdown (the requests in flight finish, for
+    up to ``timeout_graceful_shutdown`` seconds, what is left is cancelled, the scheduler
+    stops); the process then exits with status 0 (uvicorn's own handler re-raises the signal)."""
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

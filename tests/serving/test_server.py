@@ -1,0 +1,252 @@
+"""futurefill serve, for real: a server process on 127.0.0.1 started and stopped by these tests,
+driven with the openai package and plain HTTP. Completions (plain, streamed, concurrent) are what
+generate() gives each request alone; every bad request is a 4xx with a JSON error naming the
+field; a flood past the queue gets 429 with Retry-After; a client that drops mid-stream frees its
+slot; SIGTERM with a request in flight ends it cleanly and exits 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from futurefill import generate, load_pretrained
+from futurefill.data import decode, encode
+
+openai = pytest.importorskip("openai")
+
+MODEL = "futurefill-pydoc-stu"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``futurefill serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "futurefill.cli", "serve", "--port", str(self.port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the server did not start: {self.process.stdout.read()}")
+
+    def get(self, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return response.status, response.read().decode()
+
+    def post(self, body: bytes | dict) -> tuple[int, dict, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + "/v1/completions", data, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), dict(error.headers)
+
+    def metric(self, name: str) -> float:
+        text = self.get("/metrics")[1]
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def server():
+    server = Server("--slots", "4")
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_pretrained()
+
+
+def alone(model, prompt: str, n: int, **sampling) -> str:
+    if sampling:
+        sampling = {
+            "do_sample": True,
+            "temperature": sampling["temperature"],
+            "generator": torch.Generator().manual_seed(sampling["seed"]),
+        }
+    return decode(generate(model, encode(prompt)[None], n, **sampling)[0])
+
+
+def test_openai_client_completions_plain_and_streamed(server, model):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == [MODEL]
+    prompt = "The with statement"
+    done = client.completions.create(model=MODEL, prompt=prompt, max_tokens=30, temperature=0)
+    assert done.choices[0].text == alone(model, prompt, 30)
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage.prompt_tokens == 18 and done.usage.completion_tokens == 30
+    parts = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=30, temperature=0.8, seed=5, stream=True
+    )
+    text = "".join(chunk.choices[0].text for chunk in parts)
+    assert text == alone(model, prompt, 30, temperature=0.8, seed=5)
+
+
+def test_concurrent_clients_each_get_their_own_completion(server, model):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    prompts = ["def f(x):", "import os", "The try statement", "class A:", "x = [", "Lambda"] * 2
+    results = [None] * len(prompts)
+
+    def go(i):
+        sampling = {"temperature": 0} if i % 2 else {"temperature": 0.7, "seed": i}
+        results[i] = (
+            client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=20 + i, **sampling)
+            .choices[0]
+            .text
+        )
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    for i, prompt in enumerate(prompts):
+        sampling = {} if i % 2 else {"temperature": 0.7, "seed": i}
+        assert results[i] == alone(model, prompt, 20 + i, **sampling), i
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "message"),
+    [
+        (b"{not json", 400, None, "the body is not valid JSON"),
+        (b"[1, 2]", 400, None, "must be a JSON object"),
+        ({"model": "gpt-4", "prompt": "a"}, 404, "model", "the model 'gpt-4' does not exist"),
+        ({"prompt": "a"}, 400, "model", "model is required"),
+        ({"model": MODEL, "prompt": ""}, 400, "prompt", "prompt must not be empty"),
+        ({"model": MODEL, "prompt": 3}, 400, "prompt", "prompt must be a non-empty string"),
+        ({"model": MODEL, "prompt": [300]}, 400, "prompt", r"token ids must be in \[0, 256\)"),
+        ({"model": MODEL, "prompt": "a", "max_tokens": 0}, 400, "max_tokens", "max_tokens must"),
+        ({"model": MODEL, "prompt": "a", "max_tokens": 5000}, 400, "max_tokens", "exceed"),
+        ({"model": MODEL, "prompt": "a", "temperature": 3}, 400, "temperature", r"\[0.0, 2.0\]"),
+        ({"model": MODEL, "prompt": "a", "top_p": 0}, 400, "top_p", r"top_p must be in \(0.0"),
+        ({"model": MODEL, "prompt": "a", "top_k": 0}, 400, "top_k", "top_k must be an integer"),
+        ({"model": MODEL, "prompt": "a", "seed": "x"}, 400, "seed", "seed must be an integer"),
+        ({"model": MODEL, "prompt": "a", "n": 2}, 400, "n", "n must be 1"),
+        ({"model": MODEL, "prompt": "a", "stop": ["a"] * 5}, 400, "stop", "up to 4"),
+        ({"model": MODEL, "prompt": "a", "stream": "yes"}, 400, "stream", "true or false"),
+        ({"model": MODEL, "prompt": "a", "logprobs": 2}, 400, "logprobs", "not supported"),
+        ({"model": MODEL, "prompt": "a", "frobnicate": 1}, 400, "frobnicate", "unknown field"),
+    ],
+)
+def test_bad_requests_get_a_json_error_naming_the_field(server, body, status, param, message):
+    import re
+
+    code, reply, _ = server.post(body)
+    assert code == status
+    error = reply["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert re.search(message, error["message"]), error["message"]
+    assert server.get("/health")[0] == 200  # and the server is fine
+
+
+def test_a_dropped_stream_frees_its_slot(server):
+    cancelled = server.metric('futurefill_requests_finished_total{finish_reason="cancelled"}')
+    body = json.dumps({"model": MODEL, "prompt": "a", "max_tokens": 1500, "stream": True})
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received = b""
+        while b"data: " not in received:
+            received += sock.recv(4096)  # the stream has started; now the client goes
+    deadline = time.monotonic() + 20
+    while server.metric("futurefill_running_rows") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.metric("futurefill_running_rows") == 0
+    assert (
+        server.metric('futurefill_requests_finished_total{finish_reason="cancelled"}')
+        == cancelled + 1
+    )
+
+
+def test_metrics_report_the_queue_rows_latencies_and_bytes_per_slot(server):
+    text = server.get("/metrics")[1]
+    for name in (
+        "futurefill_queue_length",
+        "futurefill_running_rows",
+        "futurefill_generated_tokens_total",
+        "futurefill_time_to_first_token_seconds_bucket",
+        "futurefill_inter_token_seconds_bucket",
+        "futurefill_slot_bytes",
+    ):
+        assert name in text, name
+    assert server.metric("futurefill_slot_bytes") > 0
+
+
+def test_a_flood_past_the_queue_gets_429_with_retry_after():
+    server = Server("--slots", "1", "--queue-size", "1")
+    try:
+        long = {"model": MODEL, "prompt": "a", "max_tokens": 1500}
+        threads = [threading.Thread(target=server.post, args=(long,)) for _ in range(2)]
+        for thread in threads:  # one running, one waiting
+            thread.start()
+        deadline = time.monotonic() + 30
+        while server.metric("futurefill_queue_length") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        code, reply, headers = server.post({"model": MODEL, "prompt": "b", "max_tokens": 2})
+        assert code == 429 and headers.get("retry-after") == "1"
+        assert "overloaded" in reply["error"]["message"]
+    finally:
+        assert server.stop() == 0  # the two long requests in flight: cancelled cleanly
+    for thread in threads:
+        thread.join(30)
+
+
+def test_sigterm_with_a_request_in_flight_ends_it_and_exits_cleanly():
+    server = Server("--slots", "2")
+    body = json.dumps({"model": MODEL, "prompt": "a", "max_tokens": 400, "stream": True})
+    received = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        )
+        received += sock.recv(4096)
+        os.kill(server.process.pid, signal.SIGTERM)
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert server.process.wait(30) == 0
+    assert received.rstrip().endswith(b"0")  # the chunked stream ended properly
+    assert b'"finish_reason": "length"' in received or b"[DONE]" in received
