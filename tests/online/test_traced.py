@@ -178,3 +178,30 @@ def test_preparing_the_traced_step_allocates_nothing(cls):
     before = engine.nbytes
     engine.prepare_traced()
     assert engine.nbytes == before
+
+
+def test_rows_at_their_own_positions_share_a_levels_fft_call(monkeypatch):
+    """Two engines 8 steps apart (a batch's rows at their own positions): when one ends its
+    4th input and the other its 12th, both end a block of 4, and one FFT call serves both."""
+    ahead, behind = (ContinuousConv(decaying_filter(3, 64, seed=k), tile_len=4) for k in (1, 2))
+    u = random_input(1, 3, 64, seed=4)
+    for t in range(8):
+        ahead.step(u[..., t])
+    groups = []
+    run_batch = TileEnd.run_batch.__func__
+
+    def counted(cls, works):
+        groups.append(sorted(w.seen for w in works))
+        run_batch(cls, works)
+
+    monkeypatch.setattr(TileEnd, "run_batch", classmethod(counted))
+    outputs = {id(ahead): [], id(behind): []}
+    for engine in (ahead, behind):
+        engine.prepare_traced()
+    for t in range(4):
+        for engine, at in ((ahead, 8 + t), (behind, t)):
+            outputs[id(engine)].append(engine.step_traced(u[..., at]))
+        run_scheduled([ahead.advance(), behind.advance()])
+    assert groups == [[4, 12]]
+    expected = reference_conv(u.numpy(), behind.h.numpy())[..., :4]
+    assert rel_err(torch.stack(outputs[id(behind)], dim=-1), expected) < 1e-10

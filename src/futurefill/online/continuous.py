@@ -195,35 +195,38 @@ class TileEnd(ScheduledWork):
     """A continuous engine's tile end after ``seen`` local inputs: file the tile, then the
     FutureFill level: the block ``x[seen-b : seen]`` (b the largest power of two dividing
     ``seen``) adds its contribution to outputs ``seen .. seen+b-1`` by an FFT of length 2b.
-    Tile ends of engines at the same local step and of the same shape run as one FFT call
-    per level (cross-layer batching)."""
+    Tile ends whose levels have the same size (and engines the same shape) run as one FFT call,
+    whatever their positions: the layers of a model, and the rows of a batch at their own
+    positions that end a block of that size at this step."""
 
     def __init__(self, engine: ContinuousConv, seen: int):
         self.engine, self.seen = engine, seen
-        x = engine._x
-        self.key = (seen, engine.tile_len, tuple(x.shape), x.dtype, engine.device)
+        self.level = seen & -seen if seen < engine._remaining else 0  # 0: the last tile
+        shape = (engine.batch_size, engine.channels, engine.tile_len)
+        self.key = (self.level, shape, engine.compute_dtype, engine.device)
 
     def run(self) -> None:
         self.run_batch([self])
 
     @classmethod
     def run_batch(cls, works: list[TileEnd]) -> None:
-        seen, b0 = works[0].seen, works[0].engine.tile_len
-        engines = [work.engine for work in works]
-        for engine in engines:
+        for work in works:
+            engine, seen, b0 = work.engine, work.seen, work.engine.tile_len
             engine._x[..., seen - b0 : seen].copy_(engine._x_tile.permute(1, 2, 0))
-        if seen >= engines[0]._remaining:
+        b = works[0].level
+        if not b:
             return  # the last tile: no output after it
-        b = seen & -seen
-        if len(engines) == 1:  # views, no stacking copies
-            blocks = engines[0]._x[None, ..., seen - b : seen]
-            spectra = engines[0]._spectra[b][None]
+        if len(works) == 1:  # views, no stacking copies
+            work = works[0]
+            blocks = work.engine._x[None, ..., work.seen - b : work.seen]
+            spectra = work.engine._spectra[b][None]
         else:
-            blocks = torch.stack([e._x[..., seen - b : seen] for e in engines])
-            spectra = torch.stack([e._spectra[b] for e in engines])
+            blocks = torch.stack([w.engine._x[..., w.seen - b : w.seen] for w in works])
+            spectra = torch.stack([w.engine._spectra[b] for w in works])
         spec = torch.fft.rfft(blocks, n=2 * b).mul_(spectra.unsqueeze(1))  # (E, B, D, b + 1)
         future = torch.fft.irfft(spec, n=2 * b)
-        keep = min(b, engines[0]._c.shape[-1] - seen)
-        for engine, y in zip(engines, future, strict=True):
+        for work, y in zip(works, future, strict=True):
+            engine, seen = work.engine, work.seen
+            keep = min(b, engine._c.shape[-1] - seen)
             engine._c[..., seen : seen + keep] += y[..., b : b + keep]
-            engine._c_tile.copy_(engine._c[..., seen : seen + b0].permute(2, 0, 1))
+            engine._c_tile.copy_(engine._c[..., seen : seen + engine.tile_len].permute(2, 0, 1))
