@@ -205,13 +205,13 @@ class CountingModel(torch.nn.Module):
 
 @pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("method", METHODS)
-def test_ragged_prompts_take_one_prefill_and_give_each_rows_tokens_alone(mixer, method):
+def test_ragged_prompts_are_prefilled_each_alone_and_get_their_tokens_alone(mixer, method):
     model = tiny_model(mixer, max_len=80)
     lengths = [1, 17, 64]
     ids = random_ids(3, 64, seed=5)
     counting = CountingModel(model)
     out = generate(counting, ids, 10, prompt_lengths=lengths, method=method, return_logits=True)
-    assert counting.chunks == [64] + [1] * 9  # one prefill, then max_new_tokens - 1 steps
+    assert counting.chunks == [1, 17, 64] + [1] * 9  # each prompt alone, then the steps
     for b, length in enumerate(lengths):
         prompt = ids[b : b + 1, :length]
         alone = generate(model, prompt, 10, method="naive", return_logits=True)
@@ -454,3 +454,29 @@ def test_logits_that_turn_non_finite_later_are_found_without_a_sync_per_step():
         model.embed.weight[bad] = float("inf")  # its logits, at the next token, are NaN
     with pytest.raises(ValueError, match=r"sequence 1 at generated token 3 \(position 6\)"):
         generate(model, ids, 6)
+
+
+def test_a_row_that_ends_leaves_the_batch():
+    model = tiny_model("longconv")
+    ids = random_ids(3, 4, seed=2)
+    free = generate(model, ids, 8)
+    eos = int(free[1, 2])  # sequence 1 ends at its third token (others may too)
+    ends = [int((row == eos).nonzero()[0]) if (row == eos).any() else 8 for row in free]
+    batches = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            batches.append(x.shape[0])
+            return self.model(x)
+
+    out = generate(Counting(), ids, 8, eos_token_id=eos)
+    steps = batches[3:]  # after the three prompts, each prefilled alone
+    assert steps == [sum(end > i for end in ends) for i in range(len(steps))]
+    assert steps[-1] < 3
+    for row, end in enumerate(ends):
+        assert torch.equal(out[row, : end + 1], free[row, : end + 1])
+        assert (out[row, end + 1 :] == eos).all()

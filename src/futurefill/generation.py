@@ -1,9 +1,10 @@
 """Auto-regressive generation from any model whose time mixing is :mod:`futurefill.nn`.
 
-:func:`generate` is a short loop over a :class:`~futurefill.decoder.Decoder`: prefill every
-prompt (one parallel pass; ragged prompts too), then choose a token per sequence (greedy or
-sampled), stop at end-of-sequence, stream, record logits, and feed the tokens back, one decoder
-step per token. The logits are those of the model's parallel forward pass, to rounding,
+:func:`generate` is a short loop over a :class:`~futurefill.decoder.Decoder` with independent
+rows: prefill every prompt in its own row (one parallel pass each, whatever the lengths: no
+padding, every row at its own position), then choose a token per sequence (greedy or sampled),
+stop at end-of-sequence (the row leaves the batch), stream, record logits, and feed the tokens
+back, one decoder step per token. The logits are those of the model's parallel forward pass, to rounding,
 whichever engine ``method`` runs the long convolutions.
 """
 
@@ -124,8 +125,9 @@ def generate(
         Tokens never chosen, or the only tokens ever chosen (greedy and sampling alike): a DNA
         model's special tokens, say. At least one token must stay allowed.
     eos_token_id : int, optional
-        A sequence that generates it stops: its later tokens are ``pad_token_id``. Generation
-        ends early when every sequence has stopped (checked once per step: a device sync).
+        A sequence that generates it stops and leaves the batch: its later tokens are
+        ``pad_token_id``. Generation ends early when every sequence has stopped (checked once
+        per step: a device sync).
     pad_token_id : int, optional
         Filler after eos; defaults to ``eos_token_id``.
     prompt_lengths : sequence of int or 1-D integer tensor, shape (batch,), optional
@@ -153,8 +155,8 @@ def generate(
     token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
 
     Runs in ``torch.inference_mode``; the returned tensors are ordinary ones. Cost: one parallel
-    prefill of every prompt (ragged ones padded to the longest), then ``max_new_tokens - 1``
-    steps, each one call of ``model`` on one position per sequence.
+    prefill per prompt, then ``max_new_tokens - 1`` steps, each one call of ``model`` on one
+    position per sequence still generating.
     """
     for name in options:
         if name not in engine_options():
@@ -190,42 +192,47 @@ def generate(
     eos_token_id, pad_token_id = _check_eos(eos_token_id, pad_token_id, vocab)
     put, end = _streamer_calls(streamer)
 
-    # The last token is never fed back: the state holds the prompt and max_new_tokens - 1 more.
+    # Every prompt prefilled alone in its row, the rows at their own positions (no padding), a
+    # row that ends leaving the batch. The last token is never fed back: a row holds its prompt
+    # and max_new_tokens - 1 more.
     max_len = max(lengths) + max(max_new_tokens - 1, 0)
     options.update(method=method, compile=compile)
-    new_tokens = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
-    recorded: list[torch.Tensor] = []
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    rows = list(range(batch))
+    live, at = rows, torch.arange(batch, device=device)  # the rows still generating
     nonfinite = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    with Decoder(model, batch_size=batch, max_len=max_len, **options) as decoder:
-        out = decoder.prefill(ids, lengths)
+    fill = pad_token_id if pad_token_id is not None else 0
+    new_tokens = torch.full((batch, max_new_tokens), fill, dtype=torch.long, device=device)
+    table = None
+    with Decoder(model, batch_size=batch, max_len=max_len, independent_rows=True, **options) as dec:
+        starts = [dec.start(row, ids[row, : lengths[row]]) for row in rows]  # each alone
+        logits, greedy = (torch.cat(parts) for parts in zip(*starts, strict=True))
         for i in range(max_new_tokens):
             if i == 0 or put is not None:  # before any token is out: one host sync
-                _check_finite(out.logits, i, lengths)
-            else:  # the first step each sequence went wrong, checked at the end (no sync)
-                bad = ~torch.isfinite(out.logits).all(dim=-1)
-                nonfinite = torch.where(bad & (nonfinite > i), i, nonfinite)
+                _check_finite(logits, i, lengths, live)
+            else:  # the first step each row went wrong, checked at the end (no sync)
+                bad = ~torch.isfinite(logits).all(dim=-1)
+                nonfinite[at] = torch.where(bad & (nonfinite[at] > i), i, nonfinite[at])
             if return_logits:
-                recorded.append(out.logits)
-            logits = out.logits if banned is None else out.logits.masked_fill(banned, -torch.inf)
-            if do_sample:
-                chosen = sample(logits)
-            else:
-                chosen = out.greedy if banned is None else logits.argmax(dim=-1)
-            kept = (
-                chosen
-                if eos_token_id is None
-                else _after_eos(chosen, finished, eos_token_id, pad_token_id)
-            )
-            new_tokens[:, i] = kept
+                if table is None:
+                    table = logits.new_full((batch, max_new_tokens, logits.shape[-1]), torch.nan)
+                table[at, i] = logits
+            if banned is not None:
+                logits = logits.masked_fill(banned, -torch.inf)
+                greedy = logits.argmax(dim=-1)
+            chosen = sample(logits) if do_sample else greedy
+            new_tokens[at, i] = chosen
             if put is not None:
-                put(kept)
+                put(new_tokens[:, i])
             if i == max_new_tokens - 1:
                 break
-            if eos_token_id is not None and bool(finished.all()):  # a device sync
-                new_tokens[:, i + 1 :] = pad_token_id
-                break
-            out = decoder.step(chosen)
+            if eos_token_id is not None:  # rows that end leave the batch (a host sync)
+                going = (chosen != eos_token_id).tolist()
+                live = [row for row, keep in zip(live, going, strict=True) if keep]
+                if not live:
+                    break
+                keep = torch.tensor(going, device=device)
+                at, chosen = at[keep], chosen[keep]
+            logits, greedy = dec.step(chosen, live)
     if end is not None:
         end()
     if bool((nonfinite < max_new_tokens).any()):
@@ -233,9 +240,9 @@ def generate(
         raise _nonfinite(int((nonfinite == step).nonzero()[0]), step, lengths)
     if not return_logits:
         return _ordinary(new_tokens)
-    return _ordinary(
-        GenerationOutput(new_tokens, _logits_table(recorded, out.logits, new_tokens, eos_token_id))
-    )
+    if table is None:  # no token asked for
+        table = logits.new_empty(batch, 0, logits.shape[-1])
+    return _ordinary(GenerationOutput(new_tokens, table))
 
 
 def _check_eos(
@@ -252,12 +259,12 @@ def _check_eos(
     return eos_token_id, pad_token_id
 
 
-def _check_finite(logits: torch.Tensor, step: int, lengths: list[int]) -> None:
-    """ValueError unless every logit ``(batch, vocab)`` of generated token ``step`` is finite,
-    naming the first sequence and its position."""
+def _check_finite(logits: torch.Tensor, step: int, lengths: list[int], rows: list[int]) -> None:
+    """ValueError unless every logit ``(len(rows), vocab)`` of generated token ``step`` is
+    finite, naming the first sequence and its position."""
     bad = ~torch.isfinite(logits).all(dim=-1)
     if bool(bad.any()):
-        raise _nonfinite(int(bad.nonzero()[0]), step, lengths)
+        raise _nonfinite(rows[int(bad.nonzero()[0])], step, lengths)
 
 
 def _nonfinite(row: int, step: int, lengths: list[int]) -> ValueError:
@@ -265,38 +272,6 @@ def _nonfinite(row: int, step: int, lengths: list[int]) -> ValueError:
         f"the model's logits are not finite (NaN or inf) for sequence {row} at generated token "
         f"{step} (position {lengths[row] - 1 + step}): check the model's weights and dtype"
     )
-
-
-def _after_eos(
-    chosen: torch.Tensor, finished: torch.Tensor, eos_token_id: int, pad_token_id: int
-) -> torch.Tensor:
-    """The tokens kept ``(batch,)``: ``pad_token_id`` for sequences already finished; marks the
-    sequences that choose ``eos_token_id`` now as finished (in place)."""
-    kept = torch.where(finished, pad_token_id, chosen)
-    finished |= chosen == eos_token_id
-    return kept
-
-
-def _logits_table(
-    recorded: list[torch.Tensor],
-    last: torch.Tensor,
-    tokens: torch.Tensor,
-    eos_token_id: int | None,
-) -> torch.Tensor:
-    """``(batch, max_new_tokens, vocab)``: the recorded logits, NaN where none was recorded
-    (generation ended early) and after each sequence's end-of-sequence token."""
-    batch, count = tokens.shape
-    table = last.new_full((batch, count, last.shape[-1]), float("nan"))
-    if recorded:
-        table[:, : len(recorded)] = torch.stack(recorded, dim=1)
-    if eos_token_id is not None:
-        is_eos = tokens == eos_token_id
-        after_eos = (torch.cumsum(is_eos, dim=1) - is_eos.long()) > 0
-        table.masked_fill_(after_eos.unsqueeze(-1), float("nan"))
-    return table
-
-
-# ---------------------------------------------------------------------- argument checks
 
 
 def _ordinary(result: Any) -> Any:
