@@ -4,8 +4,8 @@
 rows: prefill every prompt in its own row (one parallel pass each, whatever the lengths: no
 padding, every row at its own position), then choose a token per sequence (greedy or sampled),
 stop at end-of-sequence (the row leaves the batch), stream, record logits, and feed the tokens
-back, one decoder step per token. The logits are those of the model's parallel forward pass, to rounding,
-whichever engine ``method`` runs the long convolutions.
+back, one decoder step per token. The logits are those of the model's parallel forward pass, to
+rounding, whichever engine ``method`` runs the long convolutions.
 """
 
 from __future__ import annotations

@@ -128,6 +128,7 @@ def _default(name: str, field: dataclasses.Field) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``futurefill`` command line."""
     import futurefill.bench
+    from futurefill.bench import serve
 
     bench = subparsers.add_parser(
         "bench",
@@ -155,6 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help = "also time the compiled token step: the method 'compiled' (default: off)"
             parser.add_argument("--compile", action="store_true", help=help)
         parser.set_defaults(func=_run_one, bench=name)
+    serve.register(sub)
     every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
     every.add_argument(
         "--preset",

@@ -202,12 +202,14 @@ class Scheduler:
             self._lock.notify_all()
 
     def complete(self, request: Request, timeout: float | None = None) -> Completion:
-        """Submit ``request`` and wait for its end (its ``on_event`` replaced)."""
+        """Submit ``request`` and wait for its end (its ``on_event`` still called)."""
         done = threading.Event()
         parts: list[str] = []
         reason: list[str] = []
+        forward = request.on_event
 
         def on_event(text: str, finish_reason: str | None) -> None:
+            forward(text, finish_reason)
             parts.append(text)
             if finish_reason is not None:
                 reason.append(finish_reason)
