@@ -21,6 +21,7 @@ $(STAMP): $(PY) pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/futurefill bench all --preset quick --out results
 	$(VENV)/bin/futurefill generate "The with statement" --max-new-tokens 2000 --compare --do-sample --temperature 0.8
+	$(PY) scripts/serve_demo.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from futurefill.decoder import Decoder
+from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.generation import select_next_tokens
 from futurefill.tokenizers import StreamDecoder, Tokenizer
 
@@ -300,35 +300,46 @@ class Scheduler:
         self._running[slot] = row
         if self.metrics is not None:
             self.metrics.observe_admission(time.perf_counter() - request.arrived)
-        self._emit(row, out.logits[0], out.greedy[0])
+        self._emit([row], out)
 
     def _step(self) -> None:
         rows = list(self._running.values())
         ids = torch.tensor([row.last_token for row in rows], device=self.decoder.device)
-        out = self.decoder.step(ids, [row.slot for row in rows])
-        for i, row in enumerate(rows):
-            self._emit(row, out.logits[i], out.greedy[i])
+        self._emit(rows, self.decoder.step(ids, [row.slot for row in rows]))
 
-    def _emit(self, row: _Row, logits: torch.Tensor, greedy: torch.Tensor) -> None:
-        """Choose ``row``'s next token from its logits ``(vocab,)``; stream; check its stops."""
-        request, sampling = row.request, row.request.sampling
-        if not bool(torch.isfinite(logits).all()):
-            self._finish(row, "stop", tail="")  # a broken model ends the request, not the server
-            return
+    def _emit(self, rows: list[_Row], out: DecoderOutput) -> None:
+        """Each row's next token from its logits (one host transfer for the greedy ones): then
+        stream it and check its stops."""
+        finite = torch.isfinite(out.logits).all(dim=-1).tolist()
+        tokens = out.greedy.tolist()
+        for i, row in enumerate(rows):
+            if not finite[i]:
+                self._finish(row, "stop", tail="")  # a broken model ends the request only
+            else:
+                if row.banned is not None or row.generator is not None:
+                    tokens[i] = self._choose(row, out.logits[i])
+                self._take(row, tokens[i])
+
+    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
+        """``row``'s token from its logits ``(vocab,)``: its allowed tokens, its sampling."""
         if row.banned is not None:
             logits = logits.masked_fill(row.banned, -torch.inf)
-        if row.generator is not None:
-            chosen = select_next_tokens(
-                logits[None],
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                generator=row.generator,
-            )[0]
-        else:
-            chosen = greedy if row.banned is None else logits.argmax()
-        token = int(chosen)
+        if row.generator is None:
+            return int(logits.argmax())
+        sampling = row.request.sampling
+        chosen = select_next_tokens(
+            logits[None],
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            generator=row.generator,
+        )
+        return int(chosen[0])
+
+    def _take(self, row: _Row, token: int) -> None:
+        """``token`` is ``row``'s next: stream its text, check the request's stops."""
+        request = row.request
         request.tokens.append(token)
         row.last_token = token
         now = time.perf_counter()

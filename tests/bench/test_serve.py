@@ -1,0 +1,42 @@
+"""futurefill bench serve: a tiny workload served every way, its files, the token check across
+modes, and its option errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from futurefill.cli import main
+
+TINY = [
+    "bench", "serve", "--requests", "6", "--rates", "20", "--prompt-lens", "4", "40",
+    "--output-lens", "2", "12", "--slots", "3", "--clients", "4",
+]  # fmt: skip
+
+
+def test_serve_runs_every_mode_and_writes_its_report(tmp_path, capsys):
+    assert main([*TINY, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "serve.json").read_text())
+    assert [row["mode"] for row in report["rows"]] == ["continuous", "static", "sequential"]
+    assert report["failures"] == []  # every mode's tokens are the request's alone
+    for row in report["rows"]:
+        assert row["tokens"] > 0 and row["tokens_per_s"] > 0
+        assert 0 <= row["itl_median_s"] <= row["itl_p99_s"]
+    for name in ("serve.csv", "serve_table.md", "serve_throughput.png", "serve_latency.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "| 20 | continuous |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt-lens", "50", "10"], "--prompt-lens: MIN 50 is above MAX 10"),
+        (["--output-lens", "1", "5000"], "exceed the model's max_len 2048"),
+        (["--rates", "0"], "argument --rates"),
+    ],
+)
+def test_bad_options_are_one_line(extra, message, tmp_path, capsys):
+    assert main([*TINY, "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
