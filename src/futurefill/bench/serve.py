@@ -73,6 +73,28 @@ def _wait_until(start: float, at: float) -> None:
         time.sleep(delay)
 
 
+def _drive(jobs: list[Job], clients: int, serve) -> None:
+    """Each job served by ``serve(job, start)`` in a thread of its own from its arrival time,
+    at most ``clients`` at a time."""
+    free = threading.Semaphore(clients)
+    start, threads = time.perf_counter(), []
+
+    def client(job: Job) -> None:
+        try:
+            serve(job, start)
+        finally:
+            free.release()
+
+    for job in jobs:
+        _wait_until(start, job.arrival)
+        free.acquire()
+        thread = threading.Thread(target=client, args=(job,))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+
+
 def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) -> None:
     from futurefill.serving import Request, Scheduler
 
@@ -80,28 +102,17 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
         model, tokenizer, slots=args.slots, queue_size=len(jobs), method=args.method
     ).start()
     try:
-        clients = threading.Semaphore(args.clients)
-        start, threads = time.perf_counter(), []
 
-        def serve(job: Job) -> None:
+        def serve(job: Job, start: float) -> None:
             def on_event(text: str, reason: str | None) -> None:
                 now = time.perf_counter() - start
                 while len(job.token_times) < len(request.tokens):
                     job.token_times.append(now)
 
             request = Request(job.prompt, job.max_tokens, on_event=on_event)
-            result = scheduler.complete(request)
-            job.tokens = result.tokens
-            clients.release()
+            job.tokens = scheduler.complete(request).tokens
 
-        for job in jobs:
-            _wait_until(start, job.arrival)
-            clients.acquire()
-            thread = threading.Thread(target=serve, args=(job,))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join()
+        _drive(jobs, args.clients, serve)
     finally:
         scheduler.stop()
 
@@ -179,10 +190,8 @@ def run_http(jobs: list[Job], args: argparse.Namespace) -> None:
                 if time.monotonic() > deadline:
                     raise RuntimeError("futurefill serve did not start") from None
                 time.sleep(0.2)
-        clients = threading.Semaphore(args.clients)
-        start, threads = time.perf_counter(), []
 
-        def serve(job: Job) -> None:
+        def serve(job: Job, start: float) -> None:
             body = {
                 "model": "futurefill-pydoc-stu",
                 "prompt": job.prompt,
@@ -199,16 +208,8 @@ def run_http(jobs: list[Job], args: argparse.Namespace) -> None:
                         if "usage" in event:
                             count = event["usage"]["completion_tokens"]
                             job.tokens = [0] * count  # counted; the ids are not sent back
-            clients.release()
 
-        for job in jobs:
-            _wait_until(start, job.arrival)
-            clients.acquire()
-            thread = threading.Thread(target=serve, args=(job,))
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join()
+        _drive(jobs, args.clients, serve)
     finally:
         server.terminate()
         server.wait(60)
