@@ -51,7 +51,10 @@ def run_schedule(decoder: Decoder, model, seed: int, events: int, slots: int) ->
         if free and (action < 0.3 or not sequences):
             row = rng.choice(free)
             prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 9))]
-            out = decoder.start(row, torch.tensor(prompt))
+            cut = rng.randint(1, len(prompt))  # the rest fed as a second chunk (chunked prefill)
+            out = decoder.start(row, torch.tensor(prompt[:cut]))
+            if cut < len(prompt):
+                out = decoder.extend(row, torch.tensor(prompt[cut:]))
             sequences[row] = [*prompt, int(out.greedy[0])]
             expected = model(torch.tensor([prompt]))[0, -1]
             assert rel_err(out.logits[0], expected) < 1e-10

@@ -189,11 +189,25 @@ class Decoder:
                 f"prompt length {ids.shape[1]} exceeds the decoder's max_len {self.session.max_len}"
             )
         check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
-        self._traced.close()  # eager; the traced steps resume, prepared anew, at the next step
         self.session.reset_rows([row])
+        return self._feed(row, ids)
+
+    @torch.inference_mode()
+    def extend(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
+        """Feed the next piece ``(n,)`` of ``row``'s prompt (independent rows; chunked prefill:
+        right after :meth:`start` or another extension, one parallel pass, the engines'
+        ``extend``). Returns its last position's :class:`DecoderOutput`."""
+        ids = check_input_ids(input_ids[None] if input_ids.dim() == 1 else input_ids, self.device)
+        if ids.shape[0] != 1:
+            raise ValueError(f"extend takes one chunk (n,), got {tuple(input_ids.shape)}")
+        check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
+        return self._feed(row, ids)
+
+    def _feed(self, row: int, ids: torch.Tensor) -> DecoderOutput:
+        """``ids`` ``(1, n)`` through the model for ``row`` alone, eagerly."""
+        self._traced.close()  # the traced steps resume, prepared anew, at the next step
         with self.session.selecting([row]):
-            out = self._output(self.model(ids), 1)
-        return out
+            return self._output(self.model(ids), 1)
 
     def release(self, row: int) -> None:
         """Free ``row`` (independent rows): back to position 0, ready for :meth:`start`."""

@@ -174,3 +174,32 @@ def test_memory_per_slot_is_a_single_sessions(bundled):
             model(torch.tensor([tokenizer.encode("x")]))
         single = session.nbytes
     assert per_slot == single
+
+
+def test_long_prompts_are_prefilled_in_chunks_while_the_others_step(bundled):
+    model, tokenizer = bundled
+    reference = copy.deepcopy(model)
+    chunks = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def forward(self, ids):
+            chunks.append(tuple(ids.shape))
+            return self.model(ids)
+
+    scheduler = Scheduler(Counting(), tokenizer, slots=2, max_len=400, prefill_chunk=64).start()
+    try:
+        short = Request(tokenizer.encode("x = 1"), 60)
+        long = Request(list(b"The with statement is used " * 11), 5)  # 297 tokens
+        results = run_concurrently(scheduler, [short, long], stagger=0.05)
+    finally:
+        scheduler.stop()
+    pieces = [n for batch, n in chunks if batch == 1 and n > 1 and n != 5]
+    assert pieces == [64, 64, 64, 64, 41]  # 297 tokens, 64 an iteration
+    assert results[1].tokens == alone(reference, long)
+    assert results[0].tokens == alone(reference, short)
+    steps_during = [batch for batch, n in chunks if n == 1]
+    assert steps_during  # the short request kept stepping

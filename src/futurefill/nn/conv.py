@@ -12,9 +12,11 @@ Outside a session ``forward`` is one FFT convolution (O(L log L), autograd throu
 session (:func:`futurefill.decoding`) it continues the sequence: the first chunk longer than one
 position is a prefill (one FFT, the engine keeps only what the future needs), a chunk of one
 position is one engine step (O(log^2 L) amortised with ``method="continuous"``), a later longer
-chunk is consumed step by step (exact, O(length) steps). The filter is materialised once per
-session, at the session's ``max_len``, when the first chunk arrives; the engine keeps a snapshot,
-so a weight changed during a session is seen by the next session, not this one.
+chunk is the engine's ``extend`` (right after a prefill or another chunk, the next piece of the
+prompt by one FFT pass: chunked prefill; elsewhere stepped through, exact either way). The
+filter is materialised once per session, at the session's ``max_len``, when the first chunk
+arrives; the engine keeps a snapshot, so a weight changed during a session is seen by the next
+session, not this one.
 """
 
 from __future__ import annotations
@@ -161,9 +163,9 @@ class EngineState(ModuleState):
             h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)
             self._build(h, u, module)
         n = u.shape[1]
-        if self.engine.position == 0 and n > 1:
+        if n > 1:  # a prefill, or the next chunk of a prompt (chunked prefill)
             rows = module.sequence_rows(u)  # (rows, filters, n)
-            y = module.sequence_output(self.engine.prefill(rows), u.shape[0])
+            y = module.sequence_output(self.engine.extend(rows), u.shape[0])
         else:
             steps = [self._step(u[:, i], module) for i in range(n)]
             y = steps[0] if n == 1 else torch.cat(steps, dim=1)

@@ -122,6 +122,41 @@ class OnlineConvEngine(ABC):
         self._prefilled = True
         return y.to(self.dtype)
 
+    def extend(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume the next ``n`` inputs at once and return their outputs: a prefill at
+        position 0, later a continuation of the prompt (chunked prefill). Right after a prefill
+        or an extension the FutureFill engines extend by one FFT pass (O((P + n) log) at most);
+        otherwise, and for engines without a faster way, the chunk is stepped through. The
+        outputs are the same either way.
+
+        Parameters
+        ----------
+        u : Tensor, shape (batch_size, channels, n), ``1 <= n`` and room left for it.
+
+        Returns
+        -------
+        Tensor, shape (batch_size, channels, n).
+        """
+        if self._position == 0:
+            return self.prefill(u)
+        self._check_tensor(u, "u")
+        expected = (self.batch_size, self.channels)
+        if u.dim() != 3 or tuple(u.shape[:2]) != expected or u.shape[-1] < 1:
+            raise ValueError(
+                f"u must have shape (batch_size, channels, n) = ({expected[0]}, {expected[1]}, n), "
+                f"n >= 1, got {tuple(u.shape)}"
+            )
+        if self._position + u.shape[-1] > self.max_len:
+            raise RuntimeError(
+                f"cannot extend by {u.shape[-1]} past max_len={self.max_len} from position "
+                f"{self._position}; call reset()"
+            )
+        y = self._extend(u.detach().to(self.compute_dtype))
+        if y is None:  # stepped through
+            return torch.stack([self.step(u[..., i]) for i in range(u.shape[-1])], dim=-1)
+        self._position += u.shape[-1]
+        return y.to(self.dtype)
+
     def step(self, u_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Consume one input per sequence and return the next output.
 
@@ -249,6 +284,12 @@ class OnlineConvEngine(ABC):
     @abstractmethod
     def _buffers(self) -> list[torch.Tensor]:
         """The tensors the engine owns (counted by ``nbytes``)."""
+
+    def _extend(self, u: torch.Tensor) -> torch.Tensor | None:
+        """Outputs of the inputs ``u`` (batch, channels, n) at ``self._position`` (> 0) at once,
+        the engine set up to continue after them; None where the engine has no faster way than
+        stepping (the default) or not in its current state."""
+        return None
 
     @abstractmethod
     def _scheduled_work(self) -> ScheduledWork | None:

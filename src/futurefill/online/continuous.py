@@ -187,6 +187,21 @@ class ContinuousConv(TiledEngine):
             self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
         return y
 
+    def _extend(self, u: torch.Tensor) -> torch.Tensor | None:
+        """Right after a prefill (or an extension: no input generated since), the chunk is one
+        more piece of the prompt: its outputs are the known part ``c`` plus its own convolution,
+        and its contribution to the outputs after it joins ``c`` (one FFT)."""
+        if self._position != self._offset:
+            return None
+        n, remaining = u.shape[-1], self._remaining
+        known = self._c[..., :remaining].clone()  # every earlier input's part of what follows
+        y, future = prompt_conv(u, self.h[:, : self.max_len], remaining - n)
+        self._allocate(remaining - n)
+        self._c[..., : remaining - n].copy_(known[..., n:] + future)
+        if remaining > n:
+            self._c_tile.copy_(self._c[..., : self.tile_len].permute(2, 0, 1))
+        return y + known[..., :n]
+
     def _tile_end(self, seen: int) -> TileEnd:
         return TileEnd(self, seen)
 

@@ -369,6 +369,20 @@ class DeamortizedConv(TiledEngine):
         self._load_tile(0)
         return y
 
+    def _extend(self, u: torch.Tensor) -> torch.Tensor | None:
+        """Right after a prefill (or an extension), as Continuous-FutureFill's: the chunk's
+        outputs are the prompt's kept part plus its own convolution, and its contribution to
+        what follows joins the prompt's part."""
+        if self._position != self._offset or self._prompt is None:
+            return None
+        n, remaining = u.shape[-1], self._remaining
+        known = self._prompt.clone()  # (K, B, D): every earlier input's part of what follows
+        y, future = prompt_conv(u, self.h[:, : self.max_len], remaining - n)
+        self._allocate(remaining - n)
+        self._prompt = (known[n:] + future.permute(2, 0, 1)).contiguous()
+        self._load_tile(0)
+        return y + known[:n].permute(1, 2, 0)
+
     def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         self._check_failed()
         if self._position - self._offset >= self._pace_at:

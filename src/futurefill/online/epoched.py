@@ -131,6 +131,19 @@ class EpochedConv(OnlineConvEngine):
         gathered by lag, zero for t < j: :func:`~futurefill.online.base.traced_push`)."""
         return traced_push(self._x_epoch, self._cache, self._h_head, u_t, self._index)
 
+    def _extend(self, u: torch.Tensor) -> torch.Tensor | None:
+        """At an epoch's start (after a prefill or an extension), the prefix and the chunk as
+        one prompt: their outputs and the cache of the next epoch, from one FFT pass."""
+        if self._position != self._epoch_start:
+            return None
+        start, stop = self._position, self._position + u.shape[-1]
+        self._x[..., start:stop].copy_(u)
+        h = self._h_padded[:, : stop + self.epoch_len]
+        y, future = prompt_conv(self._x[..., :stop], h, self.epoch_len)
+        self._cache.copy_(future.permute(2, 0, 1))
+        self._epoch_start = stop
+        return y[..., start:]
+
     def _traced_index(self) -> int:
         return self._position - self._epoch_start
 

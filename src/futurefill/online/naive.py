@@ -50,6 +50,12 @@ class NaiveConv(OnlineConvEngine):
         y = self._y[t] if out is None else out
         return torch.sum(products, dim=-1, out=y)
 
+    def _extend(self, u: torch.Tensor) -> torch.Tensor:
+        """The chunk after the history: one FFT convolution of the whole prefix."""
+        start, stop = self._position, self._position + u.shape[-1]
+        self._x[..., start:stop].copy_(u)
+        return causal_conv(self._x[..., :stop], self.h[:, :stop])[..., start:]
+
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
         """The step as a fixed-shape function of the index tensor t: ``u_t`` goes to column t
         of the history, and ``y = sum_s h[t - s] x[s]`` over the whole history, the filter

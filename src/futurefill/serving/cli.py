@@ -45,10 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="requests that may wait for a slot; beyond, 429 with Retry-After",
     )
     parser.add_argument(
-        "--prefill-tokens",
+        "--prefill-chunk",
         type=argtypes.bounded_int(1),
-        default=2048,
-        help="prompt tokens prefilled in one iteration at most (a longer prompt goes alone)",
+        default=256,
+        help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
+        "rows wait for one chunk at most)",
     )
     parser.add_argument(
         "--method", choices=METHODS, default="continuous", help="online convolution engine"
@@ -90,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         method=args.method,
         compile=args.compile,
         queue_size=args.queue_size,
-        prefill_tokens=args.prefill_tokens,
+        prefill_chunk=args.prefill_chunk,
         metrics=metrics,
     )
     app = create_app(scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics)

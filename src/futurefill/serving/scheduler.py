@@ -5,9 +5,10 @@ of ``max_len`` positions each: the memory of B single sessions, whatever the tra
 engine thread that loops::
 
     release the slots of finished and cancelled requests
-    admit waiting requests into free slots, prefilling each prompt in one pass over its row
-        (at most ``prefill_tokens`` prompt tokens an iteration, so that the running rows wait
-        for one prefill budget at most)
+    admit waiting requests into free slots
+    prefill at most ``prefill_chunk`` prompt tokens in all, the admitted prompts in order, each
+        piece one parallel pass over its row (a long prompt takes several iterations: chunked
+        prefill, so that the running rows never wait for more than one chunk)
     one decoder step of every running row (one batched forward of the model)
     choose each row's next token (its own sampling and seed), stream its text, check its stops
 
@@ -88,6 +89,7 @@ class _Row:
         self.request, self.slot, self.decoder = request, slot, decoder
         self.banned, self.generator = banned, generator
         self.held = ""  # text not yet sent: it could be the start of a stop string
+        self.fed = 0  # prompt tokens prefilled so far
         self.last_token = 0
         self.last_event = 0.0
 
@@ -108,8 +110,8 @@ class Scheduler:
     method, compile : the decoder's.
     queue_size : int
         Requests that may wait for a slot; :meth:`submit` raises :class:`QueueFull` beyond.
-    prefill_tokens : int
-        Prompt tokens prefilled in one iteration at most (a longer prompt is prefilled alone).
+    prefill_chunk : int
+        Prompt tokens prefilled in one iteration at most (chunked prefill).
     metrics : object, optional
         With ``observe_*`` hooks (:class:`~futurefill.serving.metrics.Metrics`).
     """
@@ -124,7 +126,7 @@ class Scheduler:
         method: str = "continuous",
         compile: bool = False,
         queue_size: int = 64,
-        prefill_tokens: int = 2048,
+        prefill_chunk: int = 256,
         metrics=None,
     ):
         self.decoder = Decoder(
@@ -137,7 +139,7 @@ class Scheduler:
         )
         self.tokenizer = tokenizer
         self.slots, self.max_len = slots, self.decoder.session.max_len
-        self.queue_size, self.prefill_tokens = queue_size, prefill_tokens
+        self.queue_size, self.prefill_chunk = queue_size, prefill_chunk
         self.vocab_size = self.decoder.vocab_size or tokenizer.vocab_size
         self.metrics = metrics
         self._waiting: collections.deque[Request] = collections.deque()
@@ -262,31 +264,26 @@ class Scheduler:
                 self._finish(row, "cancelled")
         for request, slot in admitted:
             self._admit(request, slot)
-        if self._running:
+        self._prefill()
+        if any(row.last_event for row in self._running.values()):
             self._step()
         return True
 
     def _take_waiting(self) -> list[tuple[Request, int]]:
-        """Requests leaving the queue for free slots, within the prefill budget (the first one
-        whatever its length). Called with the lock held."""
+        """Requests leaving the queue for free slots. Called with the lock held."""
         while self._waiting and self._waiting[0].cancelled:
             self._waiting.popleft().on_event("", "cancelled")
         free = [s for s in range(self.slots) if s not in self._running]
-        taken, budget = [], self.prefill_tokens
+        taken = []
         while self._waiting and len(taken) < len(free):
-            request = self._waiting[0]
+            request = self._waiting.popleft()
             if request.cancelled:
-                self._waiting.popleft().on_event("", "cancelled")
+                request.on_event("", "cancelled")
                 continue
-            if taken and len(request.prompt_ids) > budget:
-                break
-            budget -= len(request.prompt_ids)
-            taken.append((self._waiting.popleft(), free[len(taken)]))
+            taken.append((request, free[len(taken)]))
         return taken
 
     def _admit(self, request: Request, slot: int) -> None:
-        ids = torch.tensor(request.prompt_ids, dtype=torch.long, device=self.decoder.device)
-        out = self.decoder.start(slot, ids)
         sampling = request.sampling
         generator = None
         if sampling.temperature > 0:
@@ -294,16 +291,34 @@ class Scheduler:
             generator = torch.Generator(device=self.decoder.device).manual_seed(seed)
         banned = None
         if request.allowed_token_ids is not None:
-            banned = torch.ones(out.logits.shape[-1], dtype=torch.bool, device=out.logits.device)
+            vocab = self.vocab_size
+            banned = torch.ones(vocab, dtype=torch.bool, device=self.decoder.device)
             banned[list(request.allowed_token_ids)] = False
-        row = _Row(request, slot, self.tokenizer.stream_decoder(), banned, generator)
-        self._running[slot] = row
+        self._running[slot] = _Row(
+            request, slot, self.tokenizer.stream_decoder(), banned, generator
+        )
         if self.metrics is not None:
             self.metrics.observe_admission(time.perf_counter() - request.arrived)
-        self._emit([row], out)
+
+    def _prefill(self) -> None:
+        """At most ``prefill_chunk`` prompt tokens of the rows still prefilling, in admission
+        order; a row whose prompt is done chooses its first token."""
+        budget = self.prefill_chunk
+        for row in [row for row in self._running.values() if row.fed < len(row.request.prompt_ids)]:
+            if budget == 0:
+                return
+            prompt = row.request.prompt_ids
+            piece = prompt[row.fed : row.fed + budget]
+            ids = torch.tensor(piece, dtype=torch.long, device=self.decoder.device)
+            feed = self.decoder.start if row.fed == 0 else self.decoder.extend
+            out = feed(row.slot, ids)
+            row.fed += len(piece)
+            budget -= len(piece)
+            if row.fed == len(prompt):
+                self._emit([row], out)
 
     def _step(self) -> None:
-        rows = list(self._running.values())
+        rows = [row for row in self._running.values() if row.last_event]  # prefilled
         ids = torch.tensor([row.last_token for row in rows], device=self.decoder.device)
         self._emit(rows, self.decoder.step(ids, [row.slot for row in rows]))
 
