@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prefill-chunk",
         type=argtypes.bounded_int(1),
-        default=256,
+        default=2048,
         help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
         "rows wait for one chunk at most)",
     )

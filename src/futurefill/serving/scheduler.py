@@ -111,7 +111,10 @@ class Scheduler:
     queue_size : int
         Requests that may wait for a slot; :meth:`submit` raises :class:`QueueFull` beyond.
     prefill_chunk : int
-        Prompt tokens prefilled in one iteration at most (chunked prefill).
+        Prompt tokens prefilled in one iteration at most (chunked prefill). Each chunk costs its
+        own FFT over the row's remaining length (its contribution to every later output), so
+        smaller chunks bound the running rows' wait at a price in throughput
+        (docs/serving.md).
     metrics : object, optional
         With ``observe_*`` hooks (:class:`~futurefill.serving.metrics.Metrics`).
     """
@@ -126,7 +129,7 @@ class Scheduler:
         method: str = "continuous",
         compile: bool = False,
         queue_size: int = 64,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 2048,
         metrics=None,
     ):
         self.decoder = Decoder(
