@@ -44,7 +44,8 @@ __all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "deco
 
 
 class ModuleState(ABC):
-    """What one module keeps between the chunks of a session.
+    """What one module keeps between the chunks of a session; subclass it for a layer with
+    decoding state of its own kind (docs/extension.md has the contract and a worked example).
 
     Parameters
     ----------
