@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from futurefill import argtypes
+from futurefill.online import METHODS
 
 MODES = ("continuous", "static", "sequential")
 
@@ -281,7 +282,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="ways of serving"
     )
     parser.add_argument("--http", action="store_true", help="also through futurefill serve")
-    parser.add_argument("--method", default="continuous", help="online convolution engine")
+    parser.add_argument(
+        "--method", choices=METHODS, default="continuous", help="online convolution engine"
+    )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="workload seed")
     parser.add_argument("--threads", type=argtypes.threads, default=1, help="torch threads")
     parser.add_argument(
