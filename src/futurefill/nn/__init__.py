@@ -7,11 +7,13 @@ module              computes                                       state in a se
 LongConv            depthwise long causal conv (+ ``D * u`` skip)  an online engine (O(K) cache)
 FilterBankConv      every channel with every filter of a bank      one engine for the bank
 ShortConv           short causal depthwise conv (kernel k, bias)   the last k - 1 inputs
+CausalAttention     attention (GQA, window, ALiBi, softcap)        a key/value cache
 ==================  =============================================  ==============================
 
 :func:`decoding` opens a session over a model; see :mod:`futurefill.nn.session`.
 """
 
+from futurefill.nn.attention import AttentionState, CausalAttention, rotary
 from futurefill.nn.conv import (
     EngineState,
     FilterBankConv,
@@ -29,6 +31,8 @@ from futurefill.nn.session import (
 from futurefill.nn.shortconv import HistoryState, ShortConv
 
 __all__ = [
+    "AttentionState",
+    "CausalAttention",
     "DecodingModule",
     "DecodingSession",
     "EngineState",
@@ -41,4 +45,5 @@ __all__ = [
     "decaying_filters",
     "decoding",
     "decoding_max_len",
+    "rotary",
 ]

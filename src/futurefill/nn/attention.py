@@ -1,0 +1,287 @@
+"""Causal attention with a key/value cache, as a decoding module (the hybrids' attention blocks).
+
+``attn(q, k, v)`` with ``q`` ``(batch, length, heads, head_dim)`` and ``k``, ``v``
+``(batch, length, kv_heads, head_dim)`` (grouped-query attention when ``kv_heads < heads``, each
+key/value head serving ``heads / kv_heads`` query heads) returns ``(batch, length, heads,
+head_dim)``. Query i attends to keys j <= i (and, with ``window``, i - j <= window)::
+
+    scores = scale * q_i . k_j              (scale default 1 / sqrt(head_dim))
+    scores = softcap * tanh(scores / softcap)                  with softcap
+    scores = scores - slope_h * (i - j)                        with ALiBi slopes
+    out_i = softmax_j(scores) . v_j
+
+Outside a session: one ``scaled_dot_product_attention`` call where the options allow (no window,
+ALiBi or softcap), else the exact masked formulation above. In a session: the keys and values go
+into a preallocated cache of ``min(max_len, window + 1)`` slots (a ring with a window: O(window)
+memory whatever the length), each slot remembering the position it holds; a chunk attends to the
+cached positions and to its own. Left padding (ragged lockstep prompts) is never attended; rows at
+independent positions each have their own; a compiled step is one fixed-shape function of the
+cache, the slots' positions and each row's position (tensors).
+
+:func:`rotary` applies rotary position embeddings; :meth:`CausalAttention.positions` gives the
+absolute positions of a chunk (what ``rotary`` needs), outside a session and in one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+
+__all__ = ["AttentionState", "CausalAttention", "rotary"]
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embeddings (the rotate-half convention of GPT-NeoX and LLaMA, over the
+    whole last dimension): ``x`` ``(batch, length, heads, head_dim)`` rotated by the absolute
+    ``positions`` ``(batch, length)``; the same shape. Channel pair (c, c + head_dim / 2) turns
+    by ``position * base ** (-2c / head_dim)``."""
+    half = x.shape[-1] // 2
+    if x.shape[-1] % 2:
+        raise ValueError(f"rotary needs an even head_dim, got {x.shape[-1]}")
+    exponent = torch.arange(half, dtype=torch.float64, device=x.device) * (-2.0 / x.shape[-1])
+    freqs = torch.pow(torch.tensor(base, dtype=torch.float64, device=x.device), exponent)
+    angle = (positions.to(torch.float64)[..., None] * freqs).to(x.dtype)  # (batch, length, half)
+    cos, sin = angle.cos()[:, :, None], angle.sin()[:, :, None]
+    first, second = x[..., :half], x[..., half:]
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+
+
+class AttentionState(ModuleState):
+    """The key/value cache of a :class:`CausalAttention` in a session: ``keys``, ``values``
+    ``(batch, kv_heads, slots, head_dim)``, ``slot_positions`` ``(batch, slots)`` (the position
+    each slot holds, -1 for none) and ``next_position`` ``(batch,)`` (each row's next position),
+    allocated at the first chunk."""
+
+    def __init__(self, session: DecodingSession, name: str, module: CausalAttention):
+        super().__init__(session, name)
+        self.slots = (
+            session.max_len if module.window is None else min(session.max_len, module.window + 1)
+        )
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.slot_positions: torch.Tensor | None = None
+        self.next_position: torch.Tensor | None = None
+        self.row_positions = [0] * session.batch_size
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.keys, self.values, self.slot_positions, self.next_position)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def reset(self) -> None:
+        self._position = 0
+        self.row_positions = [0] * len(self.row_positions)
+        if self.keys is not None:
+            self.slot_positions.fill_(-1)
+            self.next_position.zero_()
+
+    def row_position(self, row: int) -> int:
+        return self.row_positions[row]
+
+    def reset_rows(self, rows: list[int]) -> None:
+        for row in rows:
+            self.row_positions[row] = 0
+        if self.keys is not None:
+            self.slot_positions[rows] = -1
+            self.next_position[rows] = 0
+
+    def advance_rows(self, rows: list[int]) -> list[None]:
+        for row in rows:
+            self.row_positions[row] += 1
+        self.next_position[rows] += 1
+        return []
+
+    def prepare_traced(self) -> None:
+        if self.keys is None:
+            raise ValueError(f"{self.name!r}: traced steps need a first chunk")
+
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [self.keys, self.values, self.slot_positions, self.next_position]
+
+    def advance(self) -> None:
+        self._position += 1
+        self.next_position += 1
+
+    def positions(self, n: int) -> torch.Tensor:
+        """Absolute positions ``(rows, n)`` of the next chunk of the selected rows."""
+        rows = self.session.rows
+        if self.next_position is None:  # before the first chunk: every row at 0
+            count = self.session.batch_size if rows is None else len(rows)
+            return torch.arange(n).expand(count, -1)
+        start = self.next_position
+        if rows is not None and not self.session.traced:
+            start = start[rows]
+        return start[:, None] + torch.arange(n, device=start.device)
+
+    def attend(self, q, k, v, module: CausalAttention) -> torch.Tensor:
+        """The chunk's outputs; its keys and values join the cache."""
+        session = self.session
+        n = q.shape[1]
+        if not session.traced:
+            self.check_input(q, module)
+        if self.keys is None:  # ordinary tensors (resets may come outside inference mode)
+            shape = (session.batch_size, k.shape[2], self.slots, k.shape[3])
+            with torch.inference_mode(False):
+                self.keys = torch.zeros(shape, dtype=k.dtype, device=k.device)
+                self.values = torch.zeros(shape, dtype=v.dtype, device=v.device)
+                self.slot_positions = torch.full(
+                    (session.batch_size, self.slots), -1, dtype=torch.long, device=k.device
+                )
+                self.next_position = torch.zeros(
+                    session.batch_size, dtype=torch.long, device=k.device
+                )
+        rows = None if session.traced else session.rows
+        every = rows is None
+        cached_k = self.keys if every else self.keys[rows]
+        cached_v = self.values if every else self.values[rows]
+        held = self.slot_positions if every else self.slot_positions[rows]
+        start = self.next_position if every else self.next_position[rows]  # (batch,)
+        q_pos = start[:, None] + torch.arange(n, device=q.device)  # (batch, n)
+        if not session.traced:  # zeros at left padding: nothing there reaches any output
+            k, v = session.unpad(k), session.unpad(v)
+        chunk_k, chunk_v = k.transpose(1, 2), v.transpose(1, 2)  # (batch, kv_heads, n, dim)
+        chunk_pos = q_pos
+        if session.valid is not None:  # left padding: never attended
+            chunk_pos = torch.where(session.valid, q_pos, -1)
+        if n == 1:  # a step: into the cache first, then attend to the cache alone
+            slot = (start % self.slots)[:, None]  # (batch, 1)
+            index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], 1, chunk_k.shape[3])
+            cached_k = cached_k.scatter(2, index, chunk_k)
+            cached_v = cached_v.scatter(2, index, chunk_v)
+            held = held.scatter(1, slot, chunk_pos)
+            out = module.attend(q, cached_k, cached_v, q_pos, held)
+        else:  # a chunk: the cache and the chunk itself, then the chunk's last keys cached
+            keys = torch.cat([cached_k, chunk_k], dim=2)
+            values = torch.cat([cached_v, chunk_v], dim=2)
+            out = module.attend(q, keys, values, q_pos, torch.cat([held, chunk_pos], dim=1))
+            last = min(n, self.slots)
+            slot = q_pos[:, n - last :] % self.slots  # (batch, last): distinct slots
+            index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
+            cached_k = cached_k.scatter(2, index, chunk_k[:, :, n - last :])
+            cached_v = cached_v.scatter(2, index, chunk_v[:, :, n - last :])
+            held = held.scatter(1, slot, chunk_pos[:, n - last :])
+        if every:
+            self.keys.copy_(cached_k)
+            self.values.copy_(cached_v)
+            self.slot_positions.copy_(held)
+        else:
+            self.keys[rows], self.values[rows], self.slot_positions[rows] = cached_k, cached_v, held
+        if not session.traced:
+            if every:
+                self.next_position += n
+                self._position += n
+            else:
+                self.next_position[rows] += n
+                for row in rows:
+                    self.row_positions[row] += n
+        return out
+
+
+class CausalAttention(DecodingModule):
+    """The attention core of a hybrid block, decoding through a key/value cache in a session;
+    see the module docstring.
+
+    Parameters
+    ----------
+    window : int, optional
+        Sliding window: each position attends to itself and the ``window`` before it.
+    alibi : Tensor, shape (heads,), optional
+        ALiBi slopes (a buffer: it follows ``.to()``).
+    softcap : float, optional
+        Scores become ``softcap * tanh(scores / softcap)``.
+    scale : float, optional
+        Default ``1 / sqrt(head_dim)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int | None = None,
+        alibi: torch.Tensor | None = None,
+        softcap: float | None = None,
+        scale: float | None = None,
+    ):
+        super().__init__(max_len=None)
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        if softcap is not None and not softcap > 0:
+            raise ValueError(f"softcap must be > 0, got {softcap!r}")
+        self.window, self.softcap, self.scale = window, softcap, scale
+        self.register_buffer("alibi", None if alibi is None else torch.as_tensor(alibi))
+
+    def open_state(self, session: DecodingSession, name: str) -> AttentionState:
+        return AttentionState(session, name, self)
+
+    def positions(self, x: torch.Tensor) -> torch.Tensor:
+        """Absolute positions ``(batch, length)`` of the chunk ``x`` ``(batch, length, ...)``:
+        ``arange(length)`` outside a session, each row's own inside one. Call it before this
+        module's forward for the chunk (rotary, say)."""
+        if self._state is None:
+            return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        return self._state.positions(x.shape[1]).to(x.device)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``(batch, length, heads, dim)``, ``(batch, length, kv_heads, dim)`` x 2 -> like q."""
+        if (
+            q.dim() != 4
+            or k.shape != v.shape
+            or k.shape[:2] != q.shape[:2]
+            or (k.shape[3] != q.shape[3] or q.shape[2] % k.shape[2])
+        ):
+            raise ValueError(
+                "q must be (batch, length, heads, dim) and k, v (batch, length, kv_heads, dim) "
+                f"with kv_heads dividing heads; got {tuple(q.shape)}, {tuple(k.shape)}, "
+                f"{tuple(v.shape)}"
+            )
+        if self._state is not None:
+            return self._state.attend(q, k, v, self)
+        n = q.shape[1]
+        if self.window is None and self.alibi is None and self.softcap is None:
+            group = q.shape[2] // k.shape[2]
+            keys = k.transpose(1, 2).repeat_interleave(group, dim=1)
+            values = v.transpose(1, 2).repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, is_causal=True, scale=self.scale
+            )
+            return out.transpose(1, 2)
+        pos = torch.arange(n, device=q.device).expand(q.shape[0], -1)
+        return self.attend(q, k.transpose(1, 2), v.transpose(1, 2), pos, pos)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """The masked formulation: ``q`` ``(batch, n, heads, dim)`` against ``keys``, ``values``
+        ``(batch, kv_heads, m, dim)`` held at positions ``k_pos`` ``(batch, m)`` (-1: none), the
+        queries at ``q_pos`` ``(batch, n)``; ``(batch, n, heads, dim)``."""
+        heads, group = q.shape[2], q.shape[2] // keys.shape[1]
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        keys = keys.repeat_interleave(group, dim=1)  # (batch, heads, m, dim)
+        values = values.repeat_interleave(group, dim=1)
+        scores = torch.einsum("bnhd,bhmd->bhnm", q, keys) * scale
+        if self.softcap is not None:
+            scores = self.softcap * torch.tanh(scores / self.softcap)
+        distance = q_pos[:, None, :, None] - k_pos[:, None, None, :]  # (batch, 1, n, m)
+        if self.alibi is not None:
+            scores = scores - self.alibi.to(scores.dtype).view(1, heads, 1, 1) * distance
+        allowed = (k_pos[:, None, None, :] >= 0) & (distance >= 0)
+        if self.window is not None:
+            allowed = allowed & (distance <= self.window)
+        scores = scores.masked_fill(~allowed, -torch.inf)
+        weights = torch.softmax(scores, dim=-1)
+        # A query with nothing to attend to (left padding) gets zeros, not NaN.
+        weights = torch.where(allowed.any(dim=-1, keepdim=True), weights, 0.0)
+        return torch.einsum("bhnm,bhmd->bnhd", weights, values)
+
+    def extra_repr(self) -> str:
+        options = {"window": self.window, "softcap": self.softcap, "scale": self.scale}
+        shown = [f"{k}={v}" for k, v in options.items() if v is not None]
+        return ", ".join([*shown, *(["alibi"] if self.alibi is not None else [])])

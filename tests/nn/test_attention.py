@@ -1,0 +1,167 @@
+"""CausalAttention: decoding through its key/value cache equals the parallel forward (float64,
+1e-9) for every method of the model's convolutions, windows below, at and above the prompt, GQA
+and MHA, ALiBi, softcap, rotary, 1-token and ragged prompts, rows at their own positions, compiled
+steps; the forward against a plain reference; rotary's convention."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from futurefill import Decoder, generate
+from futurefill import nn as ffnn
+from futurefill.testing import assert_decoding_matches_forward
+from reference import rel_err
+
+VOCAB, WIDTH = 32, 16
+
+
+class HybridLM(nn.Module):
+    """A long convolution block, then an attention block (rotary on q and k), then a head."""
+
+    def __init__(self, heads=4, kv_heads=2, window=None, alibi=False, softcap=None, max_len=64):
+        super().__init__()
+        self.heads, self.kv_heads, dim = heads, kv_heads, WIDTH // heads
+        self.embed, self.head = nn.Embedding(VOCAB, WIDTH), nn.Linear(WIDTH, VOCAB)
+        self.conv = ffnn.LongConv(WIDTH, max_len, skip=True)
+        self.q = nn.Linear(WIDTH, heads * dim)
+        self.kv = nn.Linear(WIDTH, 2 * kv_heads * dim)
+        slopes = torch.tensor([2.0 ** (-(i + 1)) for i in range(heads)]) if alibi else None
+        self.attn = ffnn.CausalAttention(window=window, alibi=slopes, softcap=softcap)
+        self.out = nn.Linear(heads * dim, WIDTH)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        x = x + torch.tanh(self.conv(x))
+        batch, length, _ = x.shape
+        q = self.q(x).view(batch, length, self.heads, -1)
+        k, v = self.kv(x).view(batch, length, 2 * self.kv_heads, -1).chunk(2, dim=2)
+        positions = self.attn.positions(x)
+        q, k = ffnn.rotary(q, positions), ffnn.rotary(k, positions)
+        x = x + self.out(self.attn(q, k, v).reshape(batch, length, -1))
+        return self.head(x)
+
+
+def model_for(seed=0, **options) -> HybridLM:
+    torch.manual_seed(seed)
+    return HybridLM(**options).double().eval()
+
+
+CONFIGS = [
+    {},  # MHA-shaped GQA, full attention, the forward by SDPA
+    {"heads": 4, "kv_heads": 4, "alibi": True},
+    {"heads": 4, "kv_heads": 1, "window": 3, "softcap": 2.0},
+    {"window": 10, "alibi": True},  # the window equal to the prompt below
+    {"window": 50, "softcap": 5.0},  # longer than everything
+]
+
+
+@pytest.mark.parametrize(
+    "config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default"
+)
+def test_decoding_matches_the_forward_for_every_method(config):
+    model = model_for(**config)
+    ids = torch.randint(0, VOCAB, (3, 21), generator=torch.Generator().manual_seed(1))
+    assert_decoding_matches_forward(model, ids, prompt_lens=(0, 1, 10, 20))
+
+
+def test_forward_against_a_plain_reference():
+    """The masked formulation (window, ALiBi, softcap, GQA) with loops in float64."""
+    torch.manual_seed(2)
+    attn = ffnn.CausalAttention(window=2, alibi=torch.tensor([0.5, 0.25]), softcap=3.0).double()
+    q = torch.randn(1, 6, 2, 4, dtype=torch.float64)
+    k, v = (torch.randn(1, 6, 1, 4, dtype=torch.float64) for _ in range(2))
+    out = attn(q, k, v)
+    for i in range(6):
+        for h in range(2):
+            scores = []
+            for j in range(max(0, i - 2), i + 1):
+                s = float(q[0, i, h] @ k[0, j, 0]) / 2.0
+                s = 3.0 * math.tanh(s / 3.0) - [0.5, 0.25][h] * (i - j)
+                scores.append(s)
+            weights = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+            expected = sum(
+                w * v[0, j, 0] for w, j in zip(weights, range(max(0, i - 2), i + 1), strict=True)
+            )
+            assert rel_err(out[0, i, h], expected) < 1e-12
+
+
+def test_rotary_turns_channel_pairs_by_the_position():
+    x = torch.randn(1, 3, 1, 4, dtype=torch.float64)
+    turned = ffnn.rotary(x, torch.tensor([[0, 1, 5]]), base=100.0)
+    assert torch.equal(turned[:, 0], x[:, 0])
+    for t, p in enumerate((0, 1, 5)):
+        for c in range(2):
+            angle = p * 100.0 ** (-2 * c / 4)
+            a, b = x[0, t, 0, c], x[0, t, 0, c + 2]
+            assert float(turned[0, t, 0, c]) == pytest.approx(
+                float(a * math.cos(angle) - b * math.sin(angle))
+            )
+            assert float(turned[0, t, 0, c + 2]) == pytest.approx(
+                float(b * math.cos(angle) + a * math.sin(angle))
+            )
+
+
+def test_ragged_lockstep_prompts_never_attend_to_the_padding():
+    model = model_for(window=4, alibi=True)
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(3))
+    with Decoder(model, batch_size=2, max_len=20) as decoder:
+        out = decoder.prefill(ids, prompt_lengths=[9, 4])
+        step = decoder.step(torch.tensor([3, 5]))
+    assert rel_err(out.logits[1], reference(ids[1:, :4])[0, -1]) < 1e-10
+    expected = reference(torch.cat([ids[1:, :4], torch.tensor([[5]])], dim=1))[0, -1]
+    assert rel_err(step.logits[1], expected) < 1e-10
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_rows_at_their_own_positions(compile):
+    model = model_for(window=5, alibi=True, softcap=4.0)
+    reference = copy.deepcopy(model)
+    rng = random.Random(4)
+    sequences: dict[int, list[int]] = {}
+    with Decoder(model, batch_size=3, max_len=30, compile=compile, independent_rows=True) as dec:
+        for _ in range(40):
+            free = [r for r in range(3) if r not in sequences]
+            if free and (rng.random() < 0.3 or not sequences):
+                row = rng.choice(free)
+                prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 8))]
+                out = dec.start(row, torch.tensor(prompt))
+                sequences[row] = [*prompt, int(out.greedy[0])]
+            elif sequences and rng.random() < 0.15:
+                row = rng.choice(sorted(sequences))
+                dec.release(row)
+                del sequences[row]
+            else:
+                live = [r for r, s in sequences.items() if len(s) < 30]
+                if not live:
+                    continue
+                out = dec.step(torch.tensor([sequences[r][-1] for r in live]), live)
+                for i, row in enumerate(live):
+                    expected = reference(torch.tensor([sequences[row]]))[0, -1]
+                    assert rel_err(out.logits[i], expected) < 1e-9, row
+                    sequences[row].append(int(out.greedy[i]))
+
+
+def test_compiled_generation_gives_eager_tokens_and_the_cache_is_the_window():
+    model = model_for(window=6)
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
+    eager = generate(model, ids, 40)
+    assert torch.equal(generate(model, ids, 40, compile=True), eager)
+    with Decoder(model, batch_size=2, max_len=60) as decoder:
+        decoder.prefill(ids)
+        state = decoder.session.states["attn"]
+        assert state.keys.shape[2] == 7  # window + 1 slots, whatever max_len
+
+
+def test_bad_shapes_are_refused():
+    attn = ffnn.CausalAttention()
+    with pytest.raises(ValueError, match="kv_heads dividing heads"):
+        attn(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        ffnn.CausalAttention(window=0)
