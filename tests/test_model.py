@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill import METHODS, ConvLM, ConvLMConfig, decoding
+from futurefill import METHODS, ConvLM, ConvLMConfig, decoding, generate
 from futurefill.model import MIXERS
 from futurefill.nn import EngineState
 from futurefill.pretrained import load_pretrained
@@ -248,3 +248,56 @@ def test_a_dtype_change_during_a_session_is_reported_in_model_terms():
         with pytest.raises(RuntimeError, match="dtype or device changed during the session"):
             model(random_ids(1, 1))
         assert session.position == 4
+
+
+@pytest.mark.parametrize(
+    ("hybrid", "fields"),
+    [
+        ("flash_stu", {"attention_window": 5}),  # window below the prompt
+        ("flash_stu", {"attention_window": 10}),  # at it
+        ("flash_stu", {"attention_window": 64, "attention_heads": 2}),  # above everything
+        ("striped_hyena", {}),  # rotary GQA
+        ("striped_hyena", {"attention_kv_heads": None, "attention_every": 3}),  # MHA
+    ],
+)
+def test_hybrids_decode_as_their_forward_with_every_method(hybrid, fields):
+    from futurefill.testing import assert_decoding_matches_forward
+
+    torch.manual_seed(3)
+    config = ConvLMConfig.hybrid(
+        hybrid, vocab_size=VOCAB, d_model=16, n_layers=4, max_len=64, num_eigh=6,
+        hyena_filter_order=8, hyena_emb_dim=5, **fields,
+    )  # fmt: skip
+    model = ConvLM(config).double().eval()
+    ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(4))
+    assert_decoding_matches_forward(model, ids, prompt_lens=(0, 1, 10, 20))
+    kinds = [type(block.mixer).__name__ for block in model.blocks]
+    every = config.attention_every
+    assert kinds.count("Attention") == len(kinds) // every
+
+
+def test_hybrid_generation_equals_recomputing_the_forward():
+    torch.manual_seed(5)
+    config = ConvLMConfig.hybrid(
+        "flash_stu", vocab_size=VOCAB, d_model=16, n_layers=2, max_len=64, num_eigh=6,
+        attention_window=4,
+    )  # fmt: skip
+    model = ConvLM(config).double().eval()
+    with torch.no_grad():
+        model.embed.weight.normal_()
+    prompts = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(6))
+    tokens = generate(model, prompts, 25, prompt_lengths=[7, 3])
+    for row, length in enumerate((7, 3)):
+        ids = prompts[row : row + 1, :length]
+        for _ in range(25):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert torch.equal(tokens[row], ids[0, length:])
+
+
+def test_unknown_hybrid_and_bad_attention_fields():
+    with pytest.raises(ValueError, match="unknown hybrid 'mamba'"):
+        ConvLMConfig.hybrid("mamba")
+    with pytest.raises(ValueError, match="heads must divide d_model"):
+        ConvLMConfig.hybrid("striped_hyena", d_model=30, attention_heads=4)
+    with pytest.raises(ValueError, match="mlp must be 'gelu' or 'swiglu'"):
+        ConvLMConfig(mlp="relu")

@@ -19,14 +19,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_model
 from torch import nn
 
-from futurefill.layers import STU, Hyena, HyenaConfig, LongConvMixer
+from futurefill.layers import STU, Attention, Hyena, HyenaConfig, LongConvMixer
 
 __all__ = [
+    "HYBRIDS",
     "MIXERS",
     "ConvLM",
     "ConvLMConfig",
@@ -58,6 +61,17 @@ class ConvLMConfig:
     hyena_short_filter_order: int = 3  # kernel of the short depthwise convolution
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = True  # the LM head reuses the token embedding matrix
+    mlp: str = "gelu"  # "gelu": Linear, GELU, Linear; "swiglu": down(silu(gate x) * up x)
+    # Hybrids (futurefill.layers.Attention): every attention_every-th block is attention.
+    attention_every: int = 0  # 0: none; 2: blocks 1, 3, 5, ... (Flash STU, StripedHyena)
+    attention_heads: int = 4
+    attention_kv_heads: int | None = None  # grouped-query attention when fewer than the heads
+    attention_window: int | None = None  # sliding window
+    attention_alibi: float | None = None  # ALiBi slopes times this factor (Flash STU: 0.25)
+    attention_softcap: float | None = None
+    attention_rotary: float | None = None  # rotary embeddings' base (StripedHyena: 10000)
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("vocab_size", "d_model", "n_layers", "max_len", "mixer")
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
@@ -77,11 +91,36 @@ class ConvLMConfig:
             raise ValueError(
                 f"num_eigh must be in [1, max_len={self.max_len}], got {self.num_eigh}"
             )
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if not isinstance(self.attention_every, int) or self.attention_every < 0:
+            raise ValueError(f"attention_every must be an int >= 0, got {self.attention_every!r}")
+        if self.attention_every:
+            self.attention()  # checks the attention's fields
         if self.mixer == "hyena":
             try:
                 self.hyena  # noqa: B018 (checks the mixer's fields)
             except ValueError as error:
                 raise ValueError(f"hyena_{error}") from None
+
+    def attention(self) -> Attention:
+        """A new attention mixer of this config (ValueError for fields that do not fit)."""
+        return Attention(
+            self.d_model,
+            self.attention_heads,
+            self.attention_kv_heads,
+            window=self.attention_window,
+            alibi=self.attention_alibi,
+            softcap=self.attention_softcap,
+            rotary=self.attention_rotary,
+        )
+
+    @classmethod
+    def hybrid(cls, name: str, **fields) -> ConvLMConfig:
+        """A hybrid's shape (:data:`HYBRIDS`), with ``fields`` on top."""
+        if name not in HYBRIDS:
+            raise ValueError(f"unknown hybrid {name!r}; expected one of {tuple(HYBRIDS)}")
+        return cls(**{**HYBRIDS[name], **fields})
 
     @property
     def hyena(self) -> HyenaConfig:
@@ -105,8 +144,35 @@ class ConvLMConfig:
         return cls(**values)
 
 
-def make_mixer(config: ConvLMConfig) -> nn.Module:
-    """The sequence-mixing layer named by ``config.mixer``."""
+# The hybrids' shapes (as published; width and depth left to the caller):
+# Flash STU (hazan-lab/flash-stu): STU layers alternating with sliding-window attention with
+# ALiBi (slopes times 0.25) and logit soft-capping, SwiGLU MLPs, RMSNorm, tied embeddings;
+# StripedHyena (Evo 1): Hyena blocks with rotary grouped-query attention every other block.
+HYBRIDS = {
+    "flash_stu": {
+        "mixer": "stu_tensordot",
+        "attention_every": 2,
+        "attention_window": 512,
+        "attention_alibi": 0.25,
+        "attention_softcap": 50.0,
+        "mlp": "swiglu",
+        "tie_embeddings": True,
+    },
+    "striped_hyena": {
+        "mixer": "hyena",
+        "attention_every": 2,
+        "attention_kv_heads": 2,
+        "attention_rotary": 10000.0,
+        "mlp": "swiglu",
+    },
+}
+
+
+def make_mixer(config: ConvLMConfig, index: int = 0) -> nn.Module:
+    """The sequence-mixing layer of block ``index``: attention every ``attention_every``-th
+    block of a hybrid, else the one named by ``config.mixer``."""
+    if config.attention_every and (index + 1) % config.attention_every == 0:
+        return config.attention()
     d, length = config.d_model, config.max_len
     if config.mixer == "longconv":
         return LongConvMixer(d, length)
@@ -116,27 +182,31 @@ def make_mixer(config: ConvLMConfig) -> nn.Module:
 
 
 class MLP(nn.Module):
-    """``(..., d_model) -> (..., d_model)``: Linear, GELU, Linear."""
+    """``(..., d_model) -> (..., d_model)``: Linear, GELU, Linear; or SwiGLU,
+    ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, d_model: int, ratio: int):
+    def __init__(self, d_model: int, ratio: int, kind: str = "gelu"):
         super().__init__()
         self.up = nn.Linear(d_model, ratio * d_model)
         self.act = nn.GELU()
+        self.gate = nn.Linear(d_model, ratio * d_model) if kind == "swiglu" else None
         self.down = nn.Linear(ratio * d_model, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(self.act(self.up(x)))
 
 
 class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm(x))``, then ``x + mlp(norm(x))``."""
 
-    def __init__(self, config: ConvLMConfig):
+    def __init__(self, config: ConvLMConfig, index: int = 0):
         super().__init__()
         self.mixer_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mixer = make_mixer(config)
+        self.mixer = make_mixer(config, index)
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = MLP(config.d_model, config.mlp_ratio)
+        self.mlp = MLP(config.d_model, config.mlp_ratio, config.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, length, d_model) -> (batch, length, d_model)``."""
@@ -222,7 +292,7 @@ class ConvLM(nn.Module):
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:

@@ -35,7 +35,7 @@ import torch
 from futurefill.bench import common, plots
 from futurefill.bench.common import LENGTH, SIZE, Section, option
 from futurefill.decoder import Decoder, DecoderOutput
-from futurefill.model import MIXERS, ConvLM, ConvLMConfig
+from futurefill.model import HYBRIDS, MIXERS, ConvLM, ConvLMConfig
 from futurefill.online import METHODS
 
 # Agreement tolerance of the logits, relative to their largest magnitude. Half precisions round the
@@ -57,7 +57,7 @@ HYENADNA_LARGE_1M = {
     "num_inner_mlps": 2,
     "activation_freq": 10.0,
 }
-BENCH_MIXERS = (*MIXERS, "hyenadna")
+BENCH_MIXERS = (*MIXERS, *HYBRIDS, "hyenadna")
 
 
 class RecomputeStepper:
@@ -185,8 +185,11 @@ def build_model(config: Any, mixer: str, max_len: int, device, dtype):
     else:
         # The STU needs filters of at least its num_eigh positions, however short the runs.
         length = max(max_len, ConvLMConfig.num_eigh)
-        shape = {"n_layers": config.n_layers, "max_len": length, "mixer": mixer}
-        model = ConvLM(ConvLMConfig(**width, **shape))
+        shape = {"n_layers": config.n_layers, "max_len": length}
+        if mixer in HYBRIDS:  # the published shape (Flash STU's window: 512)
+            model = ConvLM(ConvLMConfig.hybrid(mixer, **width, **shape))
+        else:
+            model = ConvLM(ConvLMConfig(**width, **shape, mixer=mixer))
     model = model.eval().to(device=device, dtype=dtype)
     # From the cast model, so both hold the same (rounded) weights.
     return model, copy.deepcopy(model).to(dtype=torch.float64)

@@ -11,9 +11,11 @@ LongConvMixer  explicit per-channel filters, ``D * u`` skip      LongConv (d_mod
 STU            spectral filters, full form (M+ and M-)           FilterBankConv (2k filters)
 STU            tensordot approximation (``tensordot=True``)      LongConv, implicit filter
 Hyena          order N: implicit filters, gating, short conv     ShortConv + (N - 1) x LongConv
+Attention      GQA, window, ALiBi, softcap, rotary (hybrids)     CausalAttention (a KV cache)
 =============  ================================================  ================================
 """
 
+from futurefill.layers.attention import Attention, alibi_slopes
 from futurefill.layers.hyena import Hyena, HyenaConfig, HyenaFilter
 from futurefill.layers.longconv import LongConvMixer
 from futurefill.layers.spectral import hankel_matrix, spectral_filters, top_eigenpairs
@@ -21,10 +23,12 @@ from futurefill.layers.stu import STU
 
 __all__ = [
     "STU",
+    "Attention",
     "Hyena",
     "HyenaConfig",
     "HyenaFilter",
     "LongConvMixer",
+    "alibi_slopes",
     "hankel_matrix",
     "spectral_filters",
     "top_eigenpairs",

@@ -201,11 +201,11 @@ def _load_convlm(directory: Path) -> ConvLM:
         if not (directory / name).is_file():
             raise CheckpointError(f"checkpoint file not found: {directory / name}")
     raw = read_mapping(directory / CONFIG_FILE)
-    missing = [f.name for f in dataclasses.fields(ConvLMConfig) if f.name not in raw]
+    missing = [name for name in ConvLMConfig.REQUIRED if name not in raw]
     if missing:  # ConvLM.save writes every field: anything less is not its config
         raise CheckpointError(
             f"checkpoint config {directory / CONFIG_FILE} is missing fields {missing} (a "
-            "ConvLM's config.json, as ConvLM.save writes it, names every field)"
+            "ConvLM's config.json, as ConvLM.save writes it, names them all)"
         )
     try:
         config = ConvLMConfig.from_dict(raw)
