@@ -165,3 +165,18 @@ def test_bad_shapes_are_refused():
         attn(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
     with pytest.raises(ValueError, match="window must be an int >= 1"):
         ffnn.CausalAttention(window=0)
+
+
+def test_the_forward_in_query_blocks_equals_one_block(monkeypatch):
+    from futurefill.nn import attention
+
+    attn = ffnn.CausalAttention(window=5, alibi=torch.tensor([0.3, 0.1]), softcap=2.0).double()
+    q = torch.randn(2, 23, 2, 4, dtype=torch.float64)
+    k, v = (torch.randn(2, 23, 1, 4, dtype=torch.float64) for _ in range(2))
+    whole = attn(q, k, v)
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 4)
+    assert rel_err(attn(q, k, v), whole) < 1e-13
+    full = ffnn.CausalAttention(softcap=2.0).double()
+    expected = full(q, k, v)
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
+    assert rel_err(full(q, k, v), expected) < 1e-13

@@ -33,6 +33,8 @@ from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
 
 __all__ = ["AttentionState", "CausalAttention", "rotary"]
 
+QUERY_BLOCK = 512  # queries per block of the masked formulation outside a session
+
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embeddings (the rotate-half convention of GPT-NeoX and LLaMA, over the
@@ -248,8 +250,24 @@ class CausalAttention(DecodingModule):
                 q.transpose(1, 2), keys, values, is_causal=True, scale=self.scale
             )
             return out.transpose(1, 2)
+        # The masked formulation, a block of queries at a time against the keys they may see:
+        # O(block x (window + block)) memory with a window, O(block x length) without.
         pos = torch.arange(n, device=q.device).expand(q.shape[0], -1)
-        return self.attend(q, k.transpose(1, 2), v.transpose(1, 2), pos, pos)
+        keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        parts = []
+        for start in range(0, n, QUERY_BLOCK):
+            stop = min(start + QUERY_BLOCK, n)
+            first = 0 if self.window is None else max(0, start - self.window)
+            parts.append(
+                self.attend(
+                    q[:, start:stop],
+                    keys[:, :, first:stop],
+                    values[:, :, first:stop],
+                    pos[:, start:stop],
+                    pos[:, first:stop],
+                )
+            )
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def attend(
         self,
