@@ -180,3 +180,13 @@ def test_the_forward_in_query_blocks_equals_one_block(monkeypatch):
     expected = full(q, k, v)
     monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
     assert rel_err(full(q, k, v), expected) < 1e-13
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_prompts_longer_than_a_query_block_decode_exactly(window, monkeypatch):
+    from futurefill.nn import attention
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 3)
+    model = model_for(window=window, alibi=True)
+    ids = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(8))
+    assert_decoding_matches_forward(model, ids, prompt_lens=(0, 10, 16))

@@ -159,7 +159,8 @@ class AttentionState(ModuleState):
         else:  # a chunk: the cache and the chunk itself, then the chunk's last keys cached
             keys = torch.cat([cached_k, chunk_k], dim=2)
             values = torch.cat([cached_v, chunk_v], dim=2)
-            out = module.attend(q, keys, values, q_pos, torch.cat([held, chunk_pos], dim=1))
+            k_pos = torch.cat([held, chunk_pos], dim=1)
+            out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
             last = min(n, self.slots)
             slot = q_pos[:, n - last :] % self.slots  # (batch, last): distinct slots
             index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
@@ -250,21 +251,36 @@ class CausalAttention(DecodingModule):
                 q.transpose(1, 2), keys, values, is_causal=True, scale=self.scale
             )
             return out.transpose(1, 2)
-        # The masked formulation, a block of queries at a time against the keys they may see:
-        # O(block x (window + block)) memory with a window, O(block x length) without.
         pos = torch.arange(n, device=q.device).expand(q.shape[0], -1)
-        keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        return self.attend_chunk(q, k.transpose(1, 2), v.transpose(1, 2), pos)
+
+    def attend_chunk(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        k_pos: torch.Tensor,
+        cached: int = 0,
+    ) -> torch.Tensor:
+        """:meth:`attend` for a chunk of queries whose own keys are the last ``n`` of ``keys``
+        (after ``cached`` earlier ones), a block of queries at a time against the keys it may
+        see: O(block x (window + cached + block)) memory, so a long prompt fits."""
+        n = q.shape[1]
+        q_pos = k_pos[:, cached:]
         parts = []
         for start in range(0, n, QUERY_BLOCK):
             stop = min(start + QUERY_BLOCK, n)
             first = 0 if self.window is None else max(0, start - self.window)
+            visible = torch.cat(
+                [torch.arange(cached), torch.arange(cached + first, cached + stop)]
+            ).to(keys.device)
             parts.append(
                 self.attend(
                     q[:, start:stop],
-                    keys[:, :, first:stop],
-                    values[:, :, first:stop],
-                    pos[:, start:stop],
-                    pos[:, first:stop],
+                    keys.index_select(2, visible),
+                    values.index_select(2, visible),
+                    q_pos[:, start:stop],
+                    k_pos.index_select(1, visible),
                 )
             )
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
