@@ -376,9 +376,10 @@ def cache(r: dict[str, Any]) -> str:
 
 CHECKED = "of the logits from the float64 forward pass"
 SHAPE = (
-    "ConvLM (mixer hyenadna: a HyenaLM shaped like HyenaDNA-large-1m: order-2 Hyena, emb_dim 5, "
-    "filter FFN 64 wide with 2 inner layers, filters on the 1M grid, MLP 4 x d_model): d_model "
-    "{d_model}, {n_layers} layers, vocab {vocab_size}, batch {batch}, random weights, greedy"
+    "ConvLM of each mixer (hyenadna: a HyenaLM shaped like HyenaDNA-large-1m: order-2 Hyena, "
+    "emb_dim 5, filter FFN 64 wide with 2 inner layers, filters on the 1M grid, MLP 4 x "
+    "d_model; flash_stu, striped_hyena: ConvLMConfig.hybrid's shapes): d_model {d_model}, "
+    "{n_layers} layers, vocab {vocab_size}, batch {batch}, random weights, greedy"
 )
 MODEL = common.Benchmark(
     name="model",
