@@ -86,3 +86,27 @@ def decode_chunks(
             outputs.append(module(x[:, t : t + chunk]))
         assert session.position == length
     return torch.cat(outputs, dim=1), session
+
+
+def tiny_lm(mixer: str = "hyena", seed: int = 0, max_len: int = 64, vocab: int = 32):
+    """A float64 ConvLM of width 8 and 2 layers, its embedding and head unit-scale and untied
+    (varied greedy tokens, not copies of the last one): the decoders' tests' model."""
+    from futurefill import ConvLM, ConvLMConfig
+
+    torch.manual_seed(seed)
+    config = ConvLMConfig(
+        vocab_size=vocab,
+        d_model=8,
+        n_layers=2,
+        max_len=max_len,
+        mixer=mixer,
+        hyena_filter_order=8,
+        hyena_emb_dim=5,
+        num_eigh=6,
+        tie_embeddings=False,
+    )
+    model = ConvLM(config).double().eval()
+    with torch.no_grad():
+        model.embed.weight.normal_()
+        model.head.weight.normal_()
+    return model

@@ -8,30 +8,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill import METHODS, ConvLM, ConvLMConfig, Decoder
-from reference import rel_err
+from futurefill import METHODS, Decoder
+from reference import rel_err, tiny_lm
 
 VOCAB, MAX_LEN = 32, 40
 
 
-def tiny_model(mixer: str = "hyena", seed: int = 0) -> ConvLM:
-    torch.manual_seed(seed)
-    config = ConvLMConfig(
-        vocab_size=VOCAB,
-        d_model=8,
-        n_layers=2,
-        max_len=MAX_LEN,
-        mixer=mixer,
-        hyena_filter_order=8,
-        hyena_emb_dim=5,
-        num_eigh=6,
-        tie_embeddings=False,
-    )
-    model = ConvLM(config).double().eval()
-    with torch.no_grad():
-        model.embed.weight.normal_()
-        model.head.weight.normal_()
-    return model
+def tiny_model(mixer: str = "hyena", seed: int = 0):
+    return tiny_lm(mixer, seed, max_len=MAX_LEN, vocab=VOCAB)
 
 
 def greedy_by_forward(model, prompt: torch.Tensor, steps: int) -> tuple[list, torch.Tensor]:

@@ -12,30 +12,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill import METHODS, ConvLM, ConvLMConfig, Decoder
-from reference import rel_err
+from futurefill import METHODS, Decoder
+from reference import rel_err, tiny_lm
 
 VOCAB = 32
 
 
-def tiny_model(mixer: str = "hyena", seed: int = 0, max_len: int = 64) -> ConvLM:
-    torch.manual_seed(seed)
-    config = ConvLMConfig(
-        vocab_size=VOCAB,
-        d_model=8,
-        n_layers=2,
-        max_len=max_len,
-        mixer=mixer,
-        hyena_filter_order=8,
-        hyena_emb_dim=5,
-        num_eigh=6,
-        tie_embeddings=False,
-    )
-    model = ConvLM(config).double().eval()
-    with torch.no_grad():
-        model.embed.weight.normal_()
-        model.head.weight.normal_()
-    return model
+def tiny_model(mixer: str = "hyena", seed: int = 0, max_len: int = 64):
+    return tiny_lm(mixer, seed, max_len=max_len, vocab=VOCAB)
 
 
 def run_schedule(decoder: Decoder, model, seed: int, events: int, slots: int) -> int:
