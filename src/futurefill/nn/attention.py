@@ -157,10 +157,14 @@ class AttentionState(ModuleState):
             held = held.scatter(1, slot, chunk_pos)
             out = module.attend(q, cached_k, cached_v, q_pos, held)
         else:  # a chunk: the cache and the chunk itself, then the chunk's last keys cached
-            keys = torch.cat([cached_k, chunk_k], dim=2)
-            values = torch.cat([cached_v, chunk_v], dim=2)
-            k_pos = torch.cat([held, chunk_pos], dim=1)
-            out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
+            first = session.valid is None and module.plain and not bool((held >= 0).any())
+            if first:  # nothing cached, no padding, no option: the forward's own SDPA call
+                out = module.sdpa(q, chunk_k, chunk_v)
+            else:
+                keys = torch.cat([cached_k, chunk_k], dim=2)
+                values = torch.cat([cached_v, chunk_v], dim=2)
+                k_pos = torch.cat([held, chunk_pos], dim=1)
+                out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
             last = min(n, self.slots)
             slot = q_pos[:, n - last :] % self.slots  # (batch, last): distinct slots
             index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
@@ -242,17 +246,30 @@ class CausalAttention(DecodingModule):
             )
         if self._state is not None:
             return self._state.attend(q, k, v, self)
-        n = q.shape[1]
-        if self.window is None and self.alibi is None and self.softcap is None:
-            group = q.shape[2] // k.shape[2]
-            keys = k.transpose(1, 2).repeat_interleave(group, dim=1)
-            values = v.transpose(1, 2).repeat_interleave(group, dim=1)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, is_causal=True, scale=self.scale
-            )
-            return out.transpose(1, 2)
-        pos = torch.arange(n, device=q.device).expand(q.shape[0], -1)
+        if self.plain:
+            return self.sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
+        pos = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
         return self.attend_chunk(q, k.transpose(1, 2), v.transpose(1, 2), pos)
+
+    @property
+    def plain(self) -> bool:
+        """No window, ALiBi or softcap: causal attention as ``scaled_dot_product_attention``
+        computes it."""
+        return self.window is None and self.alibi is None and self.softcap is None
+
+    def sdpa(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Causal attention of ``q`` ``(batch, n, heads, dim)`` over its own ``keys``,
+        ``values`` ``(batch, kv_heads, n, dim)`` by one SDPA call (flash or memory-efficient
+        kernels where the device has them)."""
+        group = q.shape[2] // keys.shape[1]
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            keys.repeat_interleave(group, dim=1),
+            values.repeat_interleave(group, dim=1),
+            is_causal=True,
+            scale=self.scale,
+        )
+        return out.transpose(1, 2)
 
     def attend_chunk(
         self,
