@@ -227,7 +227,8 @@ class Decoder:
         return DecoderOutput(*self._compiled_step(ids[:, None]))
 
     def _compiled_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self._compiled(ids)
+        with self.session.traced_positions():
+            out = self._compiled(ids)
         self.session.advance()
         return out
 
@@ -267,7 +268,8 @@ class Decoder:
         every[rows] = ids
         with self.session.selecting(self._all_rows):
             self._enter_traced()
-            logits, greedy = self._compiled(every[:, None])
+            with self.session.traced_positions():
+                logits, greedy = self._compiled(every[:, None])
         self.session.advance(rows)
         return DecoderOutput(logits[rows], greedy[rows])
 

@@ -41,7 +41,7 @@ class HybridLM(nn.Module):
         batch, length, _ = x.shape
         q = self.q(x).view(batch, length, self.heads, -1)
         k, v = self.kv(x).view(batch, length, 2 * self.kv_heads, -1).chunk(2, dim=2)
-        positions = self.attn.positions(x)
+        positions = ffnn.positions(x)
         q, k = ffnn.rotary(q, positions), ffnn.rotary(k, positions)
         x = x + self.out(self.attn(q, k, v).reshape(batch, length, -1))
         return self.head(x)

@@ -182,3 +182,41 @@ def test_padding_errors():
             with pytest.raises(ValueError, match=r"the padding mask is \(2, 4\) but the chunk"):
                 model(torch.randn(2, 5, 3))
         assert session.valid is None and session.position == 0
+
+
+class PositionsRecorder(torch.nn.Module):
+    """A model that records what futurefill.nn.positions gives at every call."""
+
+    def __init__(self):
+        super().__init__()
+        from futurefill.nn import LongConv
+
+        self.conv, self.seen = LongConv(2, 32), []
+
+    def forward(self, x):
+        from futurefill.nn import positions
+
+        self.seen.append(positions(x).tolist())
+        return self.conv(x)
+
+
+def test_positions_outside_in_lockstep_with_padding_and_with_independent_rows():
+    from futurefill import decoding
+
+    model = PositionsRecorder().double()
+    x = torch.zeros(2, 3, 2, dtype=torch.float64)
+    model(x)
+    assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]
+    with decoding(model, batch_size=2, max_len=10) as session:
+        with session.padded(torch.tensor([[True, True, True], [False, True, True]])):
+            model(x)
+        model(x[:, :1])
+    assert model.seen[-2:] == [[[0, 1, 2], [0, 0, 1]], [[3], [2]]]  # row 1 starts at its token
+    with decoding(model, batch_size=3, max_len=10, independent_rows=True) as session:
+        with session.selecting([2]):
+            model(x[:1])
+        with session.selecting([0, 2]):
+            model(x[:, :1])
+    assert model.seen[-2:] == [[[0, 1, 2]], [[0], [3]]]
+    model(x)  # outside again
+    assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]

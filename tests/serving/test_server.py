@@ -218,13 +218,15 @@ def test_metrics_report_the_queue_rows_latencies_and_bytes_per_slot(server):
 def test_a_flood_past_the_queue_gets_429_with_retry_after():
     server = Server("--slots", "1", "--queue-size", "1")
     try:
-        long = {"model": MODEL, "prompt": "a", "max_tokens": 1500}
+        long = {"model": MODEL, "prompt": "a", "max_tokens": 2000}
         threads = [threading.Thread(target=server.post, args=(long,)) for _ in range(2)]
-        for thread in threads:  # one running, one waiting
-            thread.start()
         deadline = time.monotonic() + 30
-        while server.metric("futurefill_queue_length") < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        for thread, (name, count) in zip(  # one running, then one waiting
+            threads, [("futurefill_running_rows", 1), ("futurefill_queue_length", 1)], strict=True
+        ):
+            thread.start()
+            while server.metric(name) < count and time.monotonic() < deadline:
+                time.sleep(0.02)
         code, reply, headers = server.post({"model": MODEL, "prompt": "b", "max_tokens": 2})
         assert code == 429 and headers.get("retry-after") == "1"
         assert "overloaded" in reply["error"]["message"]

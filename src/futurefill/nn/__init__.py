@@ -27,6 +27,7 @@ from futurefill.nn.session import (
     ModuleState,
     decoding,
     decoding_max_len,
+    positions,
 )
 from futurefill.nn.shortconv import HistoryState, ShortConv
 
@@ -45,5 +46,6 @@ __all__ = [
     "decaying_filters",
     "decoding",
     "decoding_max_len",
+    "positions",
     "rotary",
 ]

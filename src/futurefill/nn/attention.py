@@ -18,8 +18,8 @@ cached positions and to its own. Left padding (ragged lockstep prompts) is never
 independent positions each have their own; a compiled step is one fixed-shape function of the
 cache, the slots' positions and each row's position (tensors).
 
-:func:`rotary` applies rotary position embeddings; :meth:`CausalAttention.positions` gives the
-absolute positions of a chunk (what ``rotary`` needs), outside a session and in one.
+:func:`rotary` applies rotary position embeddings at the positions
+:func:`futurefill.nn.positions` gives (outside a session and in one).
 """
 
 from __future__ import annotations
@@ -107,17 +107,6 @@ class AttentionState(ModuleState):
     def advance(self) -> None:
         self._position += 1
         self.next_position += 1
-
-    def positions(self, n: int) -> torch.Tensor:
-        """Absolute positions ``(rows, n)`` of the next chunk of the selected rows."""
-        rows = self.session.rows
-        if self.next_position is None:  # before the first chunk: every row at 0
-            count = self.session.batch_size if rows is None else len(rows)
-            return torch.arange(n).expand(count, -1)
-        start = self.next_position
-        if rows is not None and not self.session.traced:
-            start = start[rows]
-        return start[:, None] + torch.arange(n, device=start.device)
 
     def attend(self, q, k, v, module: CausalAttention) -> torch.Tensor:
         """The chunk's outputs; its keys and values join the cache."""
@@ -222,14 +211,6 @@ class CausalAttention(DecodingModule):
 
     def open_state(self, session: DecodingSession, name: str) -> AttentionState:
         return AttentionState(session, name, self)
-
-    def positions(self, x: torch.Tensor) -> torch.Tensor:
-        """Absolute positions ``(batch, length)`` of the chunk ``x`` ``(batch, length, ...)``:
-        ``arange(length)`` outside a session, each row's own inside one. Call it before this
-        module's forward for the chunk (rotary, say)."""
-        if self._state is None:
-            return torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        return self._state.positions(x.shape[1]).to(x.device)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(batch, length, heads, dim)``, ``(batch, length, kv_heads, dim)`` x 2 -> like q."""

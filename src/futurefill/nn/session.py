@@ -31,6 +31,7 @@ inside the model's forward for another reason may leave modules at different pos
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
@@ -40,7 +41,38 @@ from torch import nn
 from futurefill.checks import check_int
 from futurefill.online import ScheduledWork, check_engine_options, run_scheduled
 
-__all__ = ["DecodingModule", "DecodingSession", "ModuleState", "decoding", "decoding_max_len"]
+
+class _Chunk(threading.local):
+    """What :func:`positions` reads, per thread: the first position of every row of the chunk
+    the model in a session is running now (``start``, a LongTensor), or None outside one."""
+
+    start: torch.Tensor | None = None
+
+
+_CHUNK = _Chunk()
+
+
+def positions(x: torch.Tensor) -> torch.Tensor:
+    """The absolute position of every element of the current chunk ``x`` ``(batch, length,
+    ...)``, a LongTensor ``(batch, length)``: ``arange(length)`` outside a decoding session;
+    inside one, each row's own positions (counted from its first real token: left padding is
+    at 0), with rows at independent positions too, and in compiled steps (from a tensor the
+    session updates). Call it from the model's forward (rotary embeddings, say)."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    start = _CHUNK.start
+    if start is None:
+        return steps.expand(x.shape[0], -1)
+    return (start.to(x.device)[:, None] + steps).clamp(min=0)
+
+
+__all__ = [
+    "DecodingModule",
+    "DecodingSession",
+    "ModuleState",
+    "decoding",
+    "decoding_max_len",
+    "positions",
+]
 
 
 class ModuleState(ABC):
@@ -251,6 +283,13 @@ class DecodingSession:
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
             module._state = state
+        # positions(): each chunk's first positions, set around every call of the model; in
+        # compiled steps a tensor advanced with the positions (the hooks are left out there).
+        self._model = model
+        self._pad = torch.zeros(self.batch_size, dtype=torch.long)  # left padding, per row
+        self._position_tensor: torch.Tensor | None = None
+        self._outer: list[torch.Tensor | None] = []
+        self._hooks = self._add_hooks()
         self._open = True
 
     @property
@@ -296,6 +335,33 @@ class DecodingSession:
             raise ValueError(f"rows must be distinct, got {rows}")
         return rows
 
+    def _add_hooks(self) -> tuple:
+        return (
+            self._model.register_forward_pre_hook(self._begin_chunk),
+            self._model.register_forward_hook(self._end_chunk),
+        )
+
+    def _begin_chunk(self, module: nn.Module, args: tuple) -> None:
+        """Before the model runs a chunk: its rows' first positions, for :func:`positions`."""
+        if self.independent_rows:
+            rows = self.rows if self.rows is not None else range(self.batch_size)
+            start = torch.tensor([self.row_position(r) for r in rows])
+        else:
+            position = self.position
+            if position == 0:  # a first chunk: its left padding, where there is one
+                self._pad = (~self.valid).sum(1).cpu() if self.valid is not None else self._pad * 0
+            start = position - self._pad
+        self._outer.append(_CHUNK.start)
+        _CHUNK.start = start
+
+    def _end_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
+        _CHUNK.start = self._outer.pop() if self._outer else None
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = ()
+
     @property
     def nbytes(self) -> int:
         """Bytes held by every module's state (engines, histories)."""
@@ -336,7 +402,9 @@ class DecodingSession:
         (half precisions decode eagerly). On CUDA the states'
         tensors (:meth:`ModuleState.traced_tensors`) are marked static addresses, so that a CUDA
         graph of the step (``mode="reduce-overhead"``) updates them in place, unguarded: a new
-        session re-records the graph, it does not recompile it."""
+        session re-records the graph, it does not recompile it. A model that reads
+        :func:`positions` is called inside :meth:`traced_positions` there (the
+        :class:`~futurefill.decoder.Decoder` does it)."""
         first = next(iter(self.states.values()))
         started = (
             any(first.row_position(r) for r in range(self.batch_size))
@@ -350,11 +418,35 @@ class DecodingSession:
             for tensor in state.traced_tensors():
                 if tensor.is_cuda:  # a CUDA graph may update it in place, at this address
                     torch._dynamo.mark_static_address(tensor, guard=False)
+        # positions() in the graph: a tensor of every row's position, advanced in place.
+        first = next(iter(self.states.values()))
+        if self.independent_rows:
+            start = [first.row_position(r) for r in range(self.batch_size)]
+        else:
+            start = [first.position] * self.batch_size
+        device = next(self._model.parameters()).device
+        self._position_tensor = (torch.tensor(start) - self._pad).to(device)
+        if self._position_tensor.is_cuda:
+            torch._dynamo.mark_static_address(self._position_tensor, guard=False)
+        self._remove_hooks()  # a compiled step must not depend on this session's hooks
         self.traced = True
         try:
             yield self
         finally:
             self.traced = False
+            self._position_tensor = None
+            if self._open:
+                self._hooks = self._add_hooks()
+
+    @contextlib.contextmanager
+    def traced_positions(self) -> Iterator[None]:
+        """Around each call of the model inside :meth:`traced_steps` (the compiled step's): what
+        :func:`positions` reads is every row's position, a tensor the session advances."""
+        outer, _CHUNK.start = _CHUNK.start, self._position_tensor
+        try:
+            yield
+        finally:
+            _CHUNK.start = outer
 
     def advance(self, rows: list[int] | None = None) -> None:
         """After a compiled step (see :meth:`traced_steps`): every module one position on (with
@@ -364,11 +456,15 @@ class DecodingSession:
             if self.position >= self.max_len:
                 raise RuntimeError(f"cannot step past max_len={self.max_len}; call reset()")
             run_scheduled([state.advance() for state in self.states.values()])
+            if self._position_tensor is not None:
+                self._position_tensor += 1
             return
         rows = self._check_rows(rows if rows is not None else [])
         if max(map(self.row_position, rows)) >= self.max_len:
             raise RuntimeError(f"cannot step past max_len={self.max_len}; reset the row")
         run_scheduled([w for state in self.states.values() for w in state.advance_rows(rows)])
+        if self._position_tensor is not None:
+            self._position_tensor[rows] += 1
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, ...)`` with zeros at the padding of :meth:`padded` (or ``x``)."""
@@ -391,6 +487,7 @@ class DecodingSession:
         if not self._open:
             return
         self._open = False
+        self._remove_hooks()
         for module in self._modules:
             module._state = None
 
