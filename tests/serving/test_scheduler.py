@@ -14,7 +14,7 @@ import torch
 
 from futurefill import METHODS, generate
 from futurefill.serving import QueueFull, Request, Sampling, Scheduler
-from futurefill.tokenizers import DnaTokenizer, load_with_tokenizer
+from futurefill.tokenizers import ByteTokenizer, DnaTokenizer, load_with_tokenizer
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pretrained"
 
@@ -203,3 +203,29 @@ def test_long_prompts_are_prefilled_in_chunks_while_the_others_step(bundled):
     assert results[0].tokens == alone(reference, short)
     steps_during = [batch for batch, n in chunks if n == 1]
     assert steps_during  # the short request kept stepping
+
+
+@pytest.mark.parametrize("hybrid", ["flash_stu", "striped_hyena"])
+def test_a_hybrid_model_under_load(hybrid):
+    """Attention's key/value cache at independent positions, beside the convolutions."""
+    from futurefill import ConvLM, ConvLMConfig
+
+    torch.manual_seed(9)
+    config = ConvLMConfig.hybrid(
+        hybrid,
+        d_model=32,
+        n_layers=4,
+        max_len=128,
+        attention_window=6 if hybrid == "flash_stu" else None,
+    )
+    model = ConvLM(config).eval()
+    reference = copy.deepcopy(model)
+    tokenizer = ByteTokenizer()
+    requests = mixed_requests(tokenizer, 8, seed=5, max_prompt=30, max_new=25)
+    scheduler = Scheduler(model, tokenizer, slots=3, max_len=64).start()
+    try:
+        results = run_concurrently(scheduler, requests, stagger=0.002)
+    finally:
+        scheduler.stop()
+    for request, result in zip(requests, results, strict=True):
+        assert result.tokens == alone(reference, request)
