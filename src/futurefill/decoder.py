@@ -76,6 +76,9 @@ class Decoder:
         (:data:`futurefill.online.METHODS`).
     compile : bool
         Each step after the prefill one compiled graph (float32 or float64 models).
+    independent_rows : bool
+        Every row at its own position: :meth:`start`, :meth:`extend`, ``step(ids, rows)`` and
+        :meth:`release` instead of :meth:`prefill` and ``step(ids)`` (docs/serving.md).
     **engine_options
         The method's knobs (``epoch_len``, ``tile_len``).
     """
@@ -164,8 +167,7 @@ class Decoder:
             raise ValueError(f"prompt length {longest} exceeds the decoder's max_len {max_len}")
         n = torch.tensor(lengths, device=self.device)  # (batch,)
         in_prompt = torch.arange(width, device=self.device) < n[:, None]  # (batch, width)
-        vocab = self.vocab_size or torch.iinfo(torch.long).max
-        check_token_ids(ids[in_prompt], vocab, "input_ids")
+        self._check_vocabulary(ids[in_prompt])
         start = longest - n  # (batch,): where each prompt begins once it ends at ``longest``
         columns = torch.arange(longest, device=self.device)
         valid = columns >= start[:, None]  # (batch, longest): False at the left padding
@@ -181,14 +183,11 @@ class Decoder:
         """Start a new sequence in ``row`` (independent rows) with its prompt ``(P,)``, in one
         parallel pass over that row alone: the other rows keep their state. Returns the
         prompt's last position's :class:`DecoderOutput` (a batch of one)."""
-        ids = check_input_ids(input_ids[None] if input_ids.dim() == 1 else input_ids, self.device)
-        if ids.shape[0] != 1:
-            raise ValueError(f"start takes one prompt (P,), got {tuple(input_ids.shape)}")
+        ids = self._row_ids(input_ids, "start takes one prompt (P,)")
         if ids.shape[1] > self.session.max_len:
             raise ValueError(
                 f"prompt length {ids.shape[1]} exceeds the decoder's max_len {self.session.max_len}"
             )
-        check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
         self.session.reset_rows([row])
         return self._feed(row, ids)
 
@@ -197,11 +196,18 @@ class Decoder:
         """Feed the next piece ``(n,)`` of ``row``'s prompt (independent rows; chunked prefill:
         right after :meth:`start` or another extension, one parallel pass, the engines'
         ``extend``). Returns its last position's :class:`DecoderOutput`."""
+        return self._feed(row, self._row_ids(input_ids, "extend takes one chunk (n,)"))
+
+    def _row_ids(self, input_ids: torch.Tensor, what: str) -> torch.Tensor:
+        """One row's ids ``(n,)`` (or ``(1, n)``) as ``(1, n)``, checked."""
         ids = check_input_ids(input_ids[None] if input_ids.dim() == 1 else input_ids, self.device)
         if ids.shape[0] != 1:
-            raise ValueError(f"extend takes one chunk (n,), got {tuple(input_ids.shape)}")
+            raise ValueError(f"{what}, got {tuple(input_ids.shape)}")
+        self._check_vocabulary(ids)
+        return ids
+
+    def _check_vocabulary(self, ids: torch.Tensor) -> None:
         check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
-        return self._feed(row, ids)
 
     def _feed(self, row: int, ids: torch.Tensor) -> DecoderOutput:
         """``ids`` ``(1, n)`` through the model for ``row`` alone, eagerly."""

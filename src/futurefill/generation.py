@@ -21,7 +21,7 @@ from futurefill.decoder import Decoder, check_input_ids, check_prompt_lengths
 from futurefill.nn import decoding_max_len
 from futurefill.online import engine_options, engine_options_text
 
-__all__ = ["GenerationOutput", "generate", "select_next_tokens"]
+__all__ = ["GenerationOutput", "banned_tokens", "generate", "select_next_tokens"]
 
 
 class GenerationOutput(NamedTuple):
@@ -180,7 +180,7 @@ def generate(
         )
     _check_sampling(do_sample, temperature, top_k, top_p, generator, device)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    banned = _banned_tokens(suppress_token_ids, allowed_token_ids, vocab, device)
+    banned = banned_tokens(suppress_token_ids, allowed_token_ids, vocab, device)
     sample = functools.partial(
         select_next_tokens,
         do_sample=True,
@@ -327,7 +327,7 @@ def _check_sampling(
         )
 
 
-def _banned_tokens(
+def banned_tokens(
     suppress: Sequence[int] | None,
     allowed: Sequence[int] | None,
     vocab: int | None,

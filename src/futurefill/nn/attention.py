@@ -67,7 +67,6 @@ class AttentionState(ModuleState):
         self.values: torch.Tensor | None = None
         self.slot_positions: torch.Tensor | None = None
         self.next_position: torch.Tensor | None = None
-        self.row_positions = [0] * session.batch_size
 
     @property
     def nbytes(self) -> int:
@@ -75,27 +74,20 @@ class AttentionState(ModuleState):
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def reset(self) -> None:
-        self._position = 0
-        self.row_positions = [0] * len(self.row_positions)
+        self.restart_positions()
         if self.keys is not None:
             self.slot_positions.fill_(-1)
             self.next_position.zero_()
 
-    def row_position(self, row: int) -> int:
-        return self.row_positions[row]
-
     def reset_rows(self, rows: list[int]) -> None:
-        for row in rows:
-            self.row_positions[row] = 0
+        self.restart_positions(rows)
         if self.keys is not None:
             self.slot_positions[rows] = -1
             self.next_position[rows] = 0
 
     def advance_rows(self, rows: list[int]) -> list[None]:
-        for row in rows:
-            self.row_positions[row] += 1
         self.next_position[rows] += 1
-        return []
+        return super().advance_rows(rows)
 
     def prepare_traced(self) -> None:
         if self.keys is None:
@@ -169,11 +161,9 @@ class AttentionState(ModuleState):
         if not session.traced:
             if every:
                 self.next_position += n
-                self._position += n
             else:
                 self.next_position[rows] += n
-                for row in rows:
-                    self.row_positions[row] += n
+            self.consumed(n)
         return out
 
 

@@ -106,7 +106,7 @@ class EngineState(ModuleState):
             state.reset()
         if self.engine is not None:
             self.engine.reset()
-        self._position = 0
+        self.restart_positions()
 
     def row_position(self, row: int) -> int:
         return self.row_states[row].position
@@ -166,10 +166,9 @@ class EngineState(ModuleState):
         if n > 1:  # a prefill, or the next chunk of a prompt (chunked prefill)
             rows = module.sequence_rows(u)  # (rows, filters, n)
             y = module.sequence_output(self.engine.extend(rows), u.shape[0])
-        else:
-            steps = [self._step(u[:, i], module) for i in range(n)]
-            y = steps[0] if n == 1 else torch.cat(steps, dim=1)
-        self._position += n
+        else:  # one position: one engine step
+            y = self._step(u[:, 0], module)
+        self.consumed(n)
         return y
 
     def _step(self, u_t: torch.Tensor, module: _OnlineConv) -> torch.Tensor:

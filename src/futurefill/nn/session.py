@@ -44,9 +44,10 @@ from futurefill.online import ScheduledWork, check_engine_options, run_scheduled
 
 class _Chunk(threading.local):
     """What :func:`positions` reads, per thread: the first position of every row of the chunk
-    the model in a session is running now (``start``, a LongTensor), or None outside one."""
+    the model in a session is running now (``start``: a list of ints, turned into a tensor only
+    when asked; in compiled steps the session's position tensor), or None outside one."""
 
-    start: torch.Tensor | None = None
+    start: list[int] | torch.Tensor | None = None
 
 
 _CHUNK = _Chunk()
@@ -62,7 +63,8 @@ def positions(x: torch.Tensor) -> torch.Tensor:
     start = _CHUNK.start
     if start is None:
         return steps.expand(x.shape[0], -1)
-    return (start.to(x.device)[:, None] + steps).clamp(min=0)
+    start = torch.as_tensor(start, device=x.device)
+    return (start[:, None] + steps).clamp(min=0)
 
 
 __all__ = [
@@ -92,6 +94,7 @@ class ModuleState(ABC):
         self.dtype: torch.dtype | None = None  # of the inputs, fixed by the first chunk
         self.device: torch.device | None = None
         self._position = 0
+        self._row_positions = [0] * session.batch_size  # with independent rows
 
     def check_input(self, x: torch.Tensor, module: nn.Module) -> None:
         """Raise unless ``x`` ``(batch, length, ...)`` continues this session: same dtype and
@@ -125,20 +128,43 @@ class ModuleState(ABC):
         """Positions consumed so far."""
         return self._position
 
+    def consumed(self, n: int) -> None:
+        """Count a chunk of ``n`` positions (outside compiled steps, whose positions
+        :meth:`advance` or :meth:`advance_rows` count): the session's, and with independent
+        rows each selected row's."""
+        self._position += n
+        for row in self.session.rows or ():
+            self._row_positions[row] += n
+
+    def restart_positions(self, rows: list[int] | None = None) -> None:
+        """``rows`` (default: every row, and the session's position) back to position 0: for
+        :meth:`reset` and :meth:`reset_rows`, beside clearing the state itself."""
+        if rows is None:
+            self._position = 0
+            rows = range(len(self._row_positions))
+        for row in rows:
+            self._row_positions[row] = 0
+
     # With independent rows (``session.independent_rows``) every row has a position of its own,
-    # and these three replace ``position``, ``reset`` and ``advance`` for the rows given.
+    # and these three replace ``position``, ``reset`` and ``advance`` for the rows given. A state
+    # that supports them implements ``reset_rows`` (clearing those rows of its own state): the
+    # base refuses, so that a state written for lockstep batches cannot serve rows silently.
 
     def row_position(self, row: int) -> int:
         """Positions consumed so far by ``row``."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
+        return self._row_positions[row]
 
     def reset_rows(self, rows: list[int]) -> None:
-        """Those rows back to position 0, the others untouched."""
+        """Those rows back to position 0 (their state cleared, :meth:`restart_positions`), the
+        others untouched."""
         raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
 
     def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
-        """After a compiled step: those rows one position on; the work each schedules."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no rows at their own positions")
+        """After a compiled step: those rows one position on; the work each schedules (none by
+        default)."""
+        for row in rows:
+            self._row_positions[row] += 1
+        return []
 
     @property
     @abstractmethod
@@ -286,7 +312,7 @@ class DecodingSession:
         # positions(): each chunk's first positions, set around every call of the model; in
         # compiled steps a tensor advanced with the positions (the hooks are left out there).
         self._model = model
-        self._pad = torch.zeros(self.batch_size, dtype=torch.long)  # left padding, per row
+        self._pad = [0] * self.batch_size  # left padding, per row
         self._position_tensor: torch.Tensor | None = None
         self._outer: list[torch.Tensor | None] = []
         self._hooks = self._add_hooks()
@@ -342,15 +368,17 @@ class DecodingSession:
         )
 
     def _begin_chunk(self, module: nn.Module, args: tuple) -> None:
-        """Before the model runs a chunk: its rows' first positions, for :func:`positions`."""
+        """Before the model runs a chunk: its rows' first positions, for :func:`positions`
+        (Python ints: no tensor work unless the model asks)."""
         if self.independent_rows:
             rows = self.rows if self.rows is not None else range(self.batch_size)
-            start = torch.tensor([self.row_position(r) for r in rows])
+            start = [self.row_position(r) for r in rows]
         else:
             position = self.position
             if position == 0:  # a first chunk: its left padding, where there is one
-                self._pad = (~self.valid).sum(1).cpu() if self.valid is not None else self._pad * 0
-            start = position - self._pad
+                valid = self.valid
+                self._pad = [0] * self.batch_size if valid is None else (~valid).sum(1).tolist()
+            start = [position - pad for pad in self._pad]
         self._outer.append(_CHUNK.start)
         _CHUNK.start = start
 
@@ -425,7 +453,8 @@ class DecodingSession:
         else:
             start = [first.position] * self.batch_size
         device = next(self._model.parameters()).device
-        self._position_tensor = (torch.tensor(start) - self._pad).to(device)
+        start = [s - pad for s, pad in zip(start, self._pad, strict=True)]
+        self._position_tensor = torch.tensor(start, device=device)
         if self._position_tensor.is_cuda:
             torch._dynamo.mark_static_address(self._position_tensor, guard=False)
         self._remove_hooks()  # a compiled step must not depend on this session's hooks

@@ -34,7 +34,6 @@ class HistoryState(ModuleState):
             dtype=weight.dtype,
             device=weight.device,
         )
-        self._row_positions = [0] * session.batch_size  # with independent rows
 
     @property
     def nbytes(self) -> int:
@@ -42,21 +41,11 @@ class HistoryState(ModuleState):
 
     def reset(self) -> None:
         self.history.zero_()
-        self._position = 0
-        self._row_positions = [0] * len(self._row_positions)
-
-    def row_position(self, row: int) -> int:
-        return self._row_positions[row]
+        self.restart_positions()
 
     def reset_rows(self, rows: list[int]) -> None:
         self.history[rows] = 0
-        for row in rows:
-            self._row_positions[row] = 0
-
-    def advance_rows(self, rows: list[int]) -> list[None]:
-        for row in rows:
-            self._row_positions[row] += 1
-        return []
+        self.restart_positions(rows)
 
     def extend(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``(batch, n, channels)`` after the kept inputs; keeps the new last ones (and,
@@ -74,9 +63,7 @@ class HistoryState(ModuleState):
         else:
             self.history[rows] = kept
         if not self.session.traced:
-            self._position += x.shape[1]
-            for row in rows or ():
-                self._row_positions[row] += x.shape[1]
+            self.consumed(x.shape[1])
         return extended
 
     def prepare_traced(self) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from futurefill.decoder import Decoder, DecoderOutput
-from futurefill.generation import select_next_tokens
+from futurefill.generation import banned_tokens, select_next_tokens
 from futurefill.tokenizers import StreamDecoder, Tokenizer
 
 __all__ = ["Completion", "QueueFull", "Request", "Sampling", "Scheduler"]
@@ -292,11 +292,8 @@ class Scheduler:
         if sampling.temperature > 0:
             seed = sampling.seed if sampling.seed is not None else torch.seed()
             generator = torch.Generator(device=self.decoder.device).manual_seed(seed)
-        banned = None
-        if request.allowed_token_ids is not None:
-            vocab = self.vocab_size
-            banned = torch.ones(vocab, dtype=torch.bool, device=self.decoder.device)
-            banned[list(request.allowed_token_ids)] = False
+        allowed = request.allowed_token_ids
+        banned = banned_tokens(None, allowed, self.vocab_size, self.decoder.device)
         self._running[slot] = _Row(
             request, slot, self.tokenizer.stream_decoder(), banned, generator
         )
