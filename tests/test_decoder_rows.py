@@ -86,6 +86,30 @@ def test_compiled_rows_match_the_forward(method):
         assert run_schedule(decoder, reference, seed=7, events=50, slots=3) >= 2
 
 
+@pytest.mark.parametrize("method", ["continuous", "naive"])
+def test_compiled_steps_beside_a_row_in_the_middle_of_its_prompt(method):
+    """A row that has started and waits (its prompt fed in chunks) while the others take
+    compiled steps keeps its state: those steps run eagerly, the next ones compiled again."""
+    model = tiny_model("hyena", seed=2)
+    reference = copy.deepcopy(model)
+    prompt, other = [3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1]
+    with Decoder(
+        model, batch_size=3, max_len=30, method=method, compile=True, independent_rows=True
+    ) as decoder:
+        out = decoder.start(1, torch.tensor(other))
+        sequence = [*other, int(out.greedy[0])]
+        decoder.start(0, torch.tensor(prompt[:3]))  # row 0 waits in the middle of its prompt
+        for _ in range(4):
+            out = decoder.step(torch.tensor([sequence[-1]]), [1])
+            sequence.append(int(out.greedy[0]))
+        out = decoder.extend(0, torch.tensor(prompt[3:]))
+        expected = reference(torch.tensor([prompt]))[0, -1]
+        assert rel_err(out.logits[0], expected) < 1e-10
+        out = decoder.step(torch.tensor([int(out.greedy[0]), sequence[-1]]), [0, 1])
+        expected = reference(torch.tensor([sequence]))[0, -1]
+        assert rel_err(out.logits[1], expected) < 1e-10
+
+
 def test_row_errors_name_the_row_and_leave_others_alone():
     model = tiny_model()
     with Decoder(model, batch_size=2, max_len=10, independent_rows=True) as decoder:

@@ -265,11 +265,17 @@ class Decoder:
     def _step_rows(self, ids: torch.Tensor, rows: list[int] | None) -> DecoderOutput:
         if rows is None:
             raise ValueError("with independent rows, step(ids, rows) says whose tokens these are")
-        if self._compiled is None:
-            with self.session.selecting(rows):
+        # Compiled: one fixed-shape step of every row (the others fed a placeholder, their
+        # outputs dropped), then only the given rows move on. The placeholder reaches the other
+        # rows' states, so this is for steps where every other row is free (it is cleared when
+        # it starts); a step beside a row that has started and waits (in the middle of its
+        # chunked prompt, say) runs eagerly.
+        session, live = self.session, set(rows)
+        waiting = any(session.row_position(r) for r in self._all_rows if r not in live)
+        if self._compiled is None or waiting:
+            self._traced.close()
+            with session.selecting(rows):
                 return self._output(self.model(ids[:, None]), len(rows))
-        # Compiled: one fixed-shape step of every row (the waiting ones fed a placeholder, their
-        # outputs dropped), then only the given rows move on.
         every = torch.zeros(self.session.batch_size, dtype=torch.long, device=self.device)
         every[rows] = ids
         with self.session.selecting(self._all_rows):

@@ -30,7 +30,7 @@ from torch import nn
 
 from futurefill.fftconv import bank_conv, causal_conv
 from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState, RowSession
-from futurefill.online import make_engine
+from futurefill.online import ENGINES, ContinuousRows, make_engine
 from futurefill.online.base import OnlineConvEngine, ScheduledWork
 
 __all__ = ["FilterBankConv", "FilterLengthError", "LongConv", "decaying_filters"]
@@ -81,15 +81,19 @@ def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> Non
 
 class EngineState(ModuleState):
     """The online engine of one convolution module, built at the module's first chunk. With
-    independent rows, one such state per row (:attr:`row_states`, each a batch of one), whose
-    engines are built together, at the first chunk of any row."""
+    independent rows, the method's engine for rows at their own positions (one state for the
+    batch: :attr:`~futurefill.online.OnlineConvEngine.rows_engine`), or, for a method without
+    one, one such state per row (:attr:`row_states`, each a batch of one), built together from
+    one set of taps at the first chunk of any row."""
 
     def __init__(self, session: DecodingSession, name: str):
         super().__init__(session, name)
         self.engine: OnlineConvEngine | None = None
         self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
+        self.rows_engine: ContinuousRows | None = None
         self.row_states: list[EngineState] | None = None
-        if session.independent_rows:
+        self._rows_per_sequence = 1  # engine rows of one sequence row (FilterBankConv: more)
+        if session.independent_rows and ENGINES[session.method].rows_engine is None:
             row_session = RowSession(session)
             self.row_states = [
                 EngineState(row_session, f"{name}[{row}]") for row in range(session.batch_size)
@@ -99,26 +103,45 @@ class EngineState(ModuleState):
     def nbytes(self) -> int:
         if self.row_states is not None:
             return sum(state.nbytes for state in self.row_states)
-        return 0 if self.engine is None else self.engine.nbytes
+        engine = self.rows_engine or self.engine
+        return 0 if engine is None else engine.nbytes
 
     def reset(self) -> None:
         for state in self.row_states or ():
             state.reset()
-        if self.engine is not None:
-            self.engine.reset()
+        for engine in (self.engine, self.rows_engine):
+            if engine is not None:
+                engine.reset()
         self.restart_positions()
 
     def row_position(self, row: int) -> int:
-        return self.row_states[row].position
+        if self.row_states is not None:
+            return self.row_states[row].position
+        return super().row_position(row)
 
     def reset_rows(self, rows: list[int]) -> None:
-        for row in rows:
-            self.row_states[row].reset()
+        if self.row_states is not None:
+            for row in rows:
+                self.row_states[row].reset()
+            return
+        if self.rows_engine is not None:
+            self.rows_engine.reset_rows(self._engine_rows(rows))
+        self.restart_positions(rows)
 
     def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
-        return [self.row_states[row].advance() for row in rows]
+        if self.row_states is not None:
+            return [self.row_states[row].advance() for row in rows]
+        works = self.rows_engine.advance(self._engine_rows(rows))
+        super().advance_rows(rows)
+        return works
 
     def prepare_traced(self) -> None:
+        if self.session.independent_rows and self.row_states is None:
+            if self.rows_engine is None:
+                raise ValueError(f"{self.name!r}: traced steps need a first chunk")
+            if self.rows_engine.compute_dtype != self.rows_engine.dtype:
+                raise ValueError(f"{self.name!r}: no compiled step in half precision")
+            return
         for state in self.row_states or [self]:
             if state.engine is None:
                 raise ValueError(f"{state.name!r}: traced steps need a first chunk")
@@ -128,6 +151,8 @@ class EngineState(ModuleState):
                 raise ValueError(f"{state.name!r}: {error}") from None
 
     def traced_tensors(self) -> list[torch.Tensor]:
+        if self.rows_engine is not None:
+            return self.rows_engine.traced_tensors()
         return [t for state in self.row_states or [self] for t in state.engine.traced_tensors()]
 
     def advance(self) -> ScheduledWork | None:
@@ -142,6 +167,8 @@ class EngineState(ModuleState):
         independent rows, row i of ``u`` continues the selected row ``session.rows[i]``."""
         if self.row_states is not None:
             return self._consume_rows(u, module)
+        if self.session.independent_rows:
+            return self._consume_shared(u, module)
         if self.session.traced:  # inside a compiled step: tensor operations only
             if u.shape[1] != 1:  # static under torch.compile: no cost in the graph
                 raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
@@ -186,7 +213,7 @@ class EngineState(ModuleState):
         )
         self.step_shape = (u.shape[0], 1, u.shape[2])
 
-    def _consume_rows(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+    def _selected_rows(self, u: torch.Tensor, module: _OnlineConv) -> list[int]:
         rows = self.session.rows
         if rows is None:
             raise RuntimeError(
@@ -198,6 +225,55 @@ class EngineState(ModuleState):
                 f"{type(module).__name__} {self.name!r} got a batch of {u.shape[0]}; the decoding "
                 f"session has {len(rows)} selected rows"
             )
+        return rows
+
+    def _engine_rows(self, rows: list[int]) -> list[int]:
+        """The rows engine's rows of the session's ``rows``."""
+        m = self._rows_per_sequence
+        return rows if m == 1 else [row * m + k for row in rows for k in range(m)]
+
+    def _consume_shared(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+        """Independent rows in one rows engine: a step of the selected rows together, or a
+        chunk (prompt) of each selected row."""
+        session = self.session
+        if session.traced:  # a compiled step of every row
+            if u.shape[1] != 1:
+                raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
+            return module.step_output(self.rows_engine.step_traced(module.step_rows(u[:, 0])))
+        rows = self._selected_rows(u, module)
+        module.check_input(u)
+        self.check_input(u, module)
+        if self.rows_engine is None:
+            h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
+            self._rows_per_sequence = module.rows_per_sequence
+            self.rows_engine = ENGINES[session.method].rows_engine(
+                h,
+                max_len=session.max_len,
+                batch_size=session.batch_size * module.rows_per_sequence,
+                **session.engine_options,
+            )
+        if self in session.deferred:  # the last chunk's tile ends, not run (no end hook)
+            session.run_deferred()
+        if u.shape[1] == 1:  # a step: its tile ends run after the model's forward, batched
+            engine_rows = self._engine_rows(rows)
+            y = module.step_output(self.rows_engine.push(module.step_rows(u[:, 0]), engine_rows))
+            session.defer(self, self.rows_engine.advance(engine_rows))
+        else:
+            parts = [
+                module.sequence_output(
+                    self.rows_engine.extend(
+                        module.sequence_rows(u[i : i + 1]), self._engine_rows([row])
+                    ),
+                    1,
+                )
+                for i, row in enumerate(rows)
+            ]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts)
+        self.consumed(u.shape[1])
+        return y
+
+    def _consume_rows(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
+        rows = self._selected_rows(u, module)
         if self.row_states[0].engine is None:  # every row's engine, from one set of taps
             module.check_input(u)
             h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)

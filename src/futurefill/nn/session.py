@@ -312,6 +312,10 @@ class DecodingSession:
         # positions(): each chunk's first positions, set around every call of the model; in
         # compiled steps a tensor advanced with the positions (the hooks are left out there).
         self._model = model
+        # Work scheduled by eager steps of rows engines, run when the model's forward ends
+        # (batched across modules and rows): the states that deferred some, and the work.
+        self.deferred: set[ModuleState] = set()
+        self._deferred_work: list[ScheduledWork] = []
         self._pad = [0] * self.batch_size  # left padding, per row
         self._position_tensor: torch.Tensor | None = None
         self._outer: list[torch.Tensor | None] = []
@@ -345,6 +349,7 @@ class DecodingSession:
         """Start new sequences in ``rows`` (independent rows): back to position 0, the other
         rows untouched."""
         rows = self._check_rows(rows)
+        self.run_deferred()
         for state in self.states.values():
             state.reset_rows(rows)
 
@@ -384,6 +389,23 @@ class DecodingSession:
 
     def _end_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
         _CHUNK.start = self._outer.pop() if self._outer else None
+        self.run_deferred()
+
+    def defer(self, state: ModuleState, works: list[ScheduledWork]) -> None:
+        """Run ``works`` (scheduled by ``state``'s step) when the model's forward ends, with every
+        other module's: :meth:`run_deferred`. A state that finds itself in :attr:`deferred` at
+        its next chunk (a forward that ended without the hook, or a module called alone) runs
+        them first."""
+        if works:
+            self.deferred.add(state)
+            self._deferred_work.extend(works)
+
+    def run_deferred(self) -> None:
+        """Run the deferred work, batched (:func:`~futurefill.online.run_scheduled`)."""
+        if self._deferred_work:
+            works, self._deferred_work = self._deferred_work, []
+            self.deferred.clear()
+            run_scheduled(works)
 
     def _remove_hooks(self) -> None:
         for hook in self._hooks:
@@ -441,6 +463,7 @@ class DecodingSession:
         )
         if not started:
             raise RuntimeError("traced steps need a first chunk: prefill the prompt first")
+        self.run_deferred()
         for state in self.states.values():
             state.prepare_traced()
             for tensor in state.traced_tensors():
@@ -508,6 +531,7 @@ class DecodingSession:
 
     def reset(self) -> None:
         """Start new sequences: every module back to position 0, allocations and filters kept."""
+        self._deferred_work, self.deferred = [], set()
         for state in self.states.values():
             state.reset()
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_scheduled
-from futurefill.online.continuous import ContinuousConv, default_tile_len
+from futurefill.online.continuous import ContinuousConv, ContinuousRows, default_tile_len
 from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
@@ -30,6 +30,7 @@ __all__ = [
     "ENGINES",
     "METHODS",
     "ContinuousConv",
+    "ContinuousRows",
     "DeamortizedConv",
     "EpochedConv",
     "NaiveConv",

@@ -48,6 +48,10 @@ class OnlineConvEngine(ABC):
     options: ClassVar[dict[str, Callable[[object], int]]] = {}
     #: One line for the method tables: time for L steps, memory, how.
     summary: ClassVar[str] = ""
+    #: The method's engine for rows at independent positions, one state for the whole batch
+    #: (:class:`~futurefill.online.continuous.ContinuousRows`'s interface); None: sessions with
+    #: independent rows keep one engine of this class per row.
+    rows_engine: ClassVar[type | None] = None
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         if not isinstance(h, torch.Tensor):

@@ -17,19 +17,37 @@ cost O(b log b), so each level costs O(K log K) and there are log2(K / b0) of th
 After a prompt of length P, ``c`` starts as the prompt's contribution to the K = max_len - P
 outputs after it (one FFT); the prompt itself is dropped, so memory is O(K), not O(P + K).
 Filter spectra for every level (rfft of ``h[0 : 2b]`` at length 2b) are computed once.
+
+Rows at independent positions (continuous batching) have an engine of their own,
+:class:`ContinuousRows`: one state for a whole batch whose rows start, step and restart on their
+own, each on the schedule above from its own position 0:
+
+* the current tiles are buffers ``(B, b0, D)``, every row at its own place ``j_r`` in its tile
+  (an index tensor ``(B,)``): a step of any set of rows is a handful of batched tensor
+  operations (the input to place ``j_r`` of its tile, ``h[t - j_r] u_r`` to every later place
+  ``t``, from a table of the b0 shifted filter heads), the same for 1 row or B;
+* tile ends of different rows (and of different layers) with levels of one size run as one FFT
+  call (:class:`RowTileEnd`), whatever their positions;
+* a prompt, or any chunk of it, is fed by walking its tiles (:meth:`ContinuousRows.extend`):
+  per piece of a tile, one FFT of length 2 b0 for its direct part, then the tile's end, so a chunk
+  of ``n`` inputs costs O(n log^2 n) and its FFTs cover only the blocks it completes, never the
+  row's remaining length (chunked prefill at the cost of the chunk).
+
+Its memory: ``x`` and ``c`` of ``max_len`` per row (a row must be able to hold any sequence), the
+two tiles, and the level spectra once for all rows.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
 
 from futurefill.checks import check_int
-from futurefill.fftconv import prompt_conv
-from futurefill.online.base import OnlineConvEngine, ScheduledWork, traced_push
+from futurefill.fftconv import compute_dtype, prompt_conv
+from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_scheduled, traced_push
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -53,6 +71,304 @@ def default_tile_len(channels: int, batch_size: int, device: torch.device) -> in
     if torch.device(device).type == "cuda":
         return 256
     return 64 if channels * batch_size <= 512 else 128
+
+
+def default_rows_tile_len(device: torch.device) -> int:
+    """The tile b0 of :class:`ContinuousRows`: its step gathers one of b0 shifted filter heads
+    per row, ``(rows, b0, channels)``, from a table of ``b0 * b0 * channels`` taps, so its tiles
+    are smaller than a lockstep engine's. On CPU 16 and 32 step fastest for the bundled model's
+    16 rows (docs/results/cpu-2core/tuning.md); on CUDA a launch costs more than the push."""
+    return 64 if torch.device(device).type == "cuda" else 32
+
+
+class ContinuousRows:
+    """Online causal convolution of ``batch_size`` rows, each at its own position, by
+    Continuous-FutureFill (see the module docstring).
+
+    Parameters
+    ----------
+    h : Tensor, shape (channels, filter_len)
+        One causal filter per channel, shared by every row; computed in h's dtype (float16 and
+        bfloat16 in float32).
+    max_len : int, optional
+        Longest sequence of a row; default and maximum ``filter_len``.
+    batch_size : int
+        Rows.
+    tile_len : int, optional
+        The direct-computation tile b0, a power of two; default :func:`default_rows_tile_len`.
+
+    Every method takes ``rows``, a list of distinct row indices, and inputs for those rows in
+    that order; a row's outputs are ``causal_conv`` of its own inputs since its last
+    :meth:`reset_rows`, whatever the other rows do.
+
+    Examples
+    --------
+    >>> from futurefill.fftconv import causal_conv
+    >>> h, u = torch.randn(2, 16, dtype=torch.float64), torch.randn(2, 9, dtype=torch.float64)
+    >>> engine = ContinuousRows(h, batch_size=3, tile_len=2)
+    >>> y_prompt = engine.extend(u[None, :, :5], [1])    # row 1 starts with a prompt of 5
+    >>> y_a = engine.step(u[None, :, 0], [2])            # row 2 starts by stepping
+    >>> y_b = engine.step(torch.stack([u[:, 5], u[:, 1]]), [1, 2])   # both step on
+    >>> expected = causal_conv(u[None, :, :6], h)[0]
+    >>> bool(torch.allclose(torch.cat([y_prompt[0], y_b[:1].t()], 1), expected))
+    True
+    >>> engine.position(1), engine.position(2)
+    (6, 2)
+    """
+
+    def __init__(
+        self,
+        h: torch.Tensor,
+        *,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        tile_len: int | None = None,
+    ):
+        if not isinstance(h, torch.Tensor) or h.dim() != 2 or 0 in h.shape:
+            raise ValueError(f"h must be a non-empty tensor (channels, filter_len), got {h!r}")
+        channels, filter_len = h.shape
+        max_len = filter_len if max_len is None else check_int(max_len, "max_len")
+        if max_len > filter_len:
+            raise ValueError(f"max_len {max_len} exceeds filter_len {filter_len}")
+        self.batch_size = batch_size = check_int(batch_size, "batch_size")
+        self.dtype, self.compute_dtype = h.dtype, compute_dtype(h.dtype)
+        self.device, self.channels, self.max_len = h.device, channels, max_len
+        if tile_len is None:
+            tile_len = default_rows_tile_len(h.device)
+        self.tile_len = b0 = check_tile_len(tile_len)
+        # Ordinary tensors, updated in place in and out of inference mode (resets come outside).
+        with torch.inference_mode(False):
+            h = h.detach().to(self.compute_dtype)[:, :max_len]
+            padded = -(-max_len // b0) * b0  # whole tiles
+            self._x = self._zeros(batch_size, channels, padded)  # every row's inputs
+            self._c = self._zeros(batch_size, channels, padded)  # known part of its outputs
+            self._x_tile = self._zeros(batch_size, b0, channels)  # every row's current tile
+            self._c_tile = self._zeros(batch_size, b0, channels)
+            # What an input at place j adds to the tile: pushes[j, t] = h[t - j] (0 for t < j).
+            self._pushes = self._zeros(b0, b0, channels)
+            for j in range(min(b0, max_len)):
+                width = min(b0 - j, max_len)
+                self._pushes[j, j : j + width].copy_(h[:, :width].t())
+            # The direct part of a piece of a tile (at most b0 inputs, lags below b0), by FFT.
+            self._tile_spectrum = torch.fft.rfft(h[:, :b0], n=2 * b0)
+            self._spectra = {}  # level b -> rfft of h[:, :2b] at length 2b
+            b = b0
+            while b < max_len:
+                self._spectra[b] = torch.fft.rfft(h[:, : 2 * b], n=2 * b)
+                b *= 2
+            self._index = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # j_r
+            self._all_rows = torch.arange(batch_size, device=self.device)
+        self._positions = [0] * batch_size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the engine's buffers (every row's and the shared spectra)."""
+        tensors = [self._x, self._c, self._x_tile, self._c_tile, self._pushes, self._index]
+        tensors += [self._tile_spectrum, *self._spectra.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def position(self, row: int) -> int:
+        """Inputs ``row`` has consumed since it was last reset."""
+        return self._positions[row]
+
+    def reset_rows(self, rows: Sequence[int]) -> None:
+        """Those rows back to position 0 (empty sequences), the others untouched."""
+        index = self._row_tensor(rows)
+        for row in rows:
+            self._positions[row] = 0
+        self._c.index_fill_(0, index, 0)
+        self._c_tile.index_fill_(0, index, 0)
+        self._index.index_fill_(0, index, 0)
+
+    def reset(self) -> None:
+        """Every row back to position 0."""
+        self.reset_rows(range(self.batch_size))
+
+    def step(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """One input per row of ``rows``: ``u`` ``(len(rows), channels)``; returns those rows'
+        outputs ``(len(rows), channels)`` and runs the tile ends the step completes."""
+        y = self.push(u, rows)
+        for work in self.advance(rows):
+            work.run()
+        return y
+
+    def push(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The tensor part of :meth:`step`: the outputs of ``rows`` for ``u``; :meth:`advance`
+        of those rows must follow (its tile ends run before their next input)."""
+        self._check(u, rows, 2)
+        if any(self._positions[row] >= self.max_len for row in rows):
+            raise RuntimeError(f"a row is at max_len={self.max_len}: reset it first")
+        return self._push(u.to(self.compute_dtype), self._row_tensor(rows)).to(self.dtype)
+
+    def step_traced(self, u: torch.Tensor) -> torch.Tensor:
+        """Every row's output ``(batch_size, channels)`` for ``u`` ``(batch_size, channels)``, by
+        tensor operations alone (for a compiled step); :meth:`advance` of the rows that really
+        stepped must follow. A row that did not step must be reset before it is used again (its
+        tile received this input)."""
+        return self._push(u, self._all_rows)
+
+    def advance(self, rows: Sequence[int]) -> list[RowTileEnd]:
+        """After a step of ``rows``: each one position on; returns their tile ends (to run, or to
+        batch with other engines' by :func:`~futurefill.online.run_scheduled`)."""
+        b0, works = self.tile_len, []
+        for row in rows:
+            self._positions[row] += 1
+            if self._positions[row] % b0 == 0:
+                works.append(RowTileEnd(self, row, self._positions[row]))
+        self._index.copy_(torch.tensor([p % b0 for p in self._positions]))
+        return works
+
+    def extend(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """The next ``n`` inputs of ``rows``, all at one position: ``u`` ``(len(rows), channels,
+        n)``; returns their outputs, same shape, the rows left as if stepped through the chunk.
+        O(n log^2 n): the FFTs cover the blocks the chunk completes, never the rows' remaining
+        length. A chunk that starts inside a tile first finishes that tile (its direct part by
+        one FFT of length 2 b0, then the tile's end); the rest is :meth:`_extend_tiles`."""
+        self._check(u, rows, 3)
+        start = self._positions[rows[0]]
+        if any(self._positions[row] != start for row in rows):
+            raise ValueError("extend takes rows at one position; extend each row alone")
+        n, b0 = u.shape[-1], self.tile_len
+        if start + n > self.max_len:
+            raise RuntimeError(f"no room for {n} more inputs before max_len={self.max_len}")
+        index = self._row_tensor(rows)
+        u = u.to(self.compute_dtype)
+        outputs = []
+        j = start % b0  # place in the current tile
+        if j:
+            m = min(b0 - j, n)
+            piece = u[..., :m]  # (R, D, m)
+            direct = torch.fft.irfft(
+                torch.fft.rfft(piece, n=2 * b0) * self._tile_spectrum, n=2 * b0
+            )[..., : b0 - j]  # the piece's part of outputs j .. end of its tile
+            self._x_tile[index, j : j + m] = piece.transpose(1, 2)
+            self._c_tile[index, j:] += direct.transpose(1, 2)
+            outputs.append(self._c_tile[index, j : j + m].transpose(1, 2))
+            if j + m == b0:
+                RowTileEnd.run_batch([RowTileEnd(self, row, start + m) for row in rows])
+            u, start = u[..., m:], start + m
+        if u.shape[-1]:
+            outputs.append(self._extend_tiles(u, index, rows, start))
+        for row in rows:
+            self._positions[row] = start + u.shape[-1]
+        self._index.index_fill_(0, index, (start + u.shape[-1]) % b0)
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+        return y.to(self.dtype)
+
+    def _extend_tiles(
+        self, u: torch.Tensor, index: torch.Tensor, rows: Sequence[int], start: int
+    ) -> torch.Tensor:
+        """A chunk ``u`` ``(R, D, n)`` from ``start``, a tile's first place. Stepping it would run
+        the tile ends ``e`` of the chunk in order, but a level only reads inputs (all known now)
+        and writes outputs ``e ..``, never one before its own end: so the chunk's inputs are
+        written, every level of its tile ends runs (one FFT call per level size, all rows), and
+        each output is then ``c[t]`` (everything before t's tile) plus the direct part from its
+        own tile (one batched FFT over the tiles). The last, partial, tile's outputs become the
+        rows' current tile."""
+        b0, n = self.tile_len, u.shape[-1]
+        self._x[index, :, start : start + n] = u
+        run_scheduled(
+            RowTileEnd(self, row, end, stepped=False)
+            for end in range(start + b0, start + n + 1, b0)
+            for row in rows
+        )
+        tiles = -(-n // b0)
+        padded = torch.nn.functional.pad(u, (0, tiles * b0 - n)).unflatten(-1, (tiles, b0))
+        spectrum = self._tile_spectrum.unsqueeze(1)  # (D, 1, b0 + 1)
+        direct = torch.fft.irfft(torch.fft.rfft(padded, n=2 * b0) * spectrum, n=2 * b0)
+        direct = direct[..., :b0].flatten(-2)  # (R, D, tiles * b0): within each tile
+        y = self._c[index, :, start : start + n] + direct[..., :n]
+        if n % b0:  # the chunk ends inside its last tile
+            last = start + (tiles - 1) * b0
+            tile = self._c[index, :, last : last + b0] + direct[..., last - start :]
+            self._c_tile[index] = tile.transpose(1, 2)
+            self._x_tile[index, : start + n - last] = u[..., last - start :].transpose(1, 2)
+        elif start + n < self.max_len:  # at a tile's start: the tile's known part
+            self._c_tile[index] = self._c[index, :, start + n : start + n + b0].transpose(1, 2)
+        return y
+
+    def traced_tensors(self) -> list[torch.Tensor]:
+        """What :meth:`step_traced` reads or updates in place."""
+        return [self._x_tile, self._c_tile, self._pushes, self._index, self._all_rows]
+
+    def _push(self, u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``u`` ``(R, D)`` to its rows' tiles: the input to place ``j_r`` of the tile, ``h[t -
+        j_r] u_r`` to every place ``t >= j_r`` of the outputs; returns the outputs at ``j_r``."""
+        j = self._index.index_select(0, index)  # (R,)
+        self._x_tile.index_put_((index, j), u)
+        self._c_tile.index_add_(0, index, self._pushes.index_select(0, j) * u[:, None])
+        return self._c_tile[index, j]
+
+    def _row_tensor(self, rows: Sequence[int]) -> torch.Tensor:
+        if len(rows) == self.batch_size and list(rows) == list(range(self.batch_size)):
+            return self._all_rows
+        return torch.tensor(list(rows), device=self.device)
+
+    def _check(self, u: torch.Tensor, rows: Sequence[int], dims: int) -> None:
+        rows = list(rows)
+        if not rows or len(set(rows)) != len(rows):
+            raise ValueError(f"rows must be distinct and non-empty, got {rows}")
+        if not all(isinstance(r, int) and 0 <= r < self.batch_size for r in rows):
+            raise ValueError(f"rows must be ints in [0, {self.batch_size}), got {rows}")
+        if (
+            not isinstance(u, torch.Tensor)
+            or u.dim() != dims
+            or u.shape[:2]
+            != (
+                len(rows),
+                self.channels,
+            )
+        ):
+            what = "(rows, channels)" if dims == 2 else "(rows, channels, n)"
+            shape = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+            raise ValueError(f"u must have shape {what} with channels={self.channels}, got {shape}")
+        if dims == 3 and u.shape[-1] < 1:
+            raise ValueError("u must hold at least one input")
+        if u.dtype != self.dtype or u.device != self.device:
+            raise TypeError(f"u must be {self.dtype} on {self.device}, got {u.dtype} on {u.device}")
+
+    def _zeros(self, *shape: int) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self.compute_dtype, device=self.device)
+
+    def __repr__(self) -> str:
+        return (
+            f"ContinuousRows(channels={self.channels}, max_len={self.max_len}, "
+            f"batch_size={self.batch_size}, tile_len={self.tile_len}, dtype={self.dtype})"
+        )
+
+
+class RowTileEnd(ScheduledWork):
+    """The end of a tile of one row after ``seen`` inputs: the tile filed into the row's ``x``,
+    then the level ``b = seen & -seen``: the block ``x[seen-b : seen]`` adds its contribution to
+    outputs ``seen .. seen+b-1`` (an FFT of length 2b), and the row's next tile of ``c`` is
+    loaded. Tile ends with levels of one size run as one FFT call across rows and engines."""
+
+    def __init__(self, engine: ContinuousRows, row: int, seen: int, stepped: bool = True):
+        self.engine, self.row, self.seen, self.stepped = engine, row, seen, stepped
+        self.level = seen & -seen if seen < engine.max_len else 0  # 0: the row is full
+        self.key = (self.level, engine.channels, engine.compute_dtype, engine.device)
+
+    def run(self) -> None:
+        self.run_batch([self])
+
+    @classmethod
+    def run_batch(cls, works: list[RowTileEnd]) -> None:
+        for w in works:  # (a chunk's tile ends, not stepped, have their inputs in x already)
+            if w.stepped:
+                b0 = w.engine.tile_len
+                w.engine._x[w.row, :, w.seen - b0 : w.seen] = w.engine._x_tile[w.row].t()
+        b = works[0].level
+        if not b:
+            return
+        blocks = torch.stack([w.engine._x[w.row, :, w.seen - b : w.seen] for w in works])
+        spectra = torch.stack([w.engine._spectra[b] for w in works])  # (E, D, b + 1)
+        future = torch.fft.irfft(torch.fft.rfft(blocks, n=2 * b) * spectra, n=2 * b)
+        for w, y in zip(works, future, strict=True):
+            c, seen, b0 = w.engine._c, w.seen, w.engine.tile_len
+            keep = min(b, c.shape[-1] - seen)
+            c[w.row, :, seen : seen + keep] += y[:, b : b + keep]
+            if w.stepped:  # the row's next tile (a chunk sets its own at its end)
+                w.engine._c_tile[w.row] = c[w.row, :, seen : seen + b0].t()
 
 
 class TiledEngine(OnlineConvEngine):
@@ -137,6 +453,8 @@ class ContinuousConv(TiledEngine):
     tile_len : int, optional
         The direct-computation tile b0, a power of two; default :func:`default_tile_len`.
     """
+
+    rows_engine = ContinuousRows
 
     method = "continuous"
     summary = (

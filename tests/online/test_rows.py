@@ -1,0 +1,136 @@
+"""ContinuousRows: rows at independent positions in one engine state. Rows start, step, take
+chunks (prompts, chunked prompts) and restart at random, and every row's outputs are the float64
+reference convolution of its own inputs, whatever the other rows do; the next input may depend
+on the last output (feedback)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from futurefill.online import ContinuousRows
+from reference import decaying_filter, reference_conv, rel_err
+
+
+def run_rows(engine: ContinuousRows, h: torch.Tensor, seed: int, events: int, feedback: bool):
+    """Random events on the engine's rows; returns every row's (inputs, outputs) since its last
+    restart, and how many outputs were produced in all."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rows = engine.batch_size
+    inputs: dict[int, list] = {r: [] for r in range(rows)}
+    outputs: dict[int, list] = {r: [] for r in range(rows)}
+    produced = 0
+
+    def fresh(n: int) -> torch.Tensor:
+        return torch.randn(engine.channels, n, generator=gen, dtype=h.dtype)
+
+    for _ in range(events):
+        action = rng.random()
+        if action < 0.05:  # a row restarts
+            row = rng.randrange(rows)
+            engine.reset_rows([row])
+            inputs[row], outputs[row] = [], []
+        elif action < 0.3:  # a chunk (a prompt, or the next piece of one, or after steps)
+            row = rng.randrange(rows)
+            n = rng.choice([1, 2, 3, rng.randint(1, 3 * engine.tile_len)])
+            if len(inputs[row]) + n > engine.max_len:
+                continue
+            u = fresh(n)
+            y = engine.extend(u[None], [row])[0]
+            inputs[row] += list(u.t())
+            outputs[row] += list(y.t())
+            produced += n
+        else:  # a step of a random subset, in a random order
+            live = [
+                r for r in range(rows) if len(inputs[r]) < engine.max_len and rng.random() < 0.7
+            ]
+            if not live:
+                continue
+            rng.shuffle(live)
+            if feedback:  # the next input is a function of the row's last output
+                u = torch.stack(
+                    [torch.tanh(outputs[r][-1]) if outputs[r] else fresh(1)[:, 0] for r in live]
+                )
+            else:
+                u = fresh(len(live)).t().contiguous()
+            y = engine.step(u, live)
+            for i, row in enumerate(live):
+                inputs[row].append(u[i])
+                outputs[row].append(y[i])
+            produced += len(live)
+    return inputs, outputs, produced
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    max_len=st.integers(1, 90),
+    rows=st.integers(1, 5),
+    channels=st.integers(1, 4),
+    tile_len=st.sampled_from([1, 2, 4, 8, 16]),
+    feedback=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_row_gets_its_own_convolution(max_len, rows, channels, tile_len, feedback, seed):
+    h = decaying_filter(channels, max_len + seed % 7, seed=seed)
+    engine = ContinuousRows(h, max_len=max_len, batch_size=rows, tile_len=tile_len)
+    inputs, outputs, produced = run_rows(engine, h, seed, events=80, feedback=feedback)
+    assert produced > 0
+    for row in range(rows):
+        if not inputs[row]:
+            continue
+        u = torch.stack(inputs[row], -1)[None].numpy()
+        expected = reference_conv(u, h.numpy())[0]
+        assert rel_err(torch.stack(outputs[row], -1), expected) < 1e-10, row
+        assert engine.position(row) == len(inputs[row])
+
+
+def test_float32_and_long_chunks():
+    """float32 to its rounding; a prompt of many tiles (every level of them batched)."""
+    h = decaying_filter(6, 700, dtype=torch.float32, seed=3)
+    engine = ContinuousRows(h, batch_size=3, tile_len=8)
+    gen = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 6, 650, generator=gen)
+    y0 = engine.extend(u[:1, :, :517], [0])  # 64 tiles and a piece
+    y1 = engine.extend(u[1:2, :, :5], [1])
+    steps = [engine.step(u[:2, :, t].clone(), [0, 1]) for t in range(5, 40)]
+    y1_more = engine.extend(u[1:2, :, 40:400], [1])  # after steps, from inside a tile
+    expected = reference_conv(u.double().numpy(), h.double().numpy())
+    assert rel_err(y0[0], expected[0, :, :517]) < 1e-4
+    assert rel_err(y1[0], expected[1, :, :5]) < 1e-4
+    stepped = torch.stack([s[1] for s in steps], -1)
+    assert rel_err(stepped, expected[1, :, 5:40]) < 1e-4
+    assert rel_err(y1_more[0], expected[1, :, 40:400]) < 1e-4
+    assert y0.dtype == torch.float32
+
+
+def test_bad_input_is_refused_before_anything_changes():
+    h = torch.randn(2, 10, dtype=torch.float64)
+    engine = ContinuousRows(h, batch_size=2, tile_len=2)
+    engine.extend(torch.randn(1, 2, 3, dtype=torch.float64), [0])
+    snapshot = [t.clone() for t in (engine._x, engine._c, engine._c_tile, engine._x_tile)]
+    bad = [
+        (lambda: engine.step(torch.randn(1, 2, dtype=torch.float64), [0, 0]), "distinct"),
+        (lambda: engine.step(torch.randn(1, 2, dtype=torch.float64), [2]), r"\[0, 2\)"),
+        (lambda: engine.step(torch.randn(1, 3, dtype=torch.float64), [0]), "channels=2"),
+        (lambda: engine.step(torch.randn(1, 2), [0]), "torch.float64"),
+        (lambda: engine.extend(torch.randn(1, 2, 8, dtype=torch.float64), [0]), "no room"),
+        (
+            lambda: engine.extend(torch.randn(2, 2, 1, dtype=torch.float64), [0, 1]),
+            "one position",
+        ),
+    ]
+    for call, message in bad:
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
+            call()
+    for before, after in zip(
+        snapshot, (engine._x, engine._c, engine._c_tile, engine._x_tile), strict=True
+    ):
+        assert torch.equal(before, after)
+    assert engine.position(0) == 3 and engine.position(1) == 0
+    with pytest.raises(ValueError, match="max_len 11 exceeds filter_len 10"):
+        ContinuousRows(h, max_len=11)
