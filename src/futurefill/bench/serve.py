@@ -39,6 +39,7 @@ import torch
 
 from futurefill import argtypes
 from futurefill.online import METHODS
+from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 MODES = ("continuous", "static", "sequential")
 
@@ -100,7 +101,12 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
     from futurefill.serving import Request, Scheduler
 
     scheduler = Scheduler(
-        model, tokenizer, slots=args.slots, queue_size=len(jobs), method=args.method
+        model,
+        tokenizer,
+        slots=args.slots,
+        queue_size=len(jobs),
+        method=args.method,
+        prefill_chunk=args.prefill_chunk,
     ).start()
     try:
 
@@ -178,6 +184,8 @@ def run_http(jobs: list[Job], args: argparse.Namespace) -> None:
         str(len(jobs)),
         "--method",
         args.method,
+        "--prefill-chunk",
+        str(args.prefill_chunk),
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -262,6 +270,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--clients", type=size, default=32, help="requests in flight at most")
     parser.add_argument("--slots", type=size, default=8, help="rows decoded together")
+    parser.add_argument(
+        "--prefill-chunk",
+        type=size,
+        default=DEFAULT_PREFILL_CHUNK,
+        help="prompt tokens prefilled in one iteration at most (continuous, http)",
+    )
     parser.add_argument(
         "--prompt-lens",
         type=size,

@@ -174,9 +174,9 @@ class ContinuousRows:
     def reset_rows(self, rows: Sequence[int]) -> None:
         """Those rows back to position 0 (empty sequences), the others untouched."""
         index = self._row_tensor(rows)
-        for row in rows:
+        for row in rows:  # a row's levels wrote c below twice its position at most
+            self._c[row, :, : 2 * self._positions[row]].zero_()
             self._positions[row] = 0
-        self._c.index_fill_(0, index, 0)
         self._c_tile.index_fill_(0, index, 0)
         self._index.index_fill_(0, index, 0)
 
@@ -360,8 +360,13 @@ class RowTileEnd(ScheduledWork):
         b = works[0].level
         if not b:
             return
-        blocks = torch.stack([w.engine._x[w.row, :, w.seen - b : w.seen] for w in works])
-        spectra = torch.stack([w.engine._spectra[b] for w in works])  # (E, D, b + 1)
+        if len(works) == 1:  # views, no stacking copies
+            w = works[0]
+            blocks = w.engine._x[w.row, None, :, w.seen - b : w.seen]
+            spectra = w.engine._spectra[b][None]
+        else:
+            blocks = torch.stack([w.engine._x[w.row, :, w.seen - b : w.seen] for w in works])
+            spectra = torch.stack([w.engine._spectra[b] for w in works])  # (E, D, b + 1)
         future = torch.fft.irfft(torch.fft.rfft(blocks, n=2 * b) * spectra, n=2 * b)
         for w, y in zip(works, future, strict=True):
             c, seen, b0 = w.engine._c, w.seen, w.engine.tile_len

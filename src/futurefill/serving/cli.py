@@ -12,6 +12,7 @@ from pathlib import Path
 
 from futurefill import argtypes
 from futurefill.online import METHODS
+from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 __all__ = ["register"]
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prefill-chunk",
         type=argtypes.bounded_int(1),
-        default=2048,
+        default=DEFAULT_PREFILL_CHUNK,
         help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
         "rows wait for one chunk at most)",
     )

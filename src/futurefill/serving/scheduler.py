@@ -6,9 +6,9 @@ engine thread that loops::
 
     release the slots of finished and cancelled requests
     admit waiting requests into free slots
-    prefill at most ``prefill_chunk`` prompt tokens in all, the admitted prompts in order, each
-        piece one parallel pass over its row (a long prompt takes several iterations: chunked
-        prefill, so that the running rows never wait for more than one chunk)
+    prefill the next piece of the first admitted prompt not yet done (``prefill_chunk`` tokens
+        at most, one parallel pass over its row; a long prompt takes several iterations:
+        chunked prefill, so that the running rows never wait for more than one chunk)
     one decoder step of every running row (one batched forward of the model)
     choose each row's next token (its own sampling and seed), stream its text, check its stops
 
@@ -36,6 +36,10 @@ from futurefill.tokenizers import StreamDecoder, Tokenizer
 __all__ = ["Completion", "QueueFull", "Request", "Sampling", "Scheduler"]
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+
+#: Prompt tokens prefilled per iteration at most, by default: a chunk costs about one forward of
+#: its length, so the running rows wait for at most that (docs/serving.md).
+DEFAULT_PREFILL_CHUNK = 2048
 
 
 class QueueFull(RuntimeError):
@@ -129,7 +133,7 @@ class Scheduler:
         method: str = "continuous",
         compile: bool = False,
         queue_size: int = 64,
-        prefill_chunk: int = 2048,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         metrics=None,
     ):
         self.decoder = Decoder(
@@ -301,21 +305,22 @@ class Scheduler:
             self.metrics.observe_admission(time.perf_counter() - request.arrived)
 
     def _prefill(self) -> None:
-        """At most ``prefill_chunk`` prompt tokens of the rows still prefilling, in admission
-        order; a row whose prompt is done chooses its first token."""
-        budget = self.prefill_chunk
-        for row in [row for row in self._running.values() if row.fed < len(row.request.prompt_ids)]:
-            if budget == 0:
-                return
-            prompt = row.request.prompt_ids
-            piece = prompt[row.fed : row.fed + budget]
-            ids = torch.tensor(piece, dtype=torch.long, device=self.decoder.device)
-            feed = self.decoder.start if row.fed == 0 else self.decoder.extend
-            out = feed(row.slot, ids)
-            row.fed += len(piece)
-            budget -= len(piece)
-            if row.fed == len(prompt):
-                self._emit([row], out)
+        """The next piece of the first admitted prompt not yet prefilled: ``prefill_chunk``
+        tokens at most while other rows are decoding (one forward per iteration, so that they
+        wait for one chunk at most), the whole rest when none is; a row whose prompt is done
+        chooses its first token."""
+        row = next((r for r in self._running.values() if r.fed < len(r.request.prompt_ids)), None)
+        if row is None:
+            return
+        prompt = row.request.prompt_ids
+        decoding = any(r.last_event for r in self._running.values())
+        piece = prompt[row.fed : row.fed + self.prefill_chunk if decoding else len(prompt)]
+        ids = torch.tensor(piece, dtype=torch.long, device=self.decoder.device)
+        feed = self.decoder.start if row.fed == 0 else self.decoder.extend
+        out = feed(row.slot, ids)
+        row.fed += len(piece)
+        if row.fed == len(prompt):
+            self._emit([row], out)
 
     def _step(self) -> None:
         rows = [row for row in self._running.values() if row.last_event]  # prefilled
