@@ -5,6 +5,7 @@ forward over its own sequence (float64), for every method, eager and compiled.""
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 
 import pytest
@@ -108,6 +109,58 @@ def test_compiled_steps_beside_a_row_in_the_middle_of_its_prompt(method):
         out = decoder.step(torch.tensor([int(out.greedy[0]), sequence[-1]]), [0, 1])
         expected = reference(torch.tensor([sequence]))[0, -1]
         assert rel_err(out.logits[1], expected) < 1e-10
+
+
+def hybrid_model(shape: str):
+    from futurefill import ConvLM, ConvLMConfig
+
+    torch.manual_seed(4)
+    window = 5 if shape == "flash_stu" else None
+    config = ConvLMConfig.hybrid(
+        shape, vocab_size=VOCAB, d_model=16, n_layers=2, max_len=64, attention_window=window
+    )
+    return ConvLM(config).double().eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mixer", ["hyena", "stu", "longconv", "flash_stu", "striped_hyena"])
+def test_a_prompt_packed_with_the_steps_of_others(method, mixer):
+    """step_and_extend: the stepping rows and a prompt's pieces in one forward give each row
+    the logits of its own sequence (attention's caches and rotary positions too)."""
+    hybrid = mixer in ("flash_stu", "striped_hyena")
+    model = hybrid_model(mixer) if hybrid else tiny_model(mixer, seed=3)
+    reference = copy.deepcopy(model)
+    rng = random.Random(method + mixer)
+    with Decoder(model, batch_size=4, max_len=40, method=method, independent_rows=True) as decoder:
+        sequences = {}
+        for row in (0, 3):
+            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 6))]
+            sequences[row] = [*prompt, int(decoder.start(row, torch.tensor(prompt)).greedy[0])]
+        for _ in range(2):  # row 2's prompt, twice (the second time in a used row)
+            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(2, 17))]
+            cuts = sorted(
+                {0, len(prompt), *rng.sample(range(1, len(prompt)), min(2, len(prompt) - 1))}
+            )
+            decoder.release(2)
+            for a, b in itertools.pairwise(cuts):
+                rows = sorted(sequences)
+                ids = torch.tensor([sequences[r][-1] for r in rows])
+                steps, piece = decoder.step_and_extend(ids, rows, 2, torch.tensor(prompt[a:b]))
+                for i, r in enumerate(rows):
+                    expected = reference(torch.tensor([sequences[r]]))[0, -1]
+                    assert rel_err(steps.logits[i], expected) < 1e-10, (r, i)
+                    sequences[r].append(int(steps.greedy[i]))
+                expected = reference(torch.tensor([prompt[:b]]))[0, -1]
+                assert rel_err(piece.logits[0], expected) < 1e-10
+            assert decoder.row_position(2) == len(prompt)
+            sequence = [*prompt, int(piece.greedy[0])]
+            out = decoder.step(torch.tensor([sequence[-1]]), [2])  # then on its own
+            expected = reference(torch.tensor([sequence]))[0, -1]
+            assert rel_err(out.logits[0], expected) < 1e-10
+        with pytest.raises(ValueError, match="ids has 1 tokens for 2 rows"):
+            decoder.step_and_extend(torch.tensor([1]), [0, 3], 2, torch.tensor([1]))
+        with pytest.raises(ValueError, match="distinct"):
+            decoder.step_and_extend(torch.tensor([1, 2]), [0, 2], 2, torch.tensor([1]))
 
 
 def test_row_errors_name_the_row_and_leave_others_alone():

@@ -215,6 +215,33 @@ class Decoder:
         with self.session.selecting([row]):
             return self._output(self.model(ids), 1)
 
+    @torch.inference_mode()
+    def step_and_extend(
+        self, ids: torch.Tensor, rows: list[int], row: int, input_ids: torch.Tensor
+    ) -> tuple[DecoderOutput, DecoderOutput]:
+        """``step(ids, rows)`` and the next piece ``(n,)`` of ``row``'s prompt (independent
+        rows; ``row`` at position 0 starts its sequence) in one forward of the model over the
+        packed chunk ``(1, len(rows) + n)`` (:meth:`~futurefill.nn.DecodingSession.packing`),
+        so that the position-wise layers run once for both: chunked prefill that costs the
+        stepping rows about the piece's tokens, not a second forward. Returns the steps'
+        :class:`DecoderOutput` and the piece's last position's. Compiled decoders and models
+        with a module that cannot take packed chunks run the two one after the other."""
+        chunk = self._row_ids(input_ids, "step_and_extend takes one prompt piece (n,)")
+        ids = check_input_ids(ids[None], self.device)[0]
+        if len(ids) != len(rows):
+            raise ValueError(f"ids has {len(ids)} tokens for {len(rows)} rows")
+        session = self.session
+        if session.row_position(row) == 0:
+            session.reset_rows([row])
+        if self._compiled is not None or not session.packs:
+            piece = self._feed(row, chunk)
+            return self.step(ids, rows), piece
+        self._traced.close()
+        with session.packing(rows, row):
+            logits = all_logits(self.model(torch.cat([ids, chunk[0]])[None]), 1)[0]
+        steps, last = logits[: len(rows)], logits[-1:]
+        return DecoderOutput(steps, steps.argmax(dim=-1)), DecoderOutput(last, last.argmax(dim=-1))
+
     def release(self, row: int) -> None:
         """Free ``row`` (independent rows): back to position 0, ready for :meth:`start`."""
         self.session.reset_rows([row])
@@ -351,6 +378,12 @@ def _inductor_decomposes_cpu_mm() -> bool:
 def last_logits(output: Any, batch: int) -> torch.Tensor:
     """The last position's logits ``(batch, vocab)`` of a model's output ``(batch, n, vocab)``
     (a tensor, or an object with ``.logits``)."""
+    return all_logits(output, batch)[:, -1]
+
+
+def all_logits(output: Any, batch: int) -> torch.Tensor:
+    """The logits ``(batch, n, vocab)`` of a model's output (a tensor, or an object with
+    ``.logits``), or a TypeError saying what decoding needs."""
     logits = getattr(output, "logits", output)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[0] != batch:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -358,7 +391,7 @@ def last_logits(output: Any, batch: int) -> torch.Tensor:
             "decoding needs a model whose forward returns logits (batch, length, vocab_size), or "
             f"an object with .logits; got {shape}"
         )
-    return logits[:, -1]
+    return logits
 
 
 def check_input_ids(input_ids: Any, device: torch.device) -> torch.Tensor:

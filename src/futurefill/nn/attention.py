@@ -202,8 +202,12 @@ class CausalAttention(DecodingModule):
     def open_state(self, session: DecodingSession, name: str) -> AttentionState:
         return AttentionState(session, name, self)
 
+    packs = True
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(batch, length, heads, dim)``, ``(batch, length, kv_heads, dim)`` x 2 -> like q."""
+        if self.packed:
+            return self._state.run_packed(self.forward, q, k, v)
         if (
             q.dim() != 4
             or k.shape != v.shape

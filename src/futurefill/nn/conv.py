@@ -287,6 +287,8 @@ class _OnlineConv(DecodingModule):
     """What :class:`LongConv` and :class:`FilterBankConv` share: the filter (owned or given),
     the input checks, and the switch between the FFT and the session's engine."""
 
+    packs = True
+
     def __init__(
         self,
         channels: int,
@@ -353,6 +355,8 @@ class _OnlineConv(DecodingModule):
         if self._state is None:
             self.check_input(u)
             return self._offline(u, self.filter_taps(u.shape[1]))
+        if self.packed:
+            return self._state.run_packed(self._convolve, u)
         return self._state.consume(u, self)
 
     # How the module's input maps to an engine's rows (batch) x filters (channels) and back; the

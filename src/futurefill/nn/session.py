@@ -48,6 +48,8 @@ class _Chunk(threading.local):
     when asked; in compiled steps the session's position tensor), or None outside one."""
 
     start: list[int] | torch.Tensor | None = None
+    # A packed chunk's: the stepping rows' positions, and the first of the prompt piece.
+    tokens: tuple[list[int], int] | None = None
 
 
 _CHUNK = _Chunk()
@@ -59,6 +61,10 @@ def positions(x: torch.Tensor) -> torch.Tensor:
     inside one, each row's own positions (counted from its first real token: left padding is
     at 0), with rows at independent positions too, and in compiled steps (from a tensor the
     session updates). Call it from the model's forward (rotary embeddings, say)."""
+    if _CHUNK.tokens is not None:  # a packed chunk (DecodingSession.packing): one row of tokens
+        steps, first = _CHUNK.tokens
+        piece = range(first, first + x.shape[1] - len(steps))
+        return torch.tensor([*steps, *piece], device=x.device)[None]
     steps = torch.arange(x.shape[1], device=x.device)
     start = _CHUNK.start
     if start is None:
@@ -127,6 +133,23 @@ class ModuleState(ABC):
     def position(self) -> int:
         """Positions consumed so far."""
         return self._position
+
+    def run_packed(self, forward, *chunks: torch.Tensor) -> torch.Tensor:
+        """``forward`` (the module's) over a packed chunk (:meth:`DecodingSession.packing`):
+        ``chunks`` ``(1, R + n, ...)`` hold one token for each stepping row, then ``n`` tokens
+        of the prompt row; ``forward`` runs for the steps, then for the prompt piece, each with
+        its rows selected, and the outputs are packed the same way, ``(1, R + n, ...)``."""
+        session = self.session
+        packed, session.packed = session.packed, None
+        rows, row = packed
+        try:
+            with session.selecting(rows):
+                steps = forward(*(c[0, : len(rows)].unsqueeze(1) for c in chunks))
+            with session.selecting([row]):
+                piece = forward(*(c[:, len(rows) :] for c in chunks))
+        finally:
+            session.packed = packed
+        return torch.cat([steps.transpose(0, 1), piece], dim=1)
 
     def consumed(self, n: int) -> None:
         """Count a chunk of ``n`` positions (outside compiled steps, whose positions
@@ -222,10 +245,19 @@ class DecodingModule(nn.Module, ABC):
         Longest sequence the module can process (its filter length); None: no limit.
     """
 
+    #: Whether the module's forward handles packed chunks (:meth:`DecodingSession.packing`):
+    #: it starts ``if self.packed: return self._state.run_packed(self.forward, *inputs)``.
+    packs: bool = False
+
     def __init__(self, max_len: int | None):
         super().__init__()
         self.max_len = None if max_len is None else check_int(max_len, "max_len")
         self._state: ModuleState | None = None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the chunk the module gets now is packed (see :attr:`packs`)."""
+        return self._state is not None and self._state.session.packed is not None
 
     @property
     def decoding(self) -> bool:
@@ -305,6 +337,7 @@ class DecodingSession:
         self.traced = False  # see traced_steps()
         self.independent_rows = independent_rows
         self.rows: list[int] | None = None  # see selecting()
+        self.packed: tuple[list[int], int] | None = None  # inside packing(): (rows, row)
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
@@ -318,7 +351,7 @@ class DecodingSession:
         self._deferred_work: list[ScheduledWork] = []
         self._pad = [0] * self.batch_size  # left padding, per row
         self._position_tensor: torch.Tensor | None = None
-        self._outer: list[torch.Tensor | None] = []
+        self._outer: list[tuple] = []  # what _CHUNK held outside each call
         self._hooks = self._add_hooks()
         self._open = True
 
@@ -344,6 +377,29 @@ class DecodingSession:
             yield self
         finally:
             self.rows = None
+
+    @property
+    def packs(self) -> bool:
+        """Whether every module of the model handles packed chunks (:meth:`packing`)."""
+        return all(module.packs for module in self._modules)
+
+    @contextlib.contextmanager
+    def packing(self, rows: list[int], row: int) -> Iterator[DecodingSession]:
+        """Inside, the model gets one packed chunk ``(1, len(rows) + n)``: a step of each of
+        ``rows``, then the next ``n`` positions of ``row`` (a piece of its prompt), in one
+        forward, so that the position-wise layers run once for both (independent rows; every
+        module must handle it: :attr:`packs`). Each long convolution, short convolution and
+        attention runs the two parts on their own rows; :func:`positions` gives each token's
+        own position."""
+        rows = self._check_rows([*rows, row])[:-1]
+        if not self.packs:
+            names = [type(m).__name__ for m in self._modules if not m.packs]
+            raise ValueError(f"{', '.join(sorted(set(names)))} cannot take packed chunks")
+        self.packed = (rows, row)
+        try:
+            yield self
+        finally:
+            self.packed = None
 
     def reset_rows(self, rows: list[int]) -> None:
         """Start new sequences in ``rows`` (independent rows): back to position 0, the other
@@ -375,6 +431,12 @@ class DecodingSession:
     def _begin_chunk(self, module: nn.Module, args: tuple) -> None:
         """Before the model runs a chunk: its rows' first positions, for :func:`positions`
         (Python ints: no tensor work unless the model asks)."""
+        if self.packed is not None:
+            rows, row = self.packed
+            self._outer.append((_CHUNK.start, _CHUNK.tokens))
+            _CHUNK.start = None
+            _CHUNK.tokens = ([*map(self.row_position, rows)], self.row_position(row))
+            return
         if self.independent_rows:
             rows = self.rows if self.rows is not None else range(self.batch_size)
             start = [self.row_position(r) for r in rows]
@@ -384,11 +446,11 @@ class DecodingSession:
                 valid = self.valid
                 self._pad = [0] * self.batch_size if valid is None else (~valid).sum(1).tolist()
             start = [position - pad for pad in self._pad]
-        self._outer.append(_CHUNK.start)
-        _CHUNK.start = start
+        self._outer.append((_CHUNK.start, _CHUNK.tokens))
+        _CHUNK.start, _CHUNK.tokens = start, None
 
     def _end_chunk(self, module: nn.Module, args: tuple, output: object) -> None:
-        _CHUNK.start = self._outer.pop() if self._outer else None
+        _CHUNK.start, _CHUNK.tokens = self._outer.pop() if self._outer else (None, None)
         self.run_deferred()
 
     def defer(self, state: ModuleState, works: list[ScheduledWork]) -> None:

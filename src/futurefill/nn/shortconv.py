@@ -99,8 +99,12 @@ class ShortConv(DecodingModule):
     def open_state(self, session: DecodingSession, name: str) -> HistoryState:
         return HistoryState(session, name, self)
 
+    packs = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, length, channels) -> (batch, length, channels)``."""
+        if self.packed:
+            return self._state.run_packed(self.forward, x)
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(

@@ -6,10 +6,10 @@ engine thread that loops::
 
     release the slots of finished and cancelled requests
     admit waiting requests into free slots
-    prefill the next piece of the first admitted prompt not yet done (``prefill_chunk`` tokens
-        at most, one parallel pass over its row; a long prompt takes several iterations:
-        chunked prefill, so that the running rows never wait for more than one chunk)
-    one decoder step of every running row (one batched forward of the model)
+    one decoder step of every running row, and the next piece of the first admitted prompt
+        not yet done (``prefill_chunk`` tokens at most), in one forward of the model over the
+        packed tokens (a long prompt takes several iterations: chunked prefill, so that the
+        running rows wait for a chunk's tokens at most, not for a whole prompt)
     choose each row's next token (its own sampling and seed), stream its text, check its stops
 
 Every request gets exactly the tokens it would get alone: its row's state is its own, greedy is
@@ -271,8 +271,20 @@ class Scheduler:
                 self._finish(row, "cancelled")
         for request, slot in admitted:
             self._admit(request, slot)
-        self._prefill()
-        if any(row.last_event for row in self._running.values()):
+        stepping = [row for row in self._running.values() if row.last_event]  # prefilled
+        prefilling, piece = self._next_piece(decoding=bool(stepping))
+        if prefilling is not None and stepping:  # one forward for both
+            ids = torch.tensor([row.last_token for row in stepping], device=self.decoder.device)
+            stepped, fed = self.decoder.step_and_extend(
+                ids, [row.slot for row in stepping], prefilling.slot, piece
+            )
+            self._emit(stepping, stepped)
+            self._fed(prefilling, piece, fed)
+            return True
+        if prefilling is not None:
+            feed = self.decoder.start if prefilling.fed == 0 else self.decoder.extend
+            self._fed(prefilling, piece, feed(prefilling.slot, piece))
+        if any(row.last_event for row in self._running.values()):  # a first token taken too
             self._step()
         return True
 
@@ -304,22 +316,23 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.observe_admission(time.perf_counter() - request.arrived)
 
-    def _prefill(self) -> None:
-        """The next piece of the first admitted prompt not yet prefilled: ``prefill_chunk``
-        tokens at most while other rows are decoding (one forward per iteration, so that they
-        wait for one chunk at most), the whole rest when none is; a row whose prompt is done
-        chooses its first token."""
+    def _next_piece(self, decoding: bool) -> tuple[_Row | None, torch.Tensor | None]:
+        """The first admitted row whose prompt is not yet prefilled, and its next piece:
+        ``prefill_chunk`` tokens at most while other rows are decoding (the piece shares their
+        step's forward, so they wait for its tokens only), the whole rest when none is."""
         row = next((r for r in self._running.values() if r.fed < len(r.request.prompt_ids)), None)
         if row is None:
-            return
+            return None, None
         prompt = row.request.prompt_ids
-        decoding = any(r.last_event for r in self._running.values())
-        piece = prompt[row.fed : row.fed + self.prefill_chunk if decoding else len(prompt)]
-        ids = torch.tensor(piece, dtype=torch.long, device=self.decoder.device)
-        feed = self.decoder.start if row.fed == 0 else self.decoder.extend
-        out = feed(row.slot, ids)
+        end = row.fed + self.prefill_chunk if decoding else len(prompt)
+        return row, torch.tensor(
+            prompt[row.fed : end], dtype=torch.long, device=self.decoder.device
+        )
+
+    def _fed(self, row: _Row, piece: torch.Tensor, out: DecoderOutput) -> None:
+        """``piece`` of ``row``'s prompt is in; at the prompt's end, its first token."""
         row.fed += len(piece)
-        if row.fed == len(prompt):
+        if row.fed == len(row.request.prompt_ids):
             self._emit([row], out)
 
     def _step(self) -> None:
