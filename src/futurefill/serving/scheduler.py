@@ -37,9 +37,10 @@ __all__ = ["Completion", "QueueFull", "Request", "Sampling", "Scheduler"]
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
-#: Prompt tokens prefilled per iteration at most, by default: a chunk costs about one forward of
-#: its length, so the running rows wait for at most that (docs/serving.md).
-DEFAULT_PREFILL_CHUNK = 2048
+#: Prompt tokens prefilled per iteration at most, by default: the fastest setting measured on
+#: the bundled model, halving the longest inter-token waits of whole prompts
+#: (docs/results/cpu-2core/serve_chunks.md).
+DEFAULT_PREFILL_CHUNK = 256
 
 
 class QueueFull(RuntimeError):
@@ -115,10 +116,9 @@ class Scheduler:
     queue_size : int
         Requests that may wait for a slot; :meth:`submit` raises :class:`QueueFull` beyond.
     prefill_chunk : int
-        Prompt tokens prefilled in one iteration at most (chunked prefill). Each chunk costs its
-        own FFT over the row's remaining length (its contribution to every later output), so
-        smaller chunks bound the running rows' wait at a price in throughput
-        (docs/serving.md).
+        Prompt tokens prefilled in one iteration at most while other rows are decoding (chunked
+        prefill, each piece packed with their step in one forward). Smaller pieces shorten the
+        running rows' longest waits at a price in throughput (docs/benchmarks.md, Serving).
     metrics : object, optional
         With ``observe_*`` hooks (:class:`~futurefill.serving.metrics.Metrics`).
     """
