@@ -220,3 +220,11 @@ def test_positions_outside_in_lockstep_with_padding_and_with_independent_rows():
     assert model.seen[-2:] == [[[0, 1, 2]], [[0], [3]]]
     model(x)  # outside again
     assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]
+    with decoding(model, batch_size=3, max_len=10, independent_rows=True) as session:
+        with session.selecting([1]), pytest.raises(ValueError):  # raises inside the forward
+            model(torch.zeros(1, 3, 5, dtype=torch.float64))
+        with session.packing([0, 2], 1):  # two steps and a piece of 3: each its own position
+            model(torch.zeros(1, 5, 2, dtype=torch.float64))
+    assert model.seen[-1] == [[0, 0, 0, 1, 2]]
+    model(x)  # outside again, after a forward that raised inside a session
+    assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]

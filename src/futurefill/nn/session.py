@@ -425,7 +425,7 @@ class DecodingSession:
     def _add_hooks(self) -> tuple:
         return (
             self._model.register_forward_pre_hook(self._begin_chunk),
-            self._model.register_forward_hook(self._end_chunk),
+            self._model.register_forward_hook(self._end_chunk, always_call=True),
         )
 
     def _begin_chunk(self, module: nn.Module, args: tuple) -> None:
