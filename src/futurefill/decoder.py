@@ -77,8 +77,9 @@ class Decoder:
     compile : bool
         Each step after the prefill one compiled graph (float32 or float64 models).
     independent_rows : bool
-        Every row at its own position: :meth:`start`, :meth:`extend`, ``step(ids, rows)`` and
-        :meth:`release` instead of :meth:`prefill` and ``step(ids)`` (docs/serving.md).
+        Every row at its own position: :meth:`start`, :meth:`extend`, ``step(ids, rows)``,
+        :meth:`step_and_extend` and :meth:`release` instead of :meth:`prefill` and ``step(ids)``
+        (docs/serving.md).
     **engine_options
         The method's knobs (``epoch_len``, ``tile_len``).
     """

@@ -183,6 +183,8 @@ class CausalAttention(DecodingModule):
         Default ``1 / sqrt(head_dim)``.
     """
 
+    packs = True  # its forward takes packed chunks (DecodingSession.packing)
+
     def __init__(
         self,
         *,
@@ -201,8 +203,6 @@ class CausalAttention(DecodingModule):
 
     def open_state(self, session: DecodingSession, name: str) -> AttentionState:
         return AttentionState(session, name, self)
-
-    packs = True
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(batch, length, heads, dim)``, ``(batch, length, kv_heads, dim)`` x 2 -> like q."""

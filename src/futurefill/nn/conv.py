@@ -287,7 +287,7 @@ class _OnlineConv(DecodingModule):
     """What :class:`LongConv` and :class:`FilterBankConv` share: the filter (owned or given),
     the input checks, and the switch between the FFT and the session's engine."""
 
-    packs = True
+    packs = True  # its forward takes packed chunks (DecodingSession.packing)
 
     def __init__(
         self,

@@ -86,6 +86,8 @@ class ShortConv(DecodingModule):
         Taps per channel; ``weight[:, j]`` multiplies the input ``j`` steps back.
     """
 
+    packs = True  # its forward takes packed chunks (DecodingSession.packing)
+
     def __init__(self, channels: int, kernel_size: int = 3):
         super().__init__(None)
         if kernel_size < 1:
@@ -98,8 +100,6 @@ class ShortConv(DecodingModule):
 
     def open_state(self, session: DecodingSession, name: str) -> HistoryState:
         return HistoryState(session, name, self)
-
-    packs = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, length, channels) -> (batch, length, channels)``."""
