@@ -81,16 +81,15 @@ def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> Non
 
 class EngineState(ModuleState):
     """The online engine of one convolution module, built at the module's first chunk. With
-    independent rows, the method's engine for rows at their own positions (one state for the
-    batch: :attr:`~futurefill.online.OnlineConvEngine.rows_engine`), or, for a method without
-    one, one such state per row (:attr:`row_states`, each a batch of one), built together from
-    one set of taps at the first chunk of any row."""
+    independent rows, :attr:`engine` is the method's engine for rows at their own positions (one
+    state for the batch: :attr:`~futurefill.online.OnlineConvEngine.rows_engine`), or, for a
+    method without one, each row has a state of its own (:attr:`row_states`, each a batch of
+    one), built together from one set of taps at the first chunk of any row."""
 
     def __init__(self, session: DecodingSession, name: str):
         super().__init__(session, name)
-        self.engine: OnlineConvEngine | None = None
+        self.engine: OnlineConvEngine | ContinuousRows | None = None
         self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
-        self.rows_engine: ContinuousRows | None = None
         self.row_states: list[EngineState] | None = None
         self._rows_per_sequence = 1  # engine rows of one sequence row (FilterBankConv: more)
         if session.independent_rows and ENGINES[session.method].rows_engine is None:
@@ -103,15 +102,13 @@ class EngineState(ModuleState):
     def nbytes(self) -> int:
         if self.row_states is not None:
             return sum(state.nbytes for state in self.row_states)
-        engine = self.rows_engine or self.engine
-        return 0 if engine is None else engine.nbytes
+        return 0 if self.engine is None else self.engine.nbytes
 
     def reset(self) -> None:
         for state in self.row_states or ():
             state.reset()
-        for engine in (self.engine, self.rows_engine):
-            if engine is not None:
-                engine.reset()
+        if self.engine is not None:
+            self.engine.reset()
         self.restart_positions()
 
     def row_position(self, row: int) -> int:
@@ -124,24 +121,18 @@ class EngineState(ModuleState):
             for row in rows:
                 self.row_states[row].reset()
             return
-        if self.rows_engine is not None:
-            self.rows_engine.reset_rows(self._engine_rows(rows))
+        if self.engine is not None:
+            self.engine.reset_rows(self._engine_rows(rows))
         self.restart_positions(rows)
 
     def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
         if self.row_states is not None:
             return [self.row_states[row].advance() for row in rows]
-        works = self.rows_engine.advance(self._engine_rows(rows))
+        works = self.engine.advance(self._engine_rows(rows))
         super().advance_rows(rows)
         return works
 
     def prepare_traced(self) -> None:
-        if self.session.independent_rows and self.row_states is None:
-            if self.rows_engine is None:
-                raise ValueError(f"{self.name!r}: traced steps need a first chunk")
-            if self.rows_engine.compute_dtype != self.rows_engine.dtype:
-                raise ValueError(f"{self.name!r}: no compiled step in half precision")
-            return
         for state in self.row_states or [self]:
             if state.engine is None:
                 raise ValueError(f"{state.name!r}: traced steps need a first chunk")
@@ -151,8 +142,6 @@ class EngineState(ModuleState):
                 raise ValueError(f"{state.name!r}: {error}") from None
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        if self.rows_engine is not None:
-            return self.rows_engine.traced_tensors()
         return [t for state in self.row_states or [self] for t in state.engine.traced_tensors()]
 
     def advance(self) -> ScheduledWork | None:
@@ -239,29 +228,29 @@ class EngineState(ModuleState):
         if session.traced:  # a compiled step of every row
             if u.shape[1] != 1:
                 raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
-            return module.step_output(self.rows_engine.step_traced(module.step_rows(u[:, 0])))
+            return module.step_output(self.engine.step_traced(module.step_rows(u[:, 0])))
         rows = self._selected_rows(u, module)
         module.check_input(u)
         self.check_input(u, module)
-        if self.rows_engine is None:
+        if self.engine is None:
             h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
             self._rows_per_sequence = module.rows_per_sequence
-            self.rows_engine = ENGINES[session.method].rows_engine(
+            self.engine = ENGINES[session.method].rows_engine(
                 h,
                 max_len=session.max_len,
                 batch_size=session.batch_size * module.rows_per_sequence,
                 **session.engine_options,
             )
-        if self in session.deferred:  # the last chunk's tile ends, not run (no end hook)
-            session.run_deferred()
+        if self in session.deferred:  # its earlier tile ends, still pending (no end hook since,
+            session.run_deferred()  # or the steps' part of this packed chunk)
         if u.shape[1] == 1:  # a step: its tile ends run after the model's forward, batched
             engine_rows = self._engine_rows(rows)
-            y = module.step_output(self.rows_engine.push(module.step_rows(u[:, 0]), engine_rows))
-            session.defer(self, self.rows_engine.advance(engine_rows))
+            y = module.step_output(self.engine.push(module.step_rows(u[:, 0]), engine_rows))
+            session.defer(self, self.engine.advance(engine_rows))
         else:
             parts = [
                 module.sequence_output(
-                    self.rows_engine.extend(
+                    self.engine.extend(
                         module.sequence_rows(u[i : i + 1]), self._engine_rows([row])
                     ),
                     1,

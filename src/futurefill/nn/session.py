@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -134,7 +134,9 @@ class ModuleState(ABC):
         """Positions consumed so far."""
         return self._position
 
-    def run_packed(self, forward, *chunks: torch.Tensor) -> torch.Tensor:
+    def run_packed(
+        self, forward: Callable[..., torch.Tensor], *chunks: torch.Tensor
+    ) -> torch.Tensor:
         """``forward`` (the module's) over a packed chunk (:meth:`DecodingSession.packing`):
         ``chunks`` ``(1, R + n, ...)`` hold one token for each stepping row, then ``n`` tokens
         of the prompt row; ``forward`` runs for the steps, then for the prompt piece, each with
@@ -340,6 +342,8 @@ class DecodingSession:
         self.packed: tuple[list[int], int] | None = None  # inside packing(): (rows, row)
         self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
+        #: Whether every module of the model handles packed chunks (:meth:`packing`).
+        self.packs = all(module.packs for module in self._modules)
         for module, state in zip(self._modules, self.states.values(), strict=True):
             module._state = state
         # positions(): each chunk's first positions, set around every call of the model; in
@@ -377,11 +381,6 @@ class DecodingSession:
             yield self
         finally:
             self.rows = None
-
-    @property
-    def packs(self) -> bool:
-        """Whether every module of the model handles packed chunks (:meth:`packing`)."""
-        return all(module.packs for module in self._modules)
 
     @contextlib.contextmanager
     def packing(self, rows: list[int], row: int) -> Iterator[DecodingSession]:
@@ -431,9 +430,9 @@ class DecodingSession:
     def _begin_chunk(self, module: nn.Module, args: tuple) -> None:
         """Before the model runs a chunk: its rows' first positions, for :func:`positions`
         (Python ints: no tensor work unless the model asks)."""
+        self._outer.append((_CHUNK.start, _CHUNK.tokens))
         if self.packed is not None:
             rows, row = self.packed
-            self._outer.append((_CHUNK.start, _CHUNK.tokens))
             _CHUNK.start = None
             _CHUNK.tokens = ([*map(self.row_position, rows)], self.row_position(row))
             return
@@ -446,7 +445,6 @@ class DecodingSession:
                 valid = self.valid
                 self._pad = [0] * self.batch_size if valid is None else (~valid).sum(1).tolist()
             start = [position - pad for pad in self._pad]
-        self._outer.append((_CHUNK.start, _CHUNK.tokens))
         _CHUNK.start, _CHUNK.tokens = start, None
 
     def _end_chunk(self, module: nn.Module, args: tuple, output: object) -> None:

@@ -28,6 +28,37 @@ from futurefill.checks import check_int
 from futurefill.fftconv import compute_dtype
 
 
+def check_filter(h: torch.Tensor, max_len: int | None, batch_size: int) -> tuple[int, int]:
+    """An engine's filters ``h`` ``(channels, filter_len)`` checked, and its ``max_len``
+    (default ``filter_len``, at most that) and ``batch_size`` as ints, or a clear error."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.dim() != 2:
+        raise ValueError(f"h must have shape (channels, filter_len), got {tuple(h.shape)}")
+    channels, filter_len = h.shape
+    if channels < 1 or filter_len < 1:
+        raise ValueError(f"h must be non-empty, got shape {tuple(h.shape)}")
+    max_len = filter_len if max_len is None else check_int(max_len, "max_len")
+    batch_size = check_int(batch_size, "batch_size")
+    if max_len > filter_len:
+        raise ValueError(
+            f"max_len {max_len} exceeds filter_len {filter_len}: the filter must be at least "
+            "as long as the longest sequence"
+        )
+    return max_len, batch_size
+
+
+def check_traced_dtype(dtype: torch.dtype, compute: torch.dtype) -> None:
+    """A ValueError unless an engine of inputs in ``dtype``, computing in ``compute``, has a
+    traced step: half precisions step through their float32 compute dtype, which the traced
+    step does not."""
+    if compute != dtype:
+        raise ValueError(
+            f"no compiled step in {str(dtype).removeprefix('torch.')} (half precisions "
+            "decode eagerly, through float32): use float32 or float64"
+        )
+
+
 class OnlineConvEngine(ABC):
     """Base class of the online causal convolution engines.
 
@@ -54,22 +85,10 @@ class OnlineConvEngine(ABC):
     rows_engine: ClassVar[type | None] = None
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
-        if not isinstance(h, torch.Tensor):
-            raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
-        if h.dim() != 2:
-            raise ValueError(f"h must have shape (channels, filter_len), got {tuple(h.shape)}")
-        channels, filter_len = h.shape
-        if channels < 1 or filter_len < 1:
-            raise ValueError(f"h must be non-empty, got shape {tuple(h.shape)}")
+        max_len, batch_size = check_filter(h, max_len, batch_size)
+        channels = h.shape[0]
         self.dtype = h.dtype
         self.compute_dtype = compute_dtype(h.dtype)
-        max_len = filter_len if max_len is None else check_int(max_len, "max_len")
-        batch_size = check_int(batch_size, "batch_size")
-        if max_len > filter_len:
-            raise ValueError(
-                f"max_len {max_len} exceeds filter_len {filter_len}: the filter must be at least "
-                "as long as the longest sequence"
-            )
         self.h = h.detach().to(self.compute_dtype, copy=True)  # a snapshot, not a view of h
         self.channels = channels
         self.max_len = max_len
@@ -203,11 +222,7 @@ class OnlineConvEngine(ABC):
         """Ready :meth:`step_traced` at the current position (before tracing; again after any
         eager step). Half precisions have no traced step: they step through their float32
         compute dtype, which the traced step does not (a ValueError)."""
-        if self.compute_dtype != self.dtype:
-            raise ValueError(
-                f"no compiled step in {str(self.dtype).removeprefix('torch.')} (half precisions "
-                "decode eagerly, through float32): use float32 or float64"
-            )
+        check_traced_dtype(self.dtype, self.compute_dtype)
         self._index.fill_(self._traced_index())
 
     def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:

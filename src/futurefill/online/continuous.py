@@ -28,10 +28,10 @@ own, each on the schedule above from its own position 0:
   ``t``, from a table of the b0 shifted filter heads), the same for 1 row or B;
 * tile ends of different rows (and of different layers) with levels of one size run as one FFT
   call (:class:`RowTileEnd`), whatever their positions;
-* a prompt, or any chunk of it, is fed by walking its tiles (:meth:`ContinuousRows.extend`):
-  per piece of a tile, one FFT of length 2 b0 for its direct part, then the tile's end, so a chunk
-  of ``n`` inputs costs O(n log^2 n) and its FFTs cover only the blocks it completes, never the
-  row's remaining length (chunked prefill at the cost of the chunk).
+* a prompt, or any chunk of it (:meth:`ContinuousRows.extend`), runs the levels of the tile ends
+  it completes (one FFT call per level size) and the direct part of all its tiles (one batched
+  FFT of length 2 b0), so a chunk of ``n`` inputs costs O(n log^2 n) and its FFTs cover only the
+  blocks it completes, never the row's remaining length (chunked prefill at the chunk's cost).
 
 Its memory: ``x`` and ``c`` of ``max_len`` per row (a row must be able to hold any sequence), the
 two tiles, and the level spectra once for all rows.
@@ -47,7 +47,14 @@ import torch
 
 from futurefill.checks import check_int
 from futurefill.fftconv import compute_dtype, prompt_conv
-from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_scheduled, traced_push
+from futurefill.online.base import (
+    OnlineConvEngine,
+    ScheduledWork,
+    check_filter,
+    check_traced_dtype,
+    run_scheduled,
+    traced_push,
+)
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -124,13 +131,9 @@ class ContinuousRows:
         batch_size: int = 1,
         tile_len: int | None = None,
     ):
-        if not isinstance(h, torch.Tensor) or h.dim() != 2 or 0 in h.shape:
-            raise ValueError(f"h must be a non-empty tensor (channels, filter_len), got {h!r}")
-        channels, filter_len = h.shape
-        max_len = filter_len if max_len is None else check_int(max_len, "max_len")
-        if max_len > filter_len:
-            raise ValueError(f"max_len {max_len} exceeds filter_len {filter_len}")
-        self.batch_size = batch_size = check_int(batch_size, "batch_size")
+        max_len, batch_size = check_filter(h, max_len, batch_size)
+        channels = h.shape[0]
+        self.batch_size = batch_size
         self.dtype, self.compute_dtype = h.dtype, compute_dtype(h.dtype)
         self.device, self.channels, self.max_len = h.device, channels, max_len
         if tile_len is None:
@@ -286,6 +289,11 @@ class ContinuousRows:
         elif start + n < self.max_len:  # at a tile's start: the tile's known part
             self._c_tile[index] = self._c[index, :, start + n : start + n + b0].transpose(1, 2)
         return y
+
+    def prepare_traced(self) -> None:
+        """Ready :meth:`step_traced` (the rows' places are always current): a ValueError in half
+        precision, which has no traced step."""
+        check_traced_dtype(self.dtype, self.compute_dtype)
 
     def traced_tensors(self) -> list[torch.Tensor]:
         """What :meth:`step_traced` reads or updates in place."""

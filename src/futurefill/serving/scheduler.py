@@ -274,9 +274,8 @@ class Scheduler:
         stepping = [row for row in self._running.values() if row.last_event]  # prefilled
         prefilling, piece = self._next_piece(decoding=bool(stepping))
         if prefilling is not None and stepping:  # one forward for both
-            ids = torch.tensor([row.last_token for row in stepping], device=self.decoder.device)
             stepped, fed = self.decoder.step_and_extend(
-                ids, [row.slot for row in stepping], prefilling.slot, piece
+                self._last_tokens(stepping), [row.slot for row in stepping], prefilling.slot, piece
             )
             self._emit(stepping, stepped)
             self._fed(prefilling, piece, fed)
@@ -337,8 +336,11 @@ class Scheduler:
 
     def _step(self) -> None:
         rows = [row for row in self._running.values() if row.last_event]  # prefilled
-        ids = torch.tensor([row.last_token for row in rows], device=self.decoder.device)
-        self._emit(rows, self.decoder.step(ids, [row.slot for row in rows]))
+        self._emit(rows, self.decoder.step(self._last_tokens(rows), [row.slot for row in rows]))
+
+    def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
+        """Each row's last token, its next input ``(len(rows),)``."""
+        return torch.tensor([row.last_token for row in rows], device=self.decoder.device)
 
     def _emit(self, rows: list[_Row], out: DecoderOutput) -> None:
         """Each row's next token from its logits (one host transfer for the greedy ones): then
