@@ -131,6 +131,12 @@ class Decoder:
         return self.session.row_position(row)
 
     @property
+    def packs(self) -> bool:
+        """Whether :meth:`step_and_extend` runs as one forward (every module of the model takes
+        packed chunks, and the decoder is eager)."""
+        return self._compiled is None and self.session.packs
+
+    @property
     def nbytes(self) -> int:
         """Bytes held by the decoding state (engines, histories)."""
         return self.session.nbytes
