@@ -10,6 +10,7 @@ import torch
 
 from futurefill.layers import hankel_matrix, spectral_filters, top_eigenpairs
 from futurefill.layers.spectral import _hankel_matvec
+from reference import rel_err
 
 
 def test_hankel_entries_as_defined():
@@ -27,17 +28,21 @@ def test_hankel_entries_as_defined():
 def test_fft_matvec_matches_dense(length):
     x = torch.randn(length, 3, dtype=torch.float64)
     dense = hankel_matrix(length) @ x
-    assert torch.allclose(_hankel_matvec(length)(x), dense, rtol=0, atol=1e-15)
+    # By FFT and by a dense product: equal to float64 rounding relative to the result's scale.
+    assert rel_err(_hankel_matvec(length)(x), dense) < 1e-12
 
 
 @pytest.mark.parametrize(("length", "k"), [(1, 1), (5, 5), (40, 8), (128, 24)])
 def test_eigenpairs_orthonormal_and_exact(length, k):
     sigma, phi = top_eigenpairs(length, k)
     assert sigma.shape == (k,) and phi.shape == (length, k)
-    assert torch.allclose(phi.T @ phi, torch.eye(k, dtype=torch.float64), atol=1e-13)
+    eye = torch.eye(k, dtype=torch.float64)
+    assert torch.allclose(phi.T @ phi, eye, rtol=0, atol=1e-12)
     z = hankel_matrix(length)
     residual = (z @ phi - phi * sigma).norm(dim=0)
-    assert residual.max() < 1e-13 * sigma[0]
+    # top_eigenpairs stops at a residual <= 1e-13 sigma_1 measured with its FFT product; the
+    # dense product here rounds differently, so a margin above that.
+    assert residual.max() < 1e-12 * sigma[0]
     assert (sigma[:-1] >= sigma[1:]).all()
     # Signs are fixed: the largest entry of every eigenvector is positive.
     assert (phi[phi.abs().argmax(dim=0), torch.arange(k)] > 0).all()
@@ -49,7 +54,8 @@ def test_eigenpairs_match_numpy_eigh(length, k):
     w, v = np.linalg.eigh(hankel_matrix(length).numpy())
     w, v = w[::-1][:k], v[:, ::-1][:, :k]
     sigma, phi = top_eigenpairs(length, k)
-    np.testing.assert_allclose(sigma.numpy(), w, rtol=0, atol=1e-15)
+    # Eigenvalues are determined to about eps * ||Z|| = eps * sigma_1 (times a size factor).
+    np.testing.assert_allclose(sigma.numpy(), w, rtol=0, atol=1e-12 * w[0])
     resolved = w > 1e-10 * w[0]  # eigenvectors well separated from the rest
     assert resolved.sum() >= min(k, 6)
     alignment = np.abs(np.sum(phi.numpy()[:, resolved] * v[:, resolved], axis=0))
