@@ -1,10 +1,12 @@
 """The scheduler: under concurrent requests every completion (greedy, and seeded sampled ones) is
 exactly what generate() gives that request alone, for every method, the bundled model and a
-HyenaDNA fixture; stop strings, cancellation, a full queue, errors."""
+HyenaDNA fixture; stop strings, cancellation, a full queue, errors; the plans schedule() makes,
+update() stopping at a stop string, and the caller's request left as it was."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import threading
 from pathlib import Path
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from futurefill import METHODS, generate
+from futurefill import METHODS, Decoder, DecoderOutput, generate
+from futurefill.pretrained.tokenizers import ByteTokenizer, DnaTokenizer, load_with_tokenizer
 from futurefill.serving import QueueFull, Request, Sampling, Scheduler
-from futurefill.tokenizers import ByteTokenizer, DnaTokenizer, load_with_tokenizer
+from futurefill.serving.scheduler import Piece, Plan
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pretrained"
 
@@ -129,7 +132,7 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
     events = []
     try:
         long = Request(tokenizer.encode("a"), 500, on_event=lambda t, r: events.append(r))
-        scheduler.submit(long)
+        handle = scheduler.submit(long)
         waiting = Request(tokenizer.encode("b"), 3)
         while scheduler.running == 0:
             threading.Event().wait(0.001)
@@ -143,7 +146,7 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
         assert done.finish_reason == "length"
     finally:
         scheduler.stop()
-    assert events[-1] == "cancelled" and len(long.tokens) < 500
+    assert events[-1] == "cancelled" and len(handle.tokens) < 500
 
 
 def test_requests_that_cannot_fit_are_refused_before_queueing(bundled):
@@ -172,16 +175,13 @@ def test_memory_per_slot_is_at_most_a_single_sessions_and_never_grows(bundled):
             assert scheduler.decoder.nbytes == held[slots]  # no global clock: nothing grows
         finally:
             scheduler.stop()
-    from futurefill import decoding
-
-    with decoding(model, batch_size=1, max_len=64) as session:
-        with torch.inference_mode():
-            model(torch.tensor([tokenizer.encode("x")]))
-        single = session.nbytes
-    # What one more slot costs (its own inputs, known outputs and tiles; the filter tables are
-    # shared by the slots) is at most what a session of one sequence holds.
-    per_slot = (held[6] - held[3]) // 3
-    assert 0.5 * single < per_slot <= single
+    with Decoder(model, batch_size=1, max_len=64) as decoder:
+        decoder.prefill(torch.tensor([tokenizer.encode("x")]))
+        single = decoder.nbytes
+    # One more row costs its own inputs, known outputs and tiles, at most what a decoder of one
+    # row holds; the filter tables are shared by the rows: B rows hold the tables and B rows.
+    per_row = (held[6] - held[3]) // 3
+    assert 0 < per_row <= single and held[3] == single + 2 * per_row
 
 
 def test_long_prompts_are_prefilled_in_chunks_while_the_others_step(bundled):
@@ -240,3 +240,73 @@ def test_a_hybrid_model_under_load(hybrid):
         scheduler.stop()
     for request, result in zip(requests, results, strict=True):
         assert result.tokens == alone(reference, request)
+
+
+def test_schedule_plans_whole_prompts_alone_and_pieces_beside_steps(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=2, max_len=64, prefill_chunk=8)
+    try:
+        first, second = list(range(65, 85)), list(range(70, 90))  # 20 tokens each
+        handle = scheduler.submit(Request(first, 5))
+        plan = scheduler.schedule()  # nothing running: the whole prompt, chunk or not
+        assert plan == Plan(piece=Piece(0, tuple(first), starts=True, ends=True), admitted=(0,))
+        scheduler.update(plan, scheduler.run(plan))
+        (token,) = handle.tokens
+        scheduler.submit(Request(second, 5))
+        plan = scheduler.schedule()  # row 0 steps, beside the first piece of the new prompt
+        piece = Piece(1, tuple(second[:8]), starts=True, ends=False)
+        assert plan == Plan(rows=(0,), ids=(token,), piece=piece, admitted=(1,))
+        scheduler.update(plan, scheduler.run(plan))
+        plan = scheduler.schedule()
+        assert plan.rows == (0,) and plan.ids == (handle.tokens[-1],)
+        assert plan.piece == Piece(1, tuple(second[8:16]), starts=False, ends=False)
+    finally:
+        scheduler.stop()
+
+
+def test_update_ends_a_request_at_its_stop_string(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=2, max_len=64)
+    events = []
+    try:
+        handle = scheduler.submit(
+            Request([65], 10, stop=["cd"], on_event=lambda t, r: events.append((t, r)))
+        )
+
+        def chosen(token: int) -> DecoderOutput:  # the model's output, as if it chose token
+            logits = torch.zeros(1, scheduler.vocab_size)
+            logits[0, token] = 1.0
+            return DecoderOutput(logits, torch.tensor([token]))
+
+        plan = scheduler.schedule()
+        scheduler.update(plan, (None, chosen(ord("x"))))  # the prompt's piece: a first token
+        for letter in "cd":
+            plan = scheduler.schedule()
+            assert plan.rows == (0,) and plan.piece is None
+            scheduler.update(plan, (chosen(ord(letter)), None))
+        assert handle.tokens == [ord("x"), ord("c"), ord("d")]
+        assert "".join(t for t, _ in events) == "x" and events[-1] == ("", "stop")
+        assert scheduler.schedule() == Plan(released=(0,))  # its row freed
+        assert scheduler.running == 0
+    finally:
+        scheduler.stop()
+
+
+def test_the_callers_request_is_left_as_it_was(bundled):
+    model, tokenizer = bundled
+    texts = []
+    request = Request(
+        tokenizer.encode("def f(x):"),
+        12,
+        Sampling(temperature=0.8, seed=3),
+        stop=["never there"],
+        on_event=lambda text, reason: texts.append(text),
+    )
+    before, callback = dataclasses.asdict(request), request.on_event
+    scheduler = Scheduler(model, tokenizer, slots=2, max_len=64).start()
+    try:
+        done = scheduler.complete(request)
+    finally:
+        scheduler.stop()
+    assert done.finish_reason == "length" and "".join(texts) == done.text
+    assert dataclasses.asdict(request) == before and request.on_event is callback

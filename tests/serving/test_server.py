@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from futurefill import generate, load_pretrained
-from futurefill.data import decode, encode
+from futurefill.demo.data import decode, encode
 
 openai = pytest.importorskip("openai")
 

@@ -1,21 +1,28 @@
 """Continuous batching: many requests decoded together, each at its own position.
 
-A :class:`Scheduler` owns a :class:`~futurefill.decoder.Decoder` with independent rows (B slots
-of ``max_len`` positions each: the memory of B single sessions, whatever the traffic) and one
-engine thread that loops::
+A :class:`Scheduler` owns a :class:`~futurefill.decoder.Decoder` (B rows of ``max_len``
+positions each: the memory of B single sessions, whatever the traffic) and one engine thread. Its
+loop is split as vLLM v1 splits its engine loop, in three parts::
 
-    release the slots of finished and cancelled requests
-    admit waiting requests into free slots
-    one decoder step of every running row, and the next piece of the first admitted prompt
-        not yet done (``prefill_chunk`` tokens at most), in one forward of the model over the
-        packed tokens (a long prompt takes several iterations: chunked prefill, so that the
-        running rows wait for a chunk's tokens at most, not for a whole prompt)
-    choose each row's next token (its own sampling and seed), stream its text, check its stops
+    plan = schedule()         free the rows of finished and cancelled requests, admit waiting
+                              requests into free rows, and say what this iteration feeds (no
+                              model call): one step of every row whose prompt is in (its last
+                              token), and the next piece of the first admitted prompt not yet
+                              in (``prefill_chunk`` tokens at most while rows step, so that they
+                              wait for a piece's tokens, not a whole prompt: chunked prefill;
+                              the whole rest when none does)
+    outputs = run(plan)       the plan on the decoder: steps and piece in one forward over the
+                              packed tokens where the decoder packs (step_and_extend), else the
+                              piece (start or extend), then the steps
+    update(plan, outputs)     each row's next token (its own sampling and seeded generator), its
+                              text streamed, its stops checked; finished requests get their last
+                              event, and their rows are freed by the next schedule()
 
 Every request gets exactly the tokens it would get alone: its row's state is its own, greedy is
 the argmax of its own logits, and a sampled request draws from its own seeded generator.
 Requests arrive from any thread (:meth:`Scheduler.submit`); their events (text, then a finish
-reason) go to the callback they gave, from the engine thread.
+reason) go to the callback they gave, from the engine thread. The scheduler keeps its own
+record of each request: the caller's :class:`Request` is never changed.
 """
 
 from __future__ import annotations
@@ -31,9 +38,9 @@ import torch
 
 from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.generation import banned_tokens, select_next_tokens
-from futurefill.tokenizers import StreamDecoder, Tokenizer
+from futurefill.pretrained.tokenizers import StreamDecoder, Tokenizer
 
-__all__ = ["Completion", "QueueFull", "Request", "Sampling", "Scheduler"]
+__all__ = ["Completion", "Handle", "Piece", "Plan", "QueueFull", "Request", "Sampling", "Scheduler"]
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -41,6 +48,8 @@ FINISH_REASONS = ("stop", "length", "cancelled")
 #: the bundled model, halving the longest inter-token waits of whole prompts
 #: (docs/results/cpu-2core/serve_chunks.md).
 DEFAULT_PREFILL_CHUNK = 256
+
+Outputs = tuple[DecoderOutput | None, DecoderOutput | None]  # the steps', the piece's
 
 
 class QueueFull(RuntimeError):
@@ -60,10 +69,10 @@ class Sampling:
 
 @dataclass
 class Request:
-    """One completion: prompt ids, how many tokens at most, how to choose them, where to stop,
-    and ``on_event(text, finish_reason)``, called from the engine thread with each piece of new
-    text (finish_reason None) and once more at the end (text maybe empty, finish_reason one of
-    ``stop``, ``length``, ``cancelled``)."""
+    """One completion as the client sends it: prompt ids, how many tokens at most, how to choose
+    them, where to stop, and ``on_event(text, finish_reason)``, called from the engine thread with
+    each piece of new text (finish_reason None) and once more at the end (text maybe empty,
+    finish_reason one of ``stop``, ``length``, ``cancelled``). The scheduler never changes it."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -72,10 +81,6 @@ class Request:
     on_event: Callable[[str, str | None], None] = lambda text, reason: None
     allowed_token_ids: Sequence[int] | None = None
     id: int = field(default_factory=itertools.count().__next__)
-    # Set by the scheduler:
-    arrived: float = 0.0
-    cancelled: bool = False
-    tokens: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -87,16 +92,64 @@ class Completion:
     finish_reason: str
 
 
-class _Row:
-    """A running request's place in the batch: its slot, its next input, its text state."""
+@dataclass(frozen=True)
+class Piece:
+    """A piece of a prompt to feed: ``row``'s next ``ids``; ``starts``, the prompt's first piece
+    (the row starts its sequence); ``ends``, its last (its logits give the first token)."""
 
-    def __init__(self, request: Request, slot: int, decoder: StreamDecoder, banned, generator):
-        self.request, self.slot, self.decoder = request, slot, decoder
-        self.banned, self.generator = banned, generator
-        self.held = ""  # text not yet sent: it could be the start of a stop string
-        self.fed = 0  # prompt tokens prefilled so far
-        self.last_token = 0
-        self.last_event = 0.0
+    row: int
+    ids: tuple[int, ...]
+    starts: bool
+    ends: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one iteration does (:meth:`Scheduler.schedule`): ``rows`` step with their last
+    tokens ``ids``, and ``piece`` (maybe None) is fed; ``released`` and ``admitted`` are the rows
+    freed and taken before it."""
+
+    rows: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()
+    piece: Piece | None = None
+    released: tuple[int, ...] = ()
+    admitted: tuple[int, ...] = ()
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """The scheduler's record of a request: what happens to it, the caller's request untouched.
+    How much of its prompt is in is its row's position in the decoder."""
+
+    request: Request
+    on_event: Callable[[str, str | None], None]
+    arrived: float
+    cancelled: bool = False
+    finished: bool = False
+    tokens: list[int] = field(default_factory=list)  # generated (the first: its prompt is in)
+    row: int = -1  # its row in the decoder, once admitted
+    detokenizer: StreamDecoder | None = None
+    banned: torch.Tensor | None = None  # (vocab,) bool: the tokens it may not choose
+    generator: torch.Generator | None = None  # sampled requests only
+    held: str = ""  # text not yet sent: it could be the start of a stop string
+    last_event: float = 0.0  # when its last token came (0: none yet)
+
+
+class Handle:
+    """A submitted request (:meth:`Scheduler.submit`): its tokens so far, :meth:`cancel`."""
+
+    def __init__(self, scheduler: Scheduler, sequence: _Sequence):
+        self._scheduler, self._sequence = scheduler, sequence
+        self.request = sequence.request
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens generated so far (a copy)."""
+        return list(self._sequence.tokens)
+
+    def cancel(self) -> None:
+        """Stop the request (:meth:`Scheduler.cancel`)."""
+        self._scheduler._cancel(self._sequence)
 
 
 class Scheduler:
@@ -109,12 +162,12 @@ class Scheduler:
     tokenizer : Tokenizer
         Decodes the generated ids into text (streaming, stop strings).
     slots : int
-        Rows decoded together.
+        Rows of the decoder: requests decoded together.
     max_len : int, optional
         Longest sequence (prompt plus generated); default the model's.
     method, compile : the decoder's.
     queue_size : int
-        Requests that may wait for a slot; :meth:`submit` raises :class:`QueueFull` beyond.
+        Requests that may wait for a row; :meth:`submit` raises :class:`QueueFull` beyond.
     prefill_chunk : int
         Prompt tokens prefilled in one iteration at most while other rows are decoding (chunked
         prefill, each piece packed with their step in one forward). Smaller pieces shorten the
@@ -137,20 +190,16 @@ class Scheduler:
         metrics=None,
     ):
         self.decoder = Decoder(
-            model,
-            batch_size=slots,
-            max_len=max_len,
-            method=method,
-            compile=compile,
-            independent_rows=True,
+            model, batch_size=slots, max_len=max_len, method=method, compile=compile
         )
         self.tokenizer = tokenizer
-        self.slots, self.max_len = slots, self.decoder.session.max_len
+        self.slots, self.max_len = slots, self.decoder.max_len
         self.queue_size, self.prefill_chunk = queue_size, prefill_chunk
         self.vocab_size = self.decoder.vocab_size or tokenizer.vocab_size
         self.metrics = metrics
-        self._waiting: collections.deque[Request] = collections.deque()
-        self._running: dict[int, _Row] = {}  # slot -> row
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._running: dict[int, _Sequence] = {}  # row -> sequence, in order of admission
+        self._sequences: dict[int, _Sequence] = {}  # request id -> sequence, until it ends
         self._lock = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -175,19 +224,21 @@ class Scheduler:
         else:  # never started: nothing to cancel, the session to close
             self.decoder.close()
 
-    def submit(self, request: Request) -> Request:
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has started the engine thread."""
+        return self._thread is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called: new requests are refused."""
+        return self._stopping
+
+    def submit(self, request: Request) -> Handle:
         """Queue ``request``; QueueFull when the queue is full, ValueError for a request that
-        cannot fit (prompt plus ``max_tokens`` over ``max_len``, an id outside the vocabulary)."""
-        self.check(request)
-        with self._lock:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.queue_size:
-                raise QueueFull(f"{len(self._waiting)} requests are waiting already")
-            request.arrived = time.perf_counter()
-            self._waiting.append(request)
-            self._lock.notify_all()
-        return request
+        cannot fit (prompt plus ``max_tokens`` over ``max_len``, an id outside the vocabulary)
+        or whose ``id`` is in flight already."""
+        return self._submit(request, request.on_event)
 
     def check(self, request: Request) -> None:
         """ValueError naming what does not fit, before anything is queued."""
@@ -204,10 +255,17 @@ class Scheduler:
         if min(request.prompt_ids) < 0 or max(request.prompt_ids) >= self.vocab_size:
             raise ValueError(f"prompt: token ids must be in [0, {self.vocab_size})")
 
-    def cancel(self, request: Request) -> None:
-        """Stop ``request`` (waiting or running): its slot is freed at the next iteration."""
+    def cancel(self, request: Request | int) -> None:
+        """Stop ``request`` (or the request of that id), waiting or running: its row is freed at
+        the next iteration. Nothing happens to a request that has ended."""
         with self._lock:
-            request.cancelled = True
+            sequence = self._sequences.get(request if isinstance(request, int) else request.id)
+        if sequence is not None:
+            self._cancel(sequence)
+
+    def _cancel(self, sequence: _Sequence) -> None:
+        with self._lock:
+            sequence.cancelled = True
             self._lock.notify_all()
 
     def complete(self, request: Request, timeout: float | None = None) -> Completion:
@@ -215,21 +273,19 @@ class Scheduler:
         done = threading.Event()
         parts: list[str] = []
         reason: list[str] = []
-        forward = request.on_event
 
         def on_event(text: str, finish_reason: str | None) -> None:
-            forward(text, finish_reason)
+            request.on_event(text, finish_reason)
             parts.append(text)
             if finish_reason is not None:
                 reason.append(finish_reason)
                 done.set()
 
-        request.on_event = on_event
-        self.submit(request)
+        handle = self._submit(request, on_event)
         if not done.wait(timeout):
             self.cancel(request)
             done.wait()
-        return Completion("".join(parts), list(request.tokens), reason[0])
+        return Completion("".join(parts), handle.tokens, reason[0])
 
     @property
     def queue_length(self) -> int:
@@ -241,8 +297,23 @@ class Scheduler:
 
     @property
     def bytes_per_slot(self) -> int:
-        """Bytes of decoding state one slot holds (the same as one single-sequence session)."""
+        """Bytes of decoding state one row holds (the same as one single-sequence session)."""
         return self.decoder.nbytes // self.slots
+
+    def _submit(self, request: Request, on_event: Callable[[str, str | None], None]) -> Handle:
+        self.check(request)
+        with self._lock:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.queue_size:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting already")
+            if request.id in self._sequences:
+                raise ValueError(f"id: request {request.id} is in flight already")
+            sequence = _Sequence(request, on_event, arrived=time.perf_counter())
+            self._sequences[request.id] = sequence
+            self._waiting.append(sequence)
+            self._lock.notify_all()
+        return Handle(self, sequence)
 
     # ------------------------------------------------------------------ the engine thread
 
@@ -265,157 +336,159 @@ class Scheduler:
                 self._lock.wait()
             if self._stopping:
                 return False
-            admitted = self._take_waiting()
-        for row in list(self._running.values()):
-            if row.request.cancelled:
-                self._finish(row, "cancelled")
-        for request, slot in admitted:
-            self._admit(request, slot)
-        stepping = [row for row in self._running.values() if row.last_event]  # prefilled
-        prefilling, piece = self._next_piece(decoding=bool(stepping))
-        if prefilling is not None and stepping:  # one forward for both
-            stepped, fed = self.decoder.step_and_extend(
-                self._last_tokens(stepping), [row.slot for row in stepping], prefilling.slot, piece
-            )
-            self._emit(stepping, stepped)
-            self._fed(prefilling, piece, fed)
-            return True
-        if prefilling is not None:
-            feed = self.decoder.start if prefilling.fed == 0 else self.decoder.extend
-            self._fed(prefilling, piece, feed(prefilling.slot, piece))
-        if any(row.last_event for row in self._running.values()):  # a first token taken too
-            self._step()
+        plan = self.schedule()
+        if plan.rows or plan.piece is not None:
+            self.update(plan, self.run(plan))
         return True
 
-    def _take_waiting(self) -> list[tuple[Request, int]]:
-        """Requests leaving the queue for free slots. Called with the lock held."""
-        while self._waiting and self._waiting[0].cancelled:
-            self._waiting.popleft().on_event("", "cancelled")
-        free = [s for s in range(self.slots) if s not in self._running]
-        taken = []
-        while self._waiting and len(taken) < len(free):
-            request = self._waiting.popleft()
-            if request.cancelled:
-                request.on_event("", "cancelled")
-                continue
-            taken.append((request, free[len(taken)]))
+    def schedule(self) -> Plan:
+        """Free the rows of finished and cancelled requests, admit waiting requests into free
+        rows, and plan the iteration (no model call): a step of every row whose prompt is in,
+        and the next piece of the first admitted prompt not yet in, ``prefill_chunk`` tokens at
+        most while rows step (they wait for its tokens only), the whole rest when none does."""
+        released = []
+        for sequence in list(self._running.values()):
+            if sequence.cancelled and not sequence.finished:
+                self._finish(sequence, "cancelled")
+            if sequence.finished:
+                del self._running[sequence.row]
+                self.decoder.release(sequence.row)
+                released.append(sequence.row)
+        admitted = [self._admit(sequence) for sequence in self._take_waiting()]
+        stepping = [row for row, sequence in self._running.items() if sequence.tokens]
+        piece = None
+        row = next((row for row, s in self._running.items() if not s.tokens), None)
+        if row is not None:
+            prompt, fed = self._running[row].request.prompt_ids, self._position(row)
+            end = min(fed + self.prefill_chunk, len(prompt)) if stepping else len(prompt)
+            piece = Piece(row, tuple(prompt[fed:end]), starts=fed == 0, ends=end == len(prompt))
+        ids = tuple(self._running[row].tokens[-1] for row in stepping)
+        return Plan(tuple(stepping), ids, piece, tuple(released), tuple(admitted))
+
+    def run(self, plan: Plan) -> Outputs:
+        """``plan`` on the decoder: the steps' outputs and the piece's (None where there is
+        none), in one forward over the packed tokens where the decoder packs."""
+        decoder, piece, fed = self.decoder, plan.piece, None
+        ids = torch.tensor(plan.ids, dtype=torch.long, device=decoder.device)
+        if piece is not None:
+            chunk = torch.tensor(piece.ids, dtype=torch.long, device=decoder.device)
+            if plan.rows and decoder.packs:
+                return decoder.step_and_extend(ids, list(plan.rows), piece.row, chunk)
+            fed = (decoder.start if piece.starts else decoder.extend)(piece.row, chunk)
+        return (decoder.step(ids, list(plan.rows)) if plan.rows else None), fed
+
+    def update(self, plan: Plan, outputs: Outputs) -> None:
+        """Each stepped row's next token, and the first token of a prompt the piece ended."""
+        steps, fed = outputs
+        if steps is not None:
+            self._sample([self._running[row] for row in plan.rows], steps)
+        if plan.piece is not None and plan.piece.ends:
+            self._sample([self._running[plan.piece.row]], fed)
+
+    def _position(self, row: int) -> int:
+        return int(self.decoder.positions[row])
+
+    def _take_waiting(self) -> list[_Sequence]:
+        """Requests leaving the queue for free rows; the cancelled ones leave it ended."""
+        with self._lock:
+            cancelled = [sequence for sequence in self._waiting if sequence.cancelled]
+            if cancelled:
+                self._waiting = collections.deque(s for s in self._waiting if not s.cancelled)
+            free = min(self.slots - len(self._running), len(self._waiting))
+            taken = [self._waiting.popleft() for _ in range(free)]
+        for sequence in cancelled:
+            self._finish(sequence, "cancelled")
         return taken
 
-    def _admit(self, request: Request, slot: int) -> None:
-        sampling = request.sampling
-        generator = None
+    def _admit(self, sequence: _Sequence) -> int:
+        """``sequence`` into a free row: its detokenizer, its banned tokens, its generator."""
+        row = next(r for r in range(self.slots) if r not in self._running)
+        sampling, device = sequence.request.sampling, self.decoder.device
         if sampling.temperature > 0:
             seed = sampling.seed if sampling.seed is not None else torch.seed()
-            generator = torch.Generator(device=self.decoder.device).manual_seed(seed)
-        allowed = request.allowed_token_ids
-        banned = banned_tokens(None, allowed, self.vocab_size, self.decoder.device)
-        self._running[slot] = _Row(
-            request, slot, self.tokenizer.stream_decoder(), banned, generator
-        )
+            sequence.generator = torch.Generator(device=device).manual_seed(seed)
+        allowed = sequence.request.allowed_token_ids
+        sequence.banned = banned_tokens(None, allowed, self.vocab_size, device)
+        sequence.row, sequence.detokenizer = row, self.tokenizer.stream_decoder()
+        self._running[row] = sequence
         if self.metrics is not None:
-            self.metrics.observe_admission(time.perf_counter() - request.arrived)
+            self.metrics.observe_admission(time.perf_counter() - sequence.arrived)
+        return row
 
-    def _next_piece(self, decoding: bool) -> tuple[_Row | None, torch.Tensor | None]:
-        """The first admitted row whose prompt is not yet prefilled, and its next piece:
-        ``prefill_chunk`` tokens at most while other rows are decoding (the piece shares their
-        step's forward, so they wait for its tokens only), the whole rest when none is."""
-        row = next((r for r in self._running.values() if r.fed < len(r.request.prompt_ids)), None)
-        if row is None:
-            return None, None
-        prompt = row.request.prompt_ids
-        end = row.fed + self.prefill_chunk if decoding else len(prompt)
-        return row, torch.tensor(
-            prompt[row.fed : end], dtype=torch.long, device=self.decoder.device
-        )
-
-    def _fed(self, row: _Row, piece: torch.Tensor, out: DecoderOutput) -> None:
-        """``piece`` of ``row``'s prompt is in; at the prompt's end, its first token."""
-        row.fed += len(piece)
-        if row.fed == len(row.request.prompt_ids):
-            self._emit([row], out)
-
-    def _step(self) -> None:
-        rows = [row for row in self._running.values() if row.last_event]  # prefilled
-        self._emit(rows, self.decoder.step(self._last_tokens(rows), [row.slot for row in rows]))
-
-    def _last_tokens(self, rows: list[_Row]) -> torch.Tensor:
-        """Each row's last token, its next input ``(len(rows),)``."""
-        return torch.tensor([row.last_token for row in rows], device=self.decoder.device)
-
-    def _emit(self, rows: list[_Row], out: DecoderOutput) -> None:
-        """Each row's next token from its logits (one host transfer for the greedy ones): then
-        stream it and check its stops."""
+    def _sample(self, sequences: list[_Sequence], out: DecoderOutput) -> None:
+        """Each sequence's next token from its logits (one host transfer for the greedy ones):
+        then stream it and check its stops."""
         finite = torch.isfinite(out.logits).all(dim=-1).tolist()
         tokens = out.greedy.tolist()
-        for i, row in enumerate(rows):
+        for i, sequence in enumerate(sequences):
             if not finite[i]:
-                self._finish(row, "stop", tail="")  # a broken model ends the request only
+                self._finish(sequence, "stop", tail="")  # a broken model ends the request only
             else:
-                if row.banned is not None or row.generator is not None:
-                    tokens[i] = self._choose(row, out.logits[i])
-                self._take(row, tokens[i])
+                if sequence.banned is not None or sequence.generator is not None:
+                    tokens[i] = self._choose(sequence, out.logits[i])
+                self._take(sequence, tokens[i])
 
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        """``row``'s token from its logits ``(vocab,)``: its allowed tokens, its sampling."""
-        if row.banned is not None:
-            logits = logits.masked_fill(row.banned, -torch.inf)
-        if row.generator is None:
+    def _choose(self, sequence: _Sequence, logits: torch.Tensor) -> int:
+        """The token from ``logits`` ``(vocab,)``: its allowed tokens, its sampling."""
+        if sequence.banned is not None:
+            logits = logits.masked_fill(sequence.banned, -torch.inf)
+        if sequence.generator is None:
             return int(logits.argmax())
-        sampling = row.request.sampling
+        sampling = sequence.request.sampling
         chosen = select_next_tokens(
             logits[None],
             do_sample=True,
             temperature=sampling.temperature,
             top_k=sampling.top_k,
             top_p=sampling.top_p,
-            generator=row.generator,
+            generator=sequence.generator,
         )
         return int(chosen[0])
 
-    def _take(self, row: _Row, token: int) -> None:
-        """``token`` is ``row``'s next: stream its text, check the request's stops."""
-        request = row.request
-        request.tokens.append(token)
-        row.last_token = token
+    def _take(self, sequence: _Sequence, token: int) -> None:
+        """``token`` is the sequence's next: stream its text, check the request's stops."""
+        request = sequence.request
+        sequence.tokens.append(token)
         now = time.perf_counter()
         if self.metrics is not None:
-            since = row.last_event or request.arrived
-            self.metrics.observe_token(now - since, first=not row.last_event)
-        row.last_event = now
+            since = sequence.last_event or sequence.arrived
+            self.metrics.observe_token(now - since, first=not sequence.last_event)
+        sequence.last_event = now
         if token == self.tokenizer.eos_token_id:
-            self._finish(row, "stop")
+            self._finish(sequence, "stop")
             return
-        text = row.held + row.decoder.push(token)
+        text = sequence.held + sequence.detokenizer.push(token)
         for stop in request.stop:
             at = text.find(stop)
             if at >= 0:  # the text before it, and nothing after
-                request.on_event(text[:at], None)
-                self._finish(row, "stop", tail="")
+                sequence.on_event(text[:at], None)
+                self._finish(sequence, "stop", tail="")
                 return
         # Hold back what could be the start of a stop string until it is known not to be one.
         keep = max((len(stop) - 1 for stop in request.stop), default=0)
         cut = max(len(text) - keep, 0)
-        row.held = text[cut:]
+        sequence.held = text[cut:]
         if cut:
-            request.on_event(text[:cut], None)
-        if len(request.tokens) >= request.max_tokens:
-            self._finish(row, "length")
+            sequence.on_event(text[:cut], None)
+        if len(sequence.tokens) >= request.max_tokens:
+            self._finish(sequence, "length")
 
-    def _finish(self, row: _Row, reason: str, tail: str | None = None) -> None:
-        """Free ``row``'s slot and send its last event (with the held and pending text, unless
-        ``tail`` says what it is)."""
-        self._running.pop(row.slot, None)
-        self.decoder.release(row.slot)
+    def _finish(self, sequence: _Sequence, reason: str, tail: str | None = None) -> None:
+        """Send the sequence's last event (with the held and pending text, unless ``tail`` says
+        what it is); its row, if it has one, is freed by the next :meth:`schedule`."""
+        sequence.finished = True
+        with self._lock:
+            self._sequences.pop(sequence.request.id, None)
         if tail is None:
-            tail = "" if reason == "cancelled" else row.held + row.decoder.flush()
+            pending = sequence.detokenizer.flush() if sequence.detokenizer is not None else ""
+            tail = "" if reason == "cancelled" else sequence.held + pending
         if self.metrics is not None:
             self.metrics.observe_finish(reason)
-        row.request.on_event(tail, reason)
+        sequence.on_event(tail, reason)
 
     def _finish_all(self, reason: str) -> None:
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
-        for request in waiting:
-            request.on_event("", reason)
-        for row in list(self._running.values()):
-            self._finish(row, reason)
+        for sequence in [*waiting, *self._running.values()]:
+            if not sequence.finished:
+                self._finish(sequence, reason)

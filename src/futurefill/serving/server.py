@@ -5,7 +5,7 @@ Endpoints: ``POST /v1/completions`` (text or token-id prompt, ``max_tokens``, ``
 ``GET /v1/models``, ``GET /health`` and ``GET /metrics`` (Prometheus text format). A bad request
 gets a 400 (404 for an unknown model) with ``{"error": {"message", "type", "param", "code"}}``
 naming the field; a full queue a 429 with ``Retry-After``; a server shutting down a 503. A client
-that goes away cancels its request, whose slot is free at the scheduler's next iteration.
+that goes away cancels its request, whose row is free at the scheduler's next iteration.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from futurefill.serving.metrics import Metrics
-from futurefill.serving.scheduler import QueueFull, Sampling, Scheduler
+from futurefill.serving.scheduler import Handle, QueueFull, Sampling, Scheduler
 from futurefill.serving.scheduler import Request as Completion
 
 __all__ = ["ApiError", "create_app", "parse_completion"]
@@ -163,7 +163,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if scheduler._thread is None:
+        if not scheduler.started:
             scheduler.start()
         try:
             yield
@@ -178,7 +178,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if scheduler.error is not None or scheduler._stopping:
+        if scheduler.error is not None or scheduler.stopping:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -215,9 +215,9 @@ def create_app(
             events.put_nowait, (text, reason)
         )
         try:
-            scheduler.submit(request)
+            handle = scheduler.submit(request)
         except QueueFull as exc:
-            status = 503 if scheduler._stopping else 429
+            status = 503 if scheduler.stopping else 429
             headers = {"Retry-After": str(retry_after)}
             return ApiError(status, f"overloaded: {exc}; retry later").response(headers)
         head = {
@@ -227,9 +227,7 @@ def create_app(
             "model": model_name,
         }
         if stream:
-            return StreamingResponse(
-                _events(scheduler, request, events, head), media_type="text/event-stream"
-            )
+            return StreamingResponse(_events(handle, events, head), media_type="text/event-stream")
         text, reason = [], None
         try:
             while reason is None:
@@ -237,21 +235,21 @@ def create_app(
                     piece, reason = await asyncio.wait_for(events.get(), timeout=0.5)
                 except TimeoutError:
                     if await http.is_disconnected():
-                        scheduler.cancel(request)
+                        handle.cancel()
                         return None
                     continue
                 text.append(piece)
         except asyncio.CancelledError:
-            scheduler.cancel(request)
+            handle.cancel()
             raise
         choice = {"text": "".join(text), "index": 0, "logprobs": None, "finish_reason": reason}
-        return {**head, "choices": [choice], "usage": _usage(request)}
+        return {**head, "choices": [choice], "usage": _usage(handle)}
 
     return app
 
 
-def _usage(request: Completion) -> dict:
-    prompt, completion = len(request.prompt_ids), len(request.tokens)
+def _usage(handle: Handle) -> dict:
+    prompt, completion = len(handle.request.prompt_ids), len(handle.tokens)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -259,9 +257,7 @@ def _usage(request: Completion) -> dict:
     }
 
 
-async def _events(
-    scheduler: Scheduler, request: Completion, events: asyncio.Queue, head: dict
-) -> AsyncIterator[str]:
+async def _events(handle: Handle, events: asyncio.Queue, head: dict) -> AsyncIterator[str]:
     """Server-sent events: new text as it comes, the finish reason last, then ``[DONE]``. A
     client that goes away (the generator closed or cancelled) cancels the request."""
     try:
@@ -272,9 +268,9 @@ async def _events(
                 choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
                 chunk = {**head, "choices": [choice]}
                 if reason is not None:
-                    chunk["usage"] = _usage(request)
+                    chunk["usage"] = _usage(handle)
                 yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         if reason is None:
-            scheduler.cancel(request)
+            handle.cancel()
