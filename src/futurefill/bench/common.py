@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from futurefill import argtypes
 from futurefill.bench import plots
+from futurefill.cli import options as argtypes
 from futurefill.staging import staged
 
 DTYPES = {

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from futurefill import argtypes
+from futurefill.cli import options as argtypes
 from futurefill.online import METHODS
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
@@ -312,8 +312,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from futurefill.bench import common, plots
-    from futurefill.data import load_corpus
-    from futurefill.tokenizers import load_with_tokenizer
+    from futurefill.demo.data import load_corpus
+    from futurefill.pretrained.tokenizers import load_with_tokenizer
 
     for name in ("prompt_lens", "output_lens"):
         low, high = getattr(args, name)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from futurefill.data import ByteStreamDecoder, encode
+from futurefill.demo.data import ByteStreamDecoder, encode
 from futurefill.pretrained import detect_format, dna, load_pretrained
 
 __all__ = [

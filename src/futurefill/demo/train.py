@@ -15,7 +15,6 @@ The output directory receives, every ``--save-every`` steps and at the end:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -33,8 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from futurefill import argtypes
-from futurefill import data as corpus
+from futurefill.demo import data as corpus
 from futurefill.staging import staged
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "heldout_loss",
-    "register",
     "train",
 ]
 
@@ -114,7 +111,7 @@ def evaluate(
     """Mean next-byte cross-entropy (nats) of ``model`` over the non-overlapping windows of ``ids``.
 
     Every window has ``context`` predictions, each conditioned on the bytes before it inside the
-    window (see :func:`futurefill.data.windows`).
+    window (see :func:`futurefill.demo.data.windows`).
     """
     was_training = model.training
     model.eval()
@@ -168,7 +165,7 @@ def train(
     progress: bool = True,
     data: bytes | None = None,
 ) -> dict[str, Any]:
-    """Train a ConvLM on the corpus (default: :func:`futurefill.data.load_corpus`).
+    """Train a ConvLM on the corpus (default: :func:`futurefill.demo.data.load_corpus`).
 
     Returns the manifest (also written to ``out/training.json`` when ``out`` is given, beside the
     model and ``heldout.bin``).
@@ -280,78 +277,3 @@ def train(
     }
     checkpoint(final=True)
     return manifest
-
-
-# --------------------------------------------------------------------------- command line
-
-
-# Every option of ``futurefill train``: (accepted values, help). Checked before any work.
-def _options() -> dict[str, tuple[Any, str]]:
-    from futurefill.model import MIXERS
-
-    count, nonneg = argtypes.bounded_int(1), argtypes.bounded_int(0)
-    positive = argtypes.finite_float(0, low_open=True)
-    return {
-        "mixer": (MIXERS, "sequence mixer of every layer"),
-        "d_model": (count, "model width"),
-        "n_layers": (count, "residual blocks"),
-        "mlp_ratio": (count, "MLP hidden width over d_model"),
-        "num_eigh": (count, "STU spectral filters"),
-        "max_len": (count, "filter length: the longest prompt + generation at inference"),
-        "steps": (count, "optimiser steps"),
-        "batch_size": (count, "windows per step"),
-        "context": (count, "training window length (at most max_len)"),
-        "lr": (positive, "peak learning rate (AdamW)"),
-        "min_lr_ratio": (argtypes.finite_float(0, 1), "final learning rate over the peak"),
-        "warmup": (nonneg, "linear warm-up steps"),
-        "weight_decay": (argtypes.finite_float(0), "AdamW weight decay of the matrices"),
-        "grad_clip": (positive, "gradient norm clip"),
-        "val_fraction": (
-            argtypes.finite_float(0, 1, low_open=True, high_open=True),
-            "share of the corpus held out for validation",
-        ),
-        "eval_every": (nonneg, "validation every this many steps (0: at the end only)"),
-        "heldout_windows": (count, "validation windows stored in heldout.bin"),
-        "save_every": (nonneg, "checkpoint every this many steps (0: at the end only)"),
-        "seed": (argtypes.seed, "seed of the initialisation and the batches"),
-        "threads": (argtypes.threads, "torch threads (default: torch's own)"),
-    }
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train the byte-level demo model on Python's documentation topics",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument(
-        "--out", required=True, type=argtypes.output_dir, help="output directory for the checkpoint"
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    defaults = TrainConfig()
-    for name, (accepted, help_text) in _options().items():
-        flag = "--" + name.replace("_", "-")
-        kind = {"choices": accepted} if isinstance(accepted, tuple) else {"type": accepted}
-        parser.add_argument(flag, default=getattr(defaults, name), help=help_text, **kind)
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    if cfg.context > cfg.max_len:
-        raise argtypes.UsageError(f"--context {cfg.context} exceeds --max-len {cfg.max_len}")
-    try:
-        cfg.model_config()
-    except ValueError as exc:
-        raise argtypes.UsageError(str(exc)) from None
-    manifest = train(cfg, args.out, progress=not args.quiet)
-    final = manifest["final_val"]
-    unigram = manifest["unigram_bits_per_byte"]["cross_entropy"]
-    print(
-        f"final validation loss {final['loss_nats']:.4f} nats/byte = "
-        f"{final['bits_per_byte']:.3f} bits/byte (unigram baseline {unigram:.3f} bits/byte); "
-        f"{manifest['steps_done']} steps in {manifest['wall_time_s']:.0f} s; saved to {args.out}"
-    )
-    return 0

@@ -1,4 +1,10 @@
-"""The ``futurefill`` command line: one subcommand per job, each registered by its own module."""
+"""The ``futurefill`` command line: one subcommand per job, each registered by its own module.
+
+:mod:`~futurefill.cli.options` holds what every subcommand shares (option value checkers,
+one-line errors); ``generate``, ``serve``, ``bench`` and ``train`` each have a module here that
+parses the subcommand's options and calls the library. The library never imports this package
+(only the benchmarks do, to declare their options with :mod:`~futurefill.cli.options`).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,20 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from futurefill import argtypes
+from futurefill.cli import options
 
 # Modules that each define ``register(subparsers)``: adds its subcommand, with ``func`` set to a
 # callable taking the parsed arguments and returning an exit code.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "futurefill.bench.cli",
-    "futurefill.train",
-    "futurefill.textgen",
-    "futurefill.serving.cli",
+    "futurefill.cli.bench",
+    "futurefill.cli.train",
+    "futurefill.cli.generate",
+    "futurefill.cli.serve",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argtypes.ArgumentParser(
+    parser = options.ArgumentParser(
         prog="futurefill", description="Fast exact generation from convolutional sequence models."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -40,8 +46,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra:  # named by the subcommand, as its own parser's errors are
         print(f"{prog}: error: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
         return 2
-    return argtypes.run_command(prog, lambda: args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return options.run_command(prog, lambda: args.func(args))

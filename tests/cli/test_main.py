@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from futurefill import argtypes, train
-from futurefill.cli import build_parser, main
+from futurefill.cli import build_parser, main, options
 
 BAD = [
     # (arguments, what the one line must say)
@@ -123,11 +122,11 @@ def test_run_command_turns_user_failures_into_one_line(capsys):
         raise PermissionError(13, "Permission denied", "/results/layer.json")
 
     def bad_combination():
-        raise argtypes.UsageError("--a and --b go together")
+        raise options.UsageError("--a and --b go together")
 
-    assert argtypes.run_command("futurefill x", interrupted) == 130
-    assert argtypes.run_command("futurefill x", unwritable) == 1
-    assert argtypes.run_command("futurefill x", bad_combination) == 2
+    assert options.run_command("futurefill x", interrupted) == 130
+    assert options.run_command("futurefill x", unwritable) == 1
+    assert options.run_command("futurefill x", bad_combination) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "futurefill x: interrupted",
@@ -157,7 +156,23 @@ def test_every_option_has_help_and_a_default():
             assert says_default or action.required, (name, action.option_strings)
 
 
-def test_train_options_cover_its_config():
-    import dataclasses
+def test_the_library_never_imports_the_command_line():
+    """Only the command line itself and the benchmarks (which declare their options with
+    futurefill.cli.options) import futurefill.cli."""
+    import ast
+    from pathlib import Path
 
-    assert set(train._options()) == {f.name for f in dataclasses.fields(train.TrainConfig)}
+    import futurefill
+
+    root = Path(futurefill.__file__).parent
+    importers = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(name.split(".")[:2] == ["futurefill", "cli"] for name in names):
+                importers.add(path.relative_to(root).parts[0])
+    assert importers <= {"cli", "bench"}

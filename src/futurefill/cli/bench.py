@@ -1,9 +1,10 @@
-"""``futurefill bench {layer,prompt,model,context,all}``: options, presets and output.
+"""``futurefill bench {layer,prompt,model,context,serve,all}``: options, presets and output.
 
-Each benchmark's options are the fields of its config dataclass (:func:`common.option` gives each
-its help and checker). An option left unset takes the preset's value (``--preset``), else the
-field's default; the resolved configuration is recorded in the JSON report together with the
-equivalent full command line.
+Each benchmark's options are the fields of its config dataclass (each field's metadata gives its
+help and checker). An option left unset takes the preset's value (``--preset``,
+:mod:`futurefill.bench.presets`), else the field's default; the resolved configuration is
+recorded in the JSON report together with the equivalent full command line. ``bench serve``
+registers its own options (:mod:`futurefill.bench.serve`).
 """
 
 from __future__ import annotations
@@ -12,76 +13,13 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from futurefill import argtypes
-from futurefill.bench import common, layer, model
+from futurefill.bench import common
+from futurefill.bench.presets import BENCHMARKS, PRESETS, pow2
+from futurefill.cli import options
 
-BENCHMARKS = {b.name: b for b in (layer.LAYER, layer.PROMPT, model.MODEL, model.CONTEXT)}
-
-
-def _pow2(lo: int, hi: int) -> tuple[int, ...]:
-    return tuple(2**k for k in range(lo, hi + 1))
-
-
-# Presets. quick: `make demo`, well under a minute and a half on two CPU cores.
-# full: the FutureFill methods reach L = 2^18 (128 channels, batch 1, float32, every core); naive
-# and recompute stop where one run is projected past the budget (naive reaches 2^16 on 2 cores).
-# Its prompt grid reaches P = 2^16; its context sweep decodes K = 256 tokens after prompts of up
-# to 2^15 tokens (the ConvLM of the project target).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "quick": {
-        "layer": {"lengths": _pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
-        "prompt": {"prompt_lens": (256, 2048), "gen_lens": (256, 1024), "budget": 2.0},
-        "model": {
-            "lengths": _pow2(6, 8),
-            "mixers": ("stu_tensordot", "hyena"),
-            "repeats": 1,
-            "budget": 3.0,
-        },
-        "context": {"prompt_lens": (128, 512), "new_tokens": 32, "repeats": 1, "budget": 3.0},
-    },
-    "full": {
-        "layer": {"lengths": _pow2(8, 18), "repeats": 3, "budget": 250.0, "slope_from": 2**12},
-        "prompt": {
-            "prompt_lens": (1024, 4096, 16384, 65536),
-            "gen_lens": (1024, 4096, 16384),
-            "budget": 200.0,
-        },
-        "model": {"lengths": _pow2(7, 13), "repeats": 1, "budget": 60.0},
-        "context": {
-            "prompt_lens": (2**10, 2**12, 2**14, 2**15),
-            "new_tokens": 256,
-            "methods": ("naive", "epoched", "continuous"),
-            "mixers": ("stu_tensordot",),
-            "d_model": 128,
-            "n_layers": 4,
-            "repeats": 3,
-            "budget": 60.0,
-        },
-    },
-    # A HyenaDNA-large-1m-shaped model (random weights) decoding after long DNA prompts, against
-    # recompute (a full forward per token: the Hugging Face port's generate()). Its tolerance is
-    # wider than float32's 1e-4 for the reason given beside it.
-    "hyenadna": {
-        "context": {
-            "prompt_lens": _pow2(12, 17),  # 2^18 needs more than this machine's 24 GiB
-            "new_tokens": 16,
-            "methods": ("naive", "epoched", "continuous", "compiled", "recompute"),
-            "mixers": ("hyenadna",),
-            "d_model": 256,
-            "n_layers": 8,
-            "vocab_size": 16,
-            "repeats": 1,
-            "budget": 400.0,
-            # The float32 forward itself (every method alike: its prefill FFT) is 5.7e-5 from
-            # float64 at P = 2^15, 8.1e-5 at 2^16, 1.06e-4 at 2^17: growing like sqrt(P).
-            "tol": 3e-4,
-        },
-    },
-}
 SHARED = [f for f in dataclasses.fields(common.Options) if f.name not in ("warmup_len", "tol")]
 
 
@@ -148,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         for field in _fields(spec.config):
             _add_option(parser, field, _default(name, field))
         if "lengths" in PRESETS["quick"][name]:
-            exponent = argtypes.bounded_int(0, 40, "an exponent")
+            exponent = options.bounded_int(0, 40, "an exponent")
             what = "sweep 2^min-log2 .. 2^max-log2 instead of --lengths (default: unset)"
             parser.add_argument("--min-log2", type=exponent, help=what)
             parser.add_argument("--max-log2", type=exponent, help="see --min-log2 (default: unset)")
@@ -185,22 +123,22 @@ def resolve_config(name: str, args: argparse.Namespace) -> Any:
     lo, hi = getattr(args, "min_log2", None), getattr(args, "max_log2", None)
     if lo is not None or hi is not None:
         if lo is None or hi is None:
-            raise argtypes.UsageError("--min-log2 and --max-log2 go together")
+            raise options.UsageError("--min-log2 and --max-log2 go together")
         if "lengths" in given:
-            raise argtypes.UsageError("give either --lengths or --min-log2/--max-log2, not both")
+            raise options.UsageError("give either --lengths or --min-log2/--max-log2, not both")
         if lo > hi:
-            raise argtypes.UsageError(f"--min-log2 {lo} is above --max-log2 {hi}")
-        given["lengths"] = _pow2(lo, hi)
+            raise options.UsageError(f"--min-log2 {lo} is above --max-log2 {hi}")
+        given["lengths"] = pow2(lo, hi)
     config = cls(**{**values, **given})
     if getattr(args, "compile", False) and "compiled" not in config.methods:
         config = dataclasses.replace(config, methods=(*config.methods, "compiled"))
     try:
         common.check_config(BENCHMARKS[name], config)
     except ValueError as exc:
-        raise argtypes.UsageError(str(exc)) from None
-    need, have = BENCHMARKS[name].peak_bytes(config), argtypes.total_memory()
+        raise options.UsageError(str(exc)) from None
+    need, have = BENCHMARKS[name].peak_bytes(config), options.total_memory()
     if need > have:
-        raise argtypes.UsageError(
+        raise options.UsageError(
             f"the largest run of bench {name} needs about {common.fmt_bytes(need)} by estimate, "
             f"more than this machine's {common.fmt_bytes(have)}; lower the lengths, batch or width"
         )
@@ -247,15 +185,3 @@ def _run_all(args: argparse.Namespace) -> int:
     names = [name for name in BENCHMARKS if name not in args.skip]
     configs = {name: resolve_config(name, args) for name in names}  # every check before any run
     return max((run_benchmark(name, configs[name]) for name in names), default=0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``futurefill bench ...`` on its own (the same as the ``futurefill`` console script)."""
-    parser = argtypes.ArgumentParser(prog="futurefill")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return argtypes.run_command(f"futurefill bench {args.bench_command}", lambda: args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from futurefill import data
+from futurefill.demo import data
 
 
 def test_corpus_is_deterministic_sorted_topics():

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from futurefill import argtypes
+from futurefill.cli import options
 from futurefill.online import METHODS
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
@@ -35,19 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the model's id in the API (default: the directory's name, or futurefill-pydoc-stu)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback default)")
-    parser.add_argument("--port", type=argtypes.bounded_int(0, 65535), default=8000, help="port")
+    parser.add_argument("--port", type=options.bounded_int(0, 65535), default=8000, help="port")
     parser.add_argument(
-        "--slots", type=argtypes.bounded_int(1, 1024), default=8, help="rows decoded together"
+        "--slots", type=options.bounded_int(1, 1024), default=8, help="rows decoded together"
     )
     parser.add_argument(
         "--queue-size",
-        type=argtypes.bounded_int(0),
+        type=options.bounded_int(0),
         default=64,
         help="requests that may wait for a slot; beyond, 429 with Retry-After",
     )
     parser.add_argument(
         "--prefill-chunk",
-        type=argtypes.bounded_int(1),
+        type=options.bounded_int(1),
         default=DEFAULT_PREFILL_CHUNK,
         help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
         "rows wait for one chunk at most)",
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile", action="store_true", help="each step one torch.compile graph of all slots"
     )
     parser.add_argument(
-        "--threads", type=argtypes.threads, default=1, help="torch CPU threads for the engine"
+        "--threads", type=options.threads, default=1, help="torch CPU threads for the engine"
     )
     parser.add_argument(
         "--trust-pickle", action="store_true", help="open pickled weights that hold objects"
@@ -72,14 +72,14 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from futurefill.pretrained import CheckpointError
+    from futurefill.pretrained.tokenizers import load_with_tokenizer
     from futurefill.serving import Metrics, Scheduler
     from futurefill.serving.server import create_app
-    from futurefill.tokenizers import load_with_tokenizer
 
     try:
         model, tokenizer, _ = load_with_tokenizer(args.model, trust_pickle=args.trust_pickle)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise argtypes.UsageError(f"argument --model: {exc}") from None
+        raise options.UsageError(f"argument --model: {exc}") from None
     name = args.model_name or (
         Path(args.model).resolve().name if args.model else "futurefill-pydoc-stu"
     )

@@ -1,8 +1,8 @@
-"""The bundled demo checkpoint and ``futurefill generate``."""
+"""``futurefill generate``: streaming, ``--compare``, the sampling options, and a broken checkpoint
+reported in one line."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -11,83 +11,10 @@ import shutil
 import pytest
 import torch
 
-from futurefill import data, textgen
-from futurefill.cli import main
-from futurefill.generation import generate
+from futurefill.cli import generate, main
 from futurefill.pretrained import CheckpointError, bundled_checkpoint_dir, load_pretrained
-from futurefill.train import HELDOUT_FILE, MANIFEST_FILE, heldout_loss
 
 BUNDLED = bundled_checkpoint_dir()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_pretrained()
-
-
-@pytest.fixture(scope="module")
-def manifest():
-    return json.loads((BUNDLED / MANIFEST_FILE).read_text())
-
-
-# --------------------------------------------------------------------------- bundled checkpoint
-
-
-def test_bundled_checkpoint_loads(model, manifest):
-    assert model.config.vocab_size == data.VOCAB_SIZE
-    assert model.config.max_len >= manifest["config"]["context"] + 512
-    assert sum(p.numel() for p in model.parameters()) == manifest["parameters"]
-    size = sum(f.stat().st_size for f in BUNDLED.iterdir())
-    assert size < 8 * 2**20  # a few MB at most
-
-
-def test_heldout_loss_matches_the_record(model, manifest):
-    heldout = (BUNDLED / HELDOUT_FILE).read_bytes()
-    record = manifest["heldout"]
-    assert hashlib.sha256(heldout).hexdigest() == record["sha256"]
-    assert heldout_loss(model, BUNDLED) == pytest.approx(record["loss_nats"], rel=1e-4)
-    # The stored slice is the start of the validation split of the corpus it was trained on.
-    raw = data.load_corpus()
-    if data.corpus_sha256(raw) == manifest["corpus"]["sha256"]:
-        val = data.split_corpus(raw, manifest["config"]["val_fraction"]).val
-        assert bytes(val[: len(heldout)].tolist()) == heldout
-
-
-def test_recorded_loss_beats_unigram(manifest):
-    final = manifest["final_val"]
-    assert manifest["complete"] is True
-    assert final["bits_per_byte"] == pytest.approx(data.nats_to_bits(final["loss_nats"]))
-    assert final["bits_per_byte"] < manifest["unigram_bits_per_byte"]["cross_entropy"] - 1.0
-
-
-@pytest.mark.parametrize(
-    "sampling",
-    [{"do_sample": True, "temperature": 0.8, "top_k": 40}, {"do_sample": False}],
-    ids=["sample", "greedy"],
-)
-def test_generation_identical_across_methods(model, sampling):
-    # 2 ragged prompts x 300 tokens: long enough to cross epoch and FFT-level boundaries.
-    first, second = data.encode("The with statement"), data.encode("class definitio")
-    prompt = torch.zeros(2, len(first), dtype=torch.long)
-    prompt[0], prompt[1, : len(second)] = first, second
-    outputs = {}
-    for method in ("naive", "epoched", "continuous"):
-        generator = torch.Generator().manual_seed(1234)
-        outputs[method] = generate(
-            model,
-            prompt,
-            300,
-            method=method,
-            prompt_lengths=[len(first), len(second)],
-            generator=generator,
-            **sampling,
-        )
-    assert outputs["naive"].shape == (2, 300)
-    assert torch.equal(outputs["naive"], outputs["epoched"])
-    assert torch.equal(outputs["naive"], outputs["continuous"])
-
-
-# --------------------------------------------------------------------------- command line
 
 
 def test_cli_streams_text(capsys):
@@ -122,29 +49,6 @@ def test_cli_compare_reports_a_mismatch(monkeypatch, capsys):
     assert main(["generate", "a", "--max-new-tokens", "5", "--compare"]) == 1
     err = capsys.readouterr().err
     assert "outputs differ" in err and "epoched" in err and "token 4" in err
-
-
-def test_compare_catches_a_repeat_that_differs(model, monkeypatch):
-    import futurefill.generation
-
-    real, calls = futurefill.generation.generate, []
-
-    def flaky(model, ids, n, *, method, **kwargs):
-        out = real(model, ids, n, method=method, **kwargs)
-        if method == "continuous" and n == 6:
-            calls.append(1)
-            if len(calls) == 2:  # the second timed run of continuous
-                out[0, 2] = (out[0, 2] + 1) % 256
-        return out
-
-    monkeypatch.setattr(futurefill.generation, "generate", flaky)
-    results = textgen.compare_methods(model, data.encode("ab")[None], 6, repeats=3)
-    assert [r.method for r in results] == [*textgen.METHOD_ORDER, "continuous (repeat 2)"]
-    assert "continuous (repeat 2) differs from naive at generated token 2" in (
-        textgen.mismatch(results)
-    )
-    with pytest.raises(ValueError, match="repeats"):
-        textgen.compare_methods(model, data.encode("ab")[None], 6, repeats=0)
 
 
 def test_cli_top_k_top_p(capsys):
@@ -266,12 +170,12 @@ def test_an_empty_config_is_the_config_that_is_wrong(copy, capsys):
     assert "is missing fields" in _cli_error(copy, capsys)
 
 
-# --------------------------------------------------------------------------- helpers
+# --------------------------------------------------------------------------- output
 
 
 def test_streamer_decodes_multibyte_characters():
     stream = io.StringIO()
-    streamer = textgen.TextStreamer(stream)
+    streamer = generate.TextStreamer(stream)
     seen = []
     for byte in "é€!".encode():
         streamer(torch.tensor([byte, 0]))  # sequence 0 only
@@ -280,19 +184,6 @@ def test_streamer_decodes_multibyte_characters():
     streamer(torch.tensor([0xE2]))  # a character that never finishes
     streamer.end()
     assert stream.getvalue() == "é€!\ufffd\n"
-
-
-def test_table_and_mismatch():
-    ids = torch.zeros(1, 10, dtype=torch.long)
-    results = [
-        textgen.CompareResult("naive", ids, 2.0),
-        textgen.CompareResult("continuous", ids.clone(), 0.5),
-    ]
-    table = textgen.format_table(results)
-    assert "4.00x" in table and "1.00x" in table and "20.0" in table
-    assert textgen.mismatch(results) is None
-    results[1].tokens[0, 7] = 3
-    assert "token 7" in textgen.mismatch(results)
 
 
 def test_a_vocabulary_smaller_than_the_tokenizers_is_refused_up_front(tmp_path, capsys):

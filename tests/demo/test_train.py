@@ -1,4 +1,5 @@
-"""The training script: deterministic for a seed, writes a loadable checkpoint and its manifest."""
+"""The demo model's training: deterministic for a seed, writes a loadable checkpoint and its
+manifest."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import json
 import pytest
 import torch
 
-from futurefill import data
-from futurefill.cli import main
+from futurefill.demo import data
+from futurefill.demo.train import (
+    HELDOUT_FILE,
+    MANIFEST_FILE,
+    TrainConfig,
+    _lr_at,
+    heldout_loss,
+    train,
+)
 from futurefill.pretrained import load_pretrained
-from futurefill.train import HELDOUT_FILE, MANIFEST_FILE, TrainConfig, _lr_at, heldout_loss, train
 
 TINY = dict(
     d_model=16,
@@ -65,13 +72,6 @@ def test_checkpoint_and_manifest(small_corpus, tmp_path):
     )
 
 
-def test_cli_trains(tmp_path, capsys):
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY, "steps": 1}.items()]
-    assert main(["train", "--out", str(tmp_path), "--quiet", *args]) == 0
-    assert "bits/byte" in capsys.readouterr().out
-    assert (tmp_path / "model.safetensors").is_file()
-
-
 def test_context_must_fit_max_len():
     with pytest.raises(ValueError, match="max_len"):
         train(TrainConfig(**{**TINY, "context": 64}), None, progress=False, data=b"x" * 5000)
@@ -87,7 +87,7 @@ def test_lr_schedule():
 
 
 def test_an_interrupted_checkpoint_leaves_the_previous_one(small_corpus, tmp_path, monkeypatch):
-    from futurefill import train as train_module
+    from futurefill.demo import train as train_module
 
     train(TrainConfig(**TINY), tmp_path, progress=False, data=small_corpus)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
