@@ -1,32 +1,33 @@
-"""The decoder: one batch of sequences decoded by a model, one token per sequence per step.
+"""The decoder: a batch of rows, each a sequence at its own position, decoded by a model.
 
 :class:`Decoder` owns a decoding session (:func:`futurefill.decoding`) over a model whose time
-mixing is :mod:`futurefill.nn`, and the choice between the model's eager forward and one
-compiled graph per token::
+mixing is :mod:`futurefill.nn`, and whether its steps run the model's eager forward or one
+compiled graph (decided once, at construction)::
 
     with Decoder(model, batch_size=2, max_len=1024, method="continuous") as decoder:
-        out = decoder.prefill(prompt_ids)       # (2, P) ids: one parallel pass
+        out = decoder.prefill(prompt_ids)       # (2, P) ids: every row starts, one pass
         out = decoder.step(out.greedy)          # (2,) ids -> logits (2, vocab), greedy (2,)
-        decoder.position, decoder.nbytes        # positions consumed; bytes of decoding state
-        decoder.reset()                         # new sequences, same state buffers
+        out = decoder.start(1, other_prompt)    # (P',): row 1 starts anew, row 0 goes on
+        out = decoder.step(ids, rows=[0])       # row 0 alone, one position on
+        decoder.positions, decoder.nbytes       # (2,) positions; bytes of decoding state
+        decoder.release(0)                      # row 0 free, ready for start()
 
-Everything that decodes (:func:`futurefill.generate`, the benchmarks, the command line) runs
-through it. Ragged prompts (right-padded, with ``prompt_lengths``) are prefilled in one pass:
-each moves to end at the longest one's end, and the positions before it are padding that the
-session keeps out of every convolution (convolutions are time invariant and the model's only
-time mixing, so every sequence gets exactly what it would get alone).
+Everything that decodes (:func:`futurefill.generate`, the scheduler, the benchmarks, the
+command line) runs through it. Ragged prompts (``prefill(ids, prompt_lengths)``) start each row
+with its own prompt: rows never hold padding.
 
-Compiled (``compile=True``): each step after the prefill is one ``torch.compile`` graph of the
-model's per-token forward, a fixed-shape function of the engines' buffers and index tensors
-(:meth:`~futurefill.nn.DecodingSession.traced_steps`); the host does what depends on the
-position (the engines' scheduled work, batched across layers) between graph calls. The graph is
-compiled once per model, method, batch size, dtype and device and kept on the model, whatever
-the lengths; on CUDA it runs as a CUDA graph (``mode="reduce-overhead"``).
+Compiled (``compile=True``): a step of rows while every other row is free (at position 0) is one
+``torch.compile`` graph of the model's per-token forward over every row, a fixed-shape function
+of the states' buffers and index tensors (:meth:`~futurefill.nn.DecodingSession.feed_traced`);
+the host does what depends on the positions (the engines' scheduled work, batched across
+layers) between graph calls. A step beside a row that has started and waits (in the middle of
+its chunked prompt) runs eagerly: the graph would feed that row too. The graph is compiled once
+per model, method, batch size, dtype and device and kept on the model, whatever the lengths; on
+CUDA it runs as a CUDA graph (``mode="reduce-overhead"``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -48,10 +49,10 @@ CPU_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 
 class DecoderOutput(NamedTuple):
-    """What a prefill or a step gives, for the last position of every sequence.
+    """What a call gives, for the last position of every row it fed.
 
-    logits : Tensor, shape (batch, vocab_size)
-    greedy : LongTensor, shape (batch,), the argmax of ``logits`` (lowest id on ties)
+    logits : Tensor, shape (rows, vocab_size)
+    greedy : LongTensor, shape (rows,), the argmax of ``logits`` (lowest id on ties)
     """
 
     logits: torch.Tensor
@@ -59,7 +60,8 @@ class DecoderOutput(NamedTuple):
 
 
 class Decoder:
-    """A batch of sequences decoded by ``model``; see the module docstring.
+    """``batch_size`` rows decoded by ``model``, each at its own position; see the module
+    docstring.
 
     Parameters
     ----------
@@ -67,19 +69,15 @@ class Decoder:
         Maps ids ``(batch, length)`` to logits ``(batch, length, vocab_size)`` (or to an object
         with ``.logits``), its time mixing :mod:`futurefill.nn`.
     batch_size : int
-        Sequences decoded together.
+        Rows.
     max_len : int, optional
-        Longest sequence (prompt plus generated tokens fed back); default and maximum the
-        model's (its shortest filter).
+        Longest sequence of a row (prompt plus generated tokens fed back); default and maximum
+        the model's (its shortest filter).
     method : str
         The online convolution engine of every long convolution
         (:data:`futurefill.online.METHODS`).
     compile : bool
-        Each step after the prefill one compiled graph (float32 or float64 models).
-    independent_rows : bool
-        Every row at its own position: :meth:`start`, :meth:`extend`, ``step(ids, rows)``,
-        :meth:`step_and_extend` and :meth:`release` instead of :meth:`prefill` and ``step(ids)``
-        (docs/serving.md).
+        Steps as one compiled graph (float32 or float64 models).
     **engine_options
         The method's knobs (``epoch_len``, ``tile_len``).
     """
@@ -92,7 +90,6 @@ class Decoder:
         max_len: int | None = None,
         method: str = "continuous",
         compile: bool = False,
-        independent_rows: bool = False,
         **engine_options: int | None,
     ):
         if not isinstance(model, nn.Module):
@@ -105,47 +102,43 @@ class Decoder:
                 f"compile=True needs a float32 or float64 model (half precisions decode eagerly, "
                 f"through float32), got {str(half.pop()).removeprefix('torch.')} parameters"
             )
-        weight = next(model.parameters(), None)
-        self.device = weight.device if weight is not None else torch.device("cpu")
         self.model = model
         self.vocab_size: int | None = getattr(getattr(model, "config", None), "vocab_size", None)
         self.session: DecodingSession = decoding(
-            model,
-            batch_size=batch_size,
-            max_len=max_len,
-            method=method,
-            independent_rows=independent_rows,
-            **engine_options,
+            model, batch_size=batch_size, max_len=max_len, method=method, **engine_options
         )
+        self.device = self.session.device
         self._compiled = compiled_step(model, self.session, self.device) if compile else None
-        self._traced = contextlib.ExitStack()  # inside session.traced_steps() once compiled
-        self._all_rows = list(range(batch_size))
 
     @property
-    def position(self) -> int:
-        """Positions consumed by every sequence (the prompt's padded width included)."""
-        return self.session.position
-
-    def row_position(self, row: int) -> int:
-        """Positions consumed by ``row`` (independent rows)."""
-        return self.session.row_position(row)
+    def batch_size(self) -> int:
+        return self.session.batch_size
 
     @property
-    def packs(self) -> bool:
-        """Whether :meth:`step_and_extend` runs as one forward (every module of the model takes
-        packed chunks, and the decoder is eager)."""
-        return self._compiled is None and self.session.packs
+    def max_len(self) -> int:
+        return self.session.max_len
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Each row's positions consumed, a LongTensor ``(batch_size,)`` (a copy)."""
+        return self.session.positions.clone()
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the decoding state (engines, histories)."""
+        """Bytes held by the decoding state (engines, histories, caches)."""
         return self.session.nbytes
+
+    @property
+    def packs(self) -> bool:
+        """Whether :meth:`step_and_extend` is available: an eager decoder's (a compiled one steps
+        through its graph, so it steps and extends in two calls)."""
+        return self._compiled is None
 
     @torch.inference_mode()
     def prefill(
         self, input_ids: torch.Tensor, prompt_lengths: Sequence[int] | torch.Tensor | None = None
     ) -> DecoderOutput:
-        """Consume every sequence's prompt in one parallel pass (first, once per sequence).
+        """Start every row with its prompt (rows of one length together, in one parallel pass).
 
         Parameters
         ----------
@@ -158,128 +151,96 @@ class Decoder:
         -------
         DecoderOutput for each prompt's last position.
         """
-        if self.position:
-            raise RuntimeError(
-                f"prefill must come first: the decoder is at position {self.position}; "
-                "call reset() to start new sequences"
-            )
         ids = check_input_ids(input_ids, self.device)
-        batch, max_len = self.session.batch_size, self.session.max_len
+        batch = self.batch_size
         if ids.shape[0] != batch:
             raise ValueError(f"input_ids has batch {ids.shape[0]}, the decoder batch_size={batch}")
-        width = ids.shape[1]
-        lengths = check_prompt_lengths(prompt_lengths, batch, width)
-        longest = max(lengths)
-        if longest > max_len:
-            raise ValueError(f"prompt length {longest} exceeds the decoder's max_len {max_len}")
-        n = torch.tensor(lengths, device=self.device)  # (batch,)
-        in_prompt = torch.arange(width, device=self.device) < n[:, None]  # (batch, width)
-        self._check_vocabulary(ids[in_prompt])
-        start = longest - n  # (batch,): where each prompt begins once it ends at ``longest``
-        columns = torch.arange(longest, device=self.device)
-        valid = columns >= start[:, None]  # (batch, longest): False at the left padding
-        source = (columns - start[:, None]).clamp(0, width - 1)
-        prompt = torch.where(valid, ids.gather(1, source), 0)
-        with self.session.padded(valid) if min(lengths) < longest else contextlib.nullcontext():
-            out = self._output(self.model(prompt))
-        self._enter_traced()
-        return out
+        lengths = check_prompt_lengths(prompt_lengths, batch, ids.shape[1])
+        self._check_prompt(max(lengths))
+        for row, length in enumerate(lengths):
+            self._check_vocabulary(ids[row, :length])
+        self.session.reset()
+        groups: dict[int, list[int]] = {}
+        for row, length in enumerate(lengths):
+            groups.setdefault(length, []).append(row)
+        logits = None
+        for length, rows in groups.items():
+            out = self._feed(ids[rows, :length], rows)
+            if len(groups) == 1:
+                return out
+            if logits is None:
+                logits = out.logits.new_empty(batch, out.logits.shape[-1])
+            logits[rows] = out.logits
+        return DecoderOutput(logits, logits.argmax(dim=-1))
 
     @torch.inference_mode()
     def start(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
-        """Start a new sequence in ``row`` (independent rows) with its prompt ``(P,)``, in one
-        parallel pass over that row alone: the other rows keep their state. Returns the
-        prompt's last position's :class:`DecoderOutput` (a batch of one)."""
+        """Start a new sequence in ``row`` with its prompt ``(P,)``, in one parallel pass over
+        that row alone: the other rows keep their state. The prompt's last position's
+        :class:`DecoderOutput` (a batch of one)."""
         ids = self._row_ids(input_ids, "start takes one prompt (P,)")
-        if ids.shape[1] > self.session.max_len:
-            raise ValueError(
-                f"prompt length {ids.shape[1]} exceeds the decoder's max_len {self.session.max_len}"
-            )
+        self._check_prompt(ids.shape[1])
         self.session.reset_rows([row])
-        return self._feed(row, ids)
+        return self._feed(ids, [row])
 
     @torch.inference_mode()
     def extend(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
-        """Feed the next piece ``(n,)`` of ``row``'s prompt (independent rows; chunked prefill:
-        right after :meth:`start` or another extension, one parallel pass, the engines'
-        ``extend``). Returns its last position's :class:`DecoderOutput`."""
-        return self._feed(row, self._row_ids(input_ids, "extend takes one chunk (n,)"))
+        """Feed the next piece ``(n,)`` of ``row``'s prompt (chunked prefill: one parallel pass,
+        the engines' ``extend``). Its last position's :class:`DecoderOutput`."""
+        return self._feed(self._row_ids(input_ids, "extend takes one chunk (n,)"), [row])
 
-    def _row_ids(self, input_ids: torch.Tensor, what: str) -> torch.Tensor:
-        """One row's ids ``(n,)`` (or ``(1, n)``) as ``(1, n)``, checked."""
-        ids = check_input_ids(input_ids[None] if input_ids.dim() == 1 else input_ids, self.device)
-        if ids.shape[0] != 1:
-            raise ValueError(f"{what}, got {tuple(input_ids.shape)}")
-        self._check_vocabulary(ids)
-        return ids
-
-    def _check_vocabulary(self, ids: torch.Tensor) -> None:
-        check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
-
-    def _feed(self, row: int, ids: torch.Tensor) -> DecoderOutput:
-        """``ids`` ``(1, n)`` through the model for ``row`` alone, eagerly."""
-        self._traced.close()  # the traced steps resume, prepared anew, at the next step
-        with self.session.selecting([row]):
-            return self._output(self.model(ids), 1)
+    @torch.inference_mode()
+    def step(self, ids: torch.Tensor, rows: Sequence[int] | None = None) -> DecoderOutput:
+        """One token per row of ``rows`` (default every row), ``ids`` ``(len(rows),)``, each
+        continuing its row from its own position; the other rows wait. The next position's
+        :class:`DecoderOutput`."""
+        session = self.session
+        rows = session.all_rows if rows is None else tuple(rows)
+        ids = self._step_ids(ids, rows)
+        if self._compiled is None or not self._may_trace(rows):
+            return self._feed(ids[:, None], rows)
+        every = ids if rows == session.all_rows else ids.new_zeros(self.batch_size)
+        if every is not ids:
+            every[list(rows)] = ids
+        logits, greedy = session.feed_traced(self._compiled, every[:, None], rows=rows)
+        if every is ids:
+            return DecoderOutput(logits, greedy)
+        return DecoderOutput(logits[list(rows)], greedy[list(rows)])
 
     @torch.inference_mode()
     def step_and_extend(
-        self, ids: torch.Tensor, rows: list[int], row: int, input_ids: torch.Tensor
+        self, ids: torch.Tensor, rows: Sequence[int], row: int, input_ids: torch.Tensor
     ) -> tuple[DecoderOutput, DecoderOutput]:
-        """``step(ids, rows)`` and the next piece ``(n,)`` of ``row``'s prompt (independent
-        rows; ``row`` at position 0 starts its sequence) in one forward of the model over the
-        packed chunk ``(1, len(rows) + n)`` (:meth:`~futurefill.nn.DecodingSession.packing`),
-        so that the position-wise layers run once for both: chunked prefill that costs the
-        stepping rows about the piece's tokens, not a second forward. Returns the steps'
-        :class:`DecoderOutput` and the piece's last position's. Compiled decoders and models
-        with a module that cannot take packed chunks run the two one after the other."""
+        """``step(ids, rows)`` and the next piece ``(n,)`` of ``row``'s prompt (``row`` at
+        position 0 starts its sequence) in one forward of the model over the packed chunk
+        ``(1, len(rows) + n)`` (:meth:`~futurefill.nn.DecodingSession.feed_packed`), so that the
+        position-wise layers run once for both: chunked prefill that costs the stepping rows
+        about the piece's tokens, not a second forward. Returns the steps'
+        :class:`DecoderOutput` and the piece's last position's. Eager decoders only
+        (:attr:`packs`): a compiled decoder raises."""
+        if not self.packs:
+            raise ValueError("a compiled decoder steps through its graph: call step and extend")
         chunk = self._row_ids(input_ids, "step_and_extend takes one prompt piece (n,)")
-        ids = check_input_ids(ids[None], self.device)[0]
-        if len(ids) != len(rows):
-            raise ValueError(f"ids has {len(ids)} tokens for {len(rows)} rows")
-        session = self.session
-        if session.row_position(row) == 0:
-            session.reset_rows([row])
-        if self._compiled is not None or not session.packs:
-            piece = self._feed(row, chunk)
-            return self.step(ids, rows), piece
-        self._traced.close()
-        with session.packing(rows, row):
-            logits = all_logits(self.model(torch.cat([ids, chunk[0]])[None]), 1)[0]
+        rows = tuple(rows)
+        ids = self._step_ids(ids, rows)
+        if int(self.session.positions[row]) == 0:
+            self.session.reset_rows([row])
+        packed = torch.cat([ids, chunk[0]])[None]
+        output = self.session.feed_packed(packed, rows=rows, piece_row=row)
+        logits = all_logits(output, 1)[0]
         steps, last = logits[: len(rows)], logits[-1:]
         return DecoderOutput(steps, steps.argmax(dim=-1)), DecoderOutput(last, last.argmax(dim=-1))
 
     def release(self, row: int) -> None:
-        """Free ``row`` (independent rows): back to position 0, ready for :meth:`start`."""
+        """Free ``row``: back to position 0, ready for :meth:`start`."""
         self.session.reset_rows([row])
 
-    @torch.inference_mode()
-    def step(self, ids: torch.Tensor, rows: list[int] | None = None) -> DecoderOutput:
-        """Feed one token per sequence, ``(batch_size,)``; the logits of the next position.
-        With independent rows: one token per row of ``rows`` ``(len(rows),)``, each continuing
-        that row from its own position; the others wait."""
-        if self.session.independent_rows:
-            return self._step_rows(ids, rows)
-        if self._compiled is None or not self.session.traced:
-            out = self._output(self.model(ids[:, None]))  # eager (a compiled decoder's first
-            self._enter_traced()  # step when no prompt was prefilled)
-            return out
-        return DecoderOutput(*self._compiled_step(ids[:, None]))
-
-    def _compiled_step(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.session.traced_positions():
-            out = self._compiled(ids)
-        self.session.advance()
-        return out
-
     def reset(self) -> None:
-        """Start new sequences: every state back to position 0, allocations kept."""
-        self._traced.close()
+        """Free every row, allocations kept."""
         self.session.reset()
 
     def close(self) -> None:
         """Release the model's modules (ordinary modules again)."""
-        self._traced.close()
         self.session.close()
 
     def __enter__(self) -> Decoder:
@@ -293,39 +254,46 @@ class Decoder:
         session = self.session
         return (
             f"Decoder(batch_size={session.batch_size}, max_len={session.max_len}, "
-            f"method={session.method!r}{compiled}, position={self.position}, nbytes={self.nbytes})"
+            f"method={session.method!r}{compiled}, positions={session.positions.tolist()}, "
+            f"nbytes={self.nbytes})"
         )
 
-    def _step_rows(self, ids: torch.Tensor, rows: list[int] | None) -> DecoderOutput:
-        if rows is None:
-            raise ValueError("with independent rows, step(ids, rows) says whose tokens these are")
-        # Compiled: one fixed-shape step of every row (the others fed a placeholder, their
-        # outputs dropped), then only the given rows move on. The placeholder reaches the other
-        # rows' states, so this is for steps where every other row is free (it is cleared when
-        # it starts); a step beside a row that has started and waits (in the middle of its
-        # chunked prompt, say) runs eagerly.
-        session, live = self.session, set(rows)
-        waiting = any(session.row_position(r) for r in self._all_rows if r not in live)
-        if self._compiled is None or waiting:
-            self._traced.close()
-            with session.selecting(rows):
-                return self._output(self.model(ids[:, None]), len(rows))
-        every = torch.zeros(self.session.batch_size, dtype=torch.long, device=self.device)
-        every[rows] = ids
-        with self.session.selecting(self._all_rows):
-            self._enter_traced()
-            with self.session.traced_positions():
-                logits, greedy = self._compiled(every[:, None])
-        self.session.advance(rows)
-        return DecoderOutput(logits[rows], greedy[rows])
+    def _may_trace(self, rows: tuple[int, ...]) -> bool:
+        """Whether a compiled step of every row may serve ``rows``: the model has run once (its
+        states exist), and every other row is free (the graph feeds it too)."""
+        session = self.session
+        if session.calls == 0:
+            return False
+        live = set(rows)
+        positions = session.positions.tolist()
+        return all(positions[r] == 0 for r in session.all_rows if r not in live)
 
-    def _enter_traced(self) -> None:
-        if self._compiled is not None and not self.session.traced:
-            self._traced.enter_context(self.session.traced_steps())
-
-    def _output(self, model_output: Any, batch: int | None = None) -> DecoderOutput:
-        logits = last_logits(model_output, self.session.batch_size if batch is None else batch)
+    def _feed(self, ids: torch.Tensor, rows: Sequence[int]) -> DecoderOutput:
+        logits = last_logits(self.session.feed(ids, rows=rows), len(rows))
         return DecoderOutput(logits, logits.argmax(dim=-1))
+
+    def _step_ids(self, ids: Any, rows: tuple[int, ...]) -> torch.Tensor:
+        ids = check_input_ids(ids[None] if isinstance(ids, torch.Tensor) else ids, self.device)
+        if ids.shape[1] != len(rows):
+            raise ValueError(f"ids has {ids.shape[1]} tokens for {len(rows)} rows")
+        return ids[0]
+
+    def _row_ids(self, input_ids: Any, what: str) -> torch.Tensor:
+        """One row's ids ``(n,)`` (or ``(1, n)``) as ``(1, n)``, checked."""
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        ids = check_input_ids(input_ids, self.device)
+        if ids.shape[0] != 1:
+            raise ValueError(f"{what}, got {tuple(input_ids.shape)}")
+        self._check_vocabulary(ids)
+        return ids
+
+    def _check_prompt(self, length: int) -> None:
+        if length > self.max_len:
+            raise ValueError(f"prompt length {length} exceeds the decoder's max_len {self.max_len}")
+
+    def _check_vocabulary(self, ids: torch.Tensor) -> None:
+        check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
 
 
 def compiled_step(
@@ -340,8 +308,7 @@ def compiled_step(
     function for every step would reach it with the eighth such combination in a process)."""
     dtype = getattr(next(model.parameters(), None), "dtype", None)
     options = tuple(sorted(session.engine_options.items()))
-    rows = session.independent_rows
-    key = (session.method, options, session.batch_size, rows, dtype, torch.device(device))
+    key = (session.method, options, session.batch_size, dtype, torch.device(device))
     steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
     if key not in steps:
 

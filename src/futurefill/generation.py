@@ -203,7 +203,7 @@ def generate(
     fill = pad_token_id if pad_token_id is not None else 0
     new_tokens = torch.full((batch, max_new_tokens), fill, dtype=torch.long, device=device)
     table = None
-    with Decoder(model, batch_size=batch, max_len=max_len, independent_rows=True, **options) as dec:
+    with Decoder(model, batch_size=batch, max_len=max_len, **options) as dec:
         starts = [dec.start(row, ids[row, : lengths[row]]) for row in rows]  # each alone
         logits, greedy = (torch.cat(parts) for parts in zip(*starts, strict=True))
         for i in range(max_new_tokens):

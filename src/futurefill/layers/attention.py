@@ -80,7 +80,7 @@ class Attention(nn.Module):
         q = self.q(x).view(batch, length, self.heads, self.head_dim)
         k, v = self.kv(x).view(batch, length, 2 * self.kv_heads, self.head_dim).chunk(2, dim=2)
         if self.rotary is not None:
-            positions = ffnn.positions(x)
+            positions = ffnn.positions(self, x)
             q = ffnn.rotary(q, positions, self.rotary)
             k = ffnn.rotary(k, positions, self.rotary)
         return self.out(self.attn(q, k, v).reshape(batch, length, -1))

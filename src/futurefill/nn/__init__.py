@@ -10,18 +10,18 @@ ShortConv           short causal depthwise conv (kernel k, bias)   the last k - 
 CausalAttention     attention (GQA, window, ALiBi, softcap)        a key/value cache
 ==================  =============================================  ==============================
 
-:func:`decoding` opens a session over a model; see :mod:`futurefill.nn.session`.
+:func:`decoding` opens a session over a model (see :mod:`futurefill.nn.session`);
+:func:`positions` gives a module the positions of its input's tokens, in a session or not.
+
+The extension point, for a layer with decoding state of a new kind: subclass
+:class:`DecodingModule` (the module) and :class:`ModuleState` (its state, the rows contract);
+:class:`Chunk` is what a call of the model feeds (docs/extension.md).
 """
 
-from futurefill.nn.attention import AttentionState, CausalAttention, rotary
-from futurefill.nn.conv import (
-    EngineState,
-    FilterBankConv,
-    FilterLengthError,
-    LongConv,
-    decaying_filters,
-)
+from futurefill.nn.attention import CausalAttention, rotary
+from futurefill.nn.conv import FilterBankConv, FilterLengthError, LongConv, decaying_filters
 from futurefill.nn.session import (
+    Chunk,
     DecodingModule,
     DecodingSession,
     ModuleState,
@@ -29,17 +29,15 @@ from futurefill.nn.session import (
     decoding_max_len,
     positions,
 )
-from futurefill.nn.shortconv import HistoryState, ShortConv
+from futurefill.nn.shortconv import ShortConv
 
 __all__ = [
-    "AttentionState",
     "CausalAttention",
+    "Chunk",
     "DecodingModule",
     "DecodingSession",
-    "EngineState",
     "FilterBankConv",
     "FilterLengthError",
-    "HistoryState",
     "LongConv",
     "ModuleState",
     "ShortConv",

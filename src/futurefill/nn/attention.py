@@ -14,9 +14,9 @@ Outside a session: one ``scaled_dot_product_attention`` call where the options a
 ALiBi or softcap), else the exact masked formulation above. In a session: the keys and values go
 into a preallocated cache of ``min(max_len, window + 1)`` slots (a ring with a window: O(window)
 memory whatever the length), each slot remembering the position it holds; a chunk attends to the
-cached positions and to its own. Left padding (ragged lockstep prompts) is never attended; rows at
-independent positions each have their own; a compiled step is one fixed-shape function of the
-cache, the slots' positions and each row's position (tensors).
+cached positions and to its own. Every row is at its own position (the session's); a compiled
+step is one fixed-shape function of the cache, the slots' positions and each row's position
+(tensors).
 
 :func:`rotary` applies rotary position embeddings at the positions
 :func:`futurefill.nn.positions` gives (outside a session and in one).
@@ -25,6 +25,7 @@ cache, the slots' positions and each row's position (tensors).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,58 +55,44 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
 
 class AttentionState(ModuleState):
     """The key/value cache of a :class:`CausalAttention` in a session: ``keys``, ``values``
-    ``(batch, kv_heads, slots, head_dim)``, ``slot_positions`` ``(batch, slots)`` (the position
-    each slot holds, -1 for none) and ``next_position`` ``(batch,)`` (each row's next position),
-    allocated at the first chunk."""
+    ``(batch, kv_heads, slots, head_dim)`` and ``slot_positions`` ``(batch, slots)`` (the
+    position each slot holds, -1 for none), allocated at the first chunk; each row's next
+    position is the session's."""
 
     def __init__(self, session: DecodingSession, name: str, module: CausalAttention):
         super().__init__(session, name)
+        self.module = module
         self.slots = (
             session.max_len if module.window is None else min(session.max_len, module.window + 1)
         )
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self.slot_positions: torch.Tensor | None = None
-        self.next_position: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.keys, self.values, self.slot_positions, self.next_position)
+        tensors = (self.keys, self.values, self.slot_positions)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def reset(self) -> None:
-        self.restart_positions()
+    def reset_rows(self, rows: Sequence[int]) -> None:
         if self.keys is not None:
-            self.slot_positions.fill_(-1)
-            self.next_position.zero_()
-
-    def reset_rows(self, rows: list[int]) -> None:
-        self.restart_positions(rows)
-        if self.keys is not None:
-            self.slot_positions[rows] = -1
-            self.next_position[rows] = 0
-
-    def advance_rows(self, rows: list[int]) -> list[None]:
-        self.next_position[rows] += 1
-        return super().advance_rows(rows)
+            self.slot_positions[list(rows)] = -1
 
     def prepare_traced(self) -> None:
         if self.keys is None:
-            raise ValueError(f"{self.name!r}: traced steps need a first chunk")
+            raise ValueError(f"{self.name!r}: compiled steps need a first chunk")
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        return [self.keys, self.values, self.slot_positions, self.next_position]
+        return [self.keys, self.values, self.slot_positions]
 
-    def advance(self) -> None:
-        self._position += 1
-        self.next_position += 1
-
-    def attend(self, q, k, v, module: CausalAttention) -> torch.Tensor:
-        """The chunk's outputs; its keys and values join the cache."""
-        session = self.session
+    def feed(self, rows: Sequence[int], q, k, v) -> torch.Tensor:
+        """The outputs of the next ``n`` queries ``q`` ``(len(rows), n, heads, dim)`` of
+        ``rows``; their keys and values join the cache."""
+        session, module = self.session, self.module
         n = q.shape[1]
-        if not session.traced:
-            self.check_input(q, module)
+        if not session.chunk.traced:
+            self.check_dtype(q, module)
+            session.touch()
         if self.keys is None:  # ordinary tensors (resets may come outside inference mode)
             shape = (session.batch_size, k.shape[2], self.slots, k.shape[3])
             with torch.inference_mode(False):
@@ -114,56 +101,45 @@ class AttentionState(ModuleState):
                 self.slot_positions = torch.full(
                     (session.batch_size, self.slots), -1, dtype=torch.long, device=k.device
                 )
-                self.next_position = torch.zeros(
-                    session.batch_size, dtype=torch.long, device=k.device
-                )
-        rows = None if session.traced else session.rows
-        every = rows is None
-        cached_k = self.keys if every else self.keys[rows]
-        cached_v = self.values if every else self.values[rows]
-        held = self.slot_positions if every else self.slot_positions[rows]
-        start = self.next_position if every else self.next_position[rows]  # (batch,)
+        every = tuple(rows) == session.all_rows
+        index = None if every else list(rows)
+        cached_k = self.keys if every else self.keys[index]
+        cached_v = self.values if every else self.values[index]
+        held = self.slot_positions if every else self.slot_positions[index]
+        start = session.device_positions(rows)  # (batch,)
         q_pos = start[:, None] + torch.arange(n, device=q.device)  # (batch, n)
-        if not session.traced:  # zeros at left padding: nothing there reaches any output
-            k, v = session.unpad(k), session.unpad(v)
         chunk_k, chunk_v = k.transpose(1, 2), v.transpose(1, 2)  # (batch, kv_heads, n, dim)
-        chunk_pos = q_pos
-        if session.valid is not None:  # left padding: never attended
-            chunk_pos = torch.where(session.valid, q_pos, -1)
         if n == 1:  # a step: into the cache first, then attend to the cache alone
             slot = (start % self.slots)[:, None]  # (batch, 1)
-            index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], 1, chunk_k.shape[3])
-            cached_k = cached_k.scatter(2, index, chunk_k)
-            cached_v = cached_v.scatter(2, index, chunk_v)
-            held = held.scatter(1, slot, chunk_pos)
-            out = module.attend(q, cached_k, cached_v, q_pos, held)
+            where = slot[:, None, :, None].expand(-1, chunk_k.shape[1], 1, chunk_k.shape[3])
+            cached_k = cached_k.scatter(2, where, chunk_k)
+            cached_v = cached_v.scatter(2, where, chunk_v)
+            held = held.scatter(1, slot, q_pos)
+            out = module.masked_attention(q, cached_k, cached_v, q_pos, held)
         else:  # a chunk: the cache and the chunk itself, then the chunk's last keys cached
-            first = session.valid is None and module.plain and not bool((held >= 0).any())
-            if first:  # nothing cached, no padding, no option: the forward's own SDPA call
-                out = module.sdpa(q, chunk_k, chunk_v)
+            if module.plain and not bool((held >= 0).any()):  # nothing cached, no option:
+                out = module.sdpa(q, chunk_k, chunk_v)  # the forward's own SDPA call
             else:
                 keys = torch.cat([cached_k, chunk_k], dim=2)
                 values = torch.cat([cached_v, chunk_v], dim=2)
-                k_pos = torch.cat([held, chunk_pos], dim=1)
+                k_pos = torch.cat([held, q_pos], dim=1)
                 out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
             last = min(n, self.slots)
             slot = q_pos[:, n - last :] % self.slots  # (batch, last): distinct slots
-            index = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
-            cached_k = cached_k.scatter(2, index, chunk_k[:, :, n - last :])
-            cached_v = cached_v.scatter(2, index, chunk_v[:, :, n - last :])
-            held = held.scatter(1, slot, chunk_pos[:, n - last :])
+            where = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
+            cached_k = cached_k.scatter(2, where, chunk_k[:, :, n - last :])
+            cached_v = cached_v.scatter(2, where, chunk_v[:, :, n - last :])
+            held = held.scatter(1, slot, q_pos[:, n - last :])
         if every:
             self.keys.copy_(cached_k)
             self.values.copy_(cached_v)
             self.slot_positions.copy_(held)
         else:
-            self.keys[rows], self.values[rows], self.slot_positions[rows] = cached_k, cached_v, held
-        if not session.traced:
-            if every:
-                self.next_position += n
-            else:
-                self.next_position[rows] += n
-            self.consumed(n)
+            self.keys[index], self.values[index], self.slot_positions[index] = (
+                cached_k,
+                cached_v,
+                held,
+            )
         return out
 
 
@@ -182,8 +158,6 @@ class CausalAttention(DecodingModule):
     scale : float, optional
         Default ``1 / sqrt(head_dim)``.
     """
-
-    packs = True  # its forward takes packed chunks (DecodingSession.packing)
 
     def __init__(
         self,
@@ -206,8 +180,6 @@ class CausalAttention(DecodingModule):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``(batch, length, heads, dim)``, ``(batch, length, kv_heads, dim)`` x 2 -> like q."""
-        if self.packed:
-            return self._state.run_packed(self.forward, q, k, v)
         if (
             q.dim() != 4
             or k.shape != v.shape
@@ -220,7 +192,7 @@ class CausalAttention(DecodingModule):
                 f"{tuple(v.shape)}"
             )
         if self._state is not None:
-            return self._state.attend(q, k, v, self)
+            return self._state.run(self._state.feed, q, k, v)
         if self.plain:
             return self.sdpa(q, k.transpose(1, 2), v.transpose(1, 2))
         pos = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
@@ -254,7 +226,7 @@ class CausalAttention(DecodingModule):
         k_pos: torch.Tensor,
         cached: int = 0,
     ) -> torch.Tensor:
-        """:meth:`attend` for a chunk of queries whose own keys are the last ``n`` of ``keys``
+        """:meth:`masked_attention` for a chunk of queries whose own keys are the last ``n`` of ``keys``
         (after ``cached`` earlier ones), a block of queries at a time against the keys it may
         see: O(block x (window + cached + block)) memory, so a long prompt fits."""
         n = q.shape[1]
@@ -267,7 +239,7 @@ class CausalAttention(DecodingModule):
                 [torch.arange(cached), torch.arange(cached + first, cached + stop)]
             ).to(keys.device)
             parts.append(
-                self.attend(
+                self.masked_attention(
                     q[:, start:stop],
                     keys.index_select(2, visible),
                     values.index_select(2, visible),
@@ -277,7 +249,7 @@ class CausalAttention(DecodingModule):
             )
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def attend(
+    def masked_attention(
         self,
         q: torch.Tensor,
         keys: torch.Tensor,
@@ -303,7 +275,7 @@ class CausalAttention(DecodingModule):
             allowed = allowed & (distance <= self.window)
         scores = scores.masked_fill(~allowed, -torch.inf)
         weights = torch.softmax(scores, dim=-1)
-        # A query with nothing to attend to (left padding) gets zeros, not NaN.
+        # A query with nothing to attend to gets zeros, not NaN.
         weights = torch.where(allowed.any(dim=-1, keepdim=True), weights, 0.0)
         return torch.einsum("bhnm,bhmd->bnhd", weights, values)
 

@@ -9,11 +9,11 @@ Shapes follow the sequence models (features last): input ``u`` is ``(batch, leng
   (the STU's spectral filters), output ``(batch, length, channels, filters)``.
 
 Outside a session ``forward`` is one FFT convolution (O(L log L), autograd through it). In a
-session (:func:`futurefill.decoding`) it continues the sequence: the first chunk longer than one
-position is a prefill (one FFT, the engine keeps only what the future needs), a chunk of one
-position is one engine step (O(log^2 L) amortised with ``method="continuous"``), a later longer
-chunk is the engine's ``extend`` (right after a prefill or another chunk, the next piece of the
-prompt by one FFT pass: chunked prefill; elsewhere stepped through, exact either way). The
+session (:func:`futurefill.decoding`) it continues each row it is given from that row's
+position, through the rows form of the session's method
+(:func:`~futurefill.online.make_rows_engine`): a chunk of one position is one engine step
+(O(log^2 L) amortised with ``method="continuous"``), a longer one the engine's ``extend`` (a
+prompt, or the next piece of one: chunked prefill). The
 filter is materialised once per session, at the session's ``max_len``, when the first chunk
 arrives; the engine keeps a snapshot, so a weight changed during a session is seen by the next
 session, not this one.
@@ -23,17 +23,23 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from futurefill.fftconv import bank_conv, causal_conv
-from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState, RowSession
-from futurefill.online import ENGINES, ContinuousRows, make_engine
-from futurefill.online.base import OnlineConvEngine, ScheduledWork
+from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+from futurefill.online import RowsEngine, ScheduledWork, make_rows_engine
 
-__all__ = ["FilterBankConv", "FilterLengthError", "LongConv", "decaying_filters"]
+__all__ = [
+    "ConvModule",
+    "ConvState",
+    "FilterBankConv",
+    "FilterLengthError",
+    "LongConv",
+    "decaying_filters",
+]
 
 FilterFn = Callable[[int], torch.Tensor]
 
@@ -60,7 +66,7 @@ class FilterLengthError(ValueError):
     """An implicit filter whose taps depend on the length asked for."""
 
 
-def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> None:
+def check_prefix(module: ConvModule, name: str, h: torch.Tensor, n: int) -> None:
     """Raise :class:`FilterLengthError` unless ``module.filter_taps(n)`` equals ``h[:, :n]`` (the
     taps at the session's ``max_len``), to the dtype's rounding: decoding evaluates an implicit
     filter once at ``max_len`` where the forward evaluates it at the input's length, and the two
@@ -79,204 +85,91 @@ def check_prefix(module: _OnlineConv, name: str, h: torch.Tensor, n: int) -> Non
         )
 
 
-class EngineState(ModuleState):
-    """The online engine of one convolution module, built at the module's first chunk. With
-    independent rows, :attr:`engine` is the method's engine for rows at their own positions (one
-    state for the batch: :attr:`~futurefill.online.OnlineConvEngine.rows_engine`), or, for a
-    method without one, each row has a state of its own (:attr:`row_states`, each a batch of
-    one), built together from one set of taps at the first chunk of any row."""
+class ConvState(ModuleState):
+    """The online engine of one convolution module, in its rows form
+    (:func:`~futurefill.online.make_rows_engine`: every row at its own position), built at the
+    module's first chunk from the filter taps materialised once at the session's ``max_len``.
+    The engine's rows are the module's :meth:`~ConvModule.engine_rows` of the session's rows
+    (FilterBankConv: one per channel)."""
 
-    def __init__(self, session: DecodingSession, name: str):
+    def __init__(self, session: DecodingSession, name: str, module: ConvModule):
         super().__init__(session, name)
-        self.engine: OnlineConvEngine | ContinuousRows | None = None
-        self.step_shape: tuple[int, ...] = ()  # (batch, 1, channels), known at the first chunk
-        self.row_states: list[EngineState] | None = None
-        self._rows_per_sequence = 1  # engine rows of one sequence row (FilterBankConv: more)
-        if session.independent_rows and ENGINES[session.method].rows_engine is None:
-            row_session = RowSession(session)
-            self.row_states = [
-                EngineState(row_session, f"{name}[{row}]") for row in range(session.batch_size)
-            ]
+        self.module = module
+        self.engine: RowsEngine | None = None
 
     @property
     def nbytes(self) -> int:
-        if self.row_states is not None:
-            return sum(state.nbytes for state in self.row_states)
         return 0 if self.engine is None else self.engine.nbytes
 
-    def reset(self) -> None:
-        for state in self.row_states or ():
-            state.reset()
+    def reset_rows(self, rows: Sequence[int]) -> None:
         if self.engine is not None:
-            self.engine.reset()
-        self.restart_positions()
-
-    def row_position(self, row: int) -> int:
-        if self.row_states is not None:
-            return self.row_states[row].position
-        return super().row_position(row)
-
-    def reset_rows(self, rows: list[int]) -> None:
-        if self.row_states is not None:
-            for row in rows:
-                self.row_states[row].reset()
-            return
-        if self.engine is not None:
-            self.engine.reset_rows(self._engine_rows(rows))
-        self.restart_positions(rows)
-
-    def advance_rows(self, rows: list[int]) -> list[ScheduledWork | None]:
-        if self.row_states is not None:
-            return [self.row_states[row].advance() for row in rows]
-        works = self.engine.advance(self._engine_rows(rows))
-        super().advance_rows(rows)
-        return works
+            positions = self.session.row_positions(rows)
+            self.engine.reset_rows(*self._engine_rows(rows, positions))
 
     def prepare_traced(self) -> None:
-        for state in self.row_states or [self]:
-            if state.engine is None:
-                raise ValueError(f"{state.name!r}: traced steps need a first chunk")
-            try:
-                state.engine.prepare_traced()
-            except ValueError as error:
-                raise ValueError(f"{state.name!r}: {error}") from None
+        if self.engine is None:
+            raise ValueError(f"{self.name!r}: compiled steps need a first chunk")
+        try:
+            self.engine.prepare_traced(self._engine_rows(self.session.all_rows)[1])
+        except ValueError as error:
+            raise ValueError(f"{self.name!r}: {error}") from None
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        return [t for state in self.row_states or [self] for t in state.engine.traced_tensors()]
+        return self.engine.traced_tensors()
 
-    def advance(self) -> ScheduledWork | None:
-        """One position on; the work the engine's position schedules (the session batches the
-        work of every module)."""
-        self._position += 1
-        return self.engine.advance()
+    def advance(self, rows: Sequence[int]) -> list[ScheduledWork | None]:
+        return self.engine.advance(*self._engine_rows(rows))
 
-    def consume(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
-        """The module's outputs for the next chunk ``u`` ``(batch, n, channels)``; the first
-        chunk materialises the module's filter taps at the session's ``max_len``. With
-        independent rows, row i of ``u`` continues the selected row ``session.rows[i]``."""
-        if self.row_states is not None:
-            return self._consume_rows(u, module)
-        if self.session.independent_rows:
-            return self._consume_shared(u, module)
-        if self.session.traced:  # inside a compiled step: tensor operations only
-            if u.shape[1] != 1:  # static under torch.compile: no cost in the graph
-                raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
-            return module.step_output(self.engine.step_traced(module.step_rows(u[:, 0])))
-        # The per-token case first, with the checks it needs inline (checked in full below).
-        if (
-            type(u) is torch.Tensor
-            and u.shape == self.step_shape
-            and u.dtype is self.dtype
-            and self._position < self.session.max_len
-            and self.session.valid is None
-        ):
-            self._position += 1
-            return self._step(u[:, 0], module)
+    def feed(self, rows: Sequence[int], u: torch.Tensor) -> torch.Tensor:
+        """The module's outputs ``(len(rows), n, ...)`` for the next ``n`` inputs ``u``
+        ``(len(rows), n, channels)`` of ``rows``."""
+        module, session = self.module, self.session
+        if session.chunk.traced:  # a compiled step of every row: tensor operations only
+            return module.from_engine_step(self.engine.step_traced(module.to_engine_step(u[:, 0])))
         module.check_input(u)
-        self.check_input(u, module)
-        u = self.session.unpad(u)
-        if self.engine is None:
-            h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)
-            self._build(h, u, module)
-        n = u.shape[1]
-        if n > 1:  # a prefill, or the next chunk of a prompt (chunked prefill)
-            rows = module.sequence_rows(u)  # (rows, filters, n)
-            y = module.sequence_output(self.engine.extend(rows), u.shape[0])
-        else:  # one position: one engine step
-            y = self._step(u[:, 0], module)
-        self.consumed(n)
-        return y
-
-    def _step(self, u_t: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
-        """One position ``(batch, channels)`` through the engine: ``(batch, 1, ...)``."""
-        return module.step_output(self.engine.step(module.step_rows(u_t)))
-
-    def _build(self, h: torch.Tensor, u: torch.Tensor, module: _OnlineConv) -> None:
-        """The engine for the filter taps ``h`` and chunks shaped like ``u``."""
-        self.engine = make_engine(
-            h,
-            self.session.method,
-            max_len=self.session.max_len,
-            batch_size=u.shape[0] * module.rows_per_sequence,
-            **self.session.engine_options,
-        )
-        self.step_shape = (u.shape[0], 1, u.shape[2])
-
-    def _selected_rows(self, u: torch.Tensor, module: _OnlineConv) -> list[int]:
-        rows = self.session.rows
-        if rows is None:
-            raise RuntimeError(
-                f"{self.name!r}: with independent rows, say whose chunk this is: "
-                "session.selecting(rows)"
-            )
-        if len(rows) != u.shape[0]:
-            raise ValueError(
-                f"{type(module).__name__} {self.name!r} got a batch of {u.shape[0]}; the decoding "
-                f"session has {len(rows)} selected rows"
-            )
-        return rows
-
-    def _engine_rows(self, rows: list[int]) -> list[int]:
-        """The rows engine's rows of the session's ``rows``."""
-        m = self._rows_per_sequence
-        return rows if m == 1 else [row * m + k for row in rows for k in range(m)]
-
-    def _consume_shared(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
-        """Independent rows in one rows engine: a step of the selected rows together, or a
-        chunk (prompt) of each selected row."""
-        session = self.session
-        if session.traced:  # a compiled step of every row
-            if u.shape[1] != 1:
-                raise ValueError(f"traced steps take one position per chunk, got {u.shape[1]}")
-            return module.step_output(self.engine.step_traced(module.step_rows(u[:, 0])))
-        rows = self._selected_rows(u, module)
-        module.check_input(u)
-        self.check_input(u, module)
+        self.check_dtype(u, module)
         if self.engine is None:
             h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
-            self._rows_per_sequence = module.rows_per_sequence
-            self.engine = ENGINES[session.method].rows_engine(
+            self.engine = make_rows_engine(
                 h,
+                session.method,
                 max_len=session.max_len,
-                batch_size=session.batch_size * module.rows_per_sequence,
+                batch_size=session.batch_size * module.engine_rows_per_row,
+                worker=session.worker,
                 **session.engine_options,
             )
-        if self in session.deferred:  # its earlier tile ends, still pending (no end hook since,
-            session.run_deferred()  # or the steps' part of this packed chunk)
-        if u.shape[1] == 1:  # a step: its tile ends run after the model's forward, batched
-            engine_rows = self._engine_rows(rows)
-            y = module.step_output(self.engine.push(module.step_rows(u[:, 0]), engine_rows))
-            session.defer(self, self.engine.advance(engine_rows))
-        else:
-            parts = [
-                module.sequence_output(
-                    self.engine.extend(
-                        module.sequence_rows(u[i : i + 1]), self._engine_rows([row])
-                    ),
-                    1,
-                )
-                for i, row in enumerate(rows)
-            ]
-            y = parts[0] if len(parts) == 1 else torch.cat(parts)
-        self.consumed(u.shape[1])
-        return y
+        session.touch()
+        positions = session.row_positions(rows)
+        if u.shape[1] == 1:  # a step: its scheduled work runs after the model's call, batched
+            y, work = self.engine.step(
+                module.to_engine_step(u[:, 0]), *self._engine_rows(rows, positions)
+            )
+            session.defer(work)
+            return module.from_engine_step(y)
+        if len(set(positions)) == 1:  # rows at one position (a prompt of every row): together
+            engine_rows, _ = self._engine_rows(rows, positions)
+            y = self.engine.extend(module.to_engine(u), engine_rows, positions[0])
+            return module.from_engine(y, len(rows))
+        parts = [self.feed((row,), u[i : i + 1]) for i, row in enumerate(rows)]
+        return torch.cat(parts)
 
-    def _consume_rows(self, u: torch.Tensor, module: _OnlineConv) -> torch.Tensor:
-        rows = self._selected_rows(u, module)
-        if self.row_states[0].engine is None:  # every row's engine, from one set of taps
-            module.check_input(u)
-            h = module.filter_taps_checked(self.session.max_len, u.shape[1], self.name)
-            for state in self.row_states:
-                state._build(h, u[:1], module)
-        parts = [self.row_states[row].consume(u[i : i + 1], module) for i, row in enumerate(rows)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    def _engine_rows(
+        self, rows: Sequence[int], positions: Sequence[int] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """The engine's rows of the session's ``rows`` and their positions (default the
+        session's)."""
+        if positions is None:
+            positions = self.session.row_positions(rows)
+        m = self.module.engine_rows_per_row
+        if m == 1:
+            return list(rows), list(positions)
+        engine_rows = [row * m + k for row in rows for k in range(m)]
+        return engine_rows, [p for p in positions for _ in range(m)]
 
 
-class _OnlineConv(DecodingModule):
+class ConvModule(DecodingModule):
     """What :class:`LongConv` and :class:`FilterBankConv` share: the filter (owned or given),
     the input checks, and the switch between the FFT and the session's engine."""
-
-    packs = True  # its forward takes packed chunks (DecodingSession.packing)
 
     def __init__(
         self,
@@ -325,8 +218,8 @@ class _OnlineConv(DecodingModule):
             check_prefix(self, name, h, checked)
         return h
 
-    def open_state(self, session: DecodingSession, name: str) -> EngineState:
-        return EngineState(session, name)
+    def open_state(self, session: DecodingSession, name: str) -> ConvState:
+        return ConvState(session, name, self)
 
     def check_input(self, u: torch.Tensor) -> None:
         """Raise unless ``u`` is ``(batch, length <= max_len, channels)``."""
@@ -344,27 +237,26 @@ class _OnlineConv(DecodingModule):
         if self._state is None:
             self.check_input(u)
             return self._offline(u, self.filter_taps(u.shape[1]))
-        if self.packed:
-            return self._state.run_packed(self._convolve, u)
-        return self._state.consume(u, self)
+        return self._state.run(self._state.feed, u)
 
-    # How the module's input maps to an engine's rows (batch) x filters (channels) and back; the
-    # engine decodes ``batch * rows_per_sequence`` rows. Depthwise: the identity, up to layout.
-    rows_per_sequence = 1
+    # How the module's input maps to the engine's batch x filters (its channels) and back: each
+    # row of the session is ``engine_rows_per_row`` rows of the engine. Depthwise: the identity,
+    # up to layout.
+    engine_rows_per_row = 1
 
-    def sequence_rows(self, u: torch.Tensor) -> torch.Tensor:
+    def to_engine(self, u: torch.Tensor) -> torch.Tensor:
         """``(batch, n, channels)`` -> the engine's ``(rows, filters, n)``."""
         return u.transpose(1, 2)
 
-    def sequence_output(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+    def from_engine(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         """The engine's ``(rows, filters, n)`` -> the module's output ``(batch, n, ...)``."""
         return y.transpose(1, 2)
 
-    def step_rows(self, u_t: torch.Tensor) -> torch.Tensor:
+    def to_engine_step(self, u_t: torch.Tensor) -> torch.Tensor:
         """``(batch, channels)`` -> the engine's ``(rows, filters)``."""
         return u_t
 
-    def step_output(self, y_t: torch.Tensor) -> torch.Tensor:
+    def from_engine_step(self, y_t: torch.Tensor) -> torch.Tensor:
         """The engine's ``(rows, filters)`` -> the module's output ``(batch, 1, ...)``."""
         return y_t.unsqueeze(1)
 
@@ -374,7 +266,7 @@ class _OnlineConv(DecodingModule):
         filter taps ``h`` ``(filters, length)``."""
 
 
-class LongConv(_OnlineConv):
+class LongConv(ConvModule):
     """Depthwise long causal convolution, ``(batch, length, channels)`` to the same shape.
 
     ``y[:, t, c] = sum_{s<=t} h[c, t-s] u[:, s, c] (+ skip[c] u[:, t, c])``.
@@ -422,7 +314,7 @@ class LongConv(_OnlineConv):
         return f"channels={self.channels}, max_len={self.max_len}, {kind}, skip={skip}"
 
 
-class FilterBankConv(_OnlineConv):
+class FilterBankConv(ConvModule):
     """Every channel through every filter of one shared bank (the STU's full form).
 
     ``y[:, t, c, f] = sum_{s<=t} bank[f, t-s] u[:, s, c]``: ``(batch, length, channels)`` to
@@ -458,21 +350,21 @@ class FilterBankConv(_OnlineConv):
         return bank_conv(u.transpose(1, 2), h).permute(0, 3, 1, 2)
 
     @property
-    def rows_per_sequence(self) -> int:
+    def engine_rows_per_row(self) -> int:
         return self.channels  # every (sequence, channel) is a row that all the filters see
 
-    def sequence_rows(self, u: torch.Tensor) -> torch.Tensor:
+    def to_engine(self, u: torch.Tensor) -> torch.Tensor:
         batch, n, channels = u.shape
         return u.transpose(1, 2).reshape(batch * channels, 1, n).expand(-1, self.filters, -1)
 
-    def sequence_output(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+    def from_engine(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         rows, filters, n = y.shape
         return y.reshape(batch, rows // batch, filters, n).permute(0, 3, 1, 2)
 
-    def step_rows(self, u_t: torch.Tensor) -> torch.Tensor:
+    def to_engine_step(self, u_t: torch.Tensor) -> torch.Tensor:
         return u_t.reshape(-1, 1).expand(-1, self.filters)
 
-    def step_output(self, y_t: torch.Tensor) -> torch.Tensor:
+    def from_engine_step(self, y_t: torch.Tensor) -> torch.Tensor:
         return y_t.reshape(-1, 1, self.channels, self.filters)
 
     def extra_repr(self) -> str:

@@ -5,13 +5,14 @@ zero. The same code runs a whole sequence and a chunk of a decoding session: the
 prefixed with the ``K - 1`` inputs before it (zeros outside a session or at its start), and tap
 j multiplies that sequence shifted by j (K fused multiply-adds, no transposes, which cost less
 than a depthwise ``conv1d`` for one position: docs/results/cpu-2core/tuning.md). In a session
-the last inputs are kept in a ``(batch, K - 1, channels)`` buffer allocated when the
-session opens.
+the last inputs of every row are kept in a ``(batch, K - 1, channels)`` buffer allocated when
+the session opens.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ __all__ = ["HistoryState", "ShortConv"]
 
 
 class HistoryState(ModuleState):
-    """The last ``kernel_size - 1`` inputs of a :class:`ShortConv` in a session."""
+    """The last ``kernel_size - 1`` inputs of every row of a :class:`ShortConv` in a session,
+    ``(batch_size, kernel_size - 1, channels)``."""
 
     def __init__(self, session: DecodingSession, name: str, module: ShortConv):
         super().__init__(session, name)
@@ -39,41 +41,24 @@ class HistoryState(ModuleState):
     def nbytes(self) -> int:
         return self.history.numel() * self.history.element_size()
 
-    def reset(self) -> None:
-        self.history.zero_()
-        self.restart_positions()
-
-    def reset_rows(self, rows: list[int]) -> None:
-        self.history[rows] = 0
-        self.restart_positions(rows)
-
-    def extend(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(batch, n, channels)`` after the kept inputs; keeps the new last ones (and,
-        outside a compiled step, counts them: there :meth:`advance` does). With independent
-        rows, those of the selected rows (a compiled step selects every row)."""
-        rows = self.session.rows
-        if rows is None or (len(rows) == self.history.shape[0] and rows == sorted(rows)):
-            history = self.history  # every row, in order: in place, fixed shape
-        else:
-            history = self.history[rows]
-        extended = torch.cat([history, x], dim=1)  # (batch, K - 1 + n, channels)
-        kept = extended[:, extended.shape[1] - self.history.shape[1] :]
-        if history is self.history:
-            self.history.copy_(kept)
-        else:
-            self.history[rows] = kept
-        if not self.session.traced:
-            self.consumed(x.shape[1])
-        return extended
-
-    def prepare_traced(self) -> None:
-        """Nothing to prepare: the history's update is fixed-shape already."""
+    def reset_rows(self, rows: Sequence[int]) -> None:
+        self.history[list(rows)] = 0
 
     def traced_tensors(self) -> list[torch.Tensor]:
         return [self.history]
 
-    def advance(self) -> None:
-        self._position += 1
+    def with_history(self, rows: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(len(rows), n, channels)`` after those rows' kept inputs, ``(len(rows), K - 1
+        + n, channels)``; keeps the new last ones."""
+        every = len(rows) == self.history.shape[0] and list(rows) == sorted(rows)
+        history = self.history if every else self.history[list(rows)]  # in place: fixed shape
+        joined = torch.cat([history, x], dim=1)
+        kept = joined[:, joined.shape[1] - self.history.shape[1] :]
+        if every:
+            self.history.copy_(kept)
+        else:
+            self.history[list(rows)] = kept
+        return joined
 
 
 class ShortConv(DecodingModule):
@@ -85,8 +70,6 @@ class ShortConv(DecodingModule):
     kernel_size : int
         Taps per channel; ``weight[:, j]`` multiplies the input ``j`` steps back.
     """
-
-    packs = True  # its forward takes packed chunks (DecodingSession.packing)
 
     def __init__(self, channels: int, kernel_size: int = 3):
         super().__init__(None)
@@ -103,26 +86,31 @@ class ShortConv(DecodingModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, length, channels) -> (batch, length, channels)``."""
-        if self.packed:
-            return self._state.run_packed(self.forward, x)
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(
                 f"x must have shape (batch, length, channels={self.channels}), got {shape}"
             )
-        length, before = x.shape[1], self.kernel_size - 1
         if self._state is None:
-            extended = torch.cat([x.new_zeros(x.shape[0], before, x.shape[2]), x], dim=1)
-        else:
-            if not self._state.session.traced:
-                self._state.check_input(x, self)
-                x = self._state.session.unpad(x)
-            elif length != 1:  # static under torch.compile: no cost in the graph
-                raise ValueError(f"traced steps take one position per chunk, got {length}")
-            extended = self._state.extend(x)  # (batch, K - 1 + length, channels)
+            before = x.new_zeros(x.shape[0], self.kernel_size - 1, x.shape[2])
+            return self._taps(x, torch.cat([before, x], dim=1))
+        return self._state.run(self._feed, x)
+
+    def _feed(self, rows: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        """In a session: ``x`` ``(len(rows), n, channels)`` continues those rows."""
+        state = self._state
+        if not state.session.chunk.traced:
+            state.check_dtype(x, self)
+            state.session.touch()
+        return self._taps(x, state.with_history(rows, x))
+
+    def _taps(self, x: torch.Tensor, joined: torch.Tensor) -> torch.Tensor:
+        """The output for ``x`` ``(batch, n, channels)`` and ``joined`` ``(batch, K - 1 + n,
+        channels)``, ``x`` after the inputs before it."""
+        length, before = x.shape[1], self.kernel_size - 1
         y = torch.addcmul(self.bias, self.weight[:, 0], x)
         for j in range(1, self.kernel_size):  # taps, not channels: K - 1 = 2 in Hyena
-            y = y.addcmul(self.weight[:, j], extended[:, before - j : before - j + length])
+            y = y.addcmul(self.weight[:, j], joined[:, before - j : before - j + length])
         return y
 
     def extra_repr(self) -> str:

@@ -25,6 +25,7 @@ from futurefill.online.continuous import ContinuousConv, ContinuousRows, default
 from futurefill.online.deamortized import DeamortizedConv
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
+from futurefill.online.rows import PerRowEngines, RowsEngine
 
 __all__ = [
     "ENGINES",
@@ -36,12 +37,15 @@ __all__ = [
     "NaiveConv",
     "OnlineConv",
     "OnlineConvEngine",
+    "PerRowEngines",
+    "RowsEngine",
     "ScheduledWork",
     "check_engine_options",
     "default_epoch_len",
     "default_tile_len",
     "engine_options",
     "make_engine",
+    "make_rows_engine",
     "methods_table",
     "register",
     "run_scheduled",
@@ -144,6 +148,27 @@ def make_engine(
     """The registered engine of ``method`` with its knobs (``epoch_len``, ``tile_len``, ...)."""
     knobs = check_engine_options(method, options)
     return ENGINES[method](h, max_len=max_len, batch_size=batch_size, **knobs)
+
+
+def make_rows_engine(
+    h: torch.Tensor,
+    method: str = "continuous",
+    *,
+    max_len: int | None = None,
+    batch_size: int = 1,
+    worker: object = None,
+    **options: int | None,
+) -> RowsEngine:
+    """The rows form (:class:`RowsEngine`: every row at its own position) of ``method``: its own
+    (:attr:`OnlineConvEngine.rows_engine`) or one engine per row (:class:`PerRowEngines`).
+    ``worker`` goes to the engines that use one (:attr:`OnlineConvEngine.uses_worker`)."""
+    knobs = check_engine_options(method, options)
+    engine = ENGINES[method]
+    if engine.uses_worker:
+        knobs["worker"] = worker
+    if engine.rows_engine is not None:
+        return engine.rows_engine(h, max_len=max_len, batch_size=batch_size, **knobs)
+    return PerRowEngines(engine, h, max_len=max_len, batch_size=batch_size, **knobs)
 
 
 class OnlineConv:

@@ -79,10 +79,13 @@ class OnlineConvEngine(ABC):
     options: ClassVar[dict[str, Callable[[object], int]]] = {}
     #: One line for the method tables: time for L steps, memory, how.
     summary: ClassVar[str] = ""
-    #: The method's engine for rows at independent positions, one state for the whole batch
-    #: (:class:`~futurefill.online.continuous.ContinuousRows`'s interface); None: sessions with
-    #: independent rows keep one engine of this class per row.
+    #: The method's rows form, one state for rows at their own positions (a
+    #: :class:`~futurefill.online.rows.RowsEngine` subclass); None: one engine per row
+    #: (:class:`~futurefill.online.rows.PerRowEngines`).
     rows_engine: ClassVar[type | None] = None
+    #: Whether the constructor takes a ``worker`` (a background thread for its jobs, which the
+    #: session that uses the engine owns).
+    uses_worker: ClassVar[bool] = False
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         max_len, batch_size = check_filter(h, max_len, batch_size)

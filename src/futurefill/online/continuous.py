@@ -55,6 +55,7 @@ from futurefill.online.base import (
     run_scheduled,
     traced_push,
 )
+from futurefill.online.rows import RowsEngine
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -88,9 +89,10 @@ def default_rows_tile_len(device: torch.device) -> int:
     return 64 if torch.device(device).type == "cuda" else 32
 
 
-class ContinuousRows:
+class ContinuousRows(RowsEngine):
     """Online causal convolution of ``batch_size`` rows, each at its own position, by
-    Continuous-FutureFill (see the module docstring).
+    Continuous-FutureFill (see the module docstring): the rows form of the method
+    (:class:`~futurefill.online.rows.RowsEngine`, whose methods take the rows' positions).
 
     Parameters
     ----------
@@ -104,23 +106,17 @@ class ContinuousRows:
     tile_len : int, optional
         The direct-computation tile b0, a power of two; default :func:`default_rows_tile_len`.
 
-    Every method takes ``rows``, a list of distinct row indices, and inputs for those rows in
-    that order; a row's outputs are ``causal_conv`` of its own inputs since its last
-    :meth:`reset_rows`, whatever the other rows do.
-
     Examples
     --------
     >>> from futurefill.fftconv import causal_conv
     >>> h, u = torch.randn(2, 16, dtype=torch.float64), torch.randn(2, 9, dtype=torch.float64)
     >>> engine = ContinuousRows(h, batch_size=3, tile_len=2)
-    >>> y_prompt = engine.extend(u[None, :, :5], [1])    # row 1 starts with a prompt of 5
-    >>> y_a = engine.step(u[None, :, 0], [2])            # row 2 starts by stepping
-    >>> y_b = engine.step(torch.stack([u[:, 5], u[:, 1]]), [1, 2])   # both step on
+    >>> y_prompt = engine.extend(u[None, :, :5], [1], start=0)  # row 1: a prompt of 5
+    >>> y_a, work = engine.step(u[None, :, 0], [2], [0])         # row 2 starts by stepping
+    >>> y_b, work = engine.step(torch.stack([u[:, 5], u[:, 1]]), [1, 2], [5, 1])  # both on
     >>> expected = causal_conv(u[None, :, :6], h)[0]
     >>> bool(torch.allclose(torch.cat([y_prompt[0], y_b[:1].t()], 1), expected))
     True
-    >>> engine.position(1), engine.position(2)
-    (6, 2)
     """
 
     def __init__(
@@ -159,9 +155,9 @@ class ContinuousRows:
             while b < max_len:
                 self._spectra[b] = torch.fft.rfft(h[:, : 2 * b], n=2 * b)
                 b *= 2
-            self._index = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # j_r
+            # Each row's place in its tile, j_r = position % b0: what a step reads.
+            self._index = torch.zeros(batch_size, dtype=torch.long, device=self.device)
             self._all_rows = torch.arange(batch_size, device=self.device)
-        self._positions = [0] * batch_size
 
     @property
     def nbytes(self) -> int:
@@ -170,67 +166,51 @@ class ContinuousRows:
         tensors += [self._tile_spectrum, *self._spectra.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def position(self, row: int) -> int:
-        """Inputs ``row`` has consumed since it was last reset."""
-        return self._positions[row]
-
-    def reset_rows(self, rows: Sequence[int]) -> None:
+    def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         """Those rows back to position 0 (empty sequences), the others untouched."""
         index = self._row_tensor(rows)
-        for row in rows:  # a row's levels wrote c below twice its position at most
-            self._c[row, :, : 2 * self._positions[row]].zero_()
-            self._positions[row] = 0
+        for row, position in zip(rows, positions, strict=True):
+            self._c[row, :, : 2 * position].zero_()  # a row's levels wrote below 2 p at most
         self._c_tile.index_fill_(0, index, 0)
         self._index.index_fill_(0, index, 0)
 
-    def reset(self) -> None:
-        """Every row back to position 0."""
-        self.reset_rows(range(self.batch_size))
-
-    def step(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """One input per row of ``rows``: ``u`` ``(len(rows), channels)``; returns those rows'
-        outputs ``(len(rows), channels)`` and runs the tile ends the step completes."""
-        y = self.push(u, rows)
-        for work in self.advance(rows):
-            work.run()
-        return y
-
-    def push(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The tensor part of :meth:`step`: the outputs of ``rows`` for ``u``; :meth:`advance`
-        of those rows must follow (its tile ends run before their next input)."""
+    def step(
+        self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
+    ) -> tuple[torch.Tensor, list[RowTileEnd]]:
+        """One input per row of ``rows`` (at ``positions``): ``u`` ``(len(rows), channels)``;
+        returns those rows' outputs ``(len(rows), channels)`` and the tile ends the step
+        completes (to run before those rows' next input)."""
         self._check(u, rows, 2)
-        if any(self._positions[row] >= self.max_len for row in rows):
+        if max(positions) >= self.max_len:
             raise RuntimeError(f"a row is at max_len={self.max_len}: reset it first")
-        return self._push(u.to(self.compute_dtype), self._row_tensor(rows)).to(self.dtype)
+        y = self._push(u.to(self.compute_dtype), self._row_tensor(rows)).to(self.dtype)
+        return y, self.advance(rows, positions)
 
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
-        """Every row's output ``(batch_size, channels)`` for ``u`` ``(batch_size, channels)``, by
-        tensor operations alone (for a compiled step); :meth:`advance` of the rows that really
-        stepped must follow. A row that did not step must be reset before it is used again (its
-        tile received this input)."""
         return self._push(u, self._all_rows)
 
-    def advance(self, rows: Sequence[int]) -> list[RowTileEnd]:
-        """After a step of ``rows``: each one position on; returns their tile ends (to run, or to
-        batch with other engines' by :func:`~futurefill.online.run_scheduled`)."""
-        b0, works = self.tile_len, []
-        for row in rows:
-            self._positions[row] += 1
-            if self._positions[row] % b0 == 0:
-                works.append(RowTileEnd(self, row, self._positions[row]))
-        self._index.copy_(torch.tensor([p % b0 for p in self._positions]))
+    def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
+        """After a step of ``rows`` (at ``positions``): each one position on; returns their tile
+        ends (to run, or to batch with other engines' by
+        :func:`~futurefill.online.run_scheduled`)."""
+        b0, works, places = self.tile_len, [], []
+        for row, position in zip(rows, positions, strict=True):
+            seen = position + 1
+            places.append(seen % b0)
+            if seen % b0 == 0:
+                works.append(RowTileEnd(self, row, seen))
+        index = self._row_tensor(rows)
+        self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
         return works
 
-    def extend(self, u: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """The next ``n`` inputs of ``rows``, all at one position: ``u`` ``(len(rows), channels,
-        n)``; returns their outputs, same shape, the rows left as if stepped through the chunk.
-        O(n log^2 n): the FFTs cover the blocks the chunk completes, never the rows' remaining
-        length. A chunk that starts inside a tile first finishes that tile (its direct part by
-        one FFT of length 2 b0, then the tile's end); the rest is :meth:`_extend_tiles`."""
+    def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
+        """The next ``n`` inputs of ``rows``, all at position ``start``: ``u`` ``(len(rows),
+        channels, n)``; returns their outputs, same shape, the rows left as if stepped through
+        the chunk. O(n log^2 n): the FFTs cover the blocks the chunk completes, never the rows'
+        remaining length. A chunk that starts inside a tile first finishes that tile (its direct
+        part by one FFT of length 2 b0, then the tile's end); the rest is
+        :meth:`_extend_tiles`."""
         self._check(u, rows, 3)
-        start = self._positions[rows[0]]
-        if any(self._positions[row] != start for row in rows):
-            raise ValueError("extend takes rows at one position; extend each row alone")
         n, b0 = u.shape[-1], self.tile_len
         if start + n > self.max_len:
             raise RuntimeError(f"no room for {n} more inputs before max_len={self.max_len}")
@@ -252,8 +232,6 @@ class ContinuousRows:
             u, start = u[..., m:], start + m
         if u.shape[-1]:
             outputs.append(self._extend_tiles(u, index, rows, start))
-        for row in rows:
-            self._positions[row] = start + u.shape[-1]
         self._index.index_fill_(0, index, (start + u.shape[-1]) % b0)
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return y.to(self.dtype)
@@ -290,7 +268,7 @@ class ContinuousRows:
             self._c_tile[index] = self._c[index, :, start + n : start + n + b0].transpose(1, 2)
         return y
 
-    def prepare_traced(self) -> None:
+    def prepare_traced(self, positions: Sequence[int]) -> None:
         """Ready :meth:`step_traced` (the rows' places are always current): a ValueError in half
         precision, which has no traced step."""
         check_traced_dtype(self.dtype, self.compute_dtype)

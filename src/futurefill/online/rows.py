@@ -1,0 +1,157 @@
+"""The rows form of an online convolution: one state for ``batch_size`` rows, each row a
+sequence at its own position, what a decoding session keeps for one long convolution.
+
+Positions belong to the caller (a :class:`~futurefill.nn.DecodingSession` keeps one positions
+tensor for the whole model): every method that moves rows takes ``positions``, where those rows
+are before the call, and a rows engine keeps only what its schedule derives from them (a place
+in a tile, say). Its life cycle, for rows ``r`` at positions ``p``::
+
+    y = engine.extend(u, rows, start)        # (R, D, n): n inputs of rows all at ``start``
+    y, work = engine.step(u, rows, p)         # (R, D): one input each; work to run before
+    run_scheduled(work)                       #   those rows' next input (batched across layers)
+    engine.reset_rows(rows, p)                # back to position 0, the other rows untouched
+
+and for a compiled step of every row, :meth:`RowsEngine.step_traced` (tensor operations only)
+then :meth:`RowsEngine.advance` of the rows that really stepped (the host's part).
+
+A method declares its own rows form (:attr:`OnlineConvEngine.rows_engine`,
+:class:`~futurefill.online.continuous.ContinuousRows` for Continuous-FutureFill);
+:class:`PerRowEngines` gives every other method one: an engine of batch one per row.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+
+from futurefill.online.base import OnlineConvEngine, ScheduledWork
+
+__all__ = ["PerRowEngines", "RowsEngine"]
+
+
+class RowsEngine(ABC):
+    """Online causal convolution of ``batch_size`` rows at their own positions; see the module
+    docstring. A row's outputs are ``causal_conv`` of its own inputs since its last reset,
+    whatever the other rows do.
+
+    Attributes
+    ----------
+    batch_size, channels, max_len : int
+    dtype, device : of the filters ``h`` ``(channels, filter_len)`` (and of every input).
+    """
+
+    batch_size: int
+    channels: int
+    max_len: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Bytes of the engine's buffers."""
+
+    @abstractmethod
+    def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
+        """The next ``n`` inputs ``u`` ``(len(rows), channels, n)`` of ``rows``, all at position
+        ``start``; their outputs, same shape (a prompt, or a piece of one)."""
+
+    @abstractmethod
+    def step(
+        self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
+    ) -> tuple[torch.Tensor, list[ScheduledWork | None]]:
+        """One input per row ``u`` ``(len(rows), channels)``, the rows at ``positions``: their
+        outputs ``(len(rows), channels)``, and the work the step schedules (to run before those
+        rows' next input, :func:`~futurefill.online.run_scheduled`)."""
+
+    @abstractmethod
+    def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
+        """``rows`` (reached ``positions``) back to position 0; the others untouched."""
+
+    @abstractmethod
+    def prepare_traced(self, positions: Sequence[int]) -> None:
+        """Ready :meth:`step_traced` for every row at ``positions`` (before a compiled step, again
+        after any other call). A ValueError where the engine has no traced step (half
+        precisions)."""
+
+    @abstractmethod
+    def step_traced(self, u: torch.Tensor) -> torch.Tensor:
+        """Every row's output ``(batch_size, channels)`` for ``u`` ``(batch_size, channels)``, by
+        tensor operations alone; :meth:`advance` of the rows that stepped must follow. A row that
+        did not step must be reset before it is used again (its state received this input)."""
+
+    @abstractmethod
+    def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[ScheduledWork | None]:
+        """After :meth:`step_traced`: ``rows`` (at ``positions`` before it) one position on; the
+        work that schedules."""
+
+    @abstractmethod
+    def traced_tensors(self) -> list[torch.Tensor]:
+        """What :meth:`step_traced` reads or updates in place (addresses a CUDA graph records)."""
+
+
+class PerRowEngines(RowsEngine):
+    """The rows form of a method without one of its own: an engine of the method for each row
+    (batch one), each with a snapshot of the same filters. A step of R rows is R engine steps.
+
+    Parameters
+    ----------
+    engine : type of OnlineConvEngine
+    h : Tensor, shape (channels, filter_len)
+    max_len, batch_size : as in :class:`RowsEngine`.
+    **options
+        The constructor arguments of ``engine`` (its knobs, a deamortized ``worker``).
+    """
+
+    def __init__(
+        self,
+        engine: type[OnlineConvEngine],
+        h: torch.Tensor,
+        *,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        **options: object,
+    ):
+        self.engines = [
+            engine(h, max_len=max_len, batch_size=1, **options) for _ in range(batch_size)
+        ]
+        first = self.engines[0]
+        self.batch_size, self.channels, self.max_len = batch_size, first.channels, first.max_len
+        self.dtype, self.device = first.dtype, first.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(engine.nbytes for engine in self.engines)
+
+    def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
+        parts = [self.engines[row].extend(u[i : i + 1]) for i, row in enumerate(rows)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def step(
+        self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
+    ) -> tuple[torch.Tensor, list[ScheduledWork | None]]:
+        parts = [self.engines[row].step(u[i : i + 1]) for i, row in enumerate(rows)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), []
+
+    def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
+        for row in rows:
+            self.engines[row].reset()
+
+    def prepare_traced(self, positions: Sequence[int]) -> None:
+        for engine in self.engines:
+            engine.prepare_traced()
+
+    def step_traced(self, u: torch.Tensor) -> torch.Tensor:
+        parts = [engine.step_traced(u[i : i + 1]) for i, engine in enumerate(self.engines)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[ScheduledWork | None]:
+        return [self.engines[row].advance() for row in rows]
+
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [t for engine in self.engines for t in engine.traced_tensors()]
+
+    def __repr__(self) -> str:
+        return f"PerRowEngines({self.batch_size} x {self.engines[0]!r})"
