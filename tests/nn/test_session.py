@@ -50,18 +50,45 @@ def test_life_cycle():
     with torch.no_grad():
         expected = m(x)
         with decoding(m, batch_size=2, max_len=10, method="epoched") as session:
-            assert session.position == 0 and session.nbytes == 0  # engines come with a chunk
+            assert session.positions.tolist() == [0, 0] and session.nbytes == 0
             assert all(module.decoding for module in (m.first, m.second))
-            y = torch.cat([m(x[:, :4]), m(x[:, 4:5]), m(x[:, 5:])], dim=1)
-            assert session.position == 10 and session.nbytes > 0
+            y = torch.cat(
+                [session.feed(x[:, :4]), session.feed(x[:, 4:5]), session.feed(x[:, 5:])], 1
+            )
+            assert session.positions.tolist() == [10, 10] and session.nbytes > 0
             assert (y - expected).abs().max() < 1e-12
             session.reset()
-            assert session.position == 0
-            assert (m(x) - expected).abs().max() < 1e-12
+            assert session.positions.tolist() == [0, 0]
+            assert (session.feed(x) - expected).abs().max() < 1e-12
     assert session.closed and "closed" in repr(session)
     assert not m.first.decoding
     with torch.no_grad():
         assert torch.equal(m(x), expected)  # an ordinary module again
+
+
+def test_rows_continue_from_their_own_positions():
+    """Rows fed apart, a packed chunk and a reset of one row: each row's outputs are its own
+    sequence's forward."""
+    m = model()
+    x = u(batch=3, length=12, seed=1)
+    with torch.no_grad():
+        expected = m(x)
+        with decoding(m, batch_size=3, max_len=12, method="continuous", tile_len=2) as session:
+            a = session.feed(x[1:2, :5], rows=[1])  # row 1: a prompt of 5
+            b = session.feed(x[[2, 0], :1], rows=[2, 0])  # rows 2 and 0 start by stepping
+            packed = torch.cat([x[1, 5:6], x[0, 1:2], x[2, 1:4]])[None]
+            c = session.feed_packed(packed, rows=[1, 0], piece_row=2)  # steps, a piece of 3
+            assert session.positions.tolist() == [2, 6, 4]
+            session.reset_rows([1])
+            d = session.feed(x[1:2, :3], rows=[1])
+            assert session.positions.tolist() == [2, 3, 4]
+    assert (a[0] - expected[1, :5]).abs().max() < 1e-12
+    assert (b[0, 0] - expected[2, 0]).abs().max() < 1e-12
+    assert (b[1, 0] - expected[0, 0]).abs().max() < 1e-12
+    assert (c[0, 0] - expected[1, 5]).abs().max() < 1e-12
+    assert (c[0, 1] - expected[0, 1]).abs().max() < 1e-12
+    assert (c[0, 2:] - expected[2, 1:4]).abs().max() < 1e-12
+    assert (d[0] - expected[1, :3]).abs().max() < 1e-12
 
 
 def test_the_session_closes_when_its_block_raises():
@@ -80,34 +107,81 @@ def test_one_session_at_a_time():
         pass
 
 
+def test_the_model_is_called_through_the_session():
+    m = model()
+    with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
+        with pytest.raises(RuntimeError, match=r"call the model through it \(session.feed\)"):
+            m(u(length=2))
+        assert session.positions.tolist() == [0, 0]
+
+
 def test_errors_leave_the_session_where_it_was():
     m = model()
     with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
-        m(u(length=6))
-        with pytest.raises(ValueError, match="is for batch_size=2"):
-            m(u(batch=3, length=1))
+        session.feed(u(length=6))
+        with pytest.raises(ValueError, match="the session is for batch_size=2"):
+            session.feed(u(batch=3, length=1))
         with pytest.raises(ValueError, match="no room for 5 more"):
-            m(u(length=5))
+            session.feed(u(length=5))
         with pytest.raises(ValueError, match=r"channels=4"):
-            m(torch.zeros(2, 1, D + 1, dtype=torch.float64))
-        assert session.position == 6
-        assert all(state.position == 6 for state in session.states.values())
-        m(u(length=4))
-        assert session.position == 10
+            session.feed(torch.zeros(2, 1, D + 1, dtype=torch.float64))
+        with pytest.raises(ValueError, match=r"rows must be distinct"):
+            session.feed(u(length=1), rows=[1, 1])
+        with pytest.raises(ValueError, match=r"rows must be ints in \[0, 2\)"):
+            session.feed(u(batch=1, length=1), rows=[2])
+        assert session.positions.tolist() == [6, 6]
+        y = session.feed(u(length=4, seed=1))
+        assert session.positions.tolist() == [10, 10]
+    with torch.no_grad():
+        expected = m(torch.cat([u(length=6), u(length=4, seed=1)], 1))
+    assert (y - expected[:, 6:]).abs().max() < 1e-12
+
+
+class Fails(nn.Module):
+    """A long convolution, then a layer that raises when asked."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fail = LongConv(D, 20).double(), False
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.fail:
+            raise KeyError("inside the model")
+        return y
+
+
+def test_a_call_that_fails_after_a_module_moved_resets_its_rows():
+    m = Fails()
+    x = u(batch=2, length=8)
+    with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
+        session.feed(x[:, :3])
+        m.fail = True
+        with pytest.raises(KeyError) as error:
+            session.feed(x[1:, 3:5], rows=[1])
+        assert "the rows [1] of the failed call were reset" in "".join(error.value.__notes__)
+        assert session.positions.tolist() == [3, 0]
+        m.fail = False
+        y0 = session.feed(x[:1, 3:8], rows=[0])  # row 0 goes on as if nothing happened
+        y1 = session.feed(x[1:, :4], rows=[1])  # row 1 starts anew
+    with torch.no_grad():
+        expected = m(x)
+    assert (y0[0] - expected[0, 3:8]).abs().max() < 1e-12
+    assert (y1[0] - expected[1, :4]).abs().max() < 1e-12
 
 
 def test_a_cast_during_a_session_is_named_in_model_terms():
     m = model()
     with torch.no_grad(), decoding(m, batch_size=1) as session:
-        m(u(batch=1, length=3))
+        session.feed(u(batch=1, length=3))
         m.float()
         with pytest.raises(
             RuntimeError,
             match=r"'first' started this decoding session with "
             r"torch\.float64 inputs .* now gets torch\.float32",
         ):
-            m(u(batch=1, length=1, dtype=torch.float32))
-        assert session.position == 3
+            session.feed(u(batch=1, length=1, dtype=torch.float32))
+        assert session.positions.tolist() == [3]
 
 
 def test_argument_errors():
@@ -138,50 +212,11 @@ def test_argument_errors():
 def test_a_rejected_first_chunk_fixes_nothing():
     m = model()
     with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
-        with pytest.raises(ValueError, match="is for batch_size=2"):
-            m(u(batch=3, length=2, dtype=torch.float32).double())
+        with pytest.raises(ValueError, match="the session is for batch_size=2"):
+            session.feed(u(batch=3, length=2, dtype=torch.float32).double())
         m.float()  # the session has seen no accepted chunk: float32 is still fine
-        y = m(u(length=4, dtype=torch.float32))
-        assert y.dtype == torch.float32 and session.position == 4
-
-
-@pytest.mark.parametrize("method", ["naive", "continuous"])
-def test_padding_is_zeros_for_every_module(method):
-    """In ``session.padded(valid)`` the modules see zeros at the padding: a left-padded sequence
-    gets the outputs it gets alone, whatever the padding held."""
-    torch.manual_seed(0)
-    model = nn.Sequential(ShortConv(3, 3), LongConv(3, 20, skip=True), ShortConv(3, 2)).double()
-    x = torch.randn(2, 9, 3, dtype=torch.float64)
-    valid = torch.arange(9) >= torch.tensor([[0], [4]])  # sequence 1: 4 positions of padding
-    x_noise = x.clone()
-    x_noise[1, :4] = 100.0
-    with torch.no_grad():
-        alone = model(x[1:, 4:])
-        with decoding(model, batch_size=2, max_len=12, method=method) as session:
-            with session.padded(valid):
-                y = model(x_noise)
-            step = model(x[:, :1])  # one more position: no padding any more
-            assert session.valid is None
-    assert torch.allclose(y[1, 4:], alone[0], rtol=0, atol=1e-12)
-    with torch.no_grad():
-        assert torch.allclose(y[0], model(x[:1])[0], rtol=0, atol=1e-12)
-        full = model(torch.cat([x[1:, 4:], x[1:, :1]], dim=1))
-    assert torch.allclose(step[1, 0], full[0, -1], rtol=0, atol=1e-12)
-
-
-def test_padding_errors():
-    model = nn.Sequential(ShortConv(3, 3), LongConv(3, 20))
-    with decoding(model, batch_size=2, max_len=12) as session:
-        with pytest.raises(TypeError, match="valid must be a 2-D bool tensor"):
-            with session.padded(torch.ones(2, 4)):
-                pass
-        with pytest.raises(ValueError, match="valid has batch 3, the session 2"):
-            with session.padded(torch.ones(3, 4, dtype=torch.bool)):
-                pass
-        with session.padded(torch.ones(2, 4, dtype=torch.bool)):
-            with pytest.raises(ValueError, match=r"the padding mask is \(2, 4\) but the chunk"):
-                model(torch.randn(2, 5, 3))
-        assert session.valid is None and session.position == 0
+        y = session.feed(u(length=4, dtype=torch.float32))
+        assert y.dtype == torch.float32 and session.positions.tolist() == [4, 4]
 
 
 class PositionsRecorder(torch.nn.Module):
@@ -196,35 +231,28 @@ class PositionsRecorder(torch.nn.Module):
     def forward(self, x):
         from futurefill.nn import positions
 
-        self.seen.append(positions(x).tolist())
+        self.seen.append(positions(self, x).tolist())
         return self.conv(x)
 
 
-def test_positions_outside_in_lockstep_with_padding_and_with_independent_rows():
+def test_positions_outside_for_rows_and_packed_chunks():
     from futurefill import decoding
 
     model = PositionsRecorder().double()
     x = torch.zeros(2, 3, 2, dtype=torch.float64)
     model(x)
     assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]
-    with decoding(model, batch_size=2, max_len=10) as session:
-        with session.padded(torch.tensor([[True, True, True], [False, True, True]])):
-            model(x)
-        model(x[:, :1])
-    assert model.seen[-2:] == [[[0, 1, 2], [0, 0, 1]], [[3], [2]]]  # row 1 starts at its token
-    with decoding(model, batch_size=3, max_len=10, independent_rows=True) as session:
-        with session.selecting([2]):
-            model(x[:1])
-        with session.selecting([0, 2]):
-            model(x[:, :1])
-    assert model.seen[-2:] == [[[0, 1, 2]], [[0], [3]]]
-    model(x)  # outside again
-    assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]
-    with decoding(model, batch_size=3, max_len=10, independent_rows=True) as session:
-        with session.selecting([1]), pytest.raises(ValueError):  # raises inside the forward
-            model(torch.zeros(1, 3, 5, dtype=torch.float64))
-        with session.packing([0, 2], 1):  # two steps and a piece of 3: each its own position
-            model(torch.zeros(1, 5, 2, dtype=torch.float64))
-    assert model.seen[-1] == [[0, 0, 0, 1, 2]]
+    with decoding(model, batch_size=3, max_len=10) as session:
+        session.feed(x[:1], rows=[2])
+        session.feed(x[:, :1], rows=[0, 2])
+        assert model.seen[-2:] == [[[0, 1, 2]], [[0], [3]]]
+        session.feed(x[:1], rows=[1])
+        session.feed(x[:1, :2], rows=[1])
+        assert model.seen[-1] == [[3, 4]]
+        with pytest.raises(ValueError):  # raises inside the forward
+            session.feed(torch.zeros(1, 3, 5, dtype=torch.float64), rows=[1])
+        session.reset_rows([1])
+        session.feed_packed(torch.zeros(1, 5, 2, dtype=torch.float64), rows=[0, 2], piece_row=1)
+        assert model.seen[-1] == [[1, 4, 0, 1, 2]]  # two steps and a piece of 3, each its own
     model(x)  # outside again, after a forward that raised inside a session
     assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]

@@ -1,7 +1,8 @@
-"""ContinuousRows: rows at independent positions in one engine state. Rows start, step, take
-chunks (prompts, chunked prompts) and restart at random, and every row's outputs are the float64
-reference convolution of its own inputs, whatever the other rows do; the next input may depend
-on the last output (feedback)."""
+"""The rows form of every method (ContinuousRows for continuous, PerRowEngines for the others):
+rows at their own positions in one engine state. Rows start, step, take chunks (prompts, chunked
+prompts) and restart at random, and every row's outputs are the float64 reference convolution of
+its own inputs, whatever the other rows do; the next input may depend on the last output
+(feedback). Positions are the caller's: :class:`Rows` keeps them as a session does."""
 
 from __future__ import annotations
 
@@ -12,11 +13,42 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from futurefill.online import ContinuousRows
+from futurefill.online import METHODS, ContinuousRows, RowsEngine, make_rows_engine, run_scheduled
 from reference import decaying_filter, reference_conv, rel_err
 
 
-def run_rows(engine: ContinuousRows, h: torch.Tensor, seed: int, events: int, feedback: bool):
+class Rows:
+    """A rows engine and its rows' positions, kept as a decoding session keeps them."""
+
+    def __init__(self, engine: RowsEngine):
+        self.engine = engine
+        self.positions = dict.fromkeys(range(engine.batch_size), 0)
+        self.batch_size, self.channels, self.max_len = (
+            engine.batch_size,
+            engine.channels,
+            engine.max_len,
+        )
+
+    def extend(self, u, rows):
+        y = self.engine.extend(u, rows, self.positions.get(rows[0], 0))
+        for row in rows:
+            self.positions[row] += u.shape[-1]
+        return y
+
+    def step(self, u, rows):
+        y, work = self.engine.step(u, rows, [self.positions.get(r, 0) for r in rows])
+        run_scheduled(work)
+        for row in rows:
+            self.positions[row] += 1
+        return y
+
+    def reset_rows(self, rows):
+        self.engine.reset_rows(rows, [self.positions.get(r, 0) for r in rows])
+        for row in rows:
+            self.positions[row] = 0
+
+
+def run_rows(engine: Rows, h: torch.Tensor, seed: int, events: int, feedback: bool):
     """Random events on the engine's rows; returns every row's (inputs, outputs) since its last
     restart, and how many outputs were produced in all."""
     rng = random.Random(seed)
@@ -37,7 +69,7 @@ def run_rows(engine: ContinuousRows, h: torch.Tensor, seed: int, events: int, fe
             inputs[row], outputs[row] = [], []
         elif action < 0.3:  # a chunk (a prompt, or the next piece of one, or after steps)
             row = rng.randrange(rows)
-            n = rng.choice([1, 2, 3, rng.randint(1, 3 * engine.tile_len)])
+            n = rng.choice([1, 2, 3, rng.randint(1, 48)])
             if len(inputs[row]) + n > engine.max_len:
                 continue
             u = fresh(n)
@@ -66,7 +98,15 @@ def run_rows(engine: ContinuousRows, h: torch.Tensor, seed: int, events: int, fe
     return inputs, outputs, produced
 
 
-@settings(max_examples=25, deadline=None)
+def knob(method: str, tile_len: int) -> dict[str, int]:
+    """The method's knob of about that size (tile_len or epoch_len), or none."""
+    return {"continuous": {"tile_len": tile_len}, "deamortized": {"tile_len": tile_len}}.get(
+        method, {"epoch_len": tile_len + 1} if method == "epoched" else {}
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=12, deadline=None)
 @given(
     max_len=st.integers(1, 90),
     rows=st.integers(1, 5),
@@ -75,9 +115,14 @@ def run_rows(engine: ContinuousRows, h: torch.Tensor, seed: int, events: int, fe
     feedback=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_every_row_gets_its_own_convolution(max_len, rows, channels, tile_len, feedback, seed):
+def test_every_row_gets_its_own_convolution(
+    method, max_len, rows, channels, tile_len, feedback, seed
+):
     h = decaying_filter(channels, max_len + seed % 7, seed=seed)
-    engine = ContinuousRows(h, max_len=max_len, batch_size=rows, tile_len=tile_len)
+    engine = make_rows_engine(
+        h, method, max_len=max_len, batch_size=rows, **knob(method, tile_len)
+    )
+    engine = Rows(engine)
     inputs, outputs, produced = run_rows(engine, h, seed, events=80, feedback=feedback)
     assert produced > 0
     for row in range(rows):
@@ -86,13 +131,13 @@ def test_every_row_gets_its_own_convolution(max_len, rows, channels, tile_len, f
         u = torch.stack(inputs[row], -1)[None].numpy()
         expected = reference_conv(u, h.numpy())[0]
         assert rel_err(torch.stack(outputs[row], -1), expected) < 1e-10, row
-        assert engine.position(row) == len(inputs[row])
+        assert engine.positions[row] == len(inputs[row])
 
 
 def test_float32_and_long_chunks():
     """float32 to its rounding; a prompt of many tiles (every level of them batched)."""
     h = decaying_filter(6, 700, dtype=torch.float32, seed=3)
-    engine = ContinuousRows(h, batch_size=3, tile_len=8)
+    engine = Rows(ContinuousRows(h, batch_size=3, tile_len=8))
     gen = torch.Generator().manual_seed(0)
     u = torch.randn(3, 6, 650, generator=gen)
     y0 = engine.extend(u[:1, :, :517], [0])  # 64 tiles and a piece
@@ -110,19 +155,16 @@ def test_float32_and_long_chunks():
 
 def test_bad_input_is_refused_before_anything_changes():
     h = torch.randn(2, 10, dtype=torch.float64)
-    engine = ContinuousRows(h, batch_size=2, tile_len=2)
-    engine.extend(torch.randn(1, 2, 3, dtype=torch.float64), [0])
+    rows = Rows(ContinuousRows(h, batch_size=2, tile_len=2))
+    rows.extend(torch.randn(1, 2, 3, dtype=torch.float64), [0])
+    engine = rows.engine
     snapshot = [t.clone() for t in (engine._x, engine._c, engine._c_tile, engine._x_tile)]
     bad = [
-        (lambda: engine.step(torch.randn(1, 2, dtype=torch.float64), [0, 0]), "distinct"),
-        (lambda: engine.step(torch.randn(1, 2, dtype=torch.float64), [2]), r"\[0, 2\)"),
-        (lambda: engine.step(torch.randn(1, 3, dtype=torch.float64), [0]), "channels=2"),
-        (lambda: engine.step(torch.randn(1, 2), [0]), "torch.float64"),
-        (lambda: engine.extend(torch.randn(1, 2, 8, dtype=torch.float64), [0]), "no room"),
-        (
-            lambda: engine.extend(torch.randn(2, 2, 1, dtype=torch.float64), [0, 1]),
-            "one position",
-        ),
+        (lambda: rows.step(torch.randn(1, 2, dtype=torch.float64), [0, 0]), "distinct"),
+        (lambda: rows.step(torch.randn(1, 2, dtype=torch.float64), [2]), r"\[0, 2\)"),
+        (lambda: rows.step(torch.randn(1, 3, dtype=torch.float64), [0]), "channels=2"),
+        (lambda: rows.step(torch.randn(1, 2), [0]), "torch.float64"),
+        (lambda: rows.extend(torch.randn(1, 2, 8, dtype=torch.float64), [0]), "no room"),
     ]
     for call, message in bad:
         with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
@@ -131,6 +173,6 @@ def test_bad_input_is_refused_before_anything_changes():
         snapshot, (engine._x, engine._c, engine._c_tile, engine._x_tile), strict=True
     ):
         assert torch.equal(before, after)
-    assert engine.position(0) == 3 and engine.position(1) == 0
+    assert rows.positions == {0: 3, 1: 0}
     with pytest.raises(ValueError, match="max_len 11 exceeds filter_len 10"):
         ContinuousRows(h, max_len=11)

@@ -274,7 +274,7 @@ class DecodingSession:
         rows = self.all_rows if rows is None else self._check_rows(rows)
         batch, n = _batch_and_length(inputs)
         if batch != len(rows):
-            what = f"batch_size={batch}" if rows == self.all_rows else f"{len(rows)} rows"
+            what = f"batch_size={len(rows)}" if rows == self.all_rows else f"{len(rows)} rows"
             raise ValueError(f"the chunk has a batch of {batch}; the session is for {what}")
         self._check_room(rows, n)
         return self._call(Chunk(rows, n), inputs)
