@@ -1,22 +1,20 @@
 """Continuous batching: many requests decoded together, each at its own position.
 
 A :class:`Scheduler` owns a :class:`~futurefill.decoder.Decoder` (B rows of ``max_len``
-positions each: the memory of B single sessions, whatever the traffic) and one engine thread. Its
-loop is split as vLLM v1 splits its engine loop, in three parts::
+positions each, allocated once: its memory does not grow with the traffic) and one engine
+thread, whose loop is split as vLLM v1 splits its engine loop::
 
-    plan = schedule()         free the rows of finished and cancelled requests, admit waiting
-                              requests into free rows, and say what this iteration feeds (no
-                              model call): one step of every row whose prompt is in (its last
-                              token), and the next piece of the first admitted prompt not yet
-                              in (``prefill_chunk`` tokens at most while rows step, so that they
-                              wait for a piece's tokens, not a whole prompt: chunked prefill;
-                              the whole rest when none does)
-    outputs = run(plan)       the plan on the decoder: steps and piece in one forward over the
-                              packed tokens where the decoder packs (step_and_extend), else the
-                              piece (start or extend), then the steps
-    update(plan, outputs)     each row's next token (its own sampling and seeded generator), its
-                              text streamed, its stops checked; finished requests get their last
-                              event, and their rows are freed by the next schedule()
+    plan = schedule()       free the rows of finished and cancelled requests, admit waiting ones
+                            into free rows, and say what to feed (no model call): a step of every
+                            row whose prompt is in (its last token), and the next piece of the
+                            first admitted prompt not yet in: ``prefill_chunk`` tokens at most
+                            while rows step (they wait for a piece, not a whole prompt: chunked
+                            prefill), the whole rest when none does
+    outputs = run(plan)     steps and piece in one forward over the packed tokens where the
+                            decoder packs (step_and_extend), else the piece, then the steps
+    update(plan, outputs)   each row's next token (its own sampling and seeded generator), its
+                            text streamed, its stops checked; a finished request gets its last
+                            event, and its row is freed by the next schedule()
 
 Every request gets exactly the tokens it would get alone: its row's state is its own, greedy is
 the argmax of its own logits, and a sampled request draws from its own seeded generator.
@@ -28,10 +26,9 @@ record of each request: the caller's :class:`Request` is never changed.
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,10 +36,9 @@ import torch
 from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.generation import banned_tokens, select_next_tokens
 from futurefill.pretrained.tokenizers import StreamDecoder, Tokenizer
+from futurefill.serving.requests import Completion, QueueFull, Request, Sampling
 
 __all__ = ["Completion", "Handle", "Piece", "Plan", "QueueFull", "Request", "Sampling", "Scheduler"]
-
-FINISH_REASONS = ("stop", "length", "cancelled")
 
 #: Prompt tokens prefilled per iteration at most, by default: the fastest setting measured on
 #: the bundled model, halving the longest inter-token waits of whole prompts
@@ -50,46 +46,6 @@ FINISH_REASONS = ("stop", "length", "cancelled")
 DEFAULT_PREFILL_CHUNK = 256
 
 Outputs = tuple[DecoderOutput | None, DecoderOutput | None]  # the steps', the piece's
-
-
-class QueueFull(RuntimeError):
-    """The scheduler's queue holds ``queue_size`` requests already: try again later."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How a request chooses its tokens: greedy at ``temperature`` 0, else sampled from its own
-    generator seeded with ``seed`` (same seed, same tokens, whatever runs beside it)."""
-
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-
-@dataclass
-class Request:
-    """One completion as the client sends it: prompt ids, how many tokens at most, how to choose
-    them, where to stop, and ``on_event(text, finish_reason)``, called from the engine thread with
-    each piece of new text (finish_reason None) and once more at the end (text maybe empty,
-    finish_reason one of ``stop``, ``length``, ``cancelled``). The scheduler never changes it."""
-
-    prompt_ids: list[int]
-    max_tokens: int
-    sampling: Sampling = field(default_factory=Sampling)
-    stop: Sequence[str] = ()
-    on_event: Callable[[str, str | None], None] = lambda text, reason: None
-    allowed_token_ids: Sequence[int] | None = None
-    id: int = field(default_factory=itertools.count().__next__)
-
-
-@dataclass
-class Completion:
-    """The outcome of :meth:`Scheduler.complete` (a blocking call)."""
-
-    text: str
-    tokens: list[int]
-    finish_reason: str
 
 
 @dataclass(frozen=True)
@@ -122,7 +78,7 @@ class _Sequence:
     How much of its prompt is in is its row's position in the decoder."""
 
     request: Request
-    on_event: Callable[[str, str | None], None]
+    on_event: Callable[[str, str | None], None]  # the request's, or complete()'s wrapping it
     arrived: float
     cancelled: bool = False
     finished: bool = False
@@ -138,9 +94,8 @@ class _Sequence:
 class Handle:
     """A submitted request (:meth:`Scheduler.submit`): its tokens so far, :meth:`cancel`."""
 
-    def __init__(self, scheduler: Scheduler, sequence: _Sequence):
-        self._scheduler, self._sequence = scheduler, sequence
-        self.request = sequence.request
+    def __init__(self, sequence: _Sequence):
+        self.request, self._sequence = sequence.request, sequence
 
     @property
     def tokens(self) -> list[int]:
@@ -148,8 +103,8 @@ class Handle:
         return list(self._sequence.tokens)
 
     def cancel(self) -> None:
-        """Stop the request (:meth:`Scheduler.cancel`)."""
-        self._scheduler._cancel(self._sequence)
+        """Stop the request (see :meth:`Scheduler.cancel`)."""
+        self._sequence.cancelled = True
 
 
 class Scheduler:
@@ -261,12 +216,7 @@ class Scheduler:
         with self._lock:
             sequence = self._sequences.get(request if isinstance(request, int) else request.id)
         if sequence is not None:
-            self._cancel(sequence)
-
-    def _cancel(self, sequence: _Sequence) -> None:
-        with self._lock:
-            sequence.cancelled = True
-            self._lock.notify_all()
+            sequence.cancelled = True  # the engine thread reads it at its next schedule()
 
     def complete(self, request: Request, timeout: float | None = None) -> Completion:
         """Submit ``request`` and wait for its end (its ``on_event`` still called)."""
@@ -293,11 +243,12 @@ class Scheduler:
 
     @property
     def running(self) -> int:
+        """Requests holding a row."""
         return len(self._running)
 
     @property
     def bytes_per_slot(self) -> int:
-        """Bytes of decoding state one row holds (the same as one single-sequence session)."""
+        """Bytes of decoding state per row (the filter tables the rows share included)."""
         return self.decoder.nbytes // self.slots
 
     def _submit(self, request: Request, on_event: Callable[[str, str | None], None]) -> Handle:
@@ -313,7 +264,7 @@ class Scheduler:
             self._sequences[request.id] = sequence
             self._waiting.append(sequence)
             self._lock.notify_all()
-        return Handle(self, sequence)
+        return Handle(sequence)
 
     # ------------------------------------------------------------------ the engine thread
 
@@ -479,9 +430,8 @@ class Scheduler:
         sequence.finished = True
         with self._lock:
             self._sequences.pop(sequence.request.id, None)
-        if tail is None:
-            pending = sequence.detokenizer.flush() if sequence.detokenizer is not None else ""
-            tail = "" if reason == "cancelled" else sequence.held + pending
+        if tail is None:  # (a cancelled request may never have had a row, nor a detokenizer)
+            tail = "" if reason == "cancelled" else sequence.held + sequence.detokenizer.flush()
         if self.metrics is not None:
             self.metrics.observe_finish(reason)
         sequence.on_event(tail, reason)

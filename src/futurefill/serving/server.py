@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from futurefill.serving.metrics import Metrics
-from futurefill.serving.scheduler import Handle, QueueFull, Sampling, Scheduler
-from futurefill.serving.scheduler import Request as Completion
+from futurefill.serving.requests import QueueFull, Sampling
+from futurefill.serving.requests import Request as CompletionRequest
+from futurefill.serving.scheduler import Handle, Scheduler
 
 __all__ = ["ApiError", "create_app", "parse_completion"]
 
@@ -79,7 +80,7 @@ def _integer(body: dict, name: str, default: int | None, low: int) -> int | None
     return value
 
 
-def parse_completion(body: Any, model_name: str, tokenizer) -> tuple[Completion, bool]:
+def parse_completion(body: Any, model_name: str, tokenizer) -> tuple[CompletionRequest, bool]:
     """The scheduler request and ``stream`` flag of a completions request body, or ApiError."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
@@ -138,7 +139,7 @@ def parse_completion(body: Any, model_name: str, tokenizer) -> tuple[Completion,
     sampling = Sampling(
         temperature=temperature, top_k=top_k, top_p=None if top_p == 1 else top_p, seed=seed
     )
-    request = Completion(
+    request = CompletionRequest(
         prompt_ids=ids,
         max_tokens=_integer(body, "max_tokens", 16, 1),
         sampling=sampling,
