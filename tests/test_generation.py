@@ -4,6 +4,7 @@ sampling, streaming, and clear errors."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -267,6 +268,60 @@ def test_select_next_tokens_restricts_the_support():
     cold = torch.bincount(draw(temperature=0.25), minlength=4) / 4000
     assert cold[0] > 0.85  # (0.5 / 0.3)^4 ~ 7.7 times token 2
     assert torch.equal(select_next_tokens(logits[:2], do_sample=False), torch.tensor([0, 0]))
+
+
+def sampling_distribution(
+    logits: list[float], temperature: float, top_k: int | None, top_p: float | None
+) -> list[float]:
+    """Reference, by hand in float64: softmax(logits / temperature), restricted to the top_k
+    largest (ties with the k-th kept) and renormalised, then to the most likely tokens until
+    their mass reaches top_p (a token is kept while the mass before it is below top_p)."""
+    scores = [x / temperature for x in logits]
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    if top_k is not None:
+        kth = sorted(scores, reverse=True)[top_k - 1]
+        weights = [w if s >= kth else 0.0 for w, s in zip(weights, scores, strict=True)]
+    probs = [w / sum(weights) for w in weights]
+    if top_p is not None:
+        kept, before = set(), 0.0
+        for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+            if probs[i] == 0.0 or before >= top_p:
+                break
+            kept.add(i)
+            before += probs[i]
+        probs = [q if i in kept else 0.0 for i, q in enumerate(probs)]
+        probs = [q / sum(probs) for q in probs]
+    return probs
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(0.5, None, 0.75), (2.0, None, 0.75), (0.5, None, 0.9), (0.5, 3, 0.8), (2.0, 5, 0.75)],
+)
+def test_sampling_applies_the_temperature_before_top_k_and_top_p(temperature, top_k, top_p):
+    """The nucleus is taken from softmax(logits / temperature), not from softmax(logits): in every
+    case here the two nuclei differ (by one token or more, every cumulative mass at least 0.03
+    from top_p), so exactly the reference's tokens must be drawn, at its frequencies. Two rows
+    with different logits, each its own distribution."""
+    probs = [0.35, 0.25, 0.18, 0.12, 0.07, 0.03]
+    rows = [[math.log(p) for p in probs], [math.log(p) for p in reversed(probs)]]
+    draws_per_row = 4000
+    logits = torch.tensor(rows, dtype=torch.float64).repeat_interleave(draws_per_row, dim=0)
+    gen = torch.Generator().manual_seed(0)
+    tokens = select_next_tokens(
+        logits, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen
+    ).view(len(rows), draws_per_row)
+    for row, row_logits in enumerate(rows):
+        expected = sampling_distribution(row_logits, temperature, top_k, top_p)
+        at_one = sampling_distribution(row_logits, 1.0, top_k, top_p)
+        support = {i for i, q in enumerate(expected) if q > 0}
+        assert support != {i for i, q in enumerate(at_one) if q > 0}  # the case tells them apart
+        assert set(tokens[row].tolist()) == support, (row, expected)
+        counts = torch.bincount(tokens[row], minlength=len(probs)) / draws_per_row
+        # 4000 draws: a frequency's standard deviation is below 0.008
+        expected = torch.tensor(expected, dtype=torch.float64)
+        assert torch.allclose(counts.double(), expected, rtol=0, atol=0.03), row
 
 
 def test_zero_new_tokens():
