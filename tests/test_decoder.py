@@ -42,7 +42,7 @@ def test_greedy_feedback_loop_matches_the_forward(method, compile):
             out = decoder.step(tokens[:, i])
             got.append(out.logits)
             assert torch.equal(out.greedy, out.logits.argmax(-1))
-        assert decoder.position == 7 + steps - 1
+        assert decoder.positions.tolist() == [7 + steps - 1] * 3
     assert rel_err(torch.stack(got, dim=1), expected) < 1e-10
 
 
@@ -81,7 +81,7 @@ def test_reset_starts_new_sequences_with_the_same_state(compile):
             runs.append(torch.stack(logits))
             nbytes = decoder.nbytes
             decoder.reset()
-            assert decoder.position == 0 and decoder.nbytes == nbytes
+            assert decoder.positions.tolist() == [0, 0] and decoder.nbytes == nbytes
     assert torch.equal(runs[0], runs[1])
 
 
@@ -116,9 +116,16 @@ def test_errors_name_the_argument_and_leave_the_decoder_as_it_was():
             decoder.prefill(ids, [0, 4])
         with pytest.raises(TypeError, match="input_ids must have an integer dtype"):
             decoder.prefill(ids.double())
-        assert decoder.position == 0 and decoder.nbytes == opened
+        assert decoder.positions.tolist() == [0, 0] and decoder.nbytes == opened
         decoder.prefill(ids, [4, 2])
-        with pytest.raises(RuntimeError, match="prefill must come first"):
-            decoder.prefill(ids)
-        assert decoder.position == 4
+        assert decoder.positions.tolist() == [4, 2]
+        with pytest.raises(ValueError, match="ids has 1 tokens for 2 rows"):
+            decoder.step(ids[0, :1])
+        with pytest.raises(ValueError, match="a row is at position 4 .* no room for 7 more"):
+            decoder.extend(0, torch.zeros(7, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"rows must be ints in \[0, 2\)"):
+            decoder.step(ids[0, :1], rows=[5])
+        assert decoder.positions.tolist() == [4, 2]
+        decoder.prefill(ids)  # every row starts anew
+        assert decoder.positions.tolist() == [4, 4]
     assert repr(decoder).startswith("Decoder(batch_size=2, max_len=10, method='continuous'")

@@ -1,4 +1,4 @@
-"""Decoder with independent rows: rows start, step and are released at any step, each at its own
+"""Decoder rows: rows start, step and are released at any step, each at its own
 position and on its own FutureFill schedule, and every row gets exactly the logits of the model's
 forward over its own sequence (float64), for every method, eager and compiled."""
 
@@ -59,7 +59,7 @@ def run_schedule(decoder: Decoder, model, seed: int, events: int, slots: int) ->
                 assert rel_err(out.logits[i], expected) < 1e-10, (row, len(sequences[row]))
                 sequences[row].append(int(out.greedy[i]))
             for row in live:
-                assert decoder.row_position(row) == len(sequences[row]) - 1
+                assert int(decoder.positions[row]) == len(sequences[row]) - 1
     return started
 
 
@@ -71,9 +71,7 @@ def test_rows_at_their_own_positions_match_the_forward(method, seed, mixer):
     reference = copy.deepcopy(model)
     options = {"tile_len": 2} if method in ("continuous", "deamortized") else {}
     options = {"epoch_len": 3} if method == "epoched" else options
-    with Decoder(
-        model, batch_size=3, max_len=30, method=method, independent_rows=True, **options
-    ) as decoder:
+    with Decoder(model, batch_size=3, max_len=30, method=method, **options) as decoder:
         assert run_schedule(decoder, reference, seed, events=60, slots=3) >= 1
 
 
@@ -81,9 +79,7 @@ def test_rows_at_their_own_positions_match_the_forward(method, seed, mixer):
 def test_compiled_rows_match_the_forward(method):
     model = tiny_model("hyena", seed=1)
     reference = copy.deepcopy(model)
-    with Decoder(
-        model, batch_size=3, max_len=30, method=method, compile=True, independent_rows=True
-    ) as decoder:
+    with Decoder(model, batch_size=3, max_len=30, method=method, compile=True) as decoder:
         assert run_schedule(decoder, reference, seed=7, events=50, slots=3) >= 2
 
 
@@ -94,9 +90,7 @@ def test_compiled_steps_beside_a_row_in_the_middle_of_its_prompt(method):
     model = tiny_model("hyena", seed=2)
     reference = copy.deepcopy(model)
     prompt, other = [3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1]
-    with Decoder(
-        model, batch_size=3, max_len=30, method=method, compile=True, independent_rows=True
-    ) as decoder:
+    with Decoder(model, batch_size=3, max_len=30, method=method, compile=True) as decoder:
         out = decoder.start(1, torch.tensor(other))
         sequence = [*other, int(out.greedy[0])]
         decoder.start(0, torch.tensor(prompt[:3]))  # row 0 waits in the middle of its prompt
@@ -131,7 +125,7 @@ def test_a_prompt_packed_with_the_steps_of_others(method, mixer):
     model = hybrid_model(mixer) if hybrid else tiny_model(mixer, seed=3)
     reference = copy.deepcopy(model)
     rng = random.Random(method + mixer)
-    with Decoder(model, batch_size=4, max_len=40, method=method, independent_rows=True) as decoder:
+    with Decoder(model, batch_size=4, max_len=40, method=method) as decoder:
         sequences = {}
         for row in (0, 3):
             prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 6))]
@@ -152,7 +146,7 @@ def test_a_prompt_packed_with_the_steps_of_others(method, mixer):
                     sequences[r].append(int(steps.greedy[i]))
                 expected = reference(torch.tensor([prompt[:b]]))[0, -1]
                 assert rel_err(piece.logits[0], expected) < 1e-10
-            assert decoder.row_position(2) == len(prompt)
+            assert int(decoder.positions[2]) == len(prompt)
             sequence = [*prompt, int(piece.greedy[0])]
             out = decoder.step(torch.tensor([sequence[-1]]), [2])  # then on its own
             expected = reference(torch.tensor([sequence]))[0, -1]
@@ -165,7 +159,7 @@ def test_a_prompt_packed_with_the_steps_of_others(method, mixer):
 
 def test_row_errors_name_the_row_and_leave_others_alone():
     model = tiny_model()
-    with Decoder(model, batch_size=2, max_len=10, independent_rows=True) as decoder:
+    with Decoder(model, batch_size=2, max_len=10) as decoder:
         decoder.start(0, torch.tensor([1, 2, 3]))
         with pytest.raises(ValueError, match=r"rows must be ints in \[0, 2\), got \[2\]"):
             decoder.start(2, torch.tensor([1]))
@@ -173,8 +167,18 @@ def test_row_errors_name_the_row_and_leave_others_alone():
             decoder.start(1, torch.zeros(11, dtype=torch.long))
         with pytest.raises(ValueError, match="rows must be distinct"):
             decoder.step(torch.tensor([1, 1]), [0, 0])
-        with pytest.raises(ValueError, match="step\\(ids, rows\\) says whose tokens"):
+        with pytest.raises(ValueError, match="ids has 1 tokens for 2 rows"):
             decoder.step(torch.tensor([1]))
-        assert decoder.row_position(0) == 3 and decoder.row_position(1) == 0
-        with pytest.raises(RuntimeError, match="independent positions"):
-            decoder.prefill(torch.zeros(2, 3, dtype=torch.long))
+        assert decoder.positions.tolist() == [3, 0]
+
+
+def test_a_compiled_decoder_does_not_pack_and_says_so():
+    model = tiny_model()
+    with Decoder(model, batch_size=2, max_len=10, compile=True) as decoder:
+        assert not decoder.packs
+        decoder.start(0, torch.tensor([1, 2, 3]))
+        with pytest.raises(ValueError, match="a compiled decoder steps through its graph"):
+            decoder.step_and_extend(torch.tensor([1]), [0], 1, torch.tensor([4, 5]))
+        assert decoder.positions.tolist() == [3, 0]
+    with Decoder(model, batch_size=2, max_len=10) as decoder:
+        assert decoder.packs

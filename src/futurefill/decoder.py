@@ -157,8 +157,10 @@ class Decoder:
             raise ValueError(f"input_ids has batch {ids.shape[0]}, the decoder batch_size={batch}")
         lengths = check_prompt_lengths(prompt_lengths, batch, ids.shape[1])
         self._check_prompt(max(lengths))
-        for row, length in enumerate(lengths):
-            self._check_vocabulary(ids[row, :length])
+        in_prompt = torch.arange(ids.shape[1], device=self.device) < torch.tensor(
+            lengths, device=self.device
+        ).unsqueeze(1)
+        self._check_vocabulary(ids[in_prompt])
         self.session.reset()
         groups: dict[int, list[int]] = {}
         for row, length in enumerate(lengths):
