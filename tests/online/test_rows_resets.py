@@ -20,10 +20,8 @@ CHANNELS = 2
 TOL = 1e-10  # float64, relative to the largest output of a row's sequence
 
 # ---------------------------------------------------------------- the engine's API, in one place
-# Every engine call goes through these helpers. The test keeps every row's position itself and
-# hands it to them: where the engine keeps positions too (ContinuousRows.position), they are
-# checked against the test's; where positions are the caller's (RowsEngine: step(u, rows,
-# positions) -> (y, work), extend(u, rows, start), reset_rows(rows, positions)), they are passed.
+# Every engine call goes through these helpers (only they change with the API). Positions are the
+# caller's: the test keeps every row's own and hands them over.
 
 
 def _engine(h: torch.Tensor, *, max_len: int, batch_size: int, tile_len: int) -> ContinuousRows:
@@ -33,9 +31,6 @@ def _engine(h: torch.Tensor, *, max_len: int, batch_size: int, tile_len: int) ->
 def _step(engine: ContinuousRows, u: torch.Tensor, rows: list[int], positions: list[int]):
     """One input per row, ``u`` ``(len(rows), channels)``, the rows at ``positions``: their
     outputs ``(len(rows), channels)``, the work the step scheduled already run."""
-    if hasattr(engine, "position"):  # positions kept by the engine
-        assert [engine.position(r) for r in rows] == positions
-        return engine.step(u, rows)
     y, work = engine.step(u, rows, positions)
     run_scheduled(work)
     return y
@@ -43,19 +38,12 @@ def _step(engine: ContinuousRows, u: torch.Tensor, rows: list[int], positions: l
 
 def _extend(engine: ContinuousRows, u: torch.Tensor, rows: list[int], start: int):
     """The next ``n`` inputs ``u`` ``(len(rows), channels, n)`` of rows all at ``start``."""
-    if hasattr(engine, "position"):
-        assert [engine.position(r) for r in rows] == [start] * len(rows)
-        return engine.extend(u, rows)
     return engine.extend(u, rows, start)
 
 
 def _reset(engine: ContinuousRows, rows: list[int], positions: list[int]) -> None:
     """``rows`` (at ``positions``) back to position 0."""
-    if hasattr(engine, "position"):
-        assert [engine.position(r) for r in rows] == positions
-        engine.reset_rows(rows)
-    else:
-        engine.reset_rows(rows, positions)
+    engine.reset_rows(rows, positions)
 
 
 # ---------------------------------------------------------------- a driven engine and its check
@@ -181,16 +169,18 @@ def test_reset_at_a_level_end_then_past_twice_that_position(tile_len, k, drive, 
 
 @pytest.mark.parametrize("tile_len", [1, 2, 4])
 def test_rows_reset_together_at_different_level_ends(tile_len):
-    """One reset call for rows at different positions b0 * 2^k (rows given out of order), beside
-    a row in the middle of a tile; then each runs past twice the position it was reset at."""
-    small, large = level_ends(tile_len)[1], level_ends(tile_len)[3]
+    """One reset call for three rows at different positions b0 * 2^k, the furthest one in the
+    middle of the call (each row's own position must count, not the first's or the last's), and
+    a row in the middle of a tile beside them; then each runs past twice where it was reset."""
+    small, medium, large = level_ends(tile_len)[1:]
     max_len = 2 * large + 3
     rows = Rows(tile_len, max_len, batch_size=4, seed=tile_len)
     rows.extend([2], large)
     rows.step_to(0, small, 1)
+    rows.step_to(1, medium)
     rows.step_to(3, tile_len + tile_len // 2 + 1)  # row 3 mid-tile
-    assert rows.position(0) == small and rows.position(2) == large
-    rows.reset([2, 0])
+    assert [rows.position(r) for r in (1, 2, 0)] == [medium, large, small]
+    rows.reset([1, 2, 0])
     rows.step_to(2, max_len, 0, 1, 3)
     rows.check()
 
