@@ -81,10 +81,10 @@ def decode_chunks(
             module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
         ) as session,
     ):
-        outputs = [module(x[:, :prompt_len])] if prompt_len else []
+        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
         for t in range(prompt_len, length, chunk):
-            outputs.append(module(x[:, t : t + chunk]))
-        assert session.position == length
+            outputs.append(session.feed(x[:, t : t + chunk]))
+        assert session.positions.tolist() == [length] * x.shape[0]
     return torch.cat(outputs, dim=1), session
 
 

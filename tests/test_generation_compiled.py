@@ -80,11 +80,10 @@ def test_traced_steps_after_eager_steps_continue_at_the_position(method, options
     with torch.no_grad():
         expected = model(ids)
         with decoding(model, batch_size=2, max_len=40, method=method, **options) as session:
-            got = [model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 8)]
-            with session.traced_steps():
-                for t in range(8, 40):
-                    got.append(model(ids[:, t : t + 1]))
-                    session.advance()
+            got = [session.feed(ids[:, :5])]
+            got += [session.feed(ids[:, t : t + 1]) for t in range(5, 8)]
+            for t in range(8, 40):  # the traced path, uncompiled: tensor operations only
+                got.append(session.feed_traced(model, ids[:, t : t + 1], rows=[0, 1]))
     assert torch.allclose(torch.cat(got, dim=1), expected, rtol=0, atol=1e-10)
 
 
@@ -121,22 +120,19 @@ def test_compile_arguments_are_checked():
     with pytest.raises(TypeError, match="compile must be a bool"):
         generate(model, ids, 4, compile="yes")
     with decoding(model, batch_size=1, max_len=8) as session:
-        with pytest.raises(RuntimeError, match="traced steps need a first chunk"):
-            with session.traced_steps():
-                pass
-    with decoding(model, batch_size=1, max_len=8) as session:
-        model(ids)
-        with session.traced_steps():
-            with pytest.raises(ValueError, match="traced steps take one position per chunk"):
-                model(ids)
+        with pytest.raises(ValueError, match="compiled steps need a first chunk"):
+            session.feed_traced(model, ids[:, :1], rows=[0])
+        session.feed(ids)
+        with pytest.raises(ValueError, match="a compiled step takes one position of every row"):
+            session.feed_traced(model, ids, rows=[0])
+        assert session.positions.tolist() == [3]
     half = small_model("hyena").to(torch.bfloat16)
     with pytest.raises(ValueError, match=r"needs a float32 or float64 model.*got bfloat16"):
         generate(half, ids, 4, compile=True)  # before any work
     with decoding(half, batch_size=1, max_len=8) as session:
-        half(ids)
+        session.feed(ids)
         with pytest.raises(ValueError, match="no compiled step in bfloat16"):
-            with session.traced_steps():
-                pass
+            session.feed_traced(half, ids[:, :1], rows=[0])
 
 
 def test_cli_compile_prints_eager_text(capsys):

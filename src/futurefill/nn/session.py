@@ -301,6 +301,11 @@ class DecodingSession:
         meaningless and their states received the step's input: they must be free (at position
         0, reset when they start)."""
         rows = self._check_rows(rows)
+        if _batch_and_length(inputs) != (self.batch_size, 1):
+            raise ValueError(
+                f"a compiled step takes one position of every row, ({self.batch_size}, 1, ...); "
+                f"got {tuple(inputs[0].shape)}"
+            )
         self._check_room(rows, 1)
         if not self._traced_ready:
             self._prepare_traced()
