@@ -20,16 +20,9 @@ The extension point, for a layer with decoding state of a new kind: subclass
 
 from futurefill.nn.attention import CausalAttention, rotary
 from futurefill.nn.conv import FilterBankConv, FilterLengthError, LongConv, decaying_filters
-from futurefill.nn.session import (
-    Chunk,
-    DecodingModule,
-    DecodingSession,
-    ModuleState,
-    decoding,
-    decoding_max_len,
-    positions,
-)
+from futurefill.nn.session import DecodingSession, decoding, decoding_max_len, positions
 from futurefill.nn.shortconv import ShortConv
+from futurefill.nn.state import Chunk, DecodingModule, ModuleState
 
 __all__ = [
     "CausalAttention",

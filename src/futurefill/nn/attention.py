@@ -30,7 +30,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+from futurefill.nn.session import DecodingSession
+from futurefill.nn.state import DecodingModule, ModuleState
 
 __all__ = ["AttentionState", "CausalAttention", "rotary"]
 
@@ -226,9 +227,9 @@ class CausalAttention(DecodingModule):
         k_pos: torch.Tensor,
         cached: int = 0,
     ) -> torch.Tensor:
-        """:meth:`masked_attention` for a chunk of queries whose own keys are the last ``n`` of ``keys``
-        (after ``cached`` earlier ones), a block of queries at a time against the keys it may
-        see: O(block x (window + cached + block)) memory, so a long prompt fits."""
+        """:meth:`masked_attention` for a chunk of queries whose own keys are the last ``n`` of
+        ``keys`` (after ``cached`` earlier ones), a block of queries at a time against the keys
+        it may see: O(block x (window + cached + block)) memory, so a long prompt fits."""
         n = q.shape[1]
         q_pos = k_pos[:, cached:]
         parts = []

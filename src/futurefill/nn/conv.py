@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from futurefill.fftconv import bank_conv, causal_conv
-from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+from futurefill.nn.session import DecodingSession
+from futurefill.nn.state import DecodingModule, ModuleState
 from futurefill.online import RowsEngine, ScheduledWork, make_rows_engine
 
 __all__ = [

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from futurefill.nn.session import DecodingModule, DecodingSession, ModuleState
+from futurefill.nn.session import DecodingSession
+from futurefill.nn.state import DecodingModule, ModuleState
 
 __all__ = ["HistoryState", "ShortConv"]
 
