@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from futurefill import METHODS, ConvLM, ConvLMConfig, decoding, generate
 from futurefill.model import MIXERS
-from futurefill.nn import EngineState
+from futurefill.nn.conv import ConvState
 from futurefill.pretrained import load_pretrained
-from reference import decode_chunks, rel_err
+from reference import rel_err
 
 VOCAB, MAX_LEN = 32, 48
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -42,6 +42,21 @@ def tiny_model(mixer: str, dtype=torch.float64, seed: int = 0, **overrides) -> C
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def decode_chunks(model, ids, prompt_len: int, method: str = "continuous", *, max_len=None):
+    """Decode ``ids`` (batch, T) through ``model`` in a fresh session: ``ids[:, :prompt_len]``
+    as one call (none if 0), then one position at a time, every row. Returns the logits joined
+    along dim 1 and the session (closed)."""
+    length = ids.shape[1]
+    with (
+        torch.no_grad(),
+        decoding(model, batch_size=ids.shape[0], max_len=max_len or length, method=method) as s,
+    ):
+        logits = [s.feed(ids[:, :prompt_len])] if prompt_len else []
+        logits += [s.feed(ids[:, t : t + 1]) for t in range(prompt_len, length)]
+        assert s.positions.tolist() == [length] * ids.shape[0]
+    return torch.cat(logits, dim=1), s
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -94,17 +109,25 @@ def test_session_life_cycle():
     ids = random_ids(3, 12)
     with torch.no_grad(), decoding(model, batch_size=3, max_len=16, tile_len=2) as session:
         assert (session.batch_size, session.max_len, session.method) == (3, 16, "continuous")
-        assert session.position == 0 and "position=0" in repr(session)
-        first = torch.cat([model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 12)], 1)
-        assert session.position == 12
-        engines = [s.engine for s in session.states.values() if isinstance(s, EngineState)]
+        assert session.positions.tolist() == [0, 0, 0] and "positions=[0, 0, 0]" in repr(session)
+        feed = session.feed
+        first = torch.cat([feed(ids[:, :5])] + [feed(ids[:, t : t + 1]) for t in range(5, 12)], 1)
+        assert session.positions.tolist() == [12, 12, 12]
+        assert session.positions.dtype == torch.long and session.positions.device.type == "cpu"
+        engines = [s.engine for s in session.states.values() if isinstance(s, ConvState)]
         assert len(engines) == 2 * 1  # 2 layers, order 2: 1 long convolution a layer
         assert {e.tile_len for e in engines} == {2}
-        assert session.nbytes > 0
+        nbytes = session.nbytes
+        assert nbytes > 0
         session.reset()
-        assert session.position == 0 and all(e.position == 0 for e in engines)
-        again = torch.cat([model(ids[:, :5])] + [model(ids[:, t : t + 1]) for t in range(5, 12)], 1)
+        assert session.positions.tolist() == [0, 0, 0] and session.nbytes == nbytes  # kept
+        again = torch.cat([feed(ids[:, :5])] + [feed(ids[:, t : t + 1]) for t in range(5, 12)], 1)
         assert torch.equal(again, first)
+        session.reset_rows([1])  # row 1 starts anew, rows 0 and 2 go on
+        assert session.positions.tolist() == [12, 0, 12]
+        row = torch.cat([feed(ids[1:2, :3], rows=[1]), feed(ids[1:2, 3:12], rows=[1])], 1)
+        assert rel_err(row, first[1:2]) < 1e-9
+        assert session.positions.tolist() == [12, 12, 12]
     assert "closed" in repr(session)
     with torch.no_grad():  # an ordinary module again
         assert rel_err(model(ids), first) < 1e-9
@@ -112,11 +135,23 @@ def test_session_life_cycle():
 
 def test_feeding_past_the_session_length_raises_before_anything_moves():
     model = tiny_model("longconv")
-    with torch.no_grad(), decoding(model, batch_size=1, max_len=3) as session:
-        model(random_ids(1, 3))
-        with pytest.raises(ValueError, match="no room for 1 more"):
-            model(torch.tensor([[1]]))
-        assert session.position == 3
+    ids = random_ids(2, 5)
+    with torch.no_grad():
+        expected = model(ids)
+    with torch.no_grad(), decoding(model, batch_size=2, max_len=5) as session:
+        logits = [session.feed(ids[:, :3])]
+        logits.append(session.feed(ids[:1, 3:5], rows=[0]))  # row 0 at max_len, row 1 at 3
+        with pytest.raises(ValueError, match="at position 5 of the session's max_len=5: no room"):
+            session.feed(torch.tensor([[1], [1]]))
+        with pytest.raises(ValueError, match="no room for 3 more"):
+            session.feed(torch.tensor([[1, 2, 3]]), rows=[1])
+        assert session.positions.tolist() == [5, 3]
+        logits.append(session.feed(ids[1:, 3:5], rows=[1]))  # row 1 goes on as if nothing
+        session.reset_rows([0])  # a full row restarts
+        again = session.feed(ids[:1], rows=[0])
+    assert rel_err(torch.cat([logits[0][:1], logits[1]], 1), expected[:1]) < 1e-9
+    assert rel_err(torch.cat([logits[0][1:], logits[2]], 1), expected[1:]) < 1e-9
+    assert rel_err(again, expected[:1]) < 1e-9
 
 
 def test_engine_options_reach_every_engine():
@@ -125,8 +160,9 @@ def test_engine_options_reach_every_engine():
         torch.no_grad(),
         decoding(model, batch_size=1, max_len=20, method="epoched", epoch_len=3) as session,
     ):
-        model(random_ids(1, 4))
-        assert {s.engine.epoch_len for s in session.states.values()} == {3}
+        session.feed(random_ids(1, 4))
+        engines = [s.engine for s in session.states.values()]
+        assert {e.epoch_len for engine in engines for e in engine.engines} == {3}
     with pytest.raises(ValueError, match="epoch_len applies"):
         decoding(model, batch_size=1, method="continuous", epoch_len=3)
 
@@ -212,18 +248,28 @@ def test_bad_ids_are_rejected():
         model(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="exceeds max_len=48"):
         model(torch.zeros(1, MAX_LEN + 1, dtype=torch.long))
+    ids = random_ids(2, 6)
+    with torch.no_grad():
+        expected = model(ids)
     with torch.no_grad(), decoding(model, batch_size=2, max_len=10) as session:
-        with pytest.raises(ValueError, match="no room for 11 more"):
-            model(torch.zeros(2, 11, dtype=torch.long))
-        with pytest.raises(ValueError, match="session is for batch_size=2"):
-            model(torch.zeros(3, 4, dtype=torch.long))
-        with pytest.raises(TypeError, match="integer dtype"):
-            model(torch.zeros(2, 1))
-        with pytest.raises(ValueError, match="outside the vocabulary"):
-            model(torch.tensor([[0], [99]]))
-        assert session.position == 0  # rejected input changes nothing
-        model(torch.zeros(2, 4, dtype=torch.long))
-        assert session.position == 4
+        logits = [session.feed(ids[:, :2])]
+        rejected = [
+            (lambda: session.feed(torch.zeros(2, 9, dtype=torch.long)), "no room for 9 more"),
+            (lambda: session.feed(torch.zeros(3, 4, dtype=torch.long)), "session is for batch_"),
+            (lambda: session.feed(ids[:, 2:3], rows=[1]), "the chunk has a batch of 2"),
+            (lambda: session.feed(ids[:, 2:3], rows=[0, 2]), r"rows must be ints in \[0, 2\)"),
+            (lambda: session.feed(torch.zeros(2, 1)), "integer dtype"),
+            (lambda: session.feed(torch.tensor([[0], [99]])), "outside the vocabulary"),
+            (lambda: session.feed(torch.zeros(2, 0, dtype=torch.long)), "at least one position"),
+            (lambda: model(ids[:, 2:3]), r"call the model through it \(session\.feed\)"),
+        ]
+        for call, match in rejected:
+            with pytest.raises((TypeError, ValueError, RuntimeError), match=match):
+                call()
+            assert session.positions.tolist() == [2, 2]  # a rejected input changes nothing
+        logits.append(session.feed(ids[:, 2:6]))
+        assert session.positions.tolist() == [6, 6]
+    assert rel_err(torch.cat(logits, dim=1), expected) < 1e-9  # as if it never happened
 
 
 def test_bad_session_arguments_are_rejected():
@@ -242,12 +288,18 @@ def test_bad_session_arguments_are_rejected():
 
 def test_a_dtype_change_during_a_session_is_reported_in_model_terms():
     model = tiny_model("longconv", torch.float32)
+    ids = random_ids(1, 6)
+    with torch.no_grad():
+        expected = model(ids)
     with torch.no_grad(), decoding(model, batch_size=1, max_len=10) as session:
-        model(random_ids(1, 4))
+        logits = [session.feed(ids[:, :4])]
         model.double()
         with pytest.raises(RuntimeError, match="dtype or device changed during the session"):
-            model(random_ids(1, 1))
-        assert session.position == 4
+            session.feed(ids[:, 4:5])
+        assert session.positions.tolist() == [4]
+        model.float()  # back: the session goes on as if the call never happened
+        logits.append(session.feed(ids[:, 4:6]))
+    assert rel_err(torch.cat(logits, dim=1), expected) < TOL[torch.float32]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Every mixer decodes, inside a decoding session with every engine, exactly what its FFT forward
-computes: the layers have one forward, which is also their decode path."""
+computes: the layers have one forward, which is also their decode path (every row, and rows at
+their own positions)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from hypothesis import strategies as st
 
 from futurefill import METHODS, decoding
 from futurefill.layers import STU, Hyena, HyenaConfig, LongConvMixer
-from futurefill.nn import EngineState
-from reference import decode_chunks, rel_err
+from futurefill.nn.conv import ConvState
+from reference import rel_err
 
 D, MAX_LEN = 8, 48
 LAYERS = {
@@ -41,7 +42,27 @@ def make_layer(name: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
 
 
 def engines(session) -> list:
-    return [s.engine for s in session.states.values() if isinstance(s, EngineState)]
+    return [s.engine for s in session.states.values() if isinstance(s, ConvState)]
+
+
+def decode_chunks(
+    module, x, prompt_len: int, method: str = "continuous", *, max_len=None, chunk: int = 1, **opts
+):
+    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
+    as one call (none if 0), then calls of ``chunk`` positions, every row. Returns the outputs
+    joined along dim 1 and the session (closed)."""
+    length = x.shape[1]
+    with (
+        torch.no_grad(),
+        decoding(
+            module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
+        ) as session,
+    ):
+        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
+        for t in range(prompt_len, length, chunk):
+            outputs.append(session.feed(x[:, t : t + chunk]))
+        assert session.positions.tolist() == [length] * x.shape[0]
+    return torch.cat(outputs, dim=1), session
 
 
 DEFAULT_CASES = [(method, {}) for method in METHODS]
@@ -93,14 +114,53 @@ def test_reset_starts_a_new_sequence(name):
     with torch.no_grad():
         expected = layer(x2)
         with decoding(layer, batch_size=2, max_len=20) as session:
-            layer(x1[:, :7])
-            layer(x1[:, 7:8])
+            session.feed(x1[:, :7])
+            session.feed(x1[:, 7:8])
             for prompt_len in (0, 5):
                 session.reset()
-                assert session.position == 0
-                y = [layer(x2[:, :prompt_len])] if prompt_len else []
-                y += [layer(x2[:, t : t + 1]) for t in range(prompt_len, 20)]
+                assert session.positions.tolist() == [0, 0]
+                y = [session.feed(x2[:, :prompt_len])] if prompt_len else []
+                y += [session.feed(x2[:, t : t + 1]) for t in range(prompt_len, 20)]
                 assert rel_err(torch.cat(y, dim=1), expected) < 1e-9
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", LAYERS)
+def test_rows_at_their_own_positions(name, method):
+    """Rows started with prompts of different lengths (1 included) and at different times,
+    stepped and fed chunks together at different positions, one packed chunk (steps of two rows
+    and a piece of the third), a row reset and restarted while the others go on: each row's
+    outputs are the forward of its own inputs."""
+    layer = make_layer(name, torch.float64)
+    x = torch.randn(3, 20, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    new = torch.randn(1, 20, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected, expected_new = layer(x), layer(new)
+        with decoding(layer, batch_size=3, max_len=20, method=method) as session:
+            out: dict[int, list[torch.Tensor]] = {0: [], 1: [], 2: []}
+            out[1].append(session.feed(x[1:2, :6], rows=[1])[0])
+            out[0].append(session.feed(x[:1, :1], rows=[0])[0])  # a 1-token prompt
+            y = session.feed(torch.stack([x[0, 1:4], x[1, 6:9]]), rows=[0, 1])  # at 1 and 6
+            out[0].append(y[0])
+            out[1].append(y[1])
+            packed = torch.cat([x[1, 9:10], x[0, 4:5], x[2, :5]])[None]  # steps; row 2's prompt
+            y = session.feed_packed(packed, rows=[1, 0], piece_row=2)[0]
+            out[1].append(y[:1])
+            out[0].append(y[1:2])
+            out[2].append(y[2:])
+            for t in range(3):  # every row on, at 5, 10 and 5
+                y = session.feed(torch.stack([x[r, [5, 10, 5][r] + t] for r in range(3)])[:, None])
+                for r in range(3):
+                    out[r].append(y[r])
+            assert session.positions.tolist() == [8, 13, 8]
+            session.reset_rows([1])
+            out[1] = [session.feed(new[:, :4], rows=[1])[0]]
+            y = session.feed(torch.stack([new[0, 4:9], x[2, 8:13]]), rows=[1, 2])  # at 4 and 8
+            out[1].append(y[0])
+            out[2].append(y[1])
+            assert session.positions.tolist() == [8, 9, 13]
+    for row, expect in ((0, expected[0, :8]), (1, expected_new[0, :9]), (2, expected[2, :13])):
+        assert rel_err(torch.cat(out[row]), expect) < 1e-9, row
 
 
 def test_session_holds_one_engine_per_long_convolution():
@@ -114,17 +174,17 @@ def test_session_holds_one_engine_per_long_convolution():
     ):
         layer = make_layer(name, torch.float64)
         with torch.no_grad(), decoding(layer, batch_size=3, max_len=10) as session:
-            layer(x)
+            session.feed(x)
             assert len(engines(session)) == count, name
             assert all(e.max_len == 10 for e in engines(session))
     stu = make_layer("stu", torch.float64)
     with torch.no_grad(), decoding(stu, batch_size=3) as session:
-        stu(x)
+        session.feed(x)
         # The full STU form shares its bank of 2k = 12 filters: channels folded into the batch.
         assert [(e.batch_size, e.channels) for e in engines(session)] == [(3 * D, 2 * 6)]
     hyena = make_layer("hyena_order3", torch.float64)
     with torch.no_grad(), decoding(hyena, batch_size=2, max_len=10) as session:
-        hyena(x[:2])
+        session.feed(x[:2])
         assert session.states["short_filter"].history.shape == (2, 3, 4 * D)
         assert session.nbytes > sum(e.nbytes for e in engines(session))
 
@@ -134,7 +194,7 @@ def test_full_stu_holds_its_filter_spectra_once():
     grow with d_model only through the per-row buffers."""
     layer = make_layer("stu", torch.float64)
     with torch.no_grad(), decoding(layer, batch_size=1, tile_len=2) as session:
-        layer(torch.randn(1, 3, D, dtype=torch.float64))
+        session.feed(torch.randn(1, 3, D, dtype=torch.float64))
         (engine,) = engines(session)
     assert all(spec.shape[0] == 2 * 6 for spec in engine._spectra.values())
 
@@ -142,22 +202,25 @@ def test_full_stu_holds_its_filter_spectra_once():
 def test_engines_hold_a_snapshot_of_the_filters():
     layer = make_layer("longconv", torch.float64)
     x = torch.randn(1, 6, D, dtype=torch.float64)
-    with torch.no_grad(), decoding(layer, batch_size=1) as session:
-        first = layer(x[:, :3])
-        before = engines(session)[0].h.clone()
-        layer.conv.weight.mul_(2.0)
-        assert torch.equal(engines(session)[0].h, before)
-        session.reset()
-        assert torch.equal(layer(x[:, :3]), first)  # this session keeps its snapshot
+    with torch.no_grad():
+        expected = layer(x)
+        with decoding(layer, batch_size=1) as session:
+            first = session.feed(x[:, :3])
+            layer.conv.weight.mul_(2.0)
+            rest = [session.feed(x[:, t : t + 1]) for t in range(3, 6)]
+            assert rel_err(torch.cat([first, *rest], dim=1), expected) < 1e-9
+            session.reset()
+            assert torch.equal(session.feed(x[:, :3]), first)  # this session keeps its snapshot
+        assert not torch.equal(layer(x[:, :3]), first)  # the forward sees the new weights
 
 
 @pytest.mark.parametrize("name", LAYERS)
 def test_decoding_does_not_build_autograd_graphs(name):
     layer = make_layer(name, torch.float64)
     x = torch.randn(1, 4, D, dtype=torch.float64, requires_grad=True)
-    with decoding(layer, batch_size=1, max_len=4):
-        prompt_out = layer(x[:, :2])
-        step_out = layer(x[:, 2:3])
+    with decoding(layer, batch_size=1, max_len=4) as session:
+        prompt_out = session.feed(x[:, :2])
+        step_out = session.feed(x[:, 2:3])
     # The engines hold detached state; only the position-wise layers around them see x's graph.
     assert layer(x).requires_grad
     assert prompt_out.shape == (1, 2, D) and step_out.shape == (1, 1, D)
@@ -194,7 +257,7 @@ def test_forward_input_errors():
 def test_step_past_max_len_raises():
     layer = make_layer("hyena", torch.float64)
     with torch.no_grad(), decoding(layer, batch_size=1, max_len=3) as session:
-        layer(torch.randn(1, 3, D, dtype=torch.float64))
+        session.feed(torch.randn(1, 3, D, dtype=torch.float64))
         with pytest.raises(ValueError, match="max_len=3"):
-            layer(torch.randn(1, 1, D, dtype=torch.float64))
-        assert session.position == 3
+            session.feed(torch.randn(1, 1, D, dtype=torch.float64))
+        assert session.positions.tolist() == [3]

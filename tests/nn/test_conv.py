@@ -1,8 +1,11 @@
 """futurefill.nn.LongConv and FilterBankConv: forward against numpy, and decoding in a session
 (every method, prompts of 0, 1 and many positions, chunks of 1, 5 and the whole remainder,
-the feedback loop) against the same float64 references."""
+the feedback loop, rows at their own positions: started, stepped, fed chunks and packed chunks,
+reset, side by side) against the same float64 references."""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from hypothesis import strategies as st
 
 from futurefill import METHODS, decoding
 from futurefill.nn import FilterBankConv, LongConv
-from reference import decaying_filter, decode_chunks, reference_conv, reference_feedback, rel_err
+from reference import decaying_filter, reference_conv, reference_feedback, rel_err
 
 C, MAX_LEN = 3, 40
 OPTIONS = {
@@ -25,6 +28,26 @@ CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 # (prompt length, chunk length): stepping from the start, 1-token and longer prompts, chunks of
 # 5 after nothing, the whole remainder after a prompt.
 SCHEDULES = [(0, 1), (1, 1), (9, 1), (0, 5), (4, 100), (23, 1)]
+
+
+def decode_chunks(
+    module, x, prompt_len: int, method: str = "continuous", *, max_len=None, chunk: int = 1, **opts
+):
+    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
+    as one call (none if 0), then calls of ``chunk`` positions, every row. Returns the outputs
+    joined along dim 1 and the session (closed)."""
+    length = x.shape[1]
+    with (
+        torch.no_grad(),
+        decoding(
+            module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
+        ) as session,
+    ):
+        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
+        for t in range(prompt_len, length, chunk):
+            outputs.append(session.feed(x[:, t : t + chunk]))
+        assert session.positions.tolist() == [length] * x.shape[0]
+    return torch.cat(outputs, dim=1), session
 
 
 class CountingFilter:
@@ -153,14 +176,157 @@ def test_feedback_loop(method, prompt_len):
     _, outputs = reference_feedback(
         u0.numpy(), h, length, None if prompt is None else prompt.numpy().transpose(0, 2, 1)
     )
-    with torch.no_grad(), decoding(conv, batch_size=2, max_len=length, method=method):
-        ys = [conv(prompt)] if prompt_len else []
+    with torch.no_grad(), decoding(conv, batch_size=2, max_len=length, method=method) as session:
+        ys = [session.feed(prompt)] if prompt_len else []
         u_t = u0[:, None] if not prompt_len else torch.tanh(ys[0][:, -1:])
         for _ in range(prompt_len, length):
-            y_t = conv(u_t)
+            y_t = session.feed(u_t)
             ys.append(y_t)
             u_t = torch.tanh(y_t)
     assert rel_err(torch.cat(ys, dim=1), outputs.transpose(0, 2, 1)) < 1e-10
+
+
+def rows_at_their_own_positions(session, expected, channels: int, seed: int, events: int = 60):
+    """Drive the rows of ``session`` (over one convolution) at random: rows start (a prompt of 1
+    to 9 positions alone, or as the piece of a packed chunk beside steps of other rows), step
+    (any subset, in any order), take chunks of 2 to 5 positions (rows at different positions in
+    one call), are released, restart. Whenever a sequence ends (release, restart, the end), its
+    outputs are checked against ``expected(inputs)`` (``(1, T, channels)`` -> ``(1, T, ...)``),
+    and the session's positions against the positions fed."""
+    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+    batch, max_len = session.batch_size, session.max_len
+    inputs: dict[int, torch.Tensor] = {}  # live row -> its sequence's inputs (max_len, channels)
+    outputs: dict[int, list[torch.Tensor]] = {}  # live row -> its outputs so far, (n, ...) each
+    checked = []
+
+    def fed(row: int) -> int:
+        return sum(len(y) for y in outputs[row])
+
+    def check(row: int) -> None:
+        n = fed(row)
+        y = torch.cat(outputs[row])[None]
+        assert rel_err(y, expected(inputs[row][None, :n])) < 1e-10, (seed, row, n)
+        checked.append(n)
+
+    def begin(row: int) -> None:
+        if row in inputs:
+            check(row)
+        inputs[row] = torch.randn(max_len, channels, generator=gen, dtype=torch.float64)
+        outputs[row] = []
+
+    def next_inputs(rows: list[int], n: int) -> torch.Tensor:
+        return torch.stack([inputs[r][fed(r) : fed(r) + n] for r in rows])  # (R, n, channels)
+
+    for _ in range(events):
+        live = [r for r in inputs if fed(r) < max_len]
+        kind = rng.choice(["start", "step", "step", "chunk", "packed", "release"])
+        if kind == "start" or not live:
+            row = rng.randrange(batch)
+            if row in inputs:
+                session.reset_rows([row])
+            begin(row)
+            y = session.feed(next_inputs([row], rng.randint(1, 9)), rows=[row])
+            outputs[row].append(y[0])
+        elif kind == "step":
+            rows = rng.sample(live, rng.randint(1, len(live)))
+            y = session.feed(next_inputs(rows, 1), rows=rows)
+            for i, row in enumerate(rows):
+                outputs[row].append(y[i])
+        elif kind == "chunk":
+            n = rng.randint(2, 5)
+            rows = [r for r in live if fed(r) + n <= max_len]
+            if not rows:
+                continue
+            rows = rng.sample(rows, rng.randint(1, len(rows)))
+            y = session.feed(next_inputs(rows, n), rows=rows)
+            for i, row in enumerate(rows):
+                outputs[row].append(y[i])
+        elif kind == "packed":
+            stepping = rng.sample(live, rng.randint(1, len(live)))
+            others = [r for r in range(batch) if r not in stepping]
+            if not others:
+                stepping = stepping[:-1]
+                others = [r for r in range(batch) if r not in stepping]
+            if not stepping:
+                continue
+            row = rng.choice(others)
+            if row not in inputs or fed(row) == max_len:  # a new sequence starts in the piece
+                if row in inputs:
+                    session.reset_rows([row])
+                begin(row)
+            n = rng.randint(1, min(6, max_len - fed(row)))
+            steps = next_inputs(stepping, 1)[:, 0]  # (R, channels)
+            packed = torch.cat([steps, next_inputs([row], n)[0]])[None]
+            y = session.feed_packed(packed, rows=stepping, piece_row=row)
+            assert y.shape[:2] == (1, len(stepping) + n)
+            for i, r in enumerate(stepping):
+                outputs[r].append(y[0, i : i + 1])
+            outputs[row].append(y[0, len(stepping) :])
+        else:
+            row = rng.choice(sorted(inputs))
+            check(row)
+            session.reset_rows([row])
+            del inputs[row], outputs[row]
+        expected_positions = [fed(r) if r in inputs else 0 for r in range(batch)]
+        assert session.positions.tolist() == expected_positions
+    for row in sorted(inputs):
+        check(row)
+    return checked
+
+
+@pytest.mark.parametrize(("method", "opts"), CASES)
+@pytest.mark.parametrize("kind", ["long", "bank"])
+def test_rows_at_their_own_positions_match_numpy(kind, method, opts):
+    """Every row gets the reference of its own inputs since its start, whatever the others do."""
+    bank = decaying_filter(4, MAX_LEN, seed=3)
+    if kind == "long":
+        conv = explicit(skip=True)
+    else:
+        conv = FilterBankConv(C, MAX_LEN, 4, filter=lambda length: bank[:, :length])
+
+    def expected(x: torch.Tensor) -> np.ndarray:
+        if kind == "long":
+            return reference_longconv(conv, x)
+        return reference_bank(bank.numpy(), x.numpy())
+
+    with (
+        torch.no_grad(),
+        decoding(conv, batch_size=3, max_len=23, method=method, **opts) as session,
+    ):
+        checked = rows_at_their_own_positions(
+            session, expected, C, seed=CASES.index((method, opts))
+        )
+    assert len(checked) >= 3 and max(checked) >= 10  # sequences of several lengths were checked
+
+
+def test_a_rejected_call_changes_nothing():
+    """One clear error before anything moves: the rows then continue as if it never happened."""
+    conv = explicit(skip=True)
+    u = random_u(2, 12)
+    with torch.no_grad(), decoding(conv, batch_size=2, max_len=12) as session:
+        ys = [session.feed(u[:, :5])]
+        step = u[:, 5:6]
+        rejected = [
+            (lambda: conv(step), RuntimeError, r"call the model through it \(session\.feed\)"),
+            (lambda: session.feed(step[..., :2]), ValueError, r"\(batch, length, channels=3\)"),
+            (lambda: session.feed(step.float()), RuntimeError, "dtype or device changed"),
+            (lambda: session.feed(step[:1]), ValueError, "the session is for batch_size=2"),
+            (lambda: session.feed(step, rows=[0, 2]), ValueError, r"rows must be ints in \[0, 2\)"),
+            (lambda: session.feed(step, rows=[1, 1]), ValueError, "rows must be distinct"),
+            (lambda: session.feed(random_u(2, 8)), ValueError, "no room for 8 more"),
+            (
+                lambda: session.feed_packed(step[:1], rows=[0], piece_row=1),
+                ValueError,
+                r"a packed chunk is \(1, 1 \+ n\) with n >= 1",
+            ),
+        ]
+        for call, error, match in rejected:
+            with pytest.raises(error, match=match):
+                call()
+            assert session.positions.tolist() == [5, 5]
+        ys.append(session.feed(step))
+        ys.append(session.feed(u[:, 6:]))
+    assert rel_err(torch.cat(ys, dim=1), reference_longconv(conv, u)) < 1e-10
 
 
 def test_implicit_filter_is_materialised_once_per_session():
@@ -169,23 +335,23 @@ def test_implicit_filter_is_materialised_once_per_session():
     u = random_u(1, 20)
     with torch.no_grad(), decoding(conv, batch_size=1, max_len=20) as session:
         assert filt.calls == 0  # nothing before the first chunk
-        conv(u[:, :5])
+        session.feed(u[:, :5])
         for t in range(5, 20):
-            conv(u[:, t : t + 1])
+            session.feed(u[:, t : t + 1])
         assert filt.calls == 2  # at max_len, and at 5 to check the taps are its prefix
         session.reset()
-        conv(u[:, :1])
+        session.feed(u[:, :1])
         assert filt.calls == 2  # a reset keeps the session's filter
-    with torch.no_grad(), decoding(conv, batch_size=1, max_len=20):
-        conv(u[:, :20])
+    with torch.no_grad(), decoding(conv, batch_size=1, max_len=20) as session:
+        session.feed(u[:, :20])
     assert filt.calls == 3  # a new session materialises it again (no check at max_len)
 
 
 def test_the_session_filter_has_the_session_length():
     lengths = []
     conv = LongConv(C, MAX_LEN, filter=lambda n: lengths.append(n) or torch.ones(C, n))
-    with torch.no_grad(), decoding(conv, batch_size=1, max_len=17):
-        conv(torch.ones(1, 3, C))
+    with torch.no_grad(), decoding(conv, batch_size=1, max_len=17) as session:
+        session.feed(torch.ones(1, 3, C))
     assert lengths == [17, 3]  # the session's taps, then the first chunk's to check the prefix
 
 
@@ -232,8 +398,8 @@ def test_module_errors():
         wrong(torch.ones(1, 4, C))
     short = LongConv(C, 10, filter=lambda n: torch.ones(C, 3))
     with pytest.raises(ValueError, match="returned 3 taps, fewer than the 10 asked for"):
-        with decoding(short, batch_size=1):
-            short(torch.ones(1, 4, C))
+        with decoding(short, batch_size=1) as session:
+            session.feed(torch.ones(1, 4, C))
 
 
 class LengthNormalizedLM(torch.nn.Module):
@@ -261,10 +427,10 @@ def test_a_filter_that_depends_on_the_length_is_refused_at_the_first_chunk():
     ids = torch.randint(0, 16, (2, 10), generator=torch.Generator().manual_seed(0))
     with decoding(model, batch_size=2, max_len=40) as session:
         with pytest.raises(FilterLengthError, match=r"'long': its filter's taps depend on the"):
-            model(ids)
-        assert session.position == 0 and session.nbytes == 0  # nothing built
-    with decoding(model, batch_size=2, max_len=10):  # the forward's own length: nothing to see
-        model(ids)
+            session.feed(ids)
+        assert session.positions.tolist() == [0, 0] and session.nbytes == 0  # nothing built
+    with decoding(model, batch_size=2, max_len=10) as session:  # the forward's own length:
+        session.feed(ids)  # nothing to see
 
 
 def test_the_checker_decodes_longer_than_its_input_and_catches_it():
