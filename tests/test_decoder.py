@@ -121,7 +121,7 @@ def test_errors_name_the_argument_and_leave_the_decoder_as_it_was():
         assert decoder.positions.tolist() == [4, 2]
         with pytest.raises(ValueError, match="ids has 1 tokens for 2 rows"):
             decoder.step(ids[0, :1])
-        with pytest.raises(ValueError, match="a row is at position 4 .* no room for 7 more"):
+        with pytest.raises(ValueError, match=r"a row is at position 4 .* no room for 7 more"):
             decoder.extend(0, torch.zeros(7, dtype=torch.long))
         with pytest.raises(ValueError, match=r"rows must be ints in \[0, 2\)"):
             decoder.step(ids[0, :1], rows=[5])

@@ -164,8 +164,7 @@ def test_rows_at_their_own_positions(compile):
             free = [r for r in range(3) if r not in sequences]
             live = [r for r, s in sequences.items() if r not in pending and len(s) <= 30]
             pack = dec.packs and live and rng.random() < 0.5
-            # sorted: every row in another order is test_every_row_in_any_order's (xfail)
-            steps = sorted(rng.sample(live, rng.randint(1, len(live)))) if pack else []
+            steps = rng.sample(live, rng.randint(1, len(live))) if pack else []  # any order
             ids = torch.tensor([sequences[r][-1] for r in steps], dtype=torch.long)
             if free and (rng.random() < 0.3 or not sequences):
                 row = rng.choice(free)
@@ -202,7 +201,7 @@ def test_rows_at_their_own_positions(compile):
                 pending.pop(row, None)
                 kinds.add("release")
             elif live:
-                rows = steps or sorted(rng.sample(live, rng.randint(1, len(live))))
+                rows = steps or rng.sample(live, rng.randint(1, len(live)))
                 out = dec.step(torch.tensor([sequences[r][-1] for r in rows]), rows)
                 stepped(out, rows)
                 kinds.add("step")
@@ -216,12 +215,6 @@ def test_rows_at_their_own_positions(compile):
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: DecodingSession.device_positions(rows) returns every row's positions in "
-    "row order when len(rows) == batch_size, whatever the order of rows, so the attention cache "
-    "files a permuted call's keys at the other rows' positions",
-)
 def test_every_row_in_any_order():
     """A call of every row in another order than the session's: each row continues from its own
     position (rows at different positions: 1 and 2)."""

@@ -119,7 +119,7 @@ def test_errors_leave_the_session_where_it_was():
     m = model()
     with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
         session.feed(u(length=6))
-        with pytest.raises(ValueError, match="the session is for batch_size=2"):
+        with pytest.raises(ValueError, match="the chunk has a batch of 3; batch_size=2"):
             session.feed(u(batch=3, length=1))
         with pytest.raises(ValueError, match="no room for 5 more"):
             session.feed(u(length=5))
@@ -212,7 +212,7 @@ def test_argument_errors():
 def test_a_rejected_first_chunk_fixes_nothing():
     m = model()
     with torch.no_grad(), decoding(m, batch_size=2, max_len=10) as session:
-        with pytest.raises(ValueError, match="the session is for batch_size=2"):
+        with pytest.raises(ValueError, match="the chunk has a batch of 3; batch_size=2"):
             session.feed(u(batch=3, length=2, dtype=torch.float32).double())
         m.float()  # the session has seen no accepted chunk: float32 is still fine
         y = session.feed(u(length=4, dtype=torch.float32))

@@ -148,8 +148,8 @@ class DecodingSession:
         rows = self.all_rows if rows is None else self._check_rows(rows)
         batch, n = _batch_and_length(inputs)
         if batch != len(rows):
-            what = f"batch_size={len(rows)}" if rows == self.all_rows else f"{len(rows)} rows"
-            raise ValueError(f"the chunk has a batch of {batch}; the session is for {what}")
+            what = "batch_size" if rows == self.all_rows else "rows given"
+            raise ValueError(f"the chunk has a batch of {batch}; {what}={len(rows)}")
         self._check_room(rows, n)
         return self._call(Chunk(rows, n), inputs)
 
@@ -262,7 +262,7 @@ class DecodingSession:
     def device_positions(self, rows: Sequence[int]) -> torch.Tensor:
         """The positions of ``rows`` on the model's device (in a compiled step: every row's, the
         tensor the session advances in place)."""
-        if len(rows) == self.batch_size:
+        if tuple(rows) == self.all_rows:
             return self._device_positions
         return self._device_positions[list(rows)]
 
