@@ -236,14 +236,13 @@ def part_sync(device: torch.device, length: int, out: Path) -> None:
     model = ConvLM(config).to(device).eval()
     ids = torch.randint(0, 256, (1, 8), device=device)
     with torch.inference_mode(), decoding(model, batch_size=1, max_len=length) as session:
-        model(ids)
-        with session.traced_steps():
-            next_ids = ids[:, :1]
-            with host_syncs_are_errors(device):
-                for _ in range(min(length - 8, 300)):
-                    logits = model(next_ids)
-                    next_ids = logits[:, -1].argmax(-1, keepdim=True)
-                    session.advance()
+        session.feed(ids)
+        logits = session.feed_traced(model, ids[:, :1], rows=[0])  # the first readies the states
+        next_ids = logits[:, -1].argmax(-1, keepdim=True)
+        with host_syncs_are_errors(device):
+            for _ in range(min(length - 9, 300)):
+                logits = session.feed_traced(model, next_ids, rows=[0])
+                next_ids = logits[:, -1].argmax(-1, keepdim=True)
     results["session traced steps (eager)"] = "no host sync"
     (out / "sync.json").write_text(json.dumps(results, indent=1))
 
