@@ -45,7 +45,7 @@ def test_forward_matches_loop(kernel_size):
     with torch.no_grad():
         y = conv(x)
     ref = reference_short_conv(x.numpy(), conv.weight.detach().numpy(), conv.bias.detach().numpy())
-    assert rel_err(y, ref) < 1e-14
+    assert rel_err(y, ref) < 1e-12
 
 
 @pytest.mark.parametrize("kernel_size", [1, 2, 3, 5])
@@ -59,7 +59,7 @@ def test_session_decoding_matches_forward(kernel_size, prompt_len, chunk):
     with torch.no_grad():
         expected = conv(x)
     y, _ = decode_chunks(conv, x, prompt_len, chunk=chunk, max_len=12)
-    assert rel_err(y, expected) < 1e-14
+    assert rel_err(y, expected) < 1e-12
 
 
 def test_reset_zeroes_the_history():
@@ -113,7 +113,7 @@ def test_rows_at_their_own_positions(kernel_size):
                 out[r].append(y[r])
         assert session.positions.tolist() == [10, 12, 6]
     for row, expect in ((0, expected[0, :10]), (1, expected[1]), (2, expected_new[:6])):
-        assert rel_err(torch.cat(out[row]), expect) < 1e-14, row
+        assert rel_err(torch.cat(out[row]), expect) < 1e-12, row
 
 
 def test_history_is_small_and_on_the_layer_dtype():

@@ -59,7 +59,11 @@ def test_filter_taps_do_not_depend_on_the_input_length():
     model = random_hyena_lm()
     f = model.backbone.layers[0].mixer.filter_fn
     with torch.no_grad():
-        assert torch.equal(f(10), f(48)[:10])
+        full = f(48)  # the same taps on a shorter grid, to float64 rounding (another BLAS may
+        # round a product of 10 rows differently from one of 48)
+        torch.testing.assert_close(
+            f(10), full[:10], rtol=1e-12, atol=1e-12 * float(full.abs().max())
+        )
 
 
 @settings(max_examples=10, deadline=None)
