@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from futurefill.nn.session import DecodingSession
 from futurefill.nn.state import DecodingModule, ModuleState
+from futurefill.online.base import tensor_bytes
 
 __all__ = ["AttentionState", "CausalAttention", "rotary"]
 
@@ -72,8 +73,7 @@ class AttentionState(ModuleState):
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.keys, self.values, self.slot_positions)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return tensor_bytes([self.keys, self.values, self.slot_positions])
 
     def reset_rows(self, rows: Sequence[int]) -> None:
         if self.keys is not None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from futurefill.nn.session import DecodingSession
 from futurefill.nn.state import DecodingModule, ModuleState
+from futurefill.online.base import tensor_bytes
 
 __all__ = ["HistoryState", "ShortConv"]
 
@@ -40,7 +41,7 @@ class HistoryState(ModuleState):
 
     @property
     def nbytes(self) -> int:
-        return self.history.numel() * self.history.element_size()
+        return tensor_bytes([self.history])
 
     def reset_rows(self, rows: Sequence[int]) -> None:
         self.history[list(rows)] = 0

@@ -48,6 +48,24 @@ def check_filter(h: torch.Tensor, max_len: int | None, batch_size: int) -> tuple
     return max_len, batch_size
 
 
+def tensor_bytes(tensors: Iterable[torch.Tensor | None]) -> int:
+    """Bytes of the tensors given (None entries skipped): every state's ``nbytes``."""
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def block_futures(blocks: list[torch.Tensor], spectra: list[torch.Tensor], b: int) -> torch.Tensor:
+    """The FutureFill level of size ``b`` for several finished blocks at once: each block
+    ``(..., D, b)`` convolved with its filter's taps ``h[:, :2b]`` (``spectra``: their rfft at
+    length 2b, ``(D, b + 1)``) by one batched FFT pair; returns every block's contribution to the
+    ``b`` outputs after it, ``(E, ..., D, b)``. One block is a view, no stacking copy."""
+    if len(blocks) == 1:
+        x, spectrum = blocks[0][None], spectra[0][None]
+    else:
+        x, spectrum = torch.stack(blocks), torch.stack(spectra)
+    spectrum = spectrum.view(len(blocks), *(1,) * (x.dim() - 3), *spectrum.shape[1:])
+    return torch.fft.irfft(torch.fft.rfft(x, n=2 * b).mul_(spectrum), n=2 * b)[..., b:]
+
+
 def check_traced_dtype(dtype: torch.dtype, compute: torch.dtype) -> None:
     """A ValueError unless an engine of inputs in ``dtype``, computing in ``compute``, has a
     traced step: half precisions step through their float32 compute dtype, which the traced
@@ -113,7 +131,7 @@ class OnlineConvEngine(ABC):
     @property
     def nbytes(self) -> int:
         """Bytes held by the engine's own buffers (caches, histories, filter spectra)."""
-        return sum(t.numel() * t.element_size() for t in self._buffers())
+        return tensor_bytes(self._buffers())
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume a prompt at once and return its outputs.

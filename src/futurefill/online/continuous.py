@@ -50,9 +50,11 @@ from futurefill.fftconv import compute_dtype, prompt_conv
 from futurefill.online.base import (
     OnlineConvEngine,
     ScheduledWork,
+    block_futures,
     check_filter,
     check_traced_dtype,
     run_scheduled,
+    tensor_bytes,
     traced_push,
 )
 from futurefill.online.rows import RowsEngine
@@ -163,8 +165,7 @@ class ContinuousRows(RowsEngine):
     def nbytes(self) -> int:
         """Bytes of the engine's buffers (every row's and the shared spectra)."""
         tensors = [self._x, self._c, self._x_tile, self._c_tile, self._pushes, self._index]
-        tensors += [self._tile_spectrum, *self._spectra.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return tensor_bytes([*tensors, self._tile_spectrum, *self._spectra.values()])
 
     def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         """Those rows back to position 0 (empty sequences), the others untouched."""
@@ -346,18 +347,15 @@ class RowTileEnd(ScheduledWork):
         b = works[0].level
         if not b:
             return
-        if len(works) == 1:  # views, no stacking copies
-            w = works[0]
-            blocks = w.engine._x[w.row, None, :, w.seen - b : w.seen]
-            spectra = w.engine._spectra[b][None]
-        else:
-            blocks = torch.stack([w.engine._x[w.row, :, w.seen - b : w.seen] for w in works])
-            spectra = torch.stack([w.engine._spectra[b] for w in works])  # (E, D, b + 1)
-        future = torch.fft.irfft(torch.fft.rfft(blocks, n=2 * b) * spectra, n=2 * b)
+        future = block_futures(
+            [w.engine._x[w.row, :, w.seen - b : w.seen] for w in works],
+            [w.engine._spectra[b] for w in works],
+            b,
+        )
         for w, y in zip(works, future, strict=True):
             c, seen, b0 = w.engine._c, w.seen, w.engine.tile_len
             keep = min(b, c.shape[-1] - seen)
-            c[w.row, :, seen : seen + keep] += y[:, b : b + keep]
+            c[w.row, :, seen : seen + keep] += y[:, :keep]
             if w.stepped:  # the row's next tile (a chunk sets its own at its end)
                 w.engine._c_tile[w.row] = c[w.row, :, seen : seen + b0].t()
 
@@ -540,17 +538,13 @@ class TileEnd(ScheduledWork):
         b = works[0].level
         if not b:
             return  # the last tile: no output after it
-        if len(works) == 1:  # views, no stacking copies
-            work = works[0]
-            blocks = work.engine._x[None, ..., work.seen - b : work.seen]
-            spectra = work.engine._spectra[b][None]
-        else:
-            blocks = torch.stack([w.engine._x[..., w.seen - b : w.seen] for w in works])
-            spectra = torch.stack([w.engine._spectra[b] for w in works])
-        spec = torch.fft.rfft(blocks, n=2 * b).mul_(spectra.unsqueeze(1))  # (E, B, D, b + 1)
-        future = torch.fft.irfft(spec, n=2 * b)
+        future = block_futures(
+            [w.engine._x[..., w.seen - b : w.seen] for w in works],
+            [w.engine._spectra[b] for w in works],
+            b,
+        )
         for work, y in zip(works, future, strict=True):
             engine, seen = work.engine, work.seen
             keep = min(b, engine._c.shape[-1] - seen)
-            engine._c[..., seen : seen + keep] += y[..., b : b + keep]
+            engine._c[..., seen : seen + keep] += y[..., :keep]
             engine._c_tile.copy_(engine._c[..., seen : seen + engine.tile_len].permute(2, 0, 1))
