@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,71 @@ def test_the_callers_request_is_left_as_it_was(bundled):
         scheduler.stop()
     assert done.finish_reason == "length" and "".join(texts) == done.text
     assert dataclasses.asdict(request) == before and request.on_event is callback
+
+
+class Recording:
+    """A decoder's calls, as run() makes them."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, packs: bool):
+        self.packs, self.calls = packs, []
+
+    def start(self, row, ids):
+        self.calls.append(("start", row, ids.tolist()))
+        return "piece"
+
+    def extend(self, row, ids):
+        self.calls.append(("extend", row, ids.tolist()))
+        return "piece"
+
+    def step(self, ids, rows):
+        self.calls.append(("step", ids.tolist(), list(rows)))
+        return "steps"
+
+    def step_and_extend(self, ids, rows, row, piece):
+        self.calls.append(("step_and_extend", ids.tolist(), list(rows), row, piece.tolist()))
+        return "steps", "piece"
+
+
+@pytest.mark.parametrize("packs", [True, False])
+def test_run_packs_only_where_the_decoder_packs(bundled, packs):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=3, max_len=64)
+    decoder, scheduler.decoder = scheduler.decoder, Recording(packs)
+    try:
+        both = Plan(rows=(0, 2), ids=(5, 6), piece=Piece(1, (7, 8), starts=True, ends=False))
+        assert scheduler.run(both) == ("steps", "piece")
+        piece_only = Plan(piece=Piece(1, (9,), starts=False, ends=True))
+        assert scheduler.run(piece_only) == (None, "piece")
+        assert scheduler.run(Plan(rows=(1,), ids=(4,))) == ("steps", None)
+        first = [("step_and_extend", [5, 6], [0, 2], 1, [7, 8])]
+        if not packs:  # explicitly two calls: the piece, then the steps
+            first = [("start", 1, [7, 8]), ("step", [5, 6], [0, 2])]
+        rest = [("extend", 1, [9]), ("step", [4], [1])]
+        assert scheduler.decoder.calls == [*first, *rest]
+    finally:
+        decoder.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_raising_callback_stops_the_engine_and_every_request_still_ends(bundled):
+    model, tokenizer = bundled
+    scheduler = Scheduler(model, tokenizer, slots=1, max_len=64)
+    ends = []
+
+    def broken(text, reason):
+        raise RuntimeError("the caller's bug")
+
+    try:
+        scheduler.submit(Request(tokenizer.encode("def"), 5, on_event=broken))
+        scheduler.submit(Request([66], 5, on_event=lambda t, r: r and ends.append(r)))
+        scheduler.start()
+        deadline = time.monotonic() + 60
+        while not ends and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ends == ["cancelled"] and isinstance(scheduler.error, RuntimeError)
+        with pytest.raises(QueueFull, match="shutting down"):
+            scheduler.submit(Request([67], 2))  # refused, not left waiting forever
+    finally:
+        scheduler.stop()

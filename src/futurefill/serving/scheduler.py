@@ -19,13 +19,14 @@ thread, whose loop is split as vLLM v1 splits its engine loop::
 Every request gets exactly the tokens it would get alone: its row's state is its own, greedy is
 the argmax of its own logits, and a sampled request draws from its own seeded generator.
 Requests arrive from any thread (:meth:`Scheduler.submit`); their events (text, then a finish
-reason) go to the callback they gave, from the engine thread. The scheduler keeps its own
-record of each request: the caller's :class:`Request` is never changed.
+reason) go to their callback from the engine thread. The caller's :class:`Request` is never
+changed: the scheduler keeps its own record of each.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -225,15 +226,17 @@ class Scheduler:
         reason: list[str] = []
 
         def on_event(text: str, finish_reason: str | None) -> None:
-            request.on_event(text, finish_reason)
-            parts.append(text)
-            if finish_reason is not None:
-                reason.append(finish_reason)
-                done.set()
+            try:
+                request.on_event(text, finish_reason)
+            finally:  # the end, even when the caller's callback raises
+                parts.append(text)
+                if finish_reason is not None:
+                    reason.append(finish_reason)
+                    done.set()
 
         handle = self._submit(request, on_event)
         if not done.wait(timeout):
-            self.cancel(request)
+            handle.cancel()
             done.wait()
         return Completion("".join(parts), handle.tokens, reason[0])
 
@@ -277,6 +280,8 @@ class Scheduler:
             self.error = error
             raise
         finally:
+            with self._lock:
+                self._stopping = True  # nothing more is queued
             self._finish_all("cancelled")
             self.decoder.close()
 
@@ -354,12 +359,11 @@ class Scheduler:
     def _admit(self, sequence: _Sequence) -> int:
         """``sequence`` into a free row: its detokenizer, its banned tokens, its generator."""
         row = next(r for r in range(self.slots) if r not in self._running)
-        sampling, device = sequence.request.sampling, self.decoder.device
-        if sampling.temperature > 0:
-            seed = sampling.seed if sampling.seed is not None else torch.seed()
+        request, device = sequence.request, self.decoder.device
+        if request.sampling.temperature > 0:
+            seed = torch.seed() if request.sampling.seed is None else request.sampling.seed
             sequence.generator = torch.Generator(device=device).manual_seed(seed)
-        allowed = sequence.request.allowed_token_ids
-        sequence.banned = banned_tokens(None, allowed, self.vocab_size, device)
+        sequence.banned = banned_tokens(None, request.allowed_token_ids, self.vocab_size, device)
         sequence.row, sequence.detokenizer = row, self.tokenizer.stream_decoder()
         self._running[row] = sequence
         if self.metrics is not None:
@@ -440,5 +444,6 @@ class Scheduler:
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
         for sequence in [*waiting, *self._running.values()]:
-            if not sequence.finished:
-                self._finish(sequence, reason)
+            if not sequence.finished:  # each one ends, whatever the others' callbacks raise
+                with contextlib.suppress(Exception):
+                    self._finish(sequence, reason)
