@@ -177,7 +177,7 @@ class Scheduler:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-        else:  # never started: nothing to cancel, the session to close
+        else:  # never started: nothing to cancel, the decoder to close
             self.decoder.close()
 
     @property
