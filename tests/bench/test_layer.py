@@ -4,7 +4,7 @@ on wrong outputs."""
 import pytest
 import torch
 
-from futurefill.bench import layer
+from futurefill.bench import layer, timing
 from futurefill.bench.layer import LAYER_METHODS
 
 TINY = ("bench", "layer", "--lengths", "16", "32", "64", "--channels", "4", "--batch", "2")
@@ -31,9 +31,7 @@ def test_layer_runs_and_writes_json_csv_png(bench, out_dir):
         assert 1 <= r["repeats"] <= 2
         if r["method"] != "offline":
             assert r["peak_cache_bytes"] > 0
-            assert [c[:2] for c in r["chunks"]] == [
-                list(b) for b in layer.common.chunk_bounds(r["L"])
-            ]
+            assert [c[:2] for c in r["chunks"]] == [list(b) for b in timing.chunk_bounds(r["L"])]
         if r["method"] in layer.ONLINE_METHODS:  # every step timed: the latency distribution
             assert 0 < r["step_median_s"] <= r["step_p99_s"] <= r["step_p999_s"] <= r["step_max_s"]
             assert 0 <= r["step_max_at"] < r["L"]

@@ -8,6 +8,12 @@ after), and skips a method where its projected time exceeds ``--budget``. The ha
 :mod:`futurefill.bench.common`; each subcommand is one :class:`~futurefill.bench.common.Benchmark`
 description (its options, cells, one run, table sections, plots and CSV columns) in
 :mod:`~futurefill.bench.layer` (layer, prompt) or :mod:`~futurefill.bench.model` (model, context).
+The harness's parts, a module each: :mod:`~futurefill.bench.options` (config fields as options),
+:mod:`~futurefill.bench.machine` (the machine record, threads, device),
+:mod:`~futurefill.bench.timing` (clock, steps, latency), :mod:`~futurefill.bench.runs` (one cell's
+repeated runs and agreement), :mod:`~futurefill.bench.budget` (projections, skips, ratios,
+slopes), :mod:`~futurefill.bench.tables` (the report's tables) and :mod:`~futurefill.bench.plots`;
+:mod:`~futurefill.bench.presets` names the benchmarks and their presets.
 
 Threads: ``--threads`` (default: every available core) sets torch's intra-op threads. A decoding
 step is microseconds of work; where other processes keep the cores busy, a multi-threaded op
@@ -30,8 +36,11 @@ context
     --new-tokens K``); greedy tokens compared across methods. ``--preset hyenadna``: a
     HyenaDNA-large-1m-shaped :class:`~futurefill.pretrained.HyenaLM` after prompts of 2^12 ..
     2^17 tokens, recompute (the Hugging Face port's generate()) and the compiled step included.
+serve
+    Requests arriving over time, served by continuous batching, static batching and one at a
+    time (:mod:`~futurefill.bench.serve`): throughput, time to first token, inter-token latency.
 all
-    The four with one preset into one directory (``make demo``: ``--preset quick``).
+    The four (not serve) with one preset into one directory (``make demo``: ``--preset quick``).
 
 Files written to ``--out`` (default ``results/``): ``<name>.json`` (everything: machine, config,
 the equivalent command, one row per method and size with its status, ``ok``, ``skipped

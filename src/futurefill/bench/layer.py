@@ -27,7 +27,10 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.common import LENGTH, SIZE, Section, option
+from futurefill.bench.options import DTYPES, LENGTH, SIZE, Options, option
+from futurefill.bench.runs import Cell, Setting, rel_err, repeat_runs
+from futurefill.bench.tables import Section, fmt_bytes, fmt_seconds, latency_cell
+from futurefill.bench.timing import add_prefill, timed, timed_steps
 from futurefill.fftconv import causal_conv
 from futurefill.online import METHODS, make_engine
 
@@ -71,7 +74,7 @@ STEPPERS = {**{m: _engine_factory(m) for m in ONLINE_METHODS}, "recompute": Reco
 
 
 @dataclasses.dataclass
-class ConvOptions(common.Options):
+class ConvOptions(Options):
     """The layer's shape (the CLI flags have the same names)."""
 
     channels: int = option(128, "channels D", type=SIZE)
@@ -124,7 +127,7 @@ def open_conv(config: Any, longest: int):
         u = torch.randn(config.batch, config.channels, longest, generator=gen, dtype=torch.float64)
         return h, u, device, dtype
 
-    def open_cell(full: tuple, cell: common.Cell) -> tuple:
+    def open_cell(full: tuple, cell: Cell) -> tuple:
         h, u, device, dtype = full
         h = h[:, : cell.size].to(device=device, dtype=dtype).contiguous()
         u = u[..., : cell.size].to(device=device, dtype=dtype).contiguous()
@@ -133,7 +136,7 @@ def open_conv(config: Any, longest: int):
     return open_group, open_cell
 
 
-def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Setting) -> dict:
+def measure(method: str, operands: tuple, cell: Cell, setting: Setting) -> dict:
     """Run ``method`` on ``operands`` = (h, u, float64 reference): prefill the cell's first ``P``
     inputs (when it has a P), step through the rest; its measured row fields."""
     h, u, reference = operands
@@ -143,14 +146,14 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
 
     def run_once() -> tuple[dict[str, Any], torch.Tensor]:
         if method == "offline":
-            y, seconds = common.timed(lambda: causal_conv(u, h), device)
+            y, seconds = timed(lambda: causal_conv(u, h), device)
             return {"seconds": seconds, "setup": 0.0, "chunks": [(0, length, seconds)]}, y
-        stepper, setup = common.timed(lambda: STEPPERS[method](h, length, batch), device)
+        stepper, setup = timed(lambda: STEPPERS[method](h, length, batch), device)
         ys: list[torch.Tensor] = []
         if prompt_len:
-            y_prompt, prefill = common.timed(lambda: stepper.prefill(u[..., :prompt_len]), device)
+            y_prompt, prefill = timed(lambda: stepper.prefill(u[..., :prompt_len]), device)
             after_prefill = stepper.nbytes
-        record = common.timed_steps(
+        record = timed_steps(
             lambda t: ys.append(stepper.step(inputs[t])),
             len(inputs),
             device,
@@ -158,33 +161,33 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
         )
         record["setup"] = setup
         if prompt_len:
-            common.add_prefill(record, prompt_len, prefill, after_prefill)
+            add_prefill(record, prompt_len, prefill, after_prefill)
         y = torch.stack(ys, dim=-1)
         return record, torch.cat([y_prompt, y], dim=-1) if prompt_len else y
 
-    return common.repeat_runs(run_once, lambda y: common.rel_err(y, reference), setting)
+    return repeat_runs(run_once, lambda y: rel_err(y, reference), setting)
 
 
 def peak_bytes(config: Any) -> int:
     """An upper estimate of the memory of the largest run: the naive engine's three
     (batch, channels, L) buffers, and the float64 reference's FFT convolution (~8 of them)."""
-    size = common.DTYPES[config.dtype].itemsize
+    size = DTYPES[config.dtype].itemsize
     return config.batch * config.channels * config.longest * (3 * size + 8 * 8)
 
 
 def seconds(key: str):
-    return lambda r: common.fmt_seconds(r[key])
+    return lambda r: fmt_seconds(r[key])
 
 
 def cache(r: dict[str, Any]) -> str:
-    return common.fmt_bytes(r["peak_cache_bytes"])
+    return fmt_bytes(r["peak_cache_bytes"])
 
 
 LATENCY = Section(
     "Time of one step (the fastest run's), and the largest over its median. {idle}",
     "{m} median / p99.9 / max",
     "step_max_s",
-    common.latency_cell,
+    latency_cell,
 )
 LAYER = common.Benchmark(
     name="layer",

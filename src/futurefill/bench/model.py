@@ -33,7 +33,10 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.common import LENGTH, SIZE, Section, option
+from futurefill.bench.options import DTYPES, LENGTH, POSITIVE, SIZE, Options, option
+from futurefill.bench.runs import Cell, Setting, rel_err, repeat_runs
+from futurefill.bench.tables import Section, fmt_bytes, fmt_seconds, latency_cell
+from futurefill.bench.timing import add_prefill, timed, timed_steps
 from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.model import HYBRIDS, MIXERS, ConvLM, ConvLMConfig
 from futurefill.online import METHODS
@@ -116,7 +119,7 @@ CONTEXT_METHODS = ("naive", "epoched", "continuous")
 
 
 @dataclasses.dataclass
-class ModelOptions(common.Options):
+class ModelOptions(Options):
     """The model's shape (the CLI flags have the same names)."""
 
     batch: int = option(1, "batch size B", type=SIZE)
@@ -161,9 +164,7 @@ class ContextConfig(ModelOptions):
         CONTEXT_METHODS, "methods", choices=tuple(MODEL_STEPPERS), nargs="+"
     )
     mixers: tuple[str, ...] = option(("stu_tensordot",), "mixers", choices=BENCH_MIXERS, nargs="+")
-    budget: float = option(
-        60.0, "seconds one prefill + decode may take (projected)", type=common.POSITIVE
-    )
+    budget: float = option(60.0, "seconds one prefill + decode may take (projected)", type=POSITIVE)
 
     @property
     def longest(self) -> int:
@@ -221,14 +222,14 @@ def open_models(config: Any, max_len: int):
     def open_group(mixer: str, device: torch.device, dtype: torch.dtype) -> tuple:
         return (*build_model(config, mixer, max_len, device, dtype), tokens.to(device))
 
-    def open_cell(group: tuple, cell: common.Cell) -> tuple:
+    def open_cell(group: tuple, cell: Cell) -> tuple:
         model, reference_model, tokens = group
         return model, References(reference_model), tokens[:, : cell.fields.get("P", 1)]
 
     return open_group, open_cell
 
 
-def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Setting) -> dict:
+def measure(method: str, operands: tuple, cell: Cell, setting: Setting) -> dict:
     """Generate the cell's ``L`` (or, after prefilling ``P`` prompt tokens, ``K``) tokens greedily
     with ``method``, each step timed (host time, the argmax included: one token's latency); its
     measured row fields. With a prompt the row holds, under ``_tokens``, the K + 1 greedy tokens
@@ -241,10 +242,10 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
 
     def run_once() -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor, Any]]:
         make = MODEL_STEPPERS[method]
-        stepper, setup = common.timed(lambda: make(model, prompt_len + length, batch), device)
+        stepper, setup = timed(lambda: make(model, prompt_len + length, batch), device)
         fed, logits, tok, prompt_logits = [], [], tokens[:, 0], None
         if prompt_len:
-            prompt_out, prefill = common.timed(lambda: stepper.prefill(tokens), device)
+            prompt_out, prefill = timed(lambda: stepper.prefill(tokens), device)
             after_prefill, tok, prompt_logits = stepper.nbytes, prompt_out.greedy, prompt_out.logits
 
         def step(_: int) -> None:
@@ -255,11 +256,11 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
             tok = out.greedy
 
         with torch.inference_mode():
-            record = common.timed_steps(step, length, device, lambda: stepper.nbytes)
+            record = timed_steps(step, length, device, lambda: stepper.nbytes)
         stepper.close()
         record.update(setup=setup, first_step=0 if prompt_len or length == 1 else 1)
         if prompt_len:
-            common.add_prefill(record, prompt_len, prefill, after_prefill)
+            add_prefill(record, prompt_len, prefill, after_prefill)
         runs.append(record)
         return record, (torch.stack(fed, dim=1), torch.stack(logits, dim=1), prompt_logits)
 
@@ -268,12 +269,12 @@ def measure(method: str, operands: tuple, cell: common.Cell, setting: common.Set
     def check(outputs: tuple[torch.Tensor, torch.Tensor, Any]) -> float:
         fed, logits, prompt_logits = outputs
         if not prompt_len:
-            return common.rel_err(logits, references(fed))
+            return rel_err(logits, references(fed))
         greedy.append(torch.cat([fed, logits[:, -1:].argmax(dim=-1)], dim=1))
         reference = references(torch.cat([tokens, fed], dim=1))[:, prompt_len - 1 :]
-        return common.rel_err(torch.cat([prompt_logits[:, None], logits], dim=1), reference)
+        return rel_err(torch.cat([prompt_logits[:, None], logits], dim=1), reference)
 
-    row = common.repeat_runs(run_once, check, setting)
+    row = repeat_runs(run_once, check, setting)
     row["tokens_per_s"] = batch * length / row.get("decode_s", row["total_s"])
     if prompt_len:
         return row | {"_tokens": greedy[0]}
@@ -294,7 +295,7 @@ def peak_bytes(config: Any) -> int:
     buffers of batch x width x filters x length, the full STU's bank of 48 filters seen by every
     channel), and the float64 reference's and the working model's parallel forward (four
     activations of the MLP's width, 4 x d_model, each)."""
-    size = common.DTYPES[config.dtype].itemsize
+    size = DTYPES[config.dtype].itemsize
     filters = 48 if "stu" in config.mixers else 2  # full STU bank; Hyena's two orders
     width = config.batch * config.d_model
     return config.longest * (
@@ -371,7 +372,7 @@ def tokens_per_s(r: dict[str, Any]) -> str:
 
 
 def cache(r: dict[str, Any]) -> str:
-    return common.fmt_bytes(r["peak_cache_bytes"])
+    return fmt_bytes(r["peak_cache_bytes"])
 
 
 CHECKED = "of the logits from the float64 forward pass"
@@ -401,7 +402,7 @@ MODEL = common.Benchmark(
             "engines: first_token_s in the JSON), and the largest over its median. {idle}",
             "{m} median / p99.9 / max",
             "step_max_s",
-            common.latency_cell,
+            latency_cell,
         ),
     ),
     plot_title="ConvLM d={d_model}, {n_layers} layers, B={batch}",
@@ -453,13 +454,13 @@ CONTEXT = common.Benchmark(
             "Prefill of the P prompt tokens:",
             "{m}",
             "prefill_s",
-            lambda r: common.fmt_seconds(r["prefill_s"]),
+            lambda r: fmt_seconds(r["prefill_s"]),
         ),
         Section(
             "Bytes the cache holds (prefilled / peak):",
             "{m}",
             "cache_bytes_after_prefill",
-            lambda r: f"{common.fmt_bytes(r['cache_bytes_after_prefill'])} / {cache(r)}",
+            lambda r: f"{fmt_bytes(r['cache_bytes_after_prefill'])} / {cache(r)}",
         ),
     ),
     plot_title="d={d_model}, {n_layers} layers, B={batch}",

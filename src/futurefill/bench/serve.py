@@ -98,6 +98,8 @@ def _drive(jobs: list[Job], clients: int, serve) -> None:
 
 
 def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) -> None:
+    """The jobs submitted to a :class:`~futurefill.serving.Scheduler` as they arrive; each
+    event's time stamps the tokens generated since the last (read from the request's handle)."""
     from futurefill.serving import Request, Scheduler
 
     scheduler = Scheduler(
@@ -111,13 +113,20 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
     try:
 
         def serve(job: Job, start: float) -> None:
+            submitted, done, handle = threading.Event(), threading.Event(), []
+
             def on_event(text: str, reason: str | None) -> None:
                 now = time.perf_counter() - start
-                while len(job.token_times) < len(request.tokens):
+                submitted.wait()  # the handle, which the engine may beat submit() to
+                while len(job.token_times) < len(handle[0].tokens):
                     job.token_times.append(now)
+                if reason is not None:
+                    done.set()
 
-            request = Request(job.prompt, job.max_tokens, on_event=on_event)
-            job.tokens = scheduler.complete(request).tokens
+            handle.append(scheduler.submit(Request(job.prompt, job.max_tokens, on_event=on_event)))
+            submitted.set()
+            done.wait()
+            job.tokens = handle[0].tokens
 
         _drive(jobs, args.clients, serve)
     finally:
@@ -311,7 +320,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from futurefill.bench import common, plots
+    from futurefill.bench import plots
+    from futurefill.bench.machine import machine_info
     from futurefill.demo.data import load_corpus
     from futurefill.pretrained.tokenizers import load_with_tokenizer
 
@@ -354,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
                 for i, (job, alone) in enumerate(zip(jobs, served["sequential"], strict=True)):
                     if job.tokens != alone.tokens:
                         failures.append(f"rate {rate}: {mode} request {i} differs from alone")
-    machine = common.machine_info(torch.device("cpu"), torch.float32)
+    machine = machine_info(torch.device("cpu"), torch.float32)
     report = {
         "config": {k: v for k, v in vars(args).items() if k != "func"} | {"out": str(args.out)},
         "machine": machine,
