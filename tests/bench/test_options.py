@@ -1,5 +1,7 @@
 """Config fields as options: the Python API refuses what the command line refuses."""
 
+import dataclasses
+
 import pytest
 
 from futurefill.bench import options
@@ -19,3 +21,14 @@ def test_check_options_refuses_what_the_command_line_refuses():
     ]:
         with pytest.raises(ValueError, match=message):
             options.check_options(LayerConfig(**bad))
+
+
+def test_a_length_sweep_has_lengths_and_its_longest():
+    from futurefill.bench.model import ModelConfig
+
+    config = ModelConfig(lengths=(64, 16, 32))
+    assert config.longest == 64 and config.slope_from is None
+    field = {f.name: f for f in dataclasses.fields(ModelConfig)}["lengths"]
+    assert field.metadata["nargs"] == "+" and field.metadata["type"] is options.LENGTH
+    with pytest.raises(ValueError, match="lengths: must be a length >= 1, got 0"):
+        options.check_options(ModelConfig(lengths=(0,)))

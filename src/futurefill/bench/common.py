@@ -52,6 +52,8 @@ from futurefill.staging import staged
 # Options, fmt_bytes, table and timed are here too for the callers that name them through this
 # module (futurefill.bench.cli, scripts/gpu_check.py).
 __all__ = [
+    "AFTER_PROMPTS",
+    "OVER_LENGTHS",
     "Benchmark",
     "Options",
     "check_config",
@@ -93,7 +95,7 @@ class Benchmark:
     sections: tuple[Section, ...]
     plot_title: str
     plots: tuple[plots.Plot, ...]
-    columns: tuple[str, ...]  # of <name>.csv
+    columns: tuple[str, ...]  # of <name>.csv (csv_columns), then row_fields and SETTING_COLUMNS
     ratios: tuple[tuple[str, str], ...] = ()
     ratio_key: str = "total_s"
     ratio_what: str = "time"
@@ -104,6 +106,23 @@ class Benchmark:
     row_fields: tuple[str, ...] = ()
     per_position: bool = False  # write <name>_per_position.csv
     check: Callable[[Any], None] | None = None  # ValueError for options that do not go together
+
+
+# The fields of a sweep over generated lengths L (``config.lengths``, warmed up at ``warmup_len``
+# or the shortest), which writes the mean step time per chunk of positions.
+OVER_LENGTHS: dict[str, Any] = {
+    "sizes": ("L",),
+    "cells": lambda c: [(n,) for n in sorted(set(c.lengths))],
+    "warm": lambda c: (min(c.warmup_len, *c.lengths),),
+    "per_position": True,
+}
+# The fields of a sweep of K steps after prompts of P: the ratios compare decode times.
+AFTER_PROMPTS: dict[str, Any] = {
+    "sizes": ("P", "K"),
+    "ratio_key": "decode_s",
+    "ratio_what": "decode time",
+}
+SETTING_COLUMNS = ("dtype", "device", "threads")  # the last columns of every <name>.csv
 
 
 def check_config(bench: Benchmark, config: Any) -> None:
@@ -210,11 +229,12 @@ def write_csv(path: Path, rows: Sequence[Row], columns: Sequence[str]) -> Path:
     return path
 
 
-def csv_columns(keys: str, values: str, extra: str = "", setting: str = "") -> tuple[str, ...]:
-    """The columns of ``<name>.csv``: the cell's keys, its status and values, the agreement, the
-    repeats, ``extra``, then the run's setting (each argument a space-separated list)."""
+def csv_columns(keys: str, values: str, extra: str = "") -> tuple[str, ...]:
+    """A benchmark's columns of ``<name>.csv``: the cell's keys, its status and values, the
+    agreement, the repeats, ``extra`` (each argument a space-separated list). The run's setting
+    follows them in the file: the benchmark's ``row_fields``, then :data:`SETTING_COLUMNS`."""
     head = ("benchmark", *keys.split(), "status", *values.split(), "max_rel_err", "tol")
-    return (*head, "repeats", *extra.split(), *setting.split(), "dtype", "device", "threads")
+    return (*head, "repeats", *extra.split())
 
 
 def report_files(bench: Benchmark, plot: bool) -> list[str]:
@@ -233,7 +253,8 @@ def write_report(bench: Benchmark, report: dict[str, Any], out: Path, plot: bool
         (staging / f"{name}.json").write_text(
             json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
         )
-        write_csv(staging / f"{name}.csv", rows, bench.columns)
+        columns = (*bench.columns, *bench.row_fields, *SETTING_COLUMNS)
+        write_csv(staging / f"{name}.csv", rows, columns)
         if bench.per_position:
             keys = (*("mixer",) * ("mixers" in report["config"]), "method", *bench.sizes)
             chunk_rows = [

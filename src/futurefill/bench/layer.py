@@ -27,9 +27,18 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.options import DTYPES, LENGTH, SIZE, Options, option
+from futurefill.bench.options import (
+    DTYPES,
+    LENGTH,
+    SIZE,
+    LengthSweep,
+    Options,
+    lengths_option,
+    option,
+)
+from futurefill.bench.recompute import Recompute
 from futurefill.bench.runs import Cell, Setting, rel_err, repeat_runs
-from futurefill.bench.tables import Section, fmt_bytes, fmt_seconds, latency_cell
+from futurefill.bench.tables import Section, cache_cell, latency_cell, seconds_of
 from futurefill.bench.timing import add_prefill, timed, timed_steps
 from futurefill.fftconv import causal_conv
 from futurefill.online import METHODS, make_engine
@@ -38,30 +47,24 @@ ONLINE_METHODS = tuple(METHODS)
 LAYER_METHODS = (*ONLINE_METHODS, "recompute", "offline")
 
 
-class RecomputeConv:
+class RecomputeConv(Recompute):
     """No cache: at step t, the FFT convolution of all t + 1 inputs so far; keep the last output.
 
-    What a convolutional model without a generation cache does. O(t log t) per step, O(L^2 log L)
-    for L steps; holds only the inputs (B, D, L).
+    Holds only the inputs (B, D, L); O(t log t) per step, O(L^2 log L) for L steps.
     """
 
     def __init__(self, h: torch.Tensor, max_len: int, batch_size: int):
+        super().__init__(
+            torch.zeros(batch_size, h.shape[0], max_len, dtype=h.dtype, device=h.device)
+        )
         self.h = h[:, :max_len]
-        self._u = torch.zeros(batch_size, h.shape[0], max_len, dtype=h.dtype, device=h.device)
         # Outputs go to one preallocated buffer: thousands of small long-lived tensors between
         # ever larger FFT temporaries fragment the heap (3 GB resident at L = 2048).
         self._y = torch.zeros(max_len, batch_size, h.shape[0], dtype=h.dtype, device=h.device)
-        self._t = 0
 
-    @property
-    def nbytes(self) -> int:
-        return self._u.numel() * self._u.element_size()
-
-    def step(self, u_t: torch.Tensor) -> torch.Tensor:
-        t = self._t
-        self._u[:, :, t] = u_t
-        self._t = t + 1
-        return self._y[t].copy_(causal_conv(self._u[:, :, : t + 1], self.h[:, : t + 1])[:, :, t])
+    def forward(self, prefix: torch.Tensor) -> torch.Tensor:
+        t = prefix.shape[-1] - 1
+        return self._y[t].copy_(causal_conv(prefix, self.h[:, : t + 1])[:, :, t])
 
 
 def _engine_factory(method: str):
@@ -82,29 +85,22 @@ class ConvOptions(Options):
 
 
 @dataclasses.dataclass
-class LayerConfig(ConvOptions):
+class LayerConfig(ConvOptions, LengthSweep):
     """Options of ``bench layer``."""
 
-    lengths: tuple[int, ...] = option(
-        tuple(2**k for k in range(8, 15)), "generated lengths L to sweep", type=LENGTH, nargs="+"
+    lengths: tuple[int, ...] = lengths_option(
+        (2**k for k in range(8, 15)), "generated lengths L to sweep"
     )
     methods: tuple[str, ...] = option(LAYER_METHODS, "methods", choices=LAYER_METHODS, nargs="+")
     warmup_len: int = option(256, "length of every method's warm-up run", type=LENGTH)
-    slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
-
-    @property
-    def longest(self) -> int:
-        return max(self.lengths)
 
 
 @dataclasses.dataclass
 class PromptConfig(ConvOptions):
     """Options of ``bench prompt``."""
 
-    prompt_lens: tuple[int, ...] = option((1024, 4096), "prompt lengths P", type=LENGTH, nargs="+")
-    gen_lens: tuple[int, ...] = option(
-        (256, 1024, 4096), "generated lengths K", type=LENGTH, nargs="+"
-    )
+    prompt_lens: tuple[int, ...] = lengths_option((1024, 4096), "prompt lengths P")
+    gen_lens: tuple[int, ...] = lengths_option((256, 1024, 4096), "generated lengths K")
     methods: tuple[str, ...] = option(ONLINE_METHODS, "methods", choices=ONLINE_METHODS, nargs="+")
     warmup_len: int = option(128, "P and K of every method's warm-up run", type=LENGTH)
 
@@ -175,54 +171,46 @@ def peak_bytes(config: Any) -> int:
     return config.batch * config.channels * config.longest * (3 * size + 8 * 8)
 
 
-def seconds(key: str):
-    return lambda r: fmt_seconds(r[key])
-
-
-def cache(r: dict[str, Any]) -> str:
-    return fmt_bytes(r["peak_cache_bytes"])
-
-
 LATENCY = Section(
     "Time of one step (the fastest run's), and the largest over its median. {idle}",
     "{m} median / p99.9 / max",
     "step_max_s",
     latency_cell,
 )
+# What LAYER and PROMPT share: one convolution's operands, run and memory estimate.
+CONV: dict[str, Any] = {
+    "operands": open_conv,
+    "measure": measure,
+    "peak_bytes": peak_bytes,
+    "plot_title": "D={channels}, B={batch}",
+    "row_fields": ("channels", "batch"),
+}
 LAYER = common.Benchmark(
     name="layer",
     summary="one online convolution, total time against L",
     config=LayerConfig,
-    sizes=("L",),
-    cells=lambda c: [(n,) for n in sorted(set(c.lengths))],
-    warm=lambda c: (min(c.warmup_len, *c.lengths),),
-    operands=open_conv,
-    measure=measure,
-    peak_bytes=peak_bytes,
+    **common.OVER_LENGTHS,
+    **CONV,
     title="Layer benchmark: total time for L steps",
     setting="Layer: {channels} channels, batch {batch}, {dtype}, budget {budget:g} s per run. "
     "Slope: least squares of log time on log L.",
     sections=(
-        Section("", "{m}", "total_s", seconds("total_s"), ratios=True, slopes=True),
-        Section("", "{m} cache", "peak_cache_bytes", cache),
+        Section("", "{m}", "total_s", seconds_of("total_s"), ratios=True, slopes=True),
+        Section("", "{m} cache", "peak_cache_bytes", cache_cell),
         LATENCY,
     ),
-    plot_title="D={channels}, B={batch}",
     plots=(
         plots.Plot(
             "layer_total_time", "L", "total_s", "Online convolution: total time for L steps"
         ),
         plots.per_position("layer_time_per_token", "L"),
-        plots.Plot(
-            "layer_cache_bytes", "L", "peak_cache_bytes", "Cache (engine buffers) against L"
-        ),
+        plots.cache_bytes("layer_cache_bytes", "L", "Cache (engine buffers) against L"),
         plots.step_latency("layer_step_latency", "L"),
     ),
     columns=common.csv_columns(
         "method L",
         "total_s per_token_s setup_s peak_cache_bytes",
         "step_median_s step_p99_s step_p999_s step_max_s step_max_at",
-        "channels batch",
     ),
     ratios=(
         ("naive", "epoched"),
@@ -231,32 +219,27 @@ LAYER = common.Benchmark(
         ("continuous", "offline"),
         ("deamortized", "continuous"),
     ),
-    row_fields=("channels", "batch"),
-    per_position=True,
 )
 PROMPT = common.Benchmark(
     name="prompt",
     summary="prompt of length P, then K generated steps",
     config=PromptConfig,
-    sizes=("P", "K"),
+    **common.AFTER_PROMPTS,
     # From small to large total length, so budget projections come from smaller cells.
     cells=lambda c: sorted(
         {(p, k) for p in c.prompt_lens for k in c.gen_lens}, key=lambda pk: (sum(pk), pk)
     ),
     warm=lambda c: (c.warmup_len, c.warmup_len),
-    operands=open_conv,
-    measure=measure,
-    peak_bytes=peak_bytes,
+    **CONV,
     title="Prompt benchmark: prefill P inputs, then decode K steps",
     setting="Layer: {channels} channels, batch {batch}, {dtype}, budget {budget:g} s per run; "
     "cache = peak bytes held by the engine.",
     sections=(
-        Section("Decode time (K steps):", "{m}", "decode_s", seconds("decode_s"), ratios=True),
-        Section("Prefill time (P inputs at once):", "{m}", "prefill_s", seconds("prefill_s")),
-        Section("Peak bytes held by the engine:", "{m}", "peak_cache_bytes", cache),
+        Section("Decode time (K steps):", "{m}", "decode_s", seconds_of("decode_s"), ratios=True),
+        Section("Prefill time (P inputs at once):", "{m}", "prefill_s", seconds_of("prefill_s")),
+        Section("Peak bytes held by the engine:", "{m}", "peak_cache_bytes", cache_cell),
         LATENCY,
     ),
-    plot_title="D={channels}, B={batch}",
     plots=(
         plots.Plot(
             "prompt_decode_time",
@@ -265,26 +248,16 @@ PROMPT = common.Benchmark(
             "Decode time for K steps after a prompt of length P",
             by="P",
         ),
-        plots.Plot(
-            "prompt_prefill_time", "P", "prefill_s", "Prefill time for a prompt of length P", by="K"
-        ),
-        plots.Plot(
-            "prompt_cache_bytes",
-            "K",
-            "peak_cache_bytes",
-            "Engine memory after a prompt of length P",
-            by="P",
+        plots.prefill_time("prompt_prefill_time", by="K"),
+        plots.cache_bytes(
+            "prompt_cache_bytes", "K", "Engine memory after a prompt of length P", by="P"
         ),
     ),
     columns=common.csv_columns(
         "method P K",
         "prefill_s decode_s total_s per_token_s cache_bytes_after_prefill peak_cache_bytes",
-        setting="channels batch",
     ),
     ratios=(("naive", "epoched"), ("naive", "continuous")),
-    ratio_key="decode_s",
-    ratio_what="decode time",
-    row_fields=("channels", "batch"),
 )
 
 

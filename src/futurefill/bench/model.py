@@ -33,9 +33,19 @@ from typing import Any
 import torch
 
 from futurefill.bench import common, plots
-from futurefill.bench.options import DTYPES, LENGTH, POSITIVE, SIZE, Options, option
+from futurefill.bench.options import (
+    DTYPES,
+    LENGTH,
+    POSITIVE,
+    SIZE,
+    LengthSweep,
+    Options,
+    lengths_option,
+    option,
+)
+from futurefill.bench.recompute import Recompute
 from futurefill.bench.runs import Cell, Setting, rel_err, repeat_runs
-from futurefill.bench.tables import Section, fmt_bytes, fmt_seconds, latency_cell
+from futurefill.bench.tables import Section, cache_cell, fmt_bytes, latency_cell, seconds_of
 from futurefill.bench.timing import add_prefill, timed, timed_steps
 from futurefill.decoder import Decoder, DecoderOutput
 from futurefill.model import HYBRIDS, MIXERS, ConvLM, ConvLMConfig
@@ -63,39 +73,28 @@ HYENADNA_LARGE_1M = {
 BENCH_MIXERS = (*MIXERS, *HYBRIDS, "hyenadna")
 
 
-class RecomputeStepper:
+class RecomputeStepper(Recompute):
     """No cache: the parallel forward pass over all tokens so far at every step; last logits.
     The :class:`~futurefill.decoder.Decoder`'s interface (prefill, step, nbytes, close)."""
 
     def __init__(self, model, max_len: int, batch_size: int):
-        self.model = model
         device = next(model.parameters()).device
-        self._ids = torch.zeros(batch_size, max_len, dtype=torch.long, device=device)
-        self._t = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._ids.numel() * self._ids.element_size()
+        super().__init__(torch.zeros(batch_size, max_len, dtype=torch.long, device=device))
+        self.model = model
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor) -> DecoderOutput:
-        self._ids[:, : ids.shape[1]] = ids
+        self._inputs[:, : ids.shape[1]] = ids
         self._t = ids.shape[1]
-        return _last(self.model(ids))
+        return self.forward(ids)
 
     @torch.inference_mode()
-    def step(self, ids_t: torch.Tensor) -> DecoderOutput:
-        t = self._t
-        self._ids[:, t] = ids_t
-        self._t = t + 1
-        return _last(self.model(self._ids[:, : t + 1]))
+    def forward(self, prefix: torch.Tensor) -> DecoderOutput:
+        logits = self.model(prefix)
+        return DecoderOutput(logits[:, -1], logits[:, -1].argmax(dim=-1))
 
     def close(self) -> None:
         """Nothing to release."""
-
-
-def _last(logits: torch.Tensor) -> DecoderOutput:
-    return DecoderOutput(logits[:, -1], logits[:, -1].argmax(dim=-1))
 
 
 def _decoder(method: str, compile: bool = False):
@@ -129,11 +128,11 @@ class ModelOptions(Options):
 
 
 @dataclasses.dataclass
-class ModelConfig(ModelOptions):
+class ModelConfig(ModelOptions, LengthSweep):
     """Options of ``bench model``."""
 
-    lengths: tuple[int, ...] = option(
-        tuple(2**k for k in range(7, 12)), "generated lengths (context)", type=LENGTH, nargs="+"
+    lengths: tuple[int, ...] = lengths_option(
+        (2**k for k in range(7, 12)), "generated lengths (context)"
     )
     methods: tuple[str, ...] = option(
         MODEL_METHODS, "methods", choices=tuple(MODEL_STEPPERS), nargs="+"
@@ -141,22 +140,15 @@ class ModelConfig(ModelOptions):
     mixers: tuple[str, ...] = option(
         ("stu_tensordot", "longconv", "stu", "hyena"), "mixers", choices=BENCH_MIXERS, nargs="+"
     )
-    slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
-
-    @property
-    def longest(self) -> int:
-        return max(self.lengths)
 
 
 @dataclasses.dataclass
 class ContextConfig(ModelOptions):
     """Options of ``bench context``."""
 
-    prompt_lens: tuple[int, ...] = option(
+    prompt_lens: tuple[int, ...] = lengths_option(
         (1024, 4096),
         "context lengths P: prompt tokens prefilled before decoding",
-        type=LENGTH,
-        nargs="+",
         aliases=("--prompt-len", "--contexts"),
     )
     new_tokens: int = option(256, "tokens K decoded at each P", type=LENGTH)
@@ -371,10 +363,6 @@ def tokens_per_s(r: dict[str, Any]) -> str:
     return f"{r['tokens_per_s']:.0f}"
 
 
-def cache(r: dict[str, Any]) -> str:
-    return fmt_bytes(r["peak_cache_bytes"])
-
-
 CHECKED = "of the logits from the float64 forward pass"
 SHAPE = (
     "ConvLM of each mixer (hyenadna: a HyenaLM shaped like HyenaDNA-large-1m: order-2 Hyena, "
@@ -382,21 +370,27 @@ SHAPE = (
     "d_model; flash_stu, striped_hyena: ConvLMConfig.hybrid's shapes): d_model {d_model}, "
     "{n_layers} layers, vocab {vocab_size}, batch {batch}, random weights, greedy"
 )
+# What MODEL and CONTEXT share: the model's operands, run, memory estimate and agreement check.
+LM: dict[str, Any] = {
+    "operands": open_models,
+    "measure": measure,
+    "peak_bytes": peak_bytes,
+    "tols": MODEL_TOL,
+    "checked": CHECKED,
+    "row_fields": ("batch", "d_model", "n_layers"),
+    "check": check_dtype,
+}
 MODEL = common.Benchmark(
     name="model",
     summary="the ConvLM end to end: tokens/s against context length",
     config=ModelConfig,
-    sizes=("L",),
-    cells=lambda c: [(n,) for n in sorted(set(c.lengths))],
-    warm=lambda c: (min(c.warmup_len, *c.lengths),),
-    operands=open_models,
-    measure=measure,
-    peak_bytes=peak_bytes,
+    **common.OVER_LENGTHS,
+    **LM,
     title="Model benchmark: tokens/s generating L tokens one at a time",
     setting=SHAPE + "; budget {budget:g} s per run.",
     sections=(
         Section("", "{m} tok/s", "tokens_per_s", tokens_per_s, ratios=True, slopes=True),
-        Section("", "{m} cache", "peak_cache_bytes", cache),
+        Section("", "{m} cache", "peak_cache_bytes", cache_cell),
         Section(
             "Time of one token after the first (the fastest run's; the first builds the session's "
             "engines: first_token_s in the JSON), and the largest over its median. {idle}",
@@ -411,34 +405,24 @@ MODEL = common.Benchmark(
             "model_tokens_per_s", "L", "tokens_per_s", "ConvLM generation throughput", by="mixer"
         ),
         plots.per_position("model_time_per_token", "L", by="mixer"),
-        plots.Plot(
-            "model_cache_bytes", "L", "peak_cache_bytes", "Decoding cache against L", by="mixer"
-        ),
+        plots.cache_bytes("model_cache_bytes", "L", "Decoding cache against L", by="mixer"),
         plots.step_latency("model_step_latency", "L", by="mixer"),
     ),
     columns=common.csv_columns(
         "mixer method L",
         "total_s tokens_per_s per_token_s setup_s peak_cache_bytes",
         "first_token_s step_median_s step_p99_s step_p999_s step_max_s step_max_at",
-        "batch d_model n_layers",
     ),
     ratios=(("naive", "epoched"), ("naive", "continuous"), ("recompute", "continuous")),
-    tols=MODEL_TOL,
-    checked=CHECKED,
-    row_fields=("batch", "d_model", "n_layers"),
-    per_position=True,
-    check=check_dtype,
 )
 CONTEXT = common.Benchmark(
     name="context",
     summary="the ConvLM: decode tokens/s after a prompt of P tokens, against P",
     config=ContextConfig,
-    sizes=("P", "K"),
+    **common.AFTER_PROMPTS,
     cells=lambda c: [(p, c.new_tokens) for p in sorted(set(c.prompt_lens))],
     warm=lambda c: (min(c.warmup_len, *c.prompt_lens), min(c.warmup_len, c.new_tokens)),
-    operands=open_models,
-    measure=measure,
-    peak_bytes=peak_bytes,
+    **LM,
     title="Context benchmark: decode tokens/s after a prompt of P tokens, K = {new_tokens} new",
     setting=SHAPE + "; budget {budget:g} s per run (prefill + decode).",
     sections=(
@@ -450,17 +434,12 @@ CONTEXT = common.Benchmark(
             tokens_per_s,
             ratios=True,
         ),
-        Section(
-            "Prefill of the P prompt tokens:",
-            "{m}",
-            "prefill_s",
-            lambda r: fmt_seconds(r["prefill_s"]),
-        ),
+        Section("Prefill of the P prompt tokens:", "{m}", "prefill_s", seconds_of("prefill_s")),
         Section(
             "Bytes the cache holds (prefilled / peak):",
             "{m}",
             "cache_bytes_after_prefill",
-            lambda r: f"{fmt_bytes(r['cache_bytes_after_prefill'])} / {cache(r)}",
+            lambda r: f"{fmt_bytes(r['cache_bytes_after_prefill'])} / {cache_cell(r)}",
         ),
     ),
     plot_title="d={d_model}, {n_layers} layers, B={batch}",
@@ -472,15 +451,9 @@ CONTEXT = common.Benchmark(
             "Decode throughput at context P, K={new_tokens} new tokens",
             by="mixer",
         ),
-        plots.Plot(
-            "context_prefill_time", "P", "prefill_s", "Prefill time of P prompt tokens", by="mixer"
-        ),
-        plots.Plot(
-            "context_cache_bytes",
-            "P",
-            "peak_cache_bytes",
-            "Decoding cache at context P, K={new_tokens}",
-            by="mixer",
+        plots.prefill_time("context_prefill_time", by="mixer"),
+        plots.cache_bytes(
+            "context_cache_bytes", "P", "Decoding cache at context P, K={new_tokens}", by="mixer"
         ),
     ),
     columns=common.csv_columns(
@@ -488,7 +461,6 @@ CONTEXT = common.Benchmark(
         "tokens_per_s decode_s per_token_s prefill_s total_s setup_s cache_bytes_after_prefill "
         "peak_cache_bytes",
         "tokens_match projected_s",
-        "batch d_model n_layers",
     ),
     # (numerator, denominator) of decode-time ratios = speed-up of the denominator in tokens/s.
     ratios=(
@@ -498,14 +470,8 @@ CONTEXT = common.Benchmark(
         ("recompute", "continuous"),
         ("recompute", "compiled"),
     ),
-    ratio_key="decode_s",
-    ratio_what="decode time",
-    tols=MODEL_TOL,
-    checked=CHECKED,
     compare=compare,
     notes=tie_notes,
-    row_fields=("batch", "d_model", "n_layers"),
-    check=check_dtype,
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,11 @@ def option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
     what :meth:`argparse.ArgumentParser.add_argument` needs besides (``type``, ``choices``,
     ``nargs``, ``aliases``). A bool field is the flag ``--no-field-name``."""
     return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def lengths_option(default: Iterable[int], help: str, **argparse_kwargs: Any) -> Any:
+    """A config field of lengths, the option ``--field-name N [N ...]`` (each at least 1)."""
+    return option(tuple(default), help, type=LENGTH, nargs="+", **argparse_kwargs)
 
 
 def check_options(config: Any) -> None:
@@ -87,3 +93,15 @@ class Options:
     )
     progress: bool = option(True, "progress bars on stderr")
     plots: bool = option(True, "PNG plots")
+
+
+@dataclasses.dataclass
+class LengthSweep(Options):
+    """The options of a sweep over generated lengths L (the benchmark declares its ``lengths``):
+    a second slope fitted from ``slope_from`` on; its longest run."""
+
+    slope_from: int | None = option(None, "also fit the slope over L >= this", type=LENGTH)
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths)  # type: ignore[attr-defined]

@@ -86,6 +86,14 @@ def step_latency(name: str, size: str, by: str | None = None) -> Plot:
     )
 
 
+def cache_bytes(name: str, x: str, title: str, by: str | None = None) -> Plot:
+    return Plot(name, x, "peak_cache_bytes", title, by)
+
+
+def prefill_time(name: str, by: str) -> Plot:
+    return Plot(name, "P", "prefill_s", "Prefill time of a prompt of P tokens", by)
+
+
 def lines(plot: Plot, report: dict[str, Any]) -> list[dict[str, Any]]:
     """The lines of ``plot``: dicts with ``x``, ``y``, ``label``, ``method``, ``linestyle``."""
     rows = [r for r in report["rows"] if r["status"] == "ok" and r.get(plot.y) is not None]

@@ -42,6 +42,7 @@ from futurefill.online import METHODS
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 MODES = ("continuous", "static", "sequential")
+LENGTH_RANGES = {"prompt_lens": (16, 1024), "output_lens": (16, 512)}  # default (MIN, MAX)
 
 
 @dataclasses.dataclass
@@ -285,22 +286,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_PREFILL_CHUNK,
         help="prompt tokens prefilled in one iteration at most (continuous, http)",
     )
-    parser.add_argument(
-        "--prompt-lens",
-        type=size,
-        nargs=2,
-        default=[16, 1024],
-        metavar=("MIN", "MAX"),
-        help="prompt lengths, log-uniform",
-    )
-    parser.add_argument(
-        "--output-lens",
-        type=size,
-        nargs=2,
-        default=[16, 512],
-        metavar=("MIN", "MAX"),
-        help="output lengths, log-uniform",
-    )
+    for name, default in LENGTH_RANGES.items():
+        what = name.removesuffix("_lens")
+        parser.add_argument(
+            f"--{what}-lens",
+            type=size,
+            nargs=2,
+            default=list(default),
+            metavar=("MIN", "MAX"),
+            help=f"{what} lengths, log-uniform",
+        )
     parser.add_argument(
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="ways of serving"
     )
@@ -325,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     from futurefill.demo.data import load_corpus
     from futurefill.pretrained.tokenizers import load_with_tokenizer
 
-    for name in ("prompt_lens", "output_lens"):
+    for name in LENGTH_RANGES:
         low, high = getattr(args, name)
         if low > high:
             raise argtypes.UsageError(f"--{name.replace('_', '-')}: MIN {low} is above MAX {high}")

@@ -3,7 +3,8 @@
 A benchmark's report is a list of :class:`Section` tables (:func:`table`): a line per size, a
 column per method (:func:`method_grid`, :func:`markdown_table`), ratio columns and fitted slopes;
 under them the ratios, budget skips and the agreement check (:func:`notes`). The cells are
-formatted by :func:`fmt_seconds`, :func:`fmt_bytes` and :func:`latency_cell`.
+formatted by :func:`fmt_seconds`, :func:`fmt_bytes`, :func:`latency_cell`, :func:`seconds_of`
+and :func:`cache_cell`.
 """
 
 from __future__ import annotations
@@ -160,6 +161,16 @@ def latency_cell(row: Row) -> str:
     times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
     spread = row["step_max_s"] / row["step_median_s"]
     return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
+
+
+def seconds_of(key: str) -> Callable[[Row], str]:
+    """A table cell: the row's ``key``, a time in seconds."""
+    return lambda row: fmt_seconds(row[key])
+
+
+def cache_cell(row: Row) -> str:
+    """A table cell: the peak bytes the method's cache held."""
+    return fmt_bytes(row["peak_cache_bytes"])
 
 
 def idle_line(machine: dict[str, Any]) -> str:
