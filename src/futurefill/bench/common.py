@@ -50,10 +50,11 @@ from futurefill.bench.timing import idle_steps, timed
 from futurefill.staging import staged
 
 # Options, fmt_bytes, table and timed are here too for the callers that name them through this
-# module (futurefill.bench.cli, scripts/gpu_check.py).
+# module (futurefill.cli.bench, scripts/gpu_check.py).
 __all__ = [
     "AFTER_PROMPTS",
     "OVER_LENGTHS",
+    "SETTING_COLUMNS",
     "Benchmark",
     "Options",
     "check_config",
