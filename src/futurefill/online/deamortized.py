@@ -40,12 +40,13 @@ Who runs a job. A small one (at most SMALL_JOB_POINTS = batch x channels x FFT s
 its block's end, in one call, as in Continuous-FutureFill. A larger one is cut into slices of
 about SLICE_POINTS values (:class:`~futurefill.fourstep.SlicedConv`: groups of channels, or
 for a channel whose transform is larger, the three passes of a four-step FFT), built by the
-first thread to take one. The process's one background thread (:class:`_Background`) takes
-slices of every engine's jobs, earliest deadline first; the decoding
+first thread to take one. A background thread (:class:`Worker`: the engine's own, or one that
+engines share) takes slices of its engines' jobs, earliest deadline first; the decoding
 thread takes one at a step when a job falls behind an even pace over its slack, and at the
 deadline finishes what is left. A slice holds references to the tensors it writes, so none is
-freed under it; collecting or resetting an engine cancels its jobs. A job that raises re-raises
-at its deadline step; the engine then needs ``reset()``.
+freed under it; collecting or resetting an engine cancels its jobs (collecting it also closes
+its own worker). A job that raises re-raises at its deadline step; the engine then needs
+``reset()``.
 
 The slice sizes and the small-job threshold were chosen from measurements on a 2-core CPU
 (docs/results/cpu-2core/tuning.md): the largest steps there are not the schedule's own but plain
@@ -60,7 +61,6 @@ job touches are recorded on the side stream, so the allocator reuses none of the
 
 from __future__ import annotations
 
-import atexit
 import bisect
 import itertools
 import threading
@@ -91,9 +91,9 @@ class Job:
     was cancelled) and no slice of it is running.
 
     ``start`` and ``deadline`` are the engine's local positions of its submission and of the
-    step that needs it; ``key`` orders every engine's jobs (a global position). :meth:`take`
-    and :meth:`finish` run with :attr:`_Background.lock` held; ``cancelled`` may be set
-    without it."""
+    step that needs it; ``key`` orders the jobs of every engine of a :class:`Worker` (a global
+    position). :meth:`take` and :meth:`finish` run with the worker's lock held; ``cancelled``
+    may be set without it."""
 
     def __init__(
         self, build: Callable[[], list[Pass]], total: int, start: int, deadline: int, offset: int
@@ -105,7 +105,7 @@ class Job:
         self.total = total
         self.finished = 0
         self.start, self.deadline = start, deadline
-        self.key = (offset + deadline, next(_order))
+        self.key = offset + deadline
         self.error: BaseException | None = None
         self.cancelled = False
         self.done = threading.Event()
@@ -161,74 +161,84 @@ class Job:
         self.done.set()
 
 
-_order = itertools.count()
-
-
-class _Background:
-    """The process's one worker thread, taking slices of every engine's jobs, earliest deadline
-    first, beside the decoding thread, which takes slices too: to keep a job on pace (one slice
-    per step at most) and, should the job still be unfinished, at its deadline.
+class Worker:
+    """A background thread for deamortized engines' jobs: one thread, started at the first job
+    it gets, taking slices of its engines' jobs, earliest deadline first, beside the decoding
+    threads, which take slices too: to keep a job on pace (one slice per step at most) and,
+    should the job still be unfinished, at its deadline.
 
     One thread with one intra-op thread, so jobs never compete with each other for cores. Torch
     releases the GIL inside its ops, so the two threads' FFTs overlap. It runs at the process's
     priority: lowered to the lowest (nice 19) the decoding thread waited longer, as the worker,
     preempted by any other process while it held the GIL, kept it from the decoding thread
     (docs/results/cpu-2core/tuning.md).
+
+    Engines share one by taking it as their ``worker`` (one thread for all their jobs); an
+    engine given none makes its own at its first job and closes it when it is collected.
+    :meth:`close` ends the thread (also ``with Worker() as worker: ...``); a worker still open
+    at interpreter exit is closed then (a thread inside a torch op while the interpreter
+    finalizes aborts the process).
     """
 
-    lock: ClassVar[threading.Lock] = threading.Lock()
-    _ready: ClassVar[threading.Condition] = threading.Condition(lock)
-    _jobs: ClassVar[list[Job]] = []  # by deadline
-    _thread: ClassVar[threading.Thread | None] = None
-    _stopping: ClassVar[bool] = False
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._jobs: list[Job] = []  # by deadline
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._at_exit: weakref.finalize | None = None
 
-    @classmethod
-    def submit(cls, job: Job) -> None:
-        with cls._ready:
-            bisect.insort(cls._jobs, job, key=lambda j: j.key)
-            if cls._thread is None:
-                cls._thread = threading.Thread(
-                    target=cls._loop, name="futurefill-deamortized", daemon=True
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (its engines' jobs then run in their decoding
+        threads)."""
+        return self._closed
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` (the thread started if it was not; none after :meth:`close`)."""
+        with self._ready:
+            bisect.insort(self._jobs, job, key=lambda j: j.key)
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._loop, name="futurefill-deamortized", daemon=True
                 )
-                cls._thread.start()
-                atexit.register(cls._stop)
-            cls._ready.notify()
+                self._thread.start()
+                # Closed at exit if still open: the finalizer holds the worker, as the thread
+                # does, until the thread ends.
+                self._at_exit = weakref.finalize(self, Worker.close, self)
+            self._ready.notify()
 
-    @classmethod
-    def _take(cls) -> tuple[Job, Pass, int] | None:
+    def _take(self) -> tuple[Job, Pass, int] | None:
         """The earliest deadline's next slice (lock held); finished jobs leave the list."""
-        if any(job.done.is_set() for job in cls._jobs):
-            cls._jobs[:] = [job for job in cls._jobs if not job.done.is_set()]
-        for job in cls._jobs:
+        if any(job.done.is_set() for job in self._jobs):
+            self._jobs[:] = [job for job in self._jobs if not job.done.is_set()]
+        for job in self._jobs:
             got = job.take()
             if got is not None:
                 return (job, *got)
         return None
 
-    @classmethod
-    def run_one(cls) -> bool:
-        """In the decoding thread: run the earliest deadline's next slice; False if none."""
-        with cls.lock:
-            got = cls._take()
+    def run_one(self) -> bool:
+        """In a decoding thread: run the earliest deadline's next slice; False if none."""
+        with self._lock:
+            got = self._take()
         if got is None:
             return False
-        cls._run(*got)
+        self._run(*got)
         return True
 
-    @classmethod
-    def finish(cls, job: Job) -> None:
-        """In the decoding thread, at ``job``'s deadline: run its remaining slices here, waiting
-        only while the worker runs the last ones of a pass."""
+    def finish(self, job: Job) -> None:
+        """In a decoding thread, at ``job``'s deadline: run its remaining slices there, waiting
+        only while another thread runs the last ones of a pass."""
         while True:
-            with cls._ready:
+            with self._ready:
                 while (got := job.take()) is None:
                     if job.done.is_set():
                         return
-                    cls._ready.wait()
-            cls._run(job, *got)
+                    self._ready.wait()
+            self._run(job, *got)
 
-    @classmethod
-    def _run(cls, job: Job, work: Pass, index: int) -> None:
+    def _run(self, job: Job, work: Pass, index: int) -> None:
         """Run one slice in this thread. Inference mode (which is per thread): the engine's
         buffers may be inference tensors (made under ``generate``), which only it may update
         in place. An error is handed to the decoding thread at the job's deadline."""
@@ -238,33 +248,51 @@ class _Background:
                 work.run(index)
         except BaseException as exc:
             error = exc
-        with cls._ready:
+        with self._ready:
             if job.finish(error):
-                cls._ready.notify_all()
+                self._ready.notify_all()
 
-    @classmethod
-    def _loop(cls) -> None:
+    def _loop(self) -> None:
         torch.set_num_threads(1)
         while True:
-            with cls._ready:
-                while (got := cls._take()) is None:
-                    if cls._stopping:
+            with self._ready:
+                # A slice taken is run, even if close() ran meanwhile (in this thread, from a
+                # finalizer run while the slice's job was built).
+                while (got := None if self._closed else self._take()) is None:
+                    if self._closed:
+                        # Past its last torch op: nothing left to do at exit, and the worker
+                        # may be collected (close() may not have joined: run in this thread).
+                        self._at_exit.detach()
                         return
-                    cls._ready.wait()
-            cls._run(*got)
+                    self._ready.wait()
+            self._run(*got)
 
-    @classmethod
-    def _stop(cls) -> None:
-        """At interpreter exit: cancel every job and let the worker finish its slice and end
-        (a daemon thread inside a torch op while the interpreter finalizes aborts the process).
-        Jobs submitted later run in the decoding thread, at their deadlines."""
-        with cls._ready:
-            cls._stopping = True
-            for job in cls._jobs:
-                job.cancelled = True
-            cls._ready.notify_all()
-        if cls._thread is not None:
-            cls._thread.join()
+    def close(self) -> None:
+        """End the thread: it takes no more slices, finishes the one it runs, and is joined.
+        The jobs queued stay queued, and every job submitted later is queued too: their
+        decoding threads run their slices, paced and at their deadlines, so the engines go on,
+        exact. Closing again does nothing."""
+        if self._thread is threading.current_thread():
+            # A finalizer run by a collection in the thread itself, which may hold the lock:
+            # it ends after its slice (the flag is read at every turn of its loop).
+            self._closed = True
+            return
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running" if self._thread else "idle"
+        return f"Worker({state}, {len(self._jobs)} jobs queued)"
 
 
 def _levels(b0: int, remaining: int) -> list[int]:
@@ -284,14 +312,42 @@ class DeamortizedConv(TiledEngine):
     tile_len : int, optional
         The direct-computation tile b0, a power of two; default
         :func:`~futurefill.online.continuous.default_tile_len`.
+    worker : Worker, optional
+        The background thread that takes slices of the engine's FFT jobs (on CPU), which
+        engines may share; by default the engine makes its own at its first such job and
+        closes it when the engine is collected. A constructor argument, not a knob of the
+        method (not in :attr:`options`).
     """
 
     method = "deamortized"
+    uses_worker: ClassVar[bool] = True
     window_tiles = 2
     summary = (
         "O(L log^2 L) time, every step bounded, O(K) memory: continuous with its FFT jobs "
         "(2x the work) run ahead of their deadlines, b steps of slack each (tile_len b0)"
     )
+
+    def __init__(
+        self,
+        h: torch.Tensor,
+        *,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        tile_len: int | None = None,
+        worker: Worker | None = None,
+    ):
+        if worker is not None and not isinstance(worker, Worker):
+            raise TypeError(f"worker must be a Worker or None, got {type(worker).__name__}")
+        self._worker = worker  # None: the engine's own, made at its first job (_get_worker)
+        super().__init__(h, max_len=max_len, batch_size=batch_size, tile_len=tile_len)
+
+    def _get_worker(self) -> Worker:
+        """The worker its jobs go to; made at the first (a thread only a CPU job needs), and
+        closed when the engine is collected (the finalizer holds the worker, not the engine)."""
+        if self._worker is None:
+            worker = self._worker = Worker()
+            weakref.finalize(self, worker.close)
+        return self._worker
 
     def _setup(self) -> None:
         self._plans: dict[int, SlicedConv] = {}  # per level b
@@ -410,7 +466,7 @@ class DeamortizedConv(TiledEngine):
         jobs = self._jobs.values()
         pace_at = min((job.due() for job in jobs), default=self._remaining)
         if jobs and pace_at <= self._position - self._offset:
-            _Background.run_one()
+            self._worker.run_one()
             pace_at = min((job.due() for job in jobs), default=self._remaining)  # one more done
         self._pace_at = pace_at
 
@@ -480,7 +536,7 @@ class DeamortizedConv(TiledEngine):
             return None
         start = (block + 1) * b  # local positions: now, and the first output it reaches
         job = Job(passes, sum(plan.counts), start, start + b, self._offset)
-        _Background.submit(job)
+        self._get_worker().submit(job)
         self._pace_at = min(self._pace_at, job.due())
         return job
 
@@ -524,7 +580,7 @@ class DeamortizedConv(TiledEngine):
 
     def _wait(self, job: Job) -> None:
         """Until ``job`` is done (its remaining slices run in this thread)."""
-        _Background.finish(job)
+        self._worker.finish(job)
 
 
 class DeamortizedTileEnd(ScheduledWork):
