@@ -256,3 +256,25 @@ def test_positions_outside_for_rows_and_packed_chunks():
         assert model.seen[-1] == [[1, 4, 0, 1, 2]]  # two steps and a piece of 3, each its own
     model(x)  # outside again, after a forward that raised inside a session
     assert model.seen[-1] == [[0, 1, 2], [0, 1, 2]]
+
+
+def test_a_deamortized_session_owns_one_worker_and_joins_it_at_close():
+    """Every engine of the session queues its jobs on the session's worker; closing the session
+    ends its thread (no process-wide worker left behind)."""
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(LongConv(64, 512), LongConv(64, 512)).double()
+    x = torch.randn(2, 400, 64, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+        with decoding(model, batch_size=2, max_len=400, method="deamortized") as session:
+            y = [session.feed(x[:, :8])] + [session.feed(x[:, t : t + 1]) for t in range(8, 400)]
+            engines = [e for s in session.states.values() for e in s.engine.engines]
+            assert len(engines) == 4 and all(e._worker is session.worker for e in engines)
+            worker_threads = [
+                t for t in threading.enumerate() if t.name == "futurefill-deamortized"
+            ]
+            assert worker_threads  # the large levels' jobs went to the worker
+    assert session.worker.closed and not any(t.is_alive() for t in worker_threads)
+    assert (torch.cat(y, 1) - expected).abs().max() < 1e-10

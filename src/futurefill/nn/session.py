@@ -38,7 +38,7 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.nn.state import Chunk, DecodingModule
-from futurefill.online import ENGINES, ScheduledWork, check_engine_options, run_scheduled
+from futurefill.online import ENGINES, ScheduledWork, Worker, check_engine_options, run_scheduled
 
 __all__ = [
     "DecodingSession",
@@ -363,14 +363,10 @@ def _batch_and_length(inputs: tuple) -> tuple[int, int]:
     return first.shape[0], first.shape[1]
 
 
-def _worker_for(method: str) -> Any:
+def _worker_for(method: str) -> Worker | None:
     """The background worker the method's engines share in a session (joined at its close),
     or None for a method without one."""
-    if not ENGINES[method].uses_worker:
-        return None
-    from futurefill.online.deamortized import Worker
-
-    return Worker()
+    return Worker() if ENGINES[method].uses_worker else None
 
 
 def decoding(

@@ -22,7 +22,7 @@ import torch
 
 from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_scheduled
 from futurefill.online.continuous import ContinuousConv, ContinuousRows, default_tile_len
-from futurefill.online.deamortized import DeamortizedConv
+from futurefill.online.deamortized import DeamortizedConv, Worker
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.naive import NaiveConv
 from futurefill.online.rows import PerRowEngines, RowsEngine
@@ -40,6 +40,7 @@ __all__ = [
     "PerRowEngines",
     "RowsEngine",
     "ScheduledWork",
+    "Worker",
     "check_engine_options",
     "default_epoch_len",
     "default_tile_len",
