@@ -23,6 +23,15 @@ from futurefill.serving.scheduler import Piece, Plan
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pretrained"
 
 
+def wait_until(condition, bound: float = 120.0) -> None:
+    """Until ``condition()`` holds; a test failure after ``bound`` seconds (generous: the
+    machine may be loaded), never a hang."""
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {bound} s"
+        time.sleep(0.001)
+
+
 @pytest.fixture(scope="module")
 def bundled():
     model, tokenizer, _ = load_with_tokenizer()
@@ -135,14 +144,12 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
         long = Request(tokenizer.encode("a"), 500, on_event=lambda t, r: events.append(r))
         handle = scheduler.submit(long)
         waiting = Request(tokenizer.encode("b"), 3)
-        while scheduler.running == 0:
-            threading.Event().wait(0.001)
+        wait_until(lambda: scheduler.running > 0)
         scheduler.submit(waiting)  # the queue's one place
         with pytest.raises(QueueFull, match="1 requests are waiting already"):
             scheduler.submit(Request(tokenizer.encode("c"), 3))
         scheduler.cancel(long)  # its slot goes to the waiting request, the queue empties
-        while scheduler.queue_length:
-            threading.Event().wait(0.001)
+        wait_until(lambda: scheduler.queue_length == 0)
         done = scheduler.complete(Request(tokenizer.encode("d"), 3), timeout=60)
         assert done.finish_reason == "length"
     finally:

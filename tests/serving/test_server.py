@@ -191,8 +191,11 @@ def test_a_dropped_stream_frees_its_slot(server):
         received = b""
         while b"data: " not in received:
             received += sock.recv(4096)  # the stream has started; now the client goes
-    deadline = time.monotonic() + 20
-    while server.metric("futurefill_running_rows") and time.monotonic() < deadline:
+    cancelled_metric = 'futurefill_requests_finished_total{finish_reason="cancelled"}'
+    deadline = time.monotonic() + 120  # a condition with a generous bound, whatever the load
+    while time.monotonic() < deadline and (
+        server.metric("futurefill_running_rows") or server.metric(cancelled_metric) < cancelled + 1
+    ):
         time.sleep(0.05)
     assert server.metric("futurefill_running_rows") == 0
     assert (
@@ -220,13 +223,14 @@ def test_a_flood_past_the_queue_gets_429_with_retry_after():
     try:
         long = {"model": MODEL, "prompt": "a", "max_tokens": 2000}
         threads = [threading.Thread(target=server.post, args=(long,)) for _ in range(2)]
-        deadline = time.monotonic() + 30
         for thread, (name, count) in zip(  # one running, then one waiting
             threads, [("futurefill_running_rows", 1), ("futurefill_queue_length", 1)], strict=True
         ):
             thread.start()
+            deadline = time.monotonic() + 120  # each wait its own generous bound
             while server.metric(name) < count and time.monotonic() < deadline:
                 time.sleep(0.02)
+            assert server.metric(name) >= count, name
         code, reply, headers = server.post({"model": MODEL, "prompt": "b", "max_tokens": 2})
         assert code == 429 and headers.get("retry-after") == "1"
         assert "overloaded" in reply["error"]["message"]
