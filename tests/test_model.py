@@ -255,7 +255,10 @@ def test_bad_ids_are_rejected():
         logits = [session.feed(ids[:, :2])]
         rejected = [
             (lambda: session.feed(torch.zeros(2, 9, dtype=torch.long)), "no room for 9 more"),
-            (lambda: session.feed(torch.zeros(3, 4, dtype=torch.long)), "session is for batch_"),
+            (
+                lambda: session.feed(torch.zeros(3, 4, dtype=torch.long)),
+                "the chunk has a batch of 3; batch_size=2",
+            ),
             (lambda: session.feed(ids[:, 2:3], rows=[1]), "the chunk has a batch of 2"),
             (lambda: session.feed(ids[:, 2:3], rows=[0, 2]), r"rows must be ints in \[0, 2\)"),
             (lambda: session.feed(torch.zeros(2, 1)), "integer dtype"),

@@ -282,9 +282,9 @@ class ConvLM(nn.Module):
     >>> from futurefill import decoding
     >>> model = ConvLM(ConvLMConfig(d_model=16, n_layers=2, max_len=64))
     >>> logits = model(torch.randint(0, 256, (2, 10)))                  # (2, 10, 256)
-    >>> with decoding(model, batch_size=2, max_len=32):
-    ...     last = model(torch.randint(0, 256, (2, 10)))[:, -1]           # (2, 256)
-    ...     nxt = model(last.argmax(-1)[:, None])                         # (2, 1, 256)
+    >>> with decoding(model, batch_size=2, max_len=32) as session:
+    ...     last = session.feed(torch.randint(0, 256, (2, 10)))[:, -1]    # (2, 256)
+    ...     nxt = session.feed(last.argmax(-1)[:, None])                  # (2, 1, 256)
     """
 
     def __init__(self, config: ConvLMConfig):
