@@ -28,6 +28,7 @@ CUDA it runs as a CUDA graph (``mode="reduce-overhead"``).
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -59,7 +60,7 @@ class DecoderOutput(NamedTuple):
     greedy: torch.Tensor
 
 
-class Decoder:
+class Decoder(contextlib.AbstractContextManager):
     """``batch_size`` rows decoded by ``model``, each at its own position; see the module
     docstring.
 
@@ -244,9 +245,6 @@ class Decoder:
     def close(self) -> None:
         """Release the model's modules (ordinary modules again)."""
         self.session.close()
-
-    def __enter__(self) -> Decoder:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -97,12 +97,12 @@ def _sampling(args: argparse.Namespace) -> dict:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``generate`` subcommand."""
 
-    parser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "generate",
         help="generate from the bundled demo model or a checkpoint (streams; --compare times "
         "every method)",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "prompt",

@@ -176,3 +176,15 @@ def check_choices(values: Sequence[str], known: Sequence[str], option: str) -> N
     unknown = [v for v in values if v not in known]
     if unknown:
         raise UsageError(f"argument {option}: unknown {unknown}; choose from {', '.join(known)}")
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand of the ``futurefill`` command, its ``--help`` showing every default."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )

@@ -19,12 +19,12 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``serve`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "serve",
         help="serve a model over HTTP: OpenAI completions API, continuous batching",
         description="Serve a model over HTTP (the OpenAI completions API) with continuous "
         "batching: requests join a running batch as slots free, each at its own position.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--model", default=None, help="checkpoint directory; default: the bundled demo model"

@@ -47,12 +47,12 @@ def _options() -> dict[str, tuple[Any, str]]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = options.add_command(
+        subparsers,
         "train",
         help="train the byte-level demo model on Python's documentation topics",
         description="Train the byte-level demo model on Python's documentation topics "
         "(deterministic for a seed and thread count).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--out", required=True, type=options.output_dir, help="output directory for the checkpoint"

@@ -30,6 +30,7 @@ authors of new modules in docs/extension.md.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -68,7 +69,7 @@ def decoding_max_len(model: nn.Module) -> int | None:
     return min(limits) if limits else None
 
 
-class DecodingSession:
+class DecodingSession(contextlib.AbstractContextManager):
     """Decoding state of a whole model for ``batch_size`` rows; see the module docstring and
     :func:`decoding`.
 
@@ -303,9 +304,6 @@ class DecodingSession:
             module.__dict__.pop(_SESSION, None)
         if self.worker is not None:
             self.worker.close()
-
-    def __enter__(self) -> DecodingSession:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()

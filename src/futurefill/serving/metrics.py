@@ -23,24 +23,17 @@ class Metrics:
         self.requests = Counter(
             "futurefill_requests_finished", "Requests finished", ["finish_reason"], registry=r
         )
-        self.first_token = Histogram(
-            "futurefill_time_to_first_token_seconds",
-            "From arrival to the first token",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+
+        def latency(name: str, documentation: str) -> Histogram:
+            return Histogram(name, documentation, buckets=LATENCY_BUCKETS, registry=r)
+
+        self.first_token = latency(
+            "futurefill_time_to_first_token_seconds", "From arrival to the first token"
         )
-        self.inter_token = Histogram(
-            "futurefill_inter_token_seconds",
-            "Between a request's consecutive tokens",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.inter_token = latency(
+            "futurefill_inter_token_seconds", "Between a request's consecutive tokens"
         )
-        self.queue_wait = Histogram(
-            "futurefill_queue_wait_seconds",
-            "From arrival to a slot",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.queue_wait = latency("futurefill_queue_wait_seconds", "From arrival to a slot")
         self.slot_bytes = Gauge(
             "futurefill_slot_bytes", "Bytes of decoding state one slot holds", registry=r
         )
