@@ -156,14 +156,14 @@ class ConvState(ModuleState):
 
     def _engine_rows(
         self, rows: Sequence[int], positions: Sequence[int] | None = None
-    ) -> tuple[list[int], list[int]]:
+    ) -> tuple[Sequence[int], Sequence[int]]:
         """The engine's rows of the session's ``rows`` and their positions (default the
         session's)."""
         if positions is None:
             positions = self.session.row_positions(rows)
         m = self.module.engine_rows_per_row
         if m == 1:
-            return list(rows), list(positions)
+            return rows, positions
         engine_rows = [row * m + k for row in rows for k in range(m)]
         return engine_rows, [p for p in positions for _ in range(m)]
 

@@ -249,7 +249,7 @@ class DecodingSession(contextlib.AbstractContextManager):
             raise RuntimeError("positions are asked outside a call of the session's model")
         if chunk.traced:
             return self._device_positions[:, None]
-        starts = [int(self.positions[r]) for r in chunk.rows]
+        starts = self.row_positions(chunk.rows)
         if chunk.piece_row is None:
             start = torch.tensor(starts, device=device)[:, None]
             return start + torch.arange(chunk.n, device=device)
@@ -258,7 +258,8 @@ class DecodingSession(contextlib.AbstractContextManager):
 
     def row_positions(self, rows: Sequence[int]) -> list[int]:
         """The positions of ``rows``, as ints."""
-        return [int(self.positions[r]) for r in rows]
+        positions = self.positions.tolist()
+        return positions if tuple(rows) == self.all_rows else [positions[r] for r in rows]
 
     def device_positions(self, rows: Sequence[int]) -> torch.Tensor:
         """The positions of ``rows`` on the model's device (in a compiled step: every row's, the

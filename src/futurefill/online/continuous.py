@@ -157,9 +157,17 @@ class ContinuousRows(RowsEngine):
             while b < max_len:
                 self._spectra[b] = torch.fft.rfft(h[:, : 2 * b], n=2 * b)
                 b *= 2
-            # Each row's place in its tile, j_r = position % b0: what a step reads.
+            # Each row's place in its tile, j_r = position % b0: what a traced step reads (set by
+            # prepare_traced and advance; eager calls take the places from their positions).
             self._index = torch.zeros(batch_size, dtype=torch.long, device=self.device)
             self._all_rows = torch.arange(batch_size, device=self.device)
+        self._every_row = tuple(range(batch_size))
+        # For a step of every row at one place j: the tiles' column j, the outputs from j on,
+        # the pushes of place j and the output at j (views: the buffers are updated in place).
+        self._lockstep_views = [
+            (self._x_tile[:, j], self._c_tile[:, j:], self._pushes[j, j:], self._c_tile[:, j])
+            for j in range(b0)
+        ]
 
     @property
     def nbytes(self) -> int:
@@ -173,7 +181,6 @@ class ContinuousRows(RowsEngine):
         for row, position in zip(rows, positions, strict=True):
             self._c[row, :, : 2 * position].zero_()  # a row's levels wrote below 2 p at most
         self._c_tile.index_fill_(0, index, 0)
-        self._index.index_fill_(0, index, 0)
 
     def step(
         self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
@@ -184,25 +191,39 @@ class ContinuousRows(RowsEngine):
         self._check(u, rows, 2)
         if max(positions) >= self.max_len:
             raise RuntimeError(f"a row is at max_len={self.max_len}: reset it first")
-        y = self._push(u.to(self.compute_dtype), self._row_tensor(rows)).to(self.dtype)
-        return y, self.advance(rows, positions)
+        u, b0 = u.to(self.compute_dtype), self.tile_len
+        first = positions[0]
+        if tuple(rows) == self._every_row and all(p == first for p in positions):
+            # Every row at one place j of its tile (a lockstep batch): views made once.
+            x_column, c_rest, push_rest, c_column = self._lockstep_views[first % b0]
+            x_column.copy_(u)
+            c_rest.addcmul_(push_rest, u.unsqueeze(1))
+            y = c_column.to(self.dtype, copy=True)
+            return y, self._tile_ends(rows, positions)
+        j = torch.tensor([p % b0 for p in positions], device=self.device)
+        y = self._push(u, self._row_tensor(rows), j).to(self.dtype)
+        return y, self._tile_ends(rows, positions)
 
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
-        return self._push(u, self._all_rows)
+        return self._push(u, self._all_rows, self._index)
 
     def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
-        """After a step of ``rows`` (at ``positions``): each one position on; returns their tile
-        ends (to run, or to batch with other engines' by
-        :func:`~futurefill.online.run_scheduled`)."""
-        b0, works, places = self.tile_len, [], []
-        for row, position in zip(rows, positions, strict=True):
-            seen = position + 1
-            places.append(seen % b0)
-            if seen % b0 == 0:
-                works.append(RowTileEnd(self, row, seen))
+        """After a traced step of ``rows`` (at ``positions``): each one position on (their
+        places in the index tensor); returns their tile ends (to run, or to batch with other
+        engines' by :func:`~futurefill.online.run_scheduled`)."""
+        places = [(p + 1) % self.tile_len for p in positions]
         index = self._row_tensor(rows)
         self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
-        return works
+        return self._tile_ends(rows, positions)
+
+    def _tile_ends(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
+        """The tile ends of a step of ``rows`` at ``positions``."""
+        b0 = self.tile_len
+        return [
+            RowTileEnd(self, row, p + 1)
+            for row, p in zip(rows, positions, strict=True)
+            if (p + 1) % b0 == 0
+        ]
 
     def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
         """The next ``n`` inputs of ``rows``, all at position ``start``: ``u`` ``(len(rows),
@@ -233,7 +254,6 @@ class ContinuousRows(RowsEngine):
             u, start = u[..., m:], start + m
         if u.shape[-1]:
             outputs.append(self._extend_tiles(u, index, rows, start))
-        self._index.index_fill_(0, index, (start + u.shape[-1]) % b0)
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
         return y.to(self.dtype)
 
@@ -270,33 +290,37 @@ class ContinuousRows(RowsEngine):
         return y
 
     def prepare_traced(self, positions: Sequence[int]) -> None:
-        """Ready :meth:`step_traced` (the rows' places are always current): a ValueError in half
-        precision, which has no traced step."""
+        """Ready :meth:`step_traced`: every row's place in its tile, the index tensor it reads
+        (eager calls do not keep it); a ValueError in half precision, which has no traced
+        step."""
         check_traced_dtype(self.dtype, self.compute_dtype)
+        places = [p % self.tile_len for p in positions]
+        self._index.copy_(torch.tensor(places, device=self.device))
 
     def traced_tensors(self) -> list[torch.Tensor]:
         """What :meth:`step_traced` reads or updates in place."""
         return [self._x_tile, self._c_tile, self._pushes, self._index, self._all_rows]
 
-    def _push(self, u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``u`` ``(R, D)`` to its rows' tiles: the input to place ``j_r`` of the tile, ``h[t -
-        j_r] u_r`` to every place ``t >= j_r`` of the outputs; returns the outputs at ``j_r``."""
-        j = self._index.index_select(0, index)  # (R,)
+    def _push(self, u: torch.Tensor, index: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """``u`` ``(R, D)`` to its rows' tiles at their places ``j`` ``(R,)``: the input to place
+        ``j_r`` of the tile, ``h[t - j_r] u_r`` to every place ``t >= j_r`` of the outputs;
+        returns the outputs at ``j_r``."""
         self._x_tile.index_put_((index, j), u)
         self._c_tile.index_add_(0, index, self._pushes.index_select(0, j) * u[:, None])
         return self._c_tile[index, j]
 
     def _row_tensor(self, rows: Sequence[int]) -> torch.Tensor:
-        if len(rows) == self.batch_size and list(rows) == list(range(self.batch_size)):
+        if tuple(rows) == self._every_row:
             return self._all_rows
         return torch.tensor(list(rows), device=self.device)
 
     def _check(self, u: torch.Tensor, rows: Sequence[int], dims: int) -> None:
-        rows = list(rows)
-        if not rows or len(set(rows)) != len(rows):
-            raise ValueError(f"rows must be distinct and non-empty, got {rows}")
-        if not all(isinstance(r, int) and 0 <= r < self.batch_size for r in rows):
-            raise ValueError(f"rows must be ints in [0, {self.batch_size}), got {rows}")
+        if tuple(rows) != self._every_row:  # (every row, in order, is valid)
+            rows = list(rows)
+            if not rows or len(set(rows)) != len(rows):
+                raise ValueError(f"rows must be distinct and non-empty, got {rows}")
+            if not all(isinstance(r, int) and 0 <= r < self.batch_size for r in rows):
+                raise ValueError(f"rows must be ints in [0, {self.batch_size}), got {rows}")
         if (
             not isinstance(u, torch.Tensor)
             or u.dim() != dims
