@@ -273,6 +273,13 @@ class Decoder(contextlib.AbstractContextManager):
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
     def _step_ids(self, ids: Any, rows: tuple[int, ...]) -> torch.Tensor:
+        if (  # the usual case, checked inline: a step's cost is a few ops
+            type(ids) is torch.Tensor
+            and ids.dtype == torch.long
+            and ids.shape == (len(rows),)
+            and ids.device == self.device
+        ):
+            return ids
         ids = check_input_ids(ids[None] if isinstance(ids, torch.Tensor) else ids, self.device)
         if ids.shape[1] != len(rows):
             raise ValueError(f"ids has {ids.shape[1]} tokens for {len(rows)} rows")

@@ -212,8 +212,11 @@ class ContinuousRows(RowsEngine):
         places in the index tensor); returns their tile ends (to run, or to batch with other
         engines' by :func:`~futurefill.online.run_scheduled`)."""
         places = [(p + 1) % self.tile_len for p in positions]
-        index = self._row_tensor(rows)
-        self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
+        if tuple(rows) == self._every_row and places.count(places[0]) == len(places):
+            self._index.fill_(places[0])  # every row at one place: no index tensors
+        else:
+            index = self._row_tensor(rows)
+            self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
         return self._tile_ends(rows, positions)
 
     def _tile_ends(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
