@@ -310,7 +310,11 @@ def test_a_rejected_call_changes_nothing():
             (lambda: conv(step), RuntimeError, r"call the model through it \(session\.feed\)"),
             (lambda: session.feed(step[..., :2]), ValueError, r"\(batch, length, channels=3\)"),
             (lambda: session.feed(step.float()), RuntimeError, "dtype or device changed"),
-            (lambda: session.feed(step[:1]), ValueError, "the chunk has a batch of 1; batch_size=2"),
+            (
+                lambda: session.feed(step[:1]),
+                ValueError,
+                "the chunk has a batch of 1; batch_size=2",
+            ),
             (lambda: session.feed(step, rows=[0, 2]), ValueError, r"rows must be ints in \[0, 2\)"),
             (lambda: session.feed(step, rows=[1, 1]), ValueError, "rows must be distinct"),
             (lambda: session.feed(random_u(2, 8)), ValueError, "no room for 8 more"),

@@ -119,9 +119,7 @@ def test_every_row_gets_its_own_convolution(
     method, max_len, rows, channels, tile_len, feedback, seed
 ):
     h = decaying_filter(channels, max_len + seed % 7, seed=seed)
-    engine = make_rows_engine(
-        h, method, max_len=max_len, batch_size=rows, **knob(method, tile_len)
-    )
+    engine = make_rows_engine(h, method, max_len=max_len, batch_size=rows, **knob(method, tile_len))
     engine = Rows(engine)
     inputs, outputs, produced = run_rows(engine, h, seed, events=80, feedback=feedback)
     assert produced > 0
