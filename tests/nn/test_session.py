@@ -278,3 +278,19 @@ def test_a_deamortized_session_owns_one_worker_and_joins_it_at_close():
             assert worker_threads  # the large levels' jobs went to the worker
     assert session.worker.closed and not any(t.is_alive() for t in worker_threads)
     assert (torch.cat(y, 1) - expected).abs().max() < 1e-10
+
+
+def test_calls_run_without_autograd_whatever_the_grad_mode():
+    """A session's calls decode (inference): with grad enabled and parameters that require it,
+    the states stay out of autograd graphs, calls after the first work, and the outputs are the
+    forward's."""
+    m = model()
+    x = u(length=6)
+    expected = m(x).detach()
+    assert torch.is_grad_enabled() and m.first.weight.requires_grad
+    with decoding(m, batch_size=2, max_len=10) as session:
+        y = torch.cat(
+            [session.feed(x[:, :3])] + [session.feed(x[:, t : t + 1]) for t in (3, 4, 5)], 1
+        )
+    assert not y.requires_grad
+    assert (y - expected).abs().max() < 1e-12

@@ -145,7 +145,9 @@ class DecodingSession(contextlib.AbstractContextManager):
 
     def feed(self, *inputs: Any, rows: Sequence[int] | None = None) -> Any:
         """``model(*inputs)`` continuing ``rows`` (default every row, in order): ``inputs[0]``
-        ``(len(rows), n, ...)``, each row ``n`` positions on from its own position."""
+        ``(len(rows), n, ...)``, each row ``n`` positions on from its own position. Every call
+        of the session runs without autograd (``torch.no_grad``; inside ``inference_mode``
+        where the caller is)."""
         rows = self.all_rows if rows is None else self._check_rows(rows)
         batch, n = _batch_and_length(inputs)
         if batch != len(rows):
@@ -199,7 +201,8 @@ class DecodingSession(contextlib.AbstractContextManager):
         if not chunk.traced:
             self._traced_ready = False  # an eager call moves states a compiled step reads
         try:
-            output = (step or self.model)(*inputs)
+            with torch.no_grad():  # decoding is inference: no autograd graph through the states
+                output = (step or self.model)(*inputs)
             if counted is not None:
                 self._deferred += [w for s in self.states.values() for w in s.advance(counted)]
         except BaseException as error:
