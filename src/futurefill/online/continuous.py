@@ -140,9 +140,9 @@ class ContinuousRows(RowsEngine):
         # Ordinary tensors, updated in place in and out of inference mode (resets come outside).
         with torch.inference_mode(False):
             h = h.detach().to(self.compute_dtype)[:, :max_len]
-            padded = -(-max_len // b0) * b0  # whole tiles
-            self._x = self._zeros(batch_size, channels, padded)  # every row's inputs
-            self._c = self._zeros(batch_size, channels, padded)  # known part of its outputs
+            length = -(-max_len // b0) * b0  # whole tiles
+            self._x = self._zeros(batch_size, channels, length)  # every row's inputs
+            self._c = self._zeros(batch_size, channels, length)  # known part of its outputs
             self._x_tile = self._zeros(batch_size, b0, channels)  # every row's current tile
             self._c_tile = self._zeros(batch_size, b0, channels)
             # What an input at place j adds to the tile: pushes[j, t] = h[t - j] (0 for t < j).
@@ -278,9 +278,9 @@ class ContinuousRows(RowsEngine):
             for row in rows
         )
         tiles = -(-n // b0)
-        padded = torch.nn.functional.pad(u, (0, tiles * b0 - n)).unflatten(-1, (tiles, b0))
+        blocks = torch.nn.functional.pad(u, (0, tiles * b0 - n)).unflatten(-1, (tiles, b0))
         spectrum = self._tile_spectrum.unsqueeze(1)  # (D, 1, b0 + 1)
-        direct = torch.fft.irfft(torch.fft.rfft(padded, n=2 * b0) * spectrum, n=2 * b0)
+        direct = torch.fft.irfft(torch.fft.rfft(blocks, n=2 * b0) * spectrum, n=2 * b0)
         direct = direct[..., :b0].flatten(-2)  # (R, D, tiles * b0): within each tile
         y = self._c[index, :, start : start + n] + direct[..., :n]
         if n % b0:  # the chunk ends inside its last tile
@@ -484,12 +484,12 @@ class ContinuousConv(TiledEngine):
     def _allocate(self, remaining: int) -> None:
         """Buffers and level spectra for ``remaining`` more steps (the levels b < remaining)."""
         b0, batch, channels = self.tile_len, self.batch_size, self.channels
-        padded = -(-remaining // b0) * b0  # whole tiles
+        length = -(-remaining // b0) * b0  # whole tiles
         self._remaining = remaining
         self._offset = self.max_len - remaining  # global position of local step 0
         # Long buffers are channel-major: the FFTs of the levels run along their last dimension.
-        self._x = self._zeros(batch, channels, padded)  # generated inputs
-        self._c = self._zeros(batch, channels, padded)  # known part of every future output
+        self._x = self._zeros(batch, channels, length)  # generated inputs
+        self._c = self._zeros(batch, channels, length)  # known part of every future output
         # The current tile's outputs, time-major; the step's views into it built once.
         self._c_tile = self._zeros(b0, batch, channels)
         self._tile_views(self._c_tile)

@@ -152,10 +152,10 @@ class DeamortizedConv(TiledEngine):
         """Buffers, rings and level spectra for ``remaining`` more steps."""
         self._join_all()
         b0, batch, channels = self.tile_len, self.batch_size, self.channels
-        padded = -(-remaining // b0) * b0  # whole tiles
+        length = -(-remaining // b0) * b0  # whole tiles
         self._remaining = remaining
         self._offset = self.max_len - remaining  # global position of local step 0
-        self._x = self._zeros(batch, channels, padded)  # generated inputs, for the jobs
+        self._x = self._zeros(batch, channels, length)  # generated inputs, for the jobs
         # Outputs of the current tile and the next, time-major; the step's views built once.
         self._direct = self._zeros(2 * b0, batch, channels)
         self._tile_views(self._direct)
