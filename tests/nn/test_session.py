@@ -294,3 +294,27 @@ def test_calls_run_without_autograd_whatever_the_grad_mode():
         )
     assert not y.requires_grad
     assert (y - expected).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("method", ["naive", "epoched", "continuous", "deamortized"])
+def test_calls_and_resets_in_and_out_of_inference_mode(method):
+    """A session opened and fed inside ``torch.inference_mode`` and then reset and fed outside
+    it (and back): the states are ordinary tensors, so every row goes on exactly."""
+    torch.manual_seed(0)
+    m = nn.Sequential(ShortConv(D), LongConv(D, 32)).double()
+    x = u(length=9)
+    with torch.no_grad():
+        expected = m(x)
+    with torch.inference_mode():
+        session = decoding(m, batch_size=2, method=method)
+        a = session.feed(x[:, :5])
+    session.reset_rows([0])  # outside inference mode
+    b = session.feed(x[1:, 5:9], rows=[1])
+    with torch.inference_mode():
+        c = session.feed(x[:1, :3], rows=[0])
+    d = session.feed(x[:1, 3:4], rows=[0])
+    session.close()
+    assert (a - expected[:, :5]).abs().max() < 1e-12
+    assert (b[0] - expected[1, 5:9]).abs().max() < 1e-12
+    assert (c[0] - expected[0, :3]).abs().max() < 1e-12
+    assert (d[0] - expected[0, 3:4]).abs().max() < 1e-12

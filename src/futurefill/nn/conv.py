@@ -131,14 +131,15 @@ class ConvState(ModuleState):
         self.check_dtype(u, module)
         if self.engine is None:
             h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
-            self.engine = make_rows_engine(
-                h,
-                session.method,
-                max_len=session.max_len,
-                batch_size=session.batch_size * module.engine_rows_per_row,
-                worker=session.worker,
-                **session.engine_options,
-            )
+            with torch.inference_mode(False):  # ordinary buffers, reset in or out of it
+                self.engine = make_rows_engine(
+                    h.clone(),
+                    session.method,
+                    max_len=session.max_len,
+                    batch_size=session.batch_size * module.engine_rows_per_row,
+                    worker=session.worker,
+                    **session.engine_options,
+                )
         session.touch()
         positions = session.row_positions(rows)
         if u.shape[1] == 1:  # a step: its scheduled work runs after the model's call, batched

@@ -121,16 +121,21 @@ class DecodingSession(contextlib.AbstractContextManager):
         self.model = model
         weight = next(model.parameters(), None)
         self.device = weight.device if weight is not None else torch.device("cpu")
-        self.positions = torch.zeros(self.batch_size, dtype=torch.long)
-        # The positions on the model's device, for tensor code (attention, rotary, compiled
-        # steps): a mirror of ``positions`` kept by the same updates, at a fixed address.
-        self._device_positions = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        # Ordinary tensors, updated in place in and out of inference mode, as every state's.
+        with torch.inference_mode(False):
+            self.positions = torch.zeros(self.batch_size, dtype=torch.long)
+            # The positions on the model's device, for tensor code (attention, rotary, compiled
+            # steps): a mirror of ``positions`` kept by the same updates, at a fixed address.
+            self._device_positions = torch.zeros(
+                self.batch_size, dtype=torch.long, device=self.device
+            )
         self.all_rows = tuple(range(self.batch_size))
         self.chunk: Chunk | None = None
         self._traced_chunk = Chunk(self.all_rows, 1, traced=True)  # one object: graphs guard it
         self.calls = 0
         self.worker = _worker_for(method)
-        self.states = {name: module.open_state(self, name) for name, module in modules}
+        with torch.inference_mode(False):  # states allocated now: ordinary tensors too
+            self.states = {name: module.open_state(self, name) for name, module in modules}
         self._modules = [module for _, module in modules]
         for module, state in zip(self._modules, self.states.values(), strict=True):
             module._state = state
@@ -146,8 +151,8 @@ class DecodingSession(contextlib.AbstractContextManager):
     def feed(self, *inputs: Any, rows: Sequence[int] | None = None) -> Any:
         """``model(*inputs)`` continuing ``rows`` (default every row, in order): ``inputs[0]``
         ``(len(rows), n, ...)``, each row ``n`` positions on from its own position. Every call
-        of the session runs without autograd (``torch.no_grad``; inside ``inference_mode``
-        where the caller is)."""
+        of the session runs in ``torch.inference_mode`` (its outputs are inference tensors);
+        the states are ordinary tensors, so resets and calls may come in or out of it."""
         rows = self.all_rows if rows is None else self._check_rows(rows)
         batch, n = _batch_and_length(inputs)
         if batch != len(rows):
@@ -201,7 +206,7 @@ class DecodingSession(contextlib.AbstractContextManager):
         if not chunk.traced:
             self._traced_ready = False  # an eager call moves states a compiled step reads
         try:
-            with torch.no_grad():  # decoding is inference: no autograd graph through the states
+            with torch.inference_mode():  # decoding: no autograd graph through the states
                 output = (step or self.model)(*inputs)
             if counted is not None:
                 self._deferred += [w for s in self.states.values() for w in s.advance(counted)]
