@@ -14,7 +14,7 @@ from futurefill import METHODS, ConvLM, ConvLMConfig, decoding, generate
 from futurefill.model import MIXERS
 from futurefill.nn.conv import ConvState
 from futurefill.pretrained import load_pretrained
-from reference import rel_err
+from reference import decode_chunks, rel_err
 
 VOCAB, MAX_LEN = 32, 48
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
@@ -42,21 +42,6 @@ def tiny_model(mixer: str, dtype=torch.float64, seed: int = 0, **overrides) -> C
 
 def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def decode_chunks(model, ids, prompt_len: int, method: str = "continuous", *, max_len=None):
-    """Decode ``ids`` (batch, T) through ``model`` in a fresh session: ``ids[:, :prompt_len]``
-    as one call (none if 0), then one position at a time, every row. Returns the logits joined
-    along dim 1 and the session (closed)."""
-    length = ids.shape[1]
-    with (
-        torch.no_grad(),
-        decoding(model, batch_size=ids.shape[0], max_len=max_len or length, method=method) as s,
-    ):
-        logits = [s.feed(ids[:, :prompt_len])] if prompt_len else []
-        logits += [s.feed(ids[:, t : t + 1]) for t in range(prompt_len, length)]
-        assert s.positions.tolist() == [length] * ids.shape[0]
-    return torch.cat(logits, dim=1), s
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from futurefill import METHODS, decoding
 from futurefill.layers import STU, Hyena, HyenaConfig, LongConvMixer
 from futurefill.nn.conv import ConvState
-from reference import rel_err
+from reference import decode_chunks, rel_err
 
 D, MAX_LEN = 8, 48
 LAYERS = {
@@ -43,26 +43,6 @@ def make_layer(name: str, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
 
 def engines(session) -> list:
     return [s.engine for s in session.states.values() if isinstance(s, ConvState)]
-
-
-def decode_chunks(
-    module, x, prompt_len: int, method: str = "continuous", *, max_len=None, chunk: int = 1, **opts
-):
-    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
-    as one call (none if 0), then calls of ``chunk`` positions, every row. Returns the outputs
-    joined along dim 1 and the session (closed)."""
-    length = x.shape[1]
-    with (
-        torch.no_grad(),
-        decoding(
-            module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
-        ) as session,
-    ):
-        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
-        for t in range(prompt_len, length, chunk):
-            outputs.append(session.feed(x[:, t : t + chunk]))
-        assert session.positions.tolist() == [length] * x.shape[0]
-    return torch.cat(outputs, dim=1), session
 
 
 DEFAULT_CASES = [(method, {}) for method in METHODS]

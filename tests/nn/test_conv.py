@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from futurefill import METHODS, decoding
 from futurefill.nn import FilterBankConv, LongConv
-from reference import decaying_filter, reference_conv, reference_feedback, rel_err
+from reference import decaying_filter, decode_chunks, reference_conv, reference_feedback, rel_err
 
 C, MAX_LEN = 3, 40
 OPTIONS = {
@@ -28,26 +28,6 @@ CASES = [(method, opts) for method in METHODS for opts in OPTIONS[method]]
 # (prompt length, chunk length): stepping from the start, 1-token and longer prompts, chunks of
 # 5 after nothing, the whole remainder after a prompt.
 SCHEDULES = [(0, 1), (1, 1), (9, 1), (0, 5), (4, 100), (23, 1)]
-
-
-def decode_chunks(
-    module, x, prompt_len: int, method: str = "continuous", *, max_len=None, chunk: int = 1, **opts
-):
-    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
-    as one call (none if 0), then calls of ``chunk`` positions, every row. Returns the outputs
-    joined along dim 1 and the session (closed)."""
-    length = x.shape[1]
-    with (
-        torch.no_grad(),
-        decoding(
-            module, batch_size=x.shape[0], max_len=max_len or length, method=method, **opts
-        ) as session,
-    ):
-        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
-        for t in range(prompt_len, length, chunk):
-            outputs.append(session.feed(x[:, t : t + chunk]))
-        assert session.positions.tolist() == [length] * x.shape[0]
-    return torch.cat(outputs, dim=1), session
 
 
 class CountingFilter:

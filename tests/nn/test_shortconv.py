@@ -10,20 +10,7 @@ import torch
 
 from futurefill import decoding
 from futurefill.nn import ShortConv
-from reference import rel_err
-
-
-def decode_chunks(module, x, prompt_len: int, *, max_len: int, chunk: int = 1):
-    """Decode ``x`` (batch, T, ...) through ``module`` in a fresh session: ``x[:, :prompt_len]``
-    as one call (none if 0), then calls of ``chunk`` positions, every row. Returns the outputs
-    joined along dim 1 and the session (closed)."""
-    length = x.shape[1]
-    with torch.no_grad(), decoding(module, batch_size=x.shape[0], max_len=max_len) as session:
-        outputs = [session.feed(x[:, :prompt_len])] if prompt_len else []
-        for t in range(prompt_len, length, chunk):
-            outputs.append(session.feed(x[:, t : t + chunk]))
-        assert session.positions.tolist() == [length] * x.shape[0]
-    return torch.cat(outputs, dim=1), session
+from reference import decode_chunks, rel_err
 
 
 def reference_short_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
