@@ -90,7 +90,7 @@ class ConvState(ModuleState):
     """The online engine of one convolution module, in its rows form
     (:func:`~futurefill.online.make_rows_engine`: every row at its own position), built at the
     module's first chunk from the filter taps materialised once at the session's ``max_len``.
-    The engine's rows are the module's :meth:`~ConvModule.engine_rows` of the session's rows
+    Each row of the session is :attr:`~ConvModule.engine_rows_per_row` rows of the engine
     (FilterBankConv: one per channel)."""
 
     def __init__(self, session: DecodingSession, name: str, module: ConvModule):
@@ -132,8 +132,8 @@ class ConvState(ModuleState):
         if self.engine is None:
             h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
             with torch.inference_mode(False):  # ordinary buffers, reset in or out of it
-                self.engine = make_rows_engine(
-                    h.clone(),
+                self.engine = make_rows_engine(  # (every engine keeps its own copy of h)
+                    h,
                     session.method,
                     max_len=session.max_len,
                     batch_size=session.batch_size * module.engine_rows_per_row,

@@ -214,12 +214,12 @@ class DecodingSession(contextlib.AbstractContextManager):
             touched = self._touched
             self.chunk, self._deferred = None, []
             if touched:  # some module had moved: the call's rows start anew, whole
-                rows = chunk.rows if chunk.piece_row is None else (*chunk.rows, chunk.piece_row)
+                rows = [row for part, _ in chunk.parts() for row in part]
                 self.reset_rows(rows)
                 error.add_note(f"the rows {list(rows)} of the failed call were reset")
             raise
         self.chunk = None
-        for rows, n in [((counted), 1)] if counted is not None else chunk.parts():
+        for rows, n in [(counted, 1)] if counted is not None else chunk.parts():
             self._count(rows, n)
         self.run_deferred()
         return output
