@@ -76,7 +76,8 @@ class Decoder(contextlib.AbstractContextManager):
         the model's (its shortest filter).
     method : str
         The online convolution engine of every long convolution
-        (:data:`futurefill.online.METHODS`).
+        (:data:`futurefill.online.ENGINES`; ``"modal"`` for models whose long filters
+        declare a modal form).
     compile : bool
         Steps as one compiled graph (float32 or float64 models).
     **engine_options

@@ -107,10 +107,11 @@ def generate(
         Tokens to generate per sequence; ``prompt length + max_new_tokens`` must not exceed
         the model's max length (its shortest filter) for the longest prompt.
     method : str
-        The online convolution engine of every layer (:data:`futurefill.online.METHODS`). In
-        float32 and float64 all give the same logits to rounding; in float16 and bfloat16 each
-        layer's output is rounded to the half dtype, so methods may choose different tokens
-        where two logits tie at that precision (docs/algorithms.md, "Exactness").
+        The online convolution engine of every layer (:data:`futurefill.online.ENGINES`;
+        ``"modal"`` for models whose long filters declare a modal form). In float32 and
+        float64 all give the same logits to rounding; in float16 and bfloat16 each layer's
+        output is rounded to the half dtype, so methods may choose different tokens where two
+        logits tie at that precision (docs/algorithms.md, "Exactness").
     do_sample : bool
         Sample (True) or take the argmax (False, the default): Hugging Face's convention.
         ``temperature``, ``top_k`` and ``top_p`` shape sampling only, so with ``do_sample=False``

@@ -31,7 +31,7 @@ from futurefill.bench.compare import (
 )
 from futurefill.cli import options
 from futurefill.demo.data import ByteStreamDecoder, encode
-from futurefill.online import METHODS
+from futurefill.online import ENGINES
 from futurefill.pretrained import CheckpointError, dna
 from futurefill.pretrained.tokenizers import load_with_tokenizer
 
@@ -127,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-new-tokens", type=options.bounded_int(1), default=200, help="tokens to generate"
     )
     parser.add_argument(
-        "--method", choices=METHODS, default="continuous", help="online convolution engine"
+        "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
     )
     parser.add_argument(
         "--do-sample",

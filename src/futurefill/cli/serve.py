@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from futurefill.cli import options
-from futurefill.online import METHODS
+from futurefill.online import ENGINES
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 __all__ = ["register"]
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rows wait for one chunk at most)",
     )
     parser.add_argument(
-        "--method", choices=METHODS, default="continuous", help="online convolution engine"
+        "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
     )
     parser.add_argument(
         "--compile", action="store_true", help="each step one torch.compile graph of all slots"

@@ -46,7 +46,11 @@ class Attention(nn.Module):
         ALiBi with :func:`alibi_slopes` times this factor.
     softcap : float, optional
     rotary : float, optional
-        Rotary embeddings with this base (10000 for StripedHyena).
+        Rotary embeddings with this base (10000 for StripedHyena 1, 1e6 for Evo 2).
+    rotary_scale : float
+        Rotary positions divided by this (linear interpolation: Evo 2's long-context models).
+    bias, out_bias : bool
+        Biases on the projections in (``q``, ``kv``), and on the one out.
     """
 
     def __init__(
@@ -59,6 +63,9 @@ class Attention(nn.Module):
         alibi: float | None = None,
         softcap: float | None = None,
         rotary: float | None = None,
+        rotary_scale: float = 1.0,
+        bias: bool = True,
+        out_bias: bool = True,
     ):
         super().__init__()
         kv_heads = heads if kv_heads is None else kv_heads
@@ -68,12 +75,12 @@ class Attention(nn.Module):
                 f"heads={heads}, kv_heads={kv_heads}"
             )
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, d_model // heads
-        self.rotary = rotary
-        self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * kv_heads * self.head_dim)
+        self.rotary, self.rotary_scale = rotary, rotary_scale
+        self.q = nn.Linear(d_model, d_model, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * kv_heads * self.head_dim, bias=bias)
         slopes = None if alibi is None else alibi_slopes(heads, alibi)
         self.attn = ffnn.CausalAttention(window=window, alibi=slopes, softcap=softcap)
-        self.out = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model, bias=out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -81,6 +88,6 @@ class Attention(nn.Module):
         k, v = self.kv(x).view(batch, length, 2 * self.kv_heads, self.head_dim).chunk(2, dim=2)
         if self.rotary is not None:
             positions = ffnn.positions(self, x)
-            q = ffnn.rotary(q, positions, self.rotary)
-            k = ffnn.rotary(k, positions, self.rotary)
+            q = ffnn.rotary(q, positions, self.rotary, self.rotary_scale)
+            k = ffnn.rotary(k, positions, self.rotary, self.rotary_scale)
         return self.out(self.attn(q, k, v).reshape(batch, length, -1))

@@ -39,17 +39,22 @@ __all__ = ["AttentionState", "CausalAttention", "rotary"]
 QUERY_BLOCK = 512  # queries per block of the masked formulation outside a session
 
 
-def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+def rotary(
+    x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0, scale: float = 1.0
+) -> torch.Tensor:
     """Rotary position embeddings (the rotate-half convention of GPT-NeoX and LLaMA, over the
     whole last dimension): ``x`` ``(batch, length, heads, head_dim)`` rotated by the absolute
     ``positions`` ``(batch, length)``; the same shape. Channel pair (c, c + head_dim / 2) turns
-    by ``position * base ** (-2c / head_dim)``."""
+    by ``position / scale * base ** (-2c / head_dim)`` (``scale`` > 1: linearly interpolated
+    positions, for contexts longer than the training one). Angles in float64."""
     half = x.shape[-1] // 2
     if x.shape[-1] % 2:
         raise ValueError(f"rotary needs an even head_dim, got {x.shape[-1]}")
     exponent = torch.arange(half, dtype=torch.float64, device=x.device) * (-2.0 / x.shape[-1])
     freqs = torch.pow(torch.tensor(base, dtype=torch.float64, device=x.device), exponent)
-    angle = (positions.to(torch.float64)[..., None] * freqs).to(x.dtype)  # (batch, length, half)
+    angle = (positions.to(torch.float64)[..., None] / scale * freqs).to(
+        x.dtype
+    )  # (batch, length, half)
     cos, sin = angle.cos()[:, :, None], angle.sin()[:, :, None]
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)

@@ -31,7 +31,7 @@ from torch import nn
 from futurefill.fftconv import bank_conv, causal_conv
 from futurefill.nn.session import DecodingSession
 from futurefill.nn.state import DecodingModule, ModuleState
-from futurefill.online import RowsEngine, ScheduledWork, make_rows_engine
+from futurefill.online import ENGINES, ModalFilter, RowsEngine, ScheduledWork, make_rows_engine
 
 __all__ = [
     "ConvModule",
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 FilterFn = Callable[[int], torch.Tensor]
+ModalFn = Callable[[], ModalFilter]
 
 
 def decaying_filters(channels: int, length: int) -> torch.Tensor:
@@ -130,7 +131,10 @@ class ConvState(ModuleState):
         module.check_input(u)
         self.check_dtype(u, module)
         if self.engine is None:
-            h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
+            if ENGINES[session.method].filter_form == "modal":
+                h = module.modal_filter(self.name)
+            else:
+                h = module.filter_taps_checked(session.max_len, u.shape[1], self.name)
             with torch.inference_mode(False):  # ordinary buffers, reset in or out of it
                 self.engine = make_rows_engine(  # (every engine keeps its own copy of h)
                     h,
@@ -180,6 +184,7 @@ class ConvModule(DecodingModule):
         filters: int,
         filter: FilterFn | None,
         weight: Callable[[], torch.Tensor],
+        modal: ModalFn | None = None,
     ):
         super().__init__(max_len)
         if channels < 1:
@@ -190,7 +195,28 @@ class ConvModule(DecodingModule):
             raise TypeError(f"filter must be a callable length -> Tensor, got {filter!r}")
         # Not registered as a submodule: it belongs to the caller's model (no duplicate keys).
         object.__setattr__(self, "filter", filter)
+        if modal is not None and not callable(modal):
+            raise TypeError(f"modal must be a callable () -> ModalFilter, got {modal!r}")
+        object.__setattr__(self, "modal", modal)
         self.weight = nn.Parameter(weight()) if filter is None else None
+
+    @torch.no_grad()
+    def modal_filter(self, name: str) -> ModalFilter:
+        """The filter in modal form (poles and residues), for method ``"modal"``: a ValueError
+        naming the module where it has none."""
+        if self.modal is None:
+            raise ValueError(
+                f"{type(self).__name__} {name!r} has no filter in modal form (poles and "
+                "residues): method 'modal' decodes only those; use another method "
+                "(naive, epoched, continuous, deamortized)"
+            )
+        modal = self.modal()
+        if not isinstance(modal, ModalFilter) or modal.channels != self._filters:
+            raise ValueError(
+                f"{type(self).__name__}.modal() must return a ModalFilter of {self._filters} "
+                f"channels, got {modal!r}"
+            )
+        return modal
 
     def filter_taps(self, length: int) -> torch.Tensor:
         """The first ``length`` taps of every filter: ``(filters, length)``."""
@@ -284,6 +310,11 @@ class LongConv(ConvModule):
         must not depend on the length asked for, ``filter(n) == filter(N)[:, :n]`` (checked at a
         session's first chunk: :class:`FilterLengthError`). Without it the module owns
         ``weight`` ``(channels, max_len)`` (:func:`decaying_filters` init).
+    modal : callable, optional
+        The same filter in modal form: ``modal()`` returns a
+        :class:`~futurefill.online.ModalFilter` (poles and residues) whose taps ``filter``
+        gives; a session with ``method="modal"`` then decodes it by its recurrence (O(state)
+        per step). Only with ``filter``.
     skip : bool
         Add ``skip ⊙ u`` (Hyena's and H3's ``D`` term), ``skip`` a parameter initialised to ones.
 
@@ -295,10 +326,18 @@ class LongConv(ConvModule):
     """
 
     def __init__(
-        self, channels: int, max_len: int, *, filter: FilterFn | None = None, skip: bool = False
+        self,
+        channels: int,
+        max_len: int,
+        *,
+        filter: FilterFn | None = None,
+        modal: ModalFn | None = None,
+        skip: bool = False,
     ):
+        if modal is not None and filter is None:
+            raise ValueError("modal needs filter too (the taps of the same filter)")
         super().__init__(
-            channels, max_len, channels, filter, lambda: decaying_filters(channels, max_len)
+            channels, max_len, channels, filter, lambda: decaying_filters(channels, max_len), modal
         )
         self.skip = nn.Parameter(torch.ones(channels)) if skip else None
 

@@ -1,12 +1,14 @@
-"""Short causal depthwise convolution (Hyena's and H3's kernel-3 filters), with a history buffer.
+"""Short causal depthwise convolution (Hyena's and H3's kernel-3 filters, StripedHyena's 7- and
+128-tap FIRs), with a history buffer.
 
 ``y[t] = bias + sum_{j=0..K-1} weight[:, j] * x[t - j]`` per channel, inputs before position 0
 zero. The same code runs a whole sequence and a chunk of a decoding session: the chunk is
-prefixed with the ``K - 1`` inputs before it (zeros outside a session or at its start), and tap
-j multiplies that sequence shifted by j (K fused multiply-adds, no transposes, which cost less
-than a depthwise ``conv1d`` for one position: docs/results/cpu-2core/tuning.md). In a session
-the last inputs of every row are kept in a ``(batch, K - 1, channels)`` buffer allocated when
-the session opens.
+prefixed with the ``K - 1`` inputs before it (zeros outside a session or at its start). For a
+few taps (K <= 4), tap j multiplies that sequence shifted by j (K fused multiply-adds, no
+transposes, which cost less than a depthwise ``conv1d`` for one position:
+docs/results/cpu-2core/tuning.md); for more, one depthwise ``conv1d``. In a session the last
+inputs of every row are kept in a ``(batch, K - 1, channels)`` buffer allocated when the session
+opens: a FIR decodes exactly from any prompt length, one token included.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from futurefill.nn.session import DecodingSession
@@ -71,9 +74,13 @@ class ShortConv(DecodingModule):
     channels : int
     kernel_size : int
         Taps per channel; ``weight[:, j]`` multiplies the input ``j`` steps back.
+    bias : bool
+        Add a learned ``bias`` per channel (default True).
     """
 
-    def __init__(self, channels: int, kernel_size: int = 3):
+    LOOP_TAPS = 4  # up to this many taps, multiply-adds; more, one conv1d
+
+    def __init__(self, channels: int, kernel_size: int = 3, *, bias: bool = True):
         super().__init__(None)
         if kernel_size < 1:
             raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
@@ -81,7 +88,7 @@ class ShortConv(DecodingModule):
         self.kernel_size = kernel_size
         bound = 1.0 / math.sqrt(kernel_size)  # nn.Conv1d's default for a depthwise kernel
         self.weight = nn.Parameter(torch.empty(channels, kernel_size).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(channels).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(channels).uniform_(-bound, bound)) if bias else None
 
     def open_state(self, session: DecodingSession, name: str) -> HistoryState:
         return HistoryState(session, name, self)
@@ -110,10 +117,16 @@ class ShortConv(DecodingModule):
         """The output for ``x`` ``(batch, n, channels)`` and ``joined`` ``(batch, K - 1 + n,
         channels)``, ``x`` after the inputs before it."""
         length, before = x.shape[1], self.kernel_size - 1
-        y = torch.addcmul(self.bias, self.weight[:, 0], x)
+        if self.kernel_size > self.LOOP_TAPS:  # conv1d correlates: the taps reversed
+            taps = self.weight.flip(-1).unsqueeze(1)  # (channels, 1, K)
+            y = F.conv1d(joined.transpose(1, 2), taps, self.bias, groups=self.channels)
+            return y.transpose(1, 2)
+        w = self.weight
+        y = w[:, 0] * x if self.bias is None else torch.addcmul(self.bias, w[:, 0], x)
         for j in range(1, self.kernel_size):  # taps, not channels: K - 1 = 2 in Hyena
             y = y.addcmul(self.weight[:, j], joined[:, before - j : before - j + length])
         return y
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, kernel_size={self.kernel_size}"
+        bias = self.bias is not None
+        return f"channels={self.channels}, kernel_size={self.kernel_size}, bias={bias}"

@@ -9,9 +9,14 @@ command line's choices, the benchmarks, ``METHODS`` and the error messages read 
     epoched      O(L^1.5 sqrt(log L)) time, ... epochs of E steps, each refilled by one FFT
     continuous   O(L log^2 L) time, O(K) memory: tiles of b0 steps computed directly, ...
     deamortized  O(L log^2 L) time, every step bounded, O(K) memory: ...
+    modal        O(L S) time, O(S) memory per channel: the filter's own recurrence ...
 
-(L = max_len; K = max_len - P, the steps left after a prompt of length P.) Adding an engine is
-one module and one :func:`register` call.
+(L = max_len; K = max_len - P, the steps left after a prompt of length P; S the poles of a
+filter in modal form.) Adding an engine is one module and one :func:`register` call.
+
+Every engine but ``modal`` decodes any filter from its taps; ``modal`` decodes the filters that
+declare a modal form (:class:`ModalFilter`: poles and residues) by their recurrence, and those
+filters decode with every other method too (their taps materialised).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from futurefill.online.base import OnlineConvEngine, ScheduledWork, run_schedule
 from futurefill.online.continuous import ContinuousConv, ContinuousRows, default_tile_len
 from futurefill.online.deamortized import DeamortizedConv, Worker
 from futurefill.online.epoched import EpochedConv, default_epoch_len
+from futurefill.online.modal import ModalConv, ModalFilter, ModalRows
 from futurefill.online.naive import NaiveConv
 from futurefill.online.rows import PerRowEngines, RowsEngine
 
@@ -34,6 +40,9 @@ __all__ = [
     "ContinuousRows",
     "DeamortizedConv",
     "EpochedConv",
+    "ModalConv",
+    "ModalFilter",
+    "ModalRows",
     "NaiveConv",
     "OnlineConv",
     "OnlineConvEngine",
@@ -57,22 +66,27 @@ ENGINES: dict[str, type[OnlineConvEngine]] = {}
 
 
 class _MethodNames(Sequence[str]):
-    """The registered method names, in registration order: a live, read-only view."""
+    """The registered methods that decode any filter from its taps, in registration order: a
+    live, read-only view."""
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(name for name, engine in ENGINES.items() if engine.filter_form == "taps")
 
     def __getitem__(self, index):  # type: ignore[override]
-        return tuple(ENGINES)[index]
+        return self._names()[index]
 
     def __len__(self) -> int:
-        return len(ENGINES)
+        return len(self._names())
 
     def __contains__(self, name: object) -> bool:
-        return name in ENGINES
+        return name in self._names()
 
     def __repr__(self) -> str:
-        return repr(tuple(ENGINES))
+        return repr(self._names())
 
 
-#: The method names, in registration order (a live view of :data:`ENGINES`).
+#: The methods that decode any filter (from its taps), in registration order: a live view of
+#: :data:`ENGINES` without the methods of one filter form (``modal``).
 METHODS: Sequence[str] = _MethodNames()
 
 
@@ -89,7 +103,7 @@ def register(engine: type[OnlineConvEngine]) -> type[OnlineConvEngine]:
     return engine
 
 
-for _engine in (NaiveConv, EpochedConv, ContinuousConv, DeamortizedConv):
+for _engine in (NaiveConv, EpochedConv, ContinuousConv, DeamortizedConv, ModalConv):
     register(_engine)
 
 
@@ -121,7 +135,7 @@ def check_engine_options(method: str, options: dict[str, object]) -> dict[str, i
     (an ``epoch_len`` below 1, a ``tile_len`` that is not a power of two), a ValueError.
     """
     if method not in ENGINES:
-        raise ValueError(f"unknown method {method!r}; expected one of {tuple(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; expected one of {tuple(ENGINES)}")
     knobs = engine_options()
     checked = {}
     for name, value in options.items():

@@ -104,6 +104,10 @@ class OnlineConvEngine(ABC):
     #: Whether the constructor takes a ``worker`` (a background thread for its jobs, which the
     #: session that uses the engine owns).
     uses_worker: ClassVar[bool] = False
+    #: What the constructor's ``h`` is: ``"taps"`` (a tensor ``(channels, filter_len)``, every
+    #: filter has them) or ``"modal"`` (a :class:`~futurefill.online.modal.ModalFilter`, only
+    #: the filters that declare poles and residues).
+    filter_form: ClassVar[str] = "taps"
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         max_len, batch_size = check_filter(h, max_len, batch_size)

@@ -1,0 +1,323 @@
+"""Filters in modal form, decoded by their own recurrence: O(S) work and memory per channel.
+
+A filter in modal form is a sum of ``S`` decaying (or oscillating) exponentials per channel,
+
+    h[c, t] = Re sum_k residues[c, k] * exp(log_poles[c, k] * t)          (t >= 0)
+
+with real poles (Evo 2's Hyena-LI layers: ``log_poles`` real) or complex ones (Evo 1, S4D-style
+layers: complex ``log_poles`` and ``residues``). Its convolution is a diagonal linear
+recurrence: with ``p = exp(log_poles)``,
+
+    s_t = p * s_{t-1} + u_t,     y_t = Re sum_k residues_k * s_t[k]      (s_{-1} = 0)
+
+so a step costs O(S) per channel whatever the position, and the state is ``(channels, S)``
+whatever the length: what a long prompt leaves behind is S numbers per channel.
+
+A chunk of ``n`` inputs (a prompt, a piece of one) runs in blocks of ``block_len``: within a
+block the outputs are the FFT convolution with the block's first taps plus the state's
+contribution ``Re sum_k residues_k p_k^(t+1) s[k]``, and the state moves on by
+``p^b s + sum_j p^(b-1-j) u_j``. Memory is bounded by the block (``channels x S x block_len``),
+never ``channels x S x L``: no long prompt materialises the filter at its own length.
+
+The same filter decodes with every other method through its taps (:meth:`ModalFilter.taps`,
+materialised block by block at the session's ``max_len``), so the recurrence and FutureFill can
+be compared on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from futurefill.checks import check_int
+from futurefill.fftconv import causal_conv, compute_dtype
+from futurefill.online.base import OnlineConvEngine, check_traced_dtype, tensor_bytes
+from futurefill.online.rows import RowsEngine
+
+__all__ = ["ModalConv", "ModalFilter", "ModalRows"]
+
+TAPS_BLOCK = 1024  # positions per block when a filter's taps are materialised
+DEFAULT_BLOCK_LEN = 128  # positions per block of a chunk through the recurrence
+
+
+@dataclass(frozen=True)
+class ModalFilter:
+    """A filter in modal form, ``h[c, t] = Re sum_k residues[c, k] exp(log_poles[c, k] t)``.
+
+    Parameters
+    ----------
+    log_poles : Tensor, shape (channels, state)
+        Real (real poles ``exp(log_poles)``) or complex; ``Re log_poles < 0`` for a decaying
+        filter.
+    residues : Tensor, shape (channels, state)
+        Real or complex (a real residue with complex poles is taken as complex).
+    """
+
+    log_poles: torch.Tensor
+    residues: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("log_poles", "residues"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.dim() != 2:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else value
+                raise ValueError(f"{name} must be a tensor (channels, state), got {shape!r}")
+        if self.log_poles.shape != self.residues.shape:
+            raise ValueError(
+                f"log_poles {tuple(self.log_poles.shape)} and residues "
+                f"{tuple(self.residues.shape)} must have one shape (channels, state)"
+            )
+
+    @property
+    def channels(self) -> int:
+        return self.log_poles.shape[0]
+
+    @property
+    def state(self) -> int:
+        return self.log_poles.shape[1]
+
+    @property
+    def is_complex(self) -> bool:
+        return self.log_poles.is_complex() or self.residues.is_complex()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The real dtype of the filter (of its taps)."""
+        return self.log_poles.real.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_poles.device
+
+    def parts(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """``(log_poles, residues)`` as real ``(channels, state, 2)`` pairs (real, imaginary)
+        in ``dtype``: what the engines compute with (no complex tensors: compiled steps and
+        every backend handle real ones)."""
+
+        def pair(x: torch.Tensor) -> torch.Tensor:
+            x = x.detach()
+            if x.is_complex():
+                return torch.view_as_real(x.resolve_conj()).to(dtype)
+            return torch.stack([x.to(dtype), torch.zeros_like(x, dtype=dtype)], dim=-1)
+
+        return pair(self.log_poles), pair(self.residues)
+
+    def powers(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """``p^t`` for ``start <= t < stop``, ``(channels, state, stop - start, 2)`` (real,
+        imaginary), computed as ``exp(t log p)`` in ``dtype``."""
+        log_p, _ = self.parts(dtype)
+        t = torch.arange(start, stop, dtype=dtype, device=self.device)
+        magnitude = torch.exp(log_p[..., None, 0] * t)  # (channels, state, n)
+        if not self.is_complex:
+            return torch.stack([magnitude, torch.zeros_like(magnitude)], dim=-1)
+        angle = log_p[..., None, 1] * t
+        return torch.stack([magnitude * torch.cos(angle), magnitude * torch.sin(angle)], dim=-1)
+
+    @torch.no_grad()
+    def taps(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The first ``length`` taps ``(channels, length)`` in ``dtype`` (default the filter's),
+        computed in blocks of :data:`TAPS_BLOCK` positions: ``channels x state x TAPS_BLOCK``
+        at a time, never ``channels x state x length``."""
+        dtype = self.dtype if dtype is None else dtype
+        work = compute_dtype(dtype)
+        _, residues = self.parts(work)
+        out = torch.empty(self.channels, length, dtype=dtype, device=self.device)
+        for start in range(0, length, TAPS_BLOCK):
+            stop = min(start + TAPS_BLOCK, length)
+            out[:, start:stop] = real_dot(residues, self.powers(start, stop, work)).to(dtype)
+        return out
+
+
+def real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Re sum_k a_k b_k`` for complex numbers as (real, imaginary) pairs: ``a`` ``(..., S,
+    2)`` and ``b`` ``(..., S, n, 2)`` -> ``(..., n)``."""
+    return torch.einsum("...s,...sn->...n", a[..., 0], b[..., 0]) - torch.einsum(
+        "...s,...sn->...n", a[..., 1], b[..., 1]
+    )
+
+
+class ModalRows(RowsEngine):
+    """The recurrence for ``batch_size`` rows: one state ``(batch_size, channels, state, 2)``
+    (real, imaginary), in float32 for half precisions. Positions do not enter: a row's state is
+    everything its past leaves. See the module docstring.
+
+    Parameters
+    ----------
+    h : ModalFilter
+    max_len : int
+        The longest sequence of a row (the session's; the recurrence itself has no limit).
+    batch_size : int
+    block_len : int, optional
+        Positions per block of a chunk (default :data:`DEFAULT_BLOCK_LEN`): memory
+        ``channels x state x block_len`` per block, whatever the chunk.
+    """
+
+    def __init__(
+        self,
+        h: ModalFilter,
+        *,
+        max_len: int,
+        batch_size: int = 1,
+        block_len: int | None = None,
+    ):
+        if not isinstance(h, ModalFilter):
+            raise TypeError(
+                "method 'modal' decodes filters given in modal form (a ModalFilter of poles "
+                f"and residues), got {type(h).__name__}"
+            )
+        self.max_len = check_int(max_len, "max_len")
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.block_len = min(check_int(block_len or DEFAULT_BLOCK_LEN, "block_len"), self.max_len)
+        self.channels, self.device = h.channels, h.device
+        self.dtype = h.dtype
+        self.compute_dtype = compute_dtype(h.dtype)
+        work = self.compute_dtype
+        _, self.residues = h.parts(work)  # (C, S, 2)
+        b = self.block_len
+        powers = h.powers(0, b + 1, work)  # p^t, t = 0..b: (C, S, b + 1, 2)
+        self.poles = powers[:, :, 1].contiguous()  # p: (C, S, 2)
+        self.powers = powers  # the state's reach into a block, and a block's into the state
+        self.block_taps = real_dot(self.residues, powers[:, :, :b])  # h[:, :b]: (C, b)
+        self.state = torch.zeros(
+            self.batch_size, self.channels, h.state, 2, dtype=work, device=self.device
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_bytes([self.state, self.poles, self.residues, self.powers, self.block_taps])
+
+    def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
+        """``u`` ``(R, channels, n)`` after each row's state, block by block."""
+        state = self.state[list(rows)]  # (R, C, S, 2)
+        x = u.to(self.compute_dtype)
+        parts = []
+        for lo in range(0, x.shape[-1], self.block_len):
+            block = x[..., lo : lo + self.block_len]
+            y, state = self._block(block, state)
+            parts.append(y)
+        self.state[list(rows)] = state
+        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return y.to(self.dtype)
+
+    def _block(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block ``u`` ``(R, C, b)`` after ``state``: its outputs and the state after it."""
+        b = u.shape[-1]
+        within = causal_conv(u, self.block_taps[:, :b])  # the block's own inputs
+        rs = complex_mul(self.residues, state)  # (R, C, S, 2): r * s
+        carried = real_dot(rs, self.powers[:, :, 1 : b + 1])  # Re sum r s p^(t+1): (R, C, b)
+        decayed = complex_mul(self.powers[:, :, b], state)  # p^b s
+        reversed_powers = self.powers[:, :, :b].flip(2)  # p^(b-1-j), j = 0..b-1
+        pushed = torch.einsum("rcj,csjk->rcsk", u, reversed_powers)  # sum_j p^(b-1-j) u_j
+        return within + carried, decayed + pushed
+
+    def step(
+        self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
+    ) -> tuple[torch.Tensor, list]:
+        if len(rows) == self.batch_size and list(rows) == list(range(self.batch_size)):
+            return self.step_traced(u), []
+        state = self.state[list(rows)]
+        y, state = self._recur(u, state)
+        self.state[list(rows)] = state
+        return y, []
+
+    def _recur(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``s = p s + u``, ``y = Re sum r s`` for ``u`` ``(R, C)``: the output and new state."""
+        state = complex_mul(self.poles, state)
+        state[..., 0] += u.to(self.compute_dtype)[..., None]
+        y = (self.residues[..., 0] * state[..., 0] - self.residues[..., 1] * state[..., 1]).sum(-1)
+        return y.to(self.dtype), state
+
+    def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
+        self.state[list(rows)] = 0
+
+    def prepare_traced(self, positions: Sequence[int]) -> None:
+        check_traced_dtype(self.dtype, self.compute_dtype)
+
+    def step_traced(self, u: torch.Tensor) -> torch.Tensor:
+        """Every row one step, in place: ``(batch_size, channels)``."""
+        y, state = self._recur(u, self.state)
+        self.state.copy_(state)
+        return y
+
+    def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list:
+        return []
+
+    def traced_tensors(self) -> list[torch.Tensor]:
+        return [self.state]
+
+    def __repr__(self) -> str:
+        return (
+            f"ModalRows(channels={self.channels}, state={self.state.shape[2]}, "
+            f"batch_size={self.batch_size}, block_len={self.block_len}, dtype={self.dtype})"
+        )
+
+
+def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b`` for complex numbers as (real, imaginary) pairs in the last dimension."""
+    re = a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1]
+    im = a[..., 0] * b[..., 1] + a[..., 1] * b[..., 0]
+    return torch.stack([re, im], dim=-1)
+
+
+class ModalConv(OnlineConvEngine):
+    """The recurrence of a filter in modal form for ``batch_size`` sequences in lockstep (the
+    registry's engine of method ``"modal"``; its rows form is :class:`ModalRows`). ``h`` is a
+    :class:`ModalFilter`, not taps; ``max_len`` is required (a modal filter has no length)."""
+
+    method = "modal"
+    filter_form = "modal"
+    options: ClassVar[dict] = {"block_len": lambda v: check_int(v, "block_len")}
+    summary = (
+        "O(L S) time, O(S) memory per channel: the filter's own recurrence (filters in modal "
+        "form: S poles)"
+    )
+    rows_engine = ModalRows
+
+    def __init__(
+        self,
+        h: ModalFilter,
+        *,
+        max_len: int | None = None,
+        batch_size: int = 1,
+        block_len: int | None = None,
+    ):
+        if max_len is None:
+            raise ValueError("method 'modal' needs max_len (a filter in modal form has no length)")
+        self.rows = ModalRows(h, max_len=max_len, batch_size=batch_size, block_len=block_len)
+        self.dtype, self.compute_dtype = self.rows.dtype, self.rows.compute_dtype
+        self.channels, self.max_len = self.rows.channels, self.rows.max_len
+        self.batch_size, self.device = self.rows.batch_size, self.rows.device
+        self._step_shape = (self.batch_size, self.channels)
+        self._position = 0
+        self._prefilled = False
+        self._index = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._all = list(range(self.batch_size))
+
+    def _prefill(self, u: torch.Tensor) -> torch.Tensor:
+        return self.rows.extend(u, self._all, 0)
+
+    def _extend(self, u: torch.Tensor) -> torch.Tensor:
+        return self.rows.extend(u, self._all, self._position)
+
+    def _step(self, u_t: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        y = self.rows.step_traced(u_t)
+        return y if out is None else out.copy_(y)
+
+    def step_traced(self, u_t: torch.Tensor) -> torch.Tensor:
+        return self.rows.step_traced(u_t)
+
+    def _reset(self) -> None:
+        self.rows.reset_rows(self._all, self._all)
+
+    def _buffers(self) -> list[torch.Tensor]:
+        rows = self.rows
+        return [rows.state, rows.poles, rows.residues, rows.powers, rows.block_taps]
+
+    def _scheduled_work(self) -> None:
+        return None
+
+    def _traced_index(self) -> int:
+        return 0
