@@ -43,6 +43,7 @@ import torch
 import yaml
 
 from futurefill.model import CONFIG_FILE, WEIGHTS_FILE, ConvLM, ConvLMConfig
+from futurefill.pretrained.evo import is_vortex_config, load_evo2
 from futurefill.pretrained.hyena_lm import HYENALM_MODEL_TYPE, HyenaLM, HyenaLMConfig
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
     "load_pretrained",
 ]
 
-FORMATS = ("futurefill", HYENALM_MODEL_TYPE, "hyenadna-hf", "hyenadna", "safari")
+FORMATS = ("futurefill", HYENALM_MODEL_TYPE, "hyenadna-hf", "hyenadna", "safari", "evo2")
 BUNDLED_CHECKPOINT = "pydoc-stu"  # under futurefill/checkpoints/
 # safetensors' dtype names -> torch's, for the floating dtypes a model may be saved in.
 SAFETENSORS_DTYPES = {
@@ -109,9 +110,14 @@ def detect_format(path: str | Path) -> str:
             f"{config_json}: not a known checkpoint config (expected model_type 'hyenadna', a "
             "'layer' dict, or a futurefill ConvLM config with model.safetensors)"
         )
-    if _yaml_configs(directory):
+    files = _yaml_configs(directory)
+    if files:
+        if len(files) == 1 and is_vortex_config(read_mapping(files[0])):
+            return "evo2"
         return "safari"
-    raise CheckpointError(f"{directory}: no config.json (or safari YAML config) in the directory")
+    raise CheckpointError(
+        f"{directory}: no config.json (or safari / vortex YAML config) in the directory"
+    )
 
 
 def bundled_checkpoint_dir() -> Path:
@@ -157,6 +163,8 @@ def load_pretrained(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "futurefill":
         model = _load_convlm(directory)
+    elif format == "evo2":
+        model = _load_evo2(directory)
     else:
         config, config_file = _read_config(directory, format)
         state, weights_file = _read_weights(directory, format, trust_pickle)
@@ -237,6 +245,16 @@ def _load_convlm(directory: Path) -> ConvLM:
             f"{file}: weights do not match {CONFIG_FILE}: {str(exc).splitlines()[-1].strip()}"
         ) from None
     return model
+
+
+def _load_evo2(directory: Path) -> torch.nn.Module:
+    files = _yaml_configs(directory)
+    if len(files) != 1:
+        raise CheckpointError(f"{directory}: expected one vortex YAML config, found {len(files)}")
+    try:
+        return load_evo2(directory, files[0])
+    except (ValueError, FileNotFoundError) as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _read_config(directory: Path, format: str) -> tuple[HyenaLMConfig, Path]:

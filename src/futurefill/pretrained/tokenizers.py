@@ -2,6 +2,7 @@
 a time (what streaming needs).
 
 * :class:`ByteTokenizer`: UTF-8 bytes (the bundled ConvLM and ``ConvLM.save`` directories);
+* :class:`CharTokenizer`: Evo 2 / Evo 1's: a UTF-8 byte per id in, a character per id out;
 * :class:`DnaTokenizer`: HyenaDNA's characters (:mod:`futurefill.pretrained.dna`), a generation
   choosing among the nucleotides unless told otherwise, ``[SEP]`` ending a sequence.
 
@@ -20,6 +21,7 @@ from futurefill.pretrained import detect_format, dna, load_pretrained
 
 __all__ = [
     "ByteTokenizer",
+    "CharTokenizer",
     "DnaTokenizer",
     "StreamDecoder",
     "Tokenizer",
@@ -65,6 +67,32 @@ class ByteTokenizer:
 
     def stream_decoder(self) -> ByteStreamDecoder:
         return ByteStreamDecoder()
+
+
+class _CharStreamDecoder:
+    def push(self, token: int) -> str:
+        return chr(max(32, min(token, CharTokenizer.vocab_size)))
+
+    def flush(self) -> str:
+        return ""
+
+
+class CharTokenizer:
+    """Evo's character-level tokenizer (vortex's ``CharLevelTokenizer``): text in as its UTF-8
+    bytes (ids 0-255; DNA is ASCII), each id out as the character of that code point, ids below
+    32 as a space; id 0 ends a sequence."""
+
+    name = "evo-chars"
+    vocab_size = 512
+    eos_token_id = 0
+    allowed_token_ids = None
+
+    def encode(self, text: str) -> list[int]:
+        """ValueError for text that is not valid Unicode (lone surrogates)."""
+        return ByteTokenizer().encode(text)
+
+    def stream_decoder(self) -> _CharStreamDecoder:
+        return _CharStreamDecoder()
 
 
 class _DnaStreamDecoder:
@@ -114,4 +142,6 @@ def tokenizer_for(format: str) -> Tokenizer | None:
         return ByteTokenizer()
     if format in ("hyenadna-hf", "hyenadna", "futurefill-hyenalm"):
         return DnaTokenizer()
+    if format in ("evo2", "evo1"):
+        return CharTokenizer()
     return None
