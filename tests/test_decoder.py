@@ -129,3 +129,26 @@ def test_errors_name_the_argument_and_leave_the_decoder_as_it_was():
         decoder.prefill(ids)  # every row starts anew
         assert decoder.positions.tolist() == [4, 4]
     assert repr(decoder).startswith("Decoder(batch_size=2, max_len=10, method='continuous'")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("chunk", [1, 4, 7])
+def test_prompts_in_pieces_give_the_same_logits(method, chunk):
+    """prefill_chunk bounds a pass by the piece; the outputs are those of one pass."""
+    model = tiny_model()
+    prompt = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(3))
+    outs = []
+    for prefill_chunk in (None, chunk):
+        with Decoder(
+            model, batch_size=2, max_len=30, method=method, prefill_chunk=prefill_chunk
+        ) as d:
+            out = d.prefill(prompt, prompt_lengths=[19, 11])
+            outs.append([out.logits, d.step(out.greedy).logits, d.positions])
+    assert rel_err(outs[1][0], outs[0][0]) < 1e-10
+    assert rel_err(outs[1][1], outs[0][1]) < 1e-10
+    assert outs[1][2].tolist() == outs[0][2].tolist() == [20, 12]
+
+
+def test_prefill_chunk_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        Decoder(tiny_model(), batch_size=1, max_len=10, prefill_chunk=0)

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from futurefill.checks import check_int
 from futurefill.model import check_token_ids
 from futurefill.nn import DecodingSession, decoding
 
@@ -80,6 +81,11 @@ class Decoder(contextlib.AbstractContextManager):
         declare a modal form).
     compile : bool
         Steps as one compiled graph (float32 or float64 models).
+    prefill_chunk : int, optional
+        Feed prompts (:meth:`prefill`, :meth:`start`, :meth:`extend`) in pieces of at most this
+        many tokens: the activations of a pass are bounded by the piece (a long prompt's
+        memory is then the decoding state plus one piece), the outputs the same. Default: a
+        prompt in one pass.
     **engine_options
         The method's knobs (``epoch_len``, ``tile_len``).
     """
@@ -92,6 +98,7 @@ class Decoder(contextlib.AbstractContextManager):
         max_len: int | None = None,
         method: str = "continuous",
         compile: bool = False,
+        prefill_chunk: int | None = None,
         **engine_options: int | None,
     ):
         if not isinstance(model, nn.Module):
@@ -104,6 +111,9 @@ class Decoder(contextlib.AbstractContextManager):
                 f"compile=True needs a float32 or float64 model (half precisions decode eagerly, "
                 f"through float32), got {str(half.pop()).removeprefix('torch.')} parameters"
             )
+        self.prefill_chunk = (
+            None if prefill_chunk is None else check_int(prefill_chunk, "prefill_chunk")
+        )
         self.model = model
         self.vocab_size: int | None = getattr(getattr(model, "config", None), "vocab_size", None)
         self.session: DecodingSession = decoding(
@@ -270,7 +280,11 @@ class Decoder(contextlib.AbstractContextManager):
         return all(positions[r] == 0 for r in session.all_rows if r not in live)
 
     def _feed(self, ids: torch.Tensor, rows: Sequence[int]) -> DecoderOutput:
-        logits = last_logits(self.session.feed(ids, rows=rows), len(rows))
+        """``ids`` ``(len(rows), n)`` after those rows (in pieces of ``prefill_chunk``)."""
+        piece = self.prefill_chunk or ids.shape[1]
+        for start in range(0, ids.shape[1], piece):
+            out = self.session.feed(ids[:, start : start + piece], rows=rows)
+        logits = last_logits(out, len(rows))
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
     def _step_ids(self, ids: Any, rows: tuple[int, ...]) -> torch.Tensor:

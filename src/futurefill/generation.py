@@ -90,6 +90,7 @@ def generate(
     streamer: Any = None,
     return_logits: bool = False,
     compile: bool = False,
+    prefill_chunk: int | None = None,
     **options: int,
 ) -> torch.Tensor | GenerationOutput:
     """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
@@ -147,6 +148,9 @@ def generate(
         Run the per-token forward as one ``torch.compile`` graph (every method; float32 or
         float64), compiled once per model, method, batch size and dtype whatever the lengths;
         gives eager's tokens (see :class:`~futurefill.decoder.Decoder`).
+    prefill_chunk : int, optional
+        Prefill each prompt in pieces of at most this many tokens (memory bounded by the piece,
+        the tokens the same); default one pass per prompt.
     **options
         The method's knobs: ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized).
 
@@ -197,7 +201,7 @@ def generate(
     # row that ends leaving the batch. The last token is never fed back: a row holds its prompt
     # and max_new_tokens - 1 more.
     max_len = max(lengths) + max(max_new_tokens - 1, 0)
-    options.update(method=method, compile=compile)
+    options.update(method=method, compile=compile, prefill_chunk=prefill_chunk)
     rows = list(range(batch))
     live, at = rows, torch.arange(batch, device=device)  # the rows still generating
     nonfinite = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
