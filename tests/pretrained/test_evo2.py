@@ -21,7 +21,8 @@ FLOAT32_RTOL = 1e-4  # relative to the logits' scale
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
 
 
 @pytest.fixture(scope="module")

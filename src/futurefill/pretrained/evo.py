@@ -1,9 +1,17 @@
-"""Evo 2 checkpoints (vortex's layout) read into a :class:`~futurefill.pretrained.StripedHyena`.
+"""Evo 2 and Evo 1 checkpoints read into a :class:`~futurefill.pretrained.StripedHyena`.
 
-An Evo 2 directory holds the vortex YAML config (``hidden_size``, ``hcs_layer_idxs``, ...: told
-apart from a safari YAML by those fields) and the weights as one ``torch.save``d state dict
-``*.pt``, or that file's bytes split in order over ``*.pt.part0 .. .partN`` (the 40B models),
-read here as one stream without joining them on disk.
+**Evo 1** (StripedHyena 1; Hugging Face ``togethercomputer/evo-1-8k-base``, ``evo-1-131k-base``,
+revision ``1.1_fix``): ``config.json`` (``model_type: stripedhyena``) and safetensors
+(``model.safetensors``, or shards named by ``model.safetensors.index.json``) with ``backbone.``
+keys. Every Hyena layer (``hyena_layer_idxs``) has the 3-tap featurizer (with bias) and a long
+filter of complex poles and residues stored as (real, imaginary) pairs ``(d, S, 1, 2)``: the
+poles ``p`` themselves, taken here as ``log p`` once (``h[t] = Re sum R p^t``). Its ``Wqkv`` rows
+are ``[Q; K; V]`` already; its projections are split per head (``column_split_hyena``).
+
+**Evo 2**: an Evo 2 directory holds the vortex YAML config (``hidden_size``,
+``hcs_layer_idxs``, ...: told apart from a safari YAML by those fields) and the weights as one
+``torch.save``d state dict ``*.pt``, or that file's bytes split in order over ``*.pt.part0 ..
+.partN`` (the 40B models), read here as one stream without joining them on disk.
 
 The file's layout and ours differ where the original code rearranges on the fly; each is a
 fixed permutation applied once here:
@@ -59,9 +67,12 @@ from futurefill.pretrained.striped_hyena import BLOCK_KINDS, StripedHyena, Strip
 __all__ = [
     "ShardedFile",
     "build",
+    "checkpoint_weights",
+    "evo1_config",
     "evo2_config",
     "evo2_weights",
     "is_vortex_config",
+    "load_evo1",
     "load_evo2",
     "read_pt",
     "weight_files",
@@ -126,6 +137,49 @@ def evo2_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
         mha_out_proj_bias=bool(raw.get("mha_out_proj_bias", True)),
         hyena_out_proj_bias=bool(raw.get("hyena_out_proj_bias", True)),
         rotary_emb_base=raw.get("rotary_emb_base", 1000000),
+        rotary_scale=scale,
+        eps=raw.get("eps", 1e-5),
+        tie_embeddings=bool(raw.get("tie_embeddings", True)),
+        final_norm=bool(raw.get("final_norm", True)),
+    )
+
+
+def evo1_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
+    """Our config from an Evo 1 ``config.json`` mapping (the defaults are its code's, for the
+    fields a file may lack)."""
+    for key, value in UNSUPPORTED.items():
+        if raw.get(key, value) != value:
+            raise ValueError(f"{key}={raw[key]!r} is not supported (only {value!r})")
+    d = raw["hidden_size"]
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"hidden_size must be an int >= 1, got {d!r}")
+    inner = raw.get("inner_mlp_size")
+    if inner is None:
+        multiple = raw.get("inner_size_multiple_of", 64) * raw.get("model_parallel_size", 1)
+        inner = multiple * math.ceil(int(2 * d * 4 / 3) / multiple)
+    scale = (
+        raw.get("rotary_emb_scaling_factor", 1.0)
+        if raw.get("use_interpolated_rotary_pos_emb", False)
+        else 1.0
+    )
+    return StripedHyenaConfig(
+        vocab_size=raw["vocab_size"],
+        hidden_size=d,
+        num_layers=raw["num_layers"],
+        num_attention_heads=raw["num_attention_heads"],
+        inner_mlp_size=inner,
+        max_len=raw.get("max_seqlen", 8192),
+        hcl_layer_idxs=_indices(raw, "hyena_layer_idxs"),
+        attn_layer_idxs=_indices(raw, "attn_layer_idxs"),
+        short_filter_length=raw.get("short_filter_length", 3),
+        short_filter_bias=bool(raw.get("short_filter_bias", True)),
+        state_size=raw["state_size"],
+        complex_poles=True,
+        mlp_activation=raw.get("mlp_activation", "silu"),
+        qkv_proj_bias=bool(raw.get("qkv_proj_bias", True)),
+        mha_out_proj_bias=bool(raw.get("mha_out_proj_bias", True)),
+        hyena_out_proj_bias=True,
+        rotary_emb_base=raw.get("rotary_emb_base", 10000),
         rotary_scale=scale,
         eps=raw.get("eps", 1e-5),
         tie_embeddings=bool(raw.get("tie_embeddings", True)),
@@ -257,29 +311,45 @@ def attention_row_order(raw: Mapping[str, Any], d: int, heads: int) -> torch.Ten
     return index.view(heads, 3, d // heads).transpose(0, 1).reshape(-1)
 
 
-def evo2_weights(
-    state: Mapping[str, Any], raw: Mapping[str, Any], config: StripedHyenaConfig
+def checkpoint_weights(
+    state: Mapping[str, Any],
+    config: StripedHyenaConfig,
+    hyena_order: torch.Tensor,
+    attention_order: torch.Tensor,
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The checkpoint's tensors under our names and layouts, and the checkpoint keys that had
-    no place (besides those dropped by design)."""
-    d, heads = config.hidden_size, config.num_attention_heads
+    """The checkpoint's tensors (Evo 2's or Evo 1's names, ``backbone.`` stripped) under our
+    names and layouts, and the checkpoint keys that had no place. Dropped by design (what the
+    original code ignores too): Transformer Engine's ``_extra_state``, the rotary
+    ``inv_freq``, ``unembed.weight`` when the embeddings are tied, and savanna's training-time
+    leftovers under ``blocks.N.mixer.`` and ``filter.t``."""
     ours: dict[str, torch.Tensor] = {}
     unused = []
-    hyena_order = hyena_row_order(raw, d, heads)
-    attention_order = attention_row_order(raw, d, heads)
     for key, value in state.items():
-        if key.endswith(("._extra_state", "rotary_emb.inv_freq")):
+        key = key.removeprefix("backbone.")
+        if (
+            key.endswith(("._extra_state", "rotary_emb.inv_freq", ".filter.t"))
+            or re.fullmatch(r"blocks\.\d+\.mixer\..*", key)
+            or (key == "unembed.weight" and config.tie_embeddings)
+        ):
             continue
         if not isinstance(value, torch.Tensor):
             unused.append(key)
             continue
-        name = _evo2_name(key, config, value, hyena_order, attention_order, ours)
-        if name is None:
+        if _place(key, config, value, hyena_order, attention_order, ours) is None:
             unused.append(key)
     return ours, unused
 
 
-def _evo2_name(
+def evo2_weights(
+    state: Mapping[str, Any], raw: Mapping[str, Any], config: StripedHyenaConfig
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """:func:`checkpoint_weights` of an Evo 2 checkpoint with vortex config ``raw``."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    orders = hyena_row_order(raw, d, heads), attention_row_order(raw, d, heads)
+    return checkpoint_weights(state, config, *orders)
+
+
+def _place(
     key: str,
     config: StripedHyenaConfig,
     value: torch.Tensor,
@@ -287,8 +357,8 @@ def _evo2_name(
     attention_order: torch.Tensor,
     ours: dict[str, torch.Tensor],
 ) -> str | None:
-    """Put the checkpoint tensor ``key`` into ``ours`` under our name; its name, or None when
-    it belongs nowhere."""
+    """Put the checkpoint tensor ``key`` into ``ours`` under our name (in our layout); its
+    name, or None when it belongs nowhere."""
     d = config.hidden_size
     if key == "embedding_layer.weight":
         ours["embedding.weight"] = value
@@ -332,10 +402,13 @@ def _evo2_name(
             ours[prefix + "filter.fir.weight"] = taps.flip(-1) if taps.shape[1] < 128 else taps
         elif kind == "hcm" and rest == "filter.D":
             ours[prefix + "filter.D"] = value
-        elif kind == "hcl" and rest == "filter.log_poles":
+        elif kind == "hcl" and rest == "filter.log_poles":  # Evo 2: real, (d, S, 1)
             ours[prefix + "filter.log_poles"] = value[..., 0] if value.dim() == 3 else value
-        elif kind == "hcl" and rest == "filter.residues":
-            ours[prefix + "filter.residues"] = value
+        elif kind == "hcl" and rest == "filter.poles" and value.dim() == 4:  # Evo 1: p, complex
+            p = torch.view_as_complex(value[:, :, 0].double().contiguous())
+            ours[prefix + "filter.log_poles"] = torch.view_as_real(p.log()).to(value.dtype)
+        elif kind == "hcl" and rest == "filter.residues":  # (d, S) real or (d, S, 1, 2)
+            ours[prefix + "filter.residues"] = value[:, :, 0] if value.dim() == 4 else value
         elif kind == "hcl" and rest == "filter.D":
             ours[prefix + "filter.conv.skip"] = value
         else:
@@ -369,6 +442,57 @@ def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: st
 
     model.load_state_dict({k: state[k] for k in expected}, assign=True)
     return model.to(state["embedding.weight"].dtype)
+
+
+def load_evo1(directory: Path) -> StripedHyena:
+    """The Evo 1 model of ``directory`` (``config.json`` and safetensors), in the embedding's
+    dtype; a ValueError naming the file and the problem."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from futurefill.pretrained.formats import read_mapping
+
+    config_file = directory / "config.json"
+    raw = read_mapping(config_file)
+    try:
+        config = evo1_config(raw)
+    except KeyError as exc:
+        raise ValueError(f"{config_file}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{config_file}: {exc}") from None
+    files = safetensors_files(directory)
+    source = files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name}"
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            state.update(load_file(str(file)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{file.name} is truncated or corrupt: {exc}") from None
+    d, heads = config.hidden_size, config.num_attention_heads
+    orders = hyena_row_order(raw, d, heads), torch.arange(3 * d)  # Wqkv: [Q; K; V] already
+    ours, unused = checkpoint_weights(state, config, *orders)
+    if unused:
+        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+        raise ValueError(f"{source}: unexpected weights {shown} (not in config.json)")
+    return build(config, ours, source)
+
+
+def safetensors_files(directory: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` names."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        from futurefill.pretrained.formats import read_mapping
+
+        weight_map = read_mapping(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
+    else:
+        files = [directory / "model.safetensors"]
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {file}")
+    return files
 
 
 def load_evo2(directory: Path, config_file: Path) -> StripedHyena:

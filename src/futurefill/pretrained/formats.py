@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from futurefill.model import CONFIG_FILE, WEIGHTS_FILE, ConvLM, ConvLMConfig
-from futurefill.pretrained.evo import is_vortex_config, load_evo2
+from futurefill.pretrained.evo import is_vortex_config, load_evo1, load_evo2
 from futurefill.pretrained.hyena_lm import HYENALM_MODEL_TYPE, HyenaLM, HyenaLMConfig
 
 __all__ = [
@@ -54,7 +54,8 @@ __all__ = [
     "load_pretrained",
 ]
 
-FORMATS = ("futurefill", HYENALM_MODEL_TYPE, "hyenadna-hf", "hyenadna", "safari", "evo2")
+FORMATS = ("futurefill", HYENALM_MODEL_TYPE, "hyenadna-hf", "hyenadna", "safari", "evo2", "evo1")
+EVO1_MODEL_TYPE = "stripedhyena"  # the model_type of Evo 1's config.json
 BUNDLED_CHECKPOINT = "pydoc-stu"  # under futurefill/checkpoints/
 # safetensors' dtype names -> torch's, for the floating dtypes a model may be saved in.
 SAFETENSORS_DTYPES = {
@@ -94,11 +95,13 @@ def detect_format(path: str | Path) -> str:
             return "hyenadna-hf"
         if model_type == HYENALM_MODEL_TYPE:
             return HYENALM_MODEL_TYPE
+        if model_type == EVO1_MODEL_TYPE:
+            return "evo1"
         if model_type is not None:
             raise CheckpointError(
                 f"{config_json}: model_type {model_type!r} is not supported (supported: "
-                f"'hyenadna', {HYENALM_MODEL_TYPE!r}, the HyenaDNA/safari training configs, or a "
-                "futurefill ConvLM)"
+                f"'hyenadna', {HYENALM_MODEL_TYPE!r}, {EVO1_MODEL_TYPE!r} (Evo 1), the "
+                "HyenaDNA/safari training configs, a vortex YAML (Evo 2), or a futurefill ConvLM)"
             )
         if (directory / "model.safetensors").is_file() and "layer" not in config:
             return "futurefill"
@@ -163,8 +166,8 @@ def load_pretrained(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "futurefill":
         model = _load_convlm(directory)
-    elif format == "evo2":
-        model = _load_evo2(directory)
+    elif format in ("evo2", "evo1"):
+        model = _load_evo(directory, format)
     else:
         config, config_file = _read_config(directory, format)
         state, weights_file = _read_weights(directory, format, trust_pickle)
@@ -247,11 +250,13 @@ def _load_convlm(directory: Path) -> ConvLM:
     return model
 
 
-def _load_evo2(directory: Path) -> torch.nn.Module:
-    files = _yaml_configs(directory)
-    if len(files) != 1:
-        raise CheckpointError(f"{directory}: expected one vortex YAML config, found {len(files)}")
+def _load_evo(directory: Path, format: str) -> torch.nn.Module:
     try:
+        if format == "evo1":
+            return load_evo1(directory)
+        files = _yaml_configs(directory)
+        if len(files) != 1:
+            raise ValueError(f"{directory}: expected one vortex YAML config, found {len(files)}")
         return load_evo2(directory, files[0])
     except (ValueError, FileNotFoundError) as exc:
         raise CheckpointError(str(exc)) from None
