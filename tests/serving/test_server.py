@@ -256,3 +256,42 @@ def test_sigterm_with_a_request_in_flight_ends_it_and_exits_cleanly():
     assert server.process.wait(30) == 0
     assert received.rstrip().endswith(b"0")  # the chunked stream ended properly
     assert b'"finish_reason": "length"' in received or b"[DONE]" in received
+
+
+def test_an_evo_checkpoint_served_with_the_modal_method():
+    """Evo 1 (tests/fixtures/evo1_tiny), its LI filters by their recurrence: concurrent
+    completions through chunked prefill, each what generate() gives it alone (greedy), its
+    characters decoded by Evo's tokenizer."""
+    from pathlib import Path
+
+    from futurefill.pretrained.tokenizers import CharTokenizer
+
+    directory = Path(__file__).parent.parent / "fixtures" / "evo1_tiny"
+    evo = load_pretrained(directory)
+    tokenizer = CharTokenizer()
+    server = Server("--model", str(directory), "--method", "modal", "--slots", "3",
+                    "--prefill-chunk", "4")  # fmt: skip
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+        prompts = ["ACGTACGTAC", "TTGACA", "G", "ACGGTCCATAGGAC"]
+
+        def expected(prompt: str) -> str:
+            ids = torch.tensor([tokenizer.encode(prompt)])
+            decoder = tokenizer.stream_decoder()
+            return "".join(decoder.push(int(t)) for t in generate(evo, ids, 12)[0])
+
+        def ask(prompt: str) -> str:
+            reply = client.completions.create(
+                model="evo1_tiny", prompt=prompt, max_tokens=12, temperature=0
+            )
+            return reply.choices[0].text
+
+        threads, got = [], {}
+        for prompt in prompts:
+            threads.append(threading.Thread(target=lambda p=prompt: got.update({p: ask(p)})))
+            threads[-1].start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert got == {prompt: expected(prompt) for prompt in prompts}
+    finally:
+        assert server.stop() == 0
