@@ -175,41 +175,45 @@ class ModalRows(RowsEngine):
         self.dtype = h.dtype
         self.compute_dtype = compute_dtype(h.dtype)
         work = self.compute_dtype
+        self.filter = ModalFilter(h.log_poles.clone(), h.residues.clone())  # a snapshot
         _, self.residues = h.parts(work)  # (C, S, 2)
-        b = self.block_len
-        powers = h.powers(0, b + 1, work)  # p^t, t = 0..b: (C, S, b + 1, 2)
-        self.poles = powers[:, :, 1].contiguous()  # p: (C, S, 2)
-        self.powers = powers  # the state's reach into a block, and a block's into the state
-        self.block_taps = real_dot(self.residues, powers[:, :, :b])  # h[:, :b]: (C, b)
+        self.poles = h.powers(1, 2, work)[:, :, 0].contiguous()  # p: (C, S, 2)
         self.state = torch.zeros(
             self.batch_size, self.channels, h.state, 2, dtype=work, device=self.device
         )
 
     @property
     def nbytes(self) -> int:
-        return tensor_bytes([self.state, self.poles, self.residues, self.powers, self.block_taps])
+        return tensor_bytes([self.state, self.poles, self.residues])
 
     def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
-        """``u`` ``(R, channels, n)`` after each row's state, block by block."""
+        """``u`` ``(R, channels, n)`` after each row's state, block by block (the powers of
+        the poles over a block computed once per call: ``channels x state x block_len``)."""
         state = self.state[list(rows)]  # (R, C, S, 2)
         x = u.to(self.compute_dtype)
+        b = min(self.block_len, x.shape[-1])
+        powers = self.filter.powers(0, b + 1, self.compute_dtype)  # p^t, t = 0..b
+        taps = real_dot(self.residues, powers[:, :, :b])  # h[:, :b]: (C, b)
         parts = []
-        for lo in range(0, x.shape[-1], self.block_len):
-            block = x[..., lo : lo + self.block_len]
-            y, state = self._block(block, state)
+        for lo in range(0, x.shape[-1], b):
+            block = x[..., lo : lo + b]
+            y, state = self._block(block, state, powers, taps)
             parts.append(y)
         self.state[list(rows)] = state
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return y.to(self.dtype)
 
-    def _block(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One block ``u`` ``(R, C, b)`` after ``state``: its outputs and the state after it."""
+    def _block(
+        self, u: torch.Tensor, state: torch.Tensor, powers: torch.Tensor, taps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block ``u`` ``(R, C, b)`` after ``state``, with ``powers`` (p^t, t = 0..b' >= b)
+        and the filter's first ``taps``: its outputs and the state after it."""
         b = u.shape[-1]
-        within = causal_conv(u, self.block_taps[:, :b])  # the block's own inputs
+        within = causal_conv(u, taps[:, :b])  # the block's own inputs
         rs = complex_mul(self.residues, state)  # (R, C, S, 2): r * s
-        carried = real_dot(rs, self.powers[:, :, 1 : b + 1])  # Re sum r s p^(t+1): (R, C, b)
-        decayed = complex_mul(self.powers[:, :, b], state)  # p^b s
-        reversed_powers = self.powers[:, :, :b].flip(2)  # p^(b-1-j), j = 0..b-1
+        carried = real_dot(rs, powers[:, :, 1 : b + 1])  # Re sum r s p^(t+1): (R, C, b)
+        decayed = complex_mul(powers[:, :, b], state)  # p^b s
+        reversed_powers = powers[:, :, :b].flip(2)  # p^(b-1-j), j = 0..b-1
         pushed = torch.einsum("rcj,csjk->rcsk", u, reversed_powers)  # sum_j p^(b-1-j) u_j
         return within + carried, decayed + pushed
 
@@ -313,8 +317,7 @@ class ModalConv(OnlineConvEngine):
         self.rows.reset_rows(self._all, self._all)
 
     def _buffers(self) -> list[torch.Tensor]:
-        rows = self.rows
-        return [rows.state, rows.poles, rows.residues, rows.powers, rows.block_taps]
+        return [self.rows.state, self.rows.poles, self.rows.residues]
 
     def _scheduled_work(self) -> None:
         return None
