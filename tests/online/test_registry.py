@@ -34,12 +34,13 @@ def registered():
     del ENGINES[ReversedNaive.method]
 
 
-def test_the_registry_holds_the_four_methods_in_order():
-    assert tuple(METHODS) == ("naive", "epoched", "continuous", "deamortized")
-    assert all(ENGINES[name].method == name for name in METHODS)
+def test_the_registry_holds_the_five_methods_in_order():
+    assert tuple(ENGINES) == ("naive", "epoched", "continuous", "deamortized", "modal")
+    assert tuple(METHODS) == tuple(ENGINES)[:4]  # modal decodes filters in modal form only
+    assert all(ENGINES[name].method == name for name in ENGINES)
     table = methods_table().splitlines()
-    assert [line.split()[0] for line in table] == list(METHODS)
-    assert all(ENGINES[name].summary in line for name, line in zip(METHODS, table, strict=True))
+    assert [line.split()[0] for line in table] == list(ENGINES)
+    assert all(ENGINES[name].summary in line for name, line in zip(ENGINES, table, strict=True))
 
 
 def test_a_registered_engine_is_offered_everywhere(registered):

@@ -224,3 +224,22 @@ def test_missing_or_broken_weights_are_refused(tmp_path, checkpoint):
     (tmp_path / "w.pt.part2").write_bytes(data[100:])
     with pytest.raises(CheckpointError, match="none missing"):
         load_pretrained(tmp_path)
+
+
+def test_sampling_is_the_same_with_the_recurrence_and_futurefill(model):
+    prompts = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(8))
+    outs = [
+        futurefill.generate(
+            model,
+            prompts,
+            max_new_tokens=12,
+            method=method,
+            do_sample=True,
+            temperature=0.9,
+            top_k=50,
+            prompt_lengths=[11, 3],
+            generator=torch.Generator().manual_seed(0),
+        )
+        for method in ("modal", "continuous", "naive")
+    ]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])

@@ -42,7 +42,15 @@ class CompareResult:
 
 
 def generate_with(
-    model, prompt_ids, max_new_tokens, method, seed, sampling, streamer=None, compile=False
+    model,
+    prompt_ids,
+    max_new_tokens,
+    method,
+    seed,
+    sampling,
+    streamer=None,
+    compile=False,
+    prefill_chunk=None,
 ):
     """``generate`` with ``method`` from ``seed``, where ``"compiled"`` is continuous with
     ``compile=True``; ``sampling``: the keyword arguments that shape the sampling."""
@@ -58,6 +66,7 @@ def generate_with(
         compile=compile,
         generator=generator,
         streamer=streamer,
+        prefill_chunk=prefill_chunk,
         **sampling,
     )
 

@@ -132,6 +132,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
     )
     parser.add_argument(
+        "--prefill-chunk",
+        type=options.bounded_int(1),
+        default=None,
+        help="prefill the prompt in pieces of at most this many tokens: memory bounded by the "
+        "piece, the same output (default: one pass)",
+    )
+    parser.add_argument(
         "--do-sample",
         action="store_true",
         help="sample the next token (default: greedy, the argmax, as in Hugging Face's generate)",
@@ -301,6 +308,7 @@ def _generate_and_print(
                 sampling,
                 streamer,
                 compile=args.compile,
+                prefill_chunk=args.prefill_chunk,
             )
             streamer.end()
             return 0
