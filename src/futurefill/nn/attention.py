@@ -109,20 +109,12 @@ class AttentionState(ModuleState):
                 )
         every = tuple(rows) == session.all_rows
         index = None if every else list(rows)
-        cached_k = self.keys if every else self.keys[index]
-        cached_v = self.values if every else self.values[index]
-        held = self.slot_positions if every else self.slot_positions[index]
         start = session.device_positions(rows)  # (batch,)
         q_pos = start[:, None] + torch.arange(n, device=q.device)  # (batch, n)
         chunk_k, chunk_v = k.transpose(1, 2), v.transpose(1, 2)  # (batch, kv_heads, n, dim)
-        if n == 1:  # a step: into the cache first, then attend to the cache alone
-            slot = (start % self.slots)[:, None]  # (batch, 1)
-            where = slot[:, None, :, None].expand(-1, chunk_k.shape[1], 1, chunk_k.shape[3])
-            cached_k = cached_k.scatter(2, where, chunk_k)
-            cached_v = cached_v.scatter(2, where, chunk_v)
-            held = held.scatter(1, slot, q_pos)
-            out = module.masked_attention(q, cached_k, cached_v, q_pos, held)
-        else:  # a chunk: the cache and the chunk itself, then the chunk's last keys cached
+        last = min(n, self.slots)  # the chunk's keys the cache keeps: distinct slots
+        if n > 1:  # a chunk: the cache and the chunk itself, then its last keys cached
+            cached_k, cached_v, held = self._cached(index)
             if module.plain and not bool((held >= 0).any()):  # nothing cached, no option:
                 out = module.sdpa(q, chunk_k, chunk_v)  # the forward's own SDPA call
             else:
@@ -130,23 +122,35 @@ class AttentionState(ModuleState):
                 values = torch.cat([cached_v, chunk_v], dim=2)
                 k_pos = torch.cat([held, q_pos], dim=1)
                 out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
-            last = min(n, self.slots)
-            slot = q_pos[:, n - last :] % self.slots  # (batch, last): distinct slots
-            where = slot[:, None, :, None].expand(-1, chunk_k.shape[1], last, chunk_k.shape[3])
-            cached_k = cached_k.scatter(2, where, chunk_k[:, :, n - last :])
-            cached_v = cached_v.scatter(2, where, chunk_v[:, :, n - last :])
-            held = held.scatter(1, slot, q_pos[:, n - last :])
-        if every:
-            self.keys.copy_(cached_k)
-            self.values.copy_(cached_v)
-            self.slot_positions.copy_(held)
-        else:
-            self.keys[index], self.values[index], self.slot_positions[index] = (
-                cached_k,
-                cached_v,
-                held,
-            )
+        tail = slice(n - last, n)
+        self._write(index, q_pos[:, tail], chunk_k[:, :, tail], chunk_v[:, :, tail])
+        if n == 1:  # a step: into the cache first, then attend to the cache alone
+            keys, values, held = self._cached(index)
+            out = module.masked_attention(q, keys, values, q_pos, held)
         return out
+
+    def _cached(self, index: list[int] | None) -> tuple[torch.Tensor, ...]:
+        """The cache of the rows ``index`` (None: every row, the buffers themselves)."""
+        if index is None:
+            return self.keys, self.values, self.slot_positions
+        return self.keys[index], self.values[index], self.slot_positions[index]
+
+    def _write(
+        self, index: list[int] | None, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
+        """Keys and values ``(rows, kv_heads, m, dim)`` at ``positions`` ``(rows, m)`` into
+        their slots, in place (a step writes one slot per row, never the whole cache)."""
+        slot = positions % self.slots
+        if index is None:
+            where = slot[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            self.keys.scatter_(2, where, k)
+            self.values.scatter_(2, where, v)
+            self.slot_positions.scatter_(1, slot, positions)
+        else:
+            rows = torch.tensor(index, device=slot.device)[:, None]  # (rows, 1)
+            self.keys[rows, :, slot] = k.transpose(1, 2)  # (rows, m, kv_heads, dim)
+            self.values[rows, :, slot] = v.transpose(1, 2)
+            self.slot_positions[rows, slot] = positions
 
 
 class CausalAttention(DecodingModule):
@@ -268,8 +272,9 @@ class CausalAttention(DecodingModule):
         queries at ``q_pos`` ``(batch, n)``; ``(batch, n, heads, dim)``."""
         heads, group = q.shape[2], q.shape[2] // keys.shape[1]
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        keys = keys.repeat_interleave(group, dim=1)  # (batch, heads, m, dim)
-        values = values.repeat_interleave(group, dim=1)
+        if group > 1:  # (batch, heads, m, dim)
+            keys = keys.repeat_interleave(group, dim=1)
+            values = values.repeat_interleave(group, dim=1)
         scores = torch.einsum("bnhd,bhmd->bhnm", q, keys) * scale
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)

@@ -6,7 +6,8 @@ zero. The same code runs a whole sequence and a chunk of a decoding session: the
 prefixed with the ``K - 1`` inputs before it (zeros outside a session or at its start). For a
 few taps (K <= 4), tap j multiplies that sequence shifted by j (K fused multiply-adds, no
 transposes, which cost less than a depthwise ``conv1d`` for one position:
-docs/results/cpu-2core/tuning.md); for more, one depthwise ``conv1d``. In a session the last
+docs/results/cpu-2core/tuning.md); for more, one depthwise ``conv1d`` over a chunk and one dot
+per channel for a step (a ``conv1d`` of one output costs 40x that on a CPU). In a session the last
 inputs of every row are kept in a ``(batch, K - 1, channels)`` buffer allocated when the session
 opens: a FIR decodes exactly from any prompt length, one token included.
 """
@@ -117,6 +118,9 @@ class ShortConv(DecodingModule):
         """The output for ``x`` ``(batch, n, channels)`` and ``joined`` ``(batch, K - 1 + n,
         channels)``, ``x`` after the inputs before it."""
         length, before = x.shape[1], self.kernel_size - 1
+        if self.kernel_size > self.LOOP_TAPS and length == 1:  # a step: one dot per channel
+            y = torch.einsum("bkc,ck->bc", joined, self.weight.flip(-1)).unsqueeze(1)
+            return y if self.bias is None else y + self.bias
         if self.kernel_size > self.LOOP_TAPS:  # conv1d correlates: the taps reversed
             taps = self.weight.flip(-1).unsqueeze(1)  # (channels, 1, K)
             y = F.conv1d(joined.transpose(1, 2), taps, self.bias, groups=self.channels)
