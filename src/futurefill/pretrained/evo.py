@@ -93,14 +93,54 @@ def is_vortex_config(raw: Mapping[str, Any]) -> bool:
     return "hidden_size" in raw and any(f"{kind}_layer_idxs" in raw for kind in BLOCK_KINDS)
 
 
-def evo2_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
-    """Our config from a vortex YAML mapping (ValueError/KeyError naming the field)."""
+def shared_fields(raw: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields Evo 2's and Evo 1's configs name alike, with ``defaults`` (their code's) for
+    the ones a file may lack; a ValueError for an option this loader does not implement."""
     for key, value in UNSUPPORTED.items():
         if raw.get(key, value) != value:
             raise ValueError(f"{key}={raw[key]!r} is not supported (only {value!r})")
     d = raw["hidden_size"]
     if not isinstance(d, int) or isinstance(d, bool) or d < 1:
         raise ValueError(f"hidden_size must be an int >= 1, got {d!r}")
+    inner = raw.get("inner_mlp_size")
+    if inner is None:  # their code's default: 8/3 d rounded up to the multiple
+        multiple = raw.get("inner_size_multiple_of", 64) * raw.get("model_parallel_size", 1)
+        inner = multiple * math.ceil(int(2 * d * 4 / 3) / multiple)
+    interpolated = raw.get("use_interpolated_rotary_pos_emb", False)
+    fields = {key: raw.get(key, value) for key, value in defaults.items()}
+    for key in ("short_filter_bias", "qkv_proj_bias", "mha_out_proj_bias", "tie_embeddings"):
+        fields[key] = bool(fields[key])
+    return {
+        **fields,
+        "vocab_size": raw["vocab_size"],
+        "hidden_size": d,
+        "num_layers": raw["num_layers"],
+        "num_attention_heads": raw["num_attention_heads"],
+        "inner_mlp_size": inner,
+        "max_len": raw.get("max_seqlen", 8192),
+        "attn_layer_idxs": _indices(raw, "attn_layer_idxs"),
+        "rotary_scale": raw.get("rotary_emb_scaling_factor", 1.0) if interpolated else 1.0,
+        "final_norm": bool(raw.get("final_norm", True)),
+    }
+
+
+def evo2_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
+    """Our config from a vortex YAML mapping (ValueError/KeyError naming the field)."""
+    defaults = {
+        "hcs_filter_length": 7,
+        "hcm_filter_length": 128,
+        "short_filter_length": 3,
+        "short_filter_bias": False,
+        "state_size": 16,
+        "mlp_activation": "gelu",
+        "qkv_proj_bias": True,
+        "mha_out_proj_bias": True,
+        "rotary_emb_base": 1000000,
+        "eps": 1e-5,
+        "tie_embeddings": True,
+    }
+    fields = shared_fields(raw, defaults)
+    d = fields["hidden_size"]
     for kind in ("hcs", "hcm"):
         groups = raw.get(f"{kind}_filter_groups", d)
         if raw.get(f"{kind}_layer_idxs") and (
@@ -109,81 +149,33 @@ def evo2_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
             raise ValueError(
                 f"{kind}_filter_groups must be an int dividing hidden_size={d}, got {groups!r}"
             )
-    inner = raw.get("inner_mlp_size")
-    if inner is None:  # vortex's default: 8/3 d rounded up to the multiple
-        multiple = raw.get("inner_size_multiple_of", 64) * raw.get("model_parallel_size", 1)
-        inner = multiple * math.ceil(int(2 * d * 4 / 3) / multiple)
-    scale = (
-        raw.get("rotary_emb_scaling_factor", 1.0)
-        if raw.get("use_interpolated_rotary_pos_emb", False)
-        else 1.0
-    )
     return StripedHyenaConfig(
-        vocab_size=raw["vocab_size"],
-        hidden_size=d,
-        num_layers=raw["num_layers"],
-        num_attention_heads=raw["num_attention_heads"],
-        inner_mlp_size=inner,
-        max_len=raw.get("max_seqlen", 8192),
-        **{f"{k}_layer_idxs": _indices(raw, f"{k}_layer_idxs") for k in BLOCK_KINDS},
-        hcs_filter_length=raw.get("hcs_filter_length", 7),
-        hcm_filter_length=raw.get("hcm_filter_length", 128),
-        short_filter_length=raw.get("short_filter_length", 3),
-        short_filter_bias=bool(raw.get("short_filter_bias", False)),
-        state_size=raw.get("state_size", 16),
-        mlp_activation=raw.get("mlp_activation", "gelu"),
+        **fields,
+        **{f"{k}_layer_idxs": _indices(raw, f"{k}_layer_idxs") for k in BLOCK_KINDS[:3]},
         evo2_style_activations=bool(raw.get("evo2_style_activations", False)),
-        qkv_proj_bias=bool(raw.get("qkv_proj_bias", True)),
-        mha_out_proj_bias=bool(raw.get("mha_out_proj_bias", True)),
         hyena_out_proj_bias=bool(raw.get("hyena_out_proj_bias", True)),
-        rotary_emb_base=raw.get("rotary_emb_base", 1000000),
-        rotary_scale=scale,
-        eps=raw.get("eps", 1e-5),
-        tie_embeddings=bool(raw.get("tie_embeddings", True)),
-        final_norm=bool(raw.get("final_norm", True)),
     )
 
 
 def evo1_config(raw: Mapping[str, Any]) -> StripedHyenaConfig:
-    """Our config from an Evo 1 ``config.json`` mapping (the defaults are its code's, for the
-    fields a file may lack)."""
-    for key, value in UNSUPPORTED.items():
-        if raw.get(key, value) != value:
-            raise ValueError(f"{key}={raw[key]!r} is not supported (only {value!r})")
-    d = raw["hidden_size"]
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"hidden_size must be an int >= 1, got {d!r}")
-    inner = raw.get("inner_mlp_size")
-    if inner is None:
-        multiple = raw.get("inner_size_multiple_of", 64) * raw.get("model_parallel_size", 1)
-        inner = multiple * math.ceil(int(2 * d * 4 / 3) / multiple)
-    scale = (
-        raw.get("rotary_emb_scaling_factor", 1.0)
-        if raw.get("use_interpolated_rotary_pos_emb", False)
-        else 1.0
-    )
+    """Our config from an Evo 1 ``config.json`` mapping: one Hyena kind (``hyena_layer_idxs``,
+    complex modal filters), biases on every projection but the MLP's."""
+    defaults = {
+        "short_filter_length": 3,
+        "short_filter_bias": True,
+        "mlp_activation": "silu",
+        "qkv_proj_bias": True,
+        "mha_out_proj_bias": True,
+        "rotary_emb_base": 10000,
+        "eps": 1e-5,
+        "tie_embeddings": True,
+    }
     return StripedHyenaConfig(
-        vocab_size=raw["vocab_size"],
-        hidden_size=d,
-        num_layers=raw["num_layers"],
-        num_attention_heads=raw["num_attention_heads"],
-        inner_mlp_size=inner,
-        max_len=raw.get("max_seqlen", 8192),
+        **shared_fields(raw, defaults),
         hcl_layer_idxs=_indices(raw, "hyena_layer_idxs"),
-        attn_layer_idxs=_indices(raw, "attn_layer_idxs"),
-        short_filter_length=raw.get("short_filter_length", 3),
-        short_filter_bias=bool(raw.get("short_filter_bias", True)),
         state_size=raw["state_size"],
         complex_poles=True,
-        mlp_activation=raw.get("mlp_activation", "silu"),
-        qkv_proj_bias=bool(raw.get("qkv_proj_bias", True)),
-        mha_out_proj_bias=bool(raw.get("mha_out_proj_bias", True)),
         hyena_out_proj_bias=True,
-        rotary_emb_base=raw.get("rotary_emb_base", 10000),
-        rotary_scale=scale,
-        eps=raw.get("eps", 1e-5),
-        tie_embeddings=bool(raw.get("tie_embeddings", True)),
-        final_norm=bool(raw.get("final_norm", True)),
     )
 
 
@@ -258,6 +250,12 @@ def read_pt(files: list[Path]) -> dict[str, Any]:
             return torch.load(files[0], map_location="cpu", weights_only=True, mmap=True)
         with ShardedFile(files) as stream:
             return torch.load(stream, map_location="cpu", weights_only=True)
+
+
+def listed(keys: list[str], shown: int = 4) -> str:
+    """The first ``shown`` of ``keys`` and how many more, for an error message."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -424,10 +422,7 @@ def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: st
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
-        shown = ", ".join(missing[:4]) + (
-            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
-        )
-        raise ValueError(f"{source}: weights missing for {shown}")
+        raise ValueError(f"{source}: weights missing for {listed(missing)}")
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise ValueError(
@@ -472,8 +467,7 @@ def load_evo1(directory: Path) -> StripedHyena:
     orders = hyena_row_order(raw, d, heads), torch.arange(3 * d)  # Wqkv: [Q; K; V] already
     ours, unused = checkpoint_weights(state, config, *orders)
     if unused:
-        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
-        raise ValueError(f"{source}: unexpected weights {shown} (not in config.json)")
+        raise ValueError(f"{source}: unexpected weights {listed(unused)} (not in config.json)")
     return build(config, ours, source)
 
 
@@ -522,6 +516,7 @@ def load_evo2(directory: Path, config_file: Path) -> StripedHyena:
         raise ValueError(f"{source} does not hold a state dict")
     ours, unused = evo2_weights(state, raw, config)
     if unused:
-        shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
-        raise ValueError(f"{source}: unexpected weights {shown} (not in {config_file.name})")
+        raise ValueError(
+            f"{source}: unexpected weights {listed(unused)} (not in {config_file.name})"
+        )
     return build(config, ours, source)

@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from futurefill.model import CONFIG_FILE, WEIGHTS_FILE, ConvLM, ConvLMConfig
-from futurefill.pretrained.evo import is_vortex_config, load_evo1, load_evo2
+from futurefill.pretrained.evo import is_vortex_config, listed, load_evo1, load_evo2
 from futurefill.pretrained.hyena_lm import HYENALM_MODEL_TYPE, HyenaLM, HyenaLMConfig
 
 __all__ = [
@@ -481,9 +481,9 @@ def _build(config: HyenaLMConfig, config_file: Path, state: dict, weights_file: 
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {_names(missing)}")
+            parts.append(f"missing {listed(missing)}")
         if unexpected:
-            parts.append(f"unexpected {_names(unexpected)}")
+            parts.append(f"unexpected {listed(unexpected)}")
         raise CheckpointError(f"{weights_file}: weights do not match the model: {'; '.join(parts)}")
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
@@ -504,8 +504,3 @@ def _shared_freq(state: dict, name: str, config: HyenaLMConfig, dtype: torch.dty
         if key.startswith(prefix) and key.endswith(".freq"):
             return value
     return torch.full((1, config.filter_order), float(config.activation_freq), dtype=dtype)
-
-
-def _names(keys: list[str], shown: int = 4) -> str:
-    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
-    return ", ".join(keys[:shown]) + more
