@@ -56,7 +56,7 @@ import math
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -439,24 +439,36 @@ def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: st
     return model.to(state["embedding.weight"].dtype)
 
 
+def read_config(
+    file: Path, parse: Callable[[Mapping[str, Any]], StripedHyenaConfig]
+) -> tuple[dict, StripedHyenaConfig]:
+    """The mapping in ``file`` and our config from it by ``parse``; a ValueError naming the file
+    and the field."""
+    from futurefill.pretrained.formats import read_mapping
+
+    raw = read_mapping(file)
+    try:
+        return raw, parse(raw)
+    except KeyError as exc:
+        raise ValueError(f"{file}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{file}: {exc}") from None
+
+
+def files_name(files: list[Path]) -> str:
+    """One file's name, or the first and last of shards."""
+    return files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name}"
+
+
 def load_evo1(directory: Path) -> StripedHyena:
     """The Evo 1 model of ``directory`` (``config.json`` and safetensors), in the embedding's
     dtype; a ValueError naming the file and the problem."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from futurefill.pretrained.formats import read_mapping
-
-    config_file = directory / "config.json"
-    raw = read_mapping(config_file)
-    try:
-        config = evo1_config(raw)
-    except KeyError as exc:
-        raise ValueError(f"{config_file}: missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{config_file}: {exc}") from None
+    raw, config = read_config(directory / "config.json", evo1_config)
     files = safetensors_files(directory)
-    source = files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name}"
+    source = files_name(files)
     state: dict[str, torch.Tensor] = {}
     for file in files:
         try:
@@ -492,17 +504,9 @@ def safetensors_files(directory: Path) -> list[Path]:
 def load_evo2(directory: Path, config_file: Path) -> StripedHyena:
     """The Evo 2 model of ``directory`` (its vortex YAML ``config_file`` and ``.pt`` weights),
     in the embedding's dtype; a ValueError naming the file and the problem."""
-    from futurefill.pretrained.formats import read_mapping
-
-    raw = read_mapping(config_file)
-    try:
-        config = evo2_config(raw)
-    except KeyError as exc:
-        raise ValueError(f"{config_file}: missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{config_file}: {exc}") from None
+    raw, config = read_config(config_file, evo2_config)
     files = weight_files(directory)
-    source = files[0].name if len(files) == 1 else f"{files[0].name} .. {files[-1].name}"
+    source = files_name(files)
     try:
         state = read_pt(files)
     except pickle.UnpicklingError as exc:
