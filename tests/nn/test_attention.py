@@ -305,3 +305,30 @@ def test_prompts_longer_than_a_query_block_decode_exactly(window, monkeypatch):
     model = model_for(window=window, alibi=True)
     ids = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_seed(8))
     assert_decoding_matches_forward(model, ids, prompt_lens=(0, 10, 16))
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_a_small_memory_budget_gives_smaller_blocks_and_the_same_outputs(window, monkeypatch):
+    """The block of queries shrinks with the keys it sees (memory bounded whatever the prompt):
+    down to one query a block, the outputs are the same; chunks see the filled slots only."""
+    from futurefill.nn import attention
+
+    model = model_for(window=window, alibi=True)
+    ids = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(9))
+    seen = []
+    masked = attention.CausalAttention.masked_attention
+
+    def spy(self, q, keys, *args):
+        seen.append((q.shape[1], keys.shape[2]))
+        return masked(self, q, keys, *args)
+
+    monkeypatch.setattr(attention, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(attention.CausalAttention, "masked_attention", spy)
+    assert_decoding_matches_forward(model, ids, prompt_lens=(7, 12))
+    assert seen and max(block for block, _ in seen) == 1
+    with Decoder(model, batch_size=1, max_len=64) as decoder:
+        decoder.prefill(ids[:1, :5])
+        seen.clear()
+        decoder.extend(0, ids[0, 5:9])
+    if window is None:  # 5 filled slots of 64, and the chunk's own keys
+        assert max(keys for _, keys in seen) == 5 + 4

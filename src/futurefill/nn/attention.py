@@ -36,7 +36,11 @@ from futurefill.online.base import tensor_bytes
 
 __all__ = ["AttentionState", "CausalAttention", "rotary"]
 
-QUERY_BLOCK = 512  # queries per block of the masked formulation outside a session
+QUERY_BLOCK = 512  # queries per block of the masked formulation, at most
+# Bytes the temporaries of one block of the masked formulation may take (scores, weights, the
+# mask): a block of queries is smaller where there are many keys, so a long prompt's memory
+# stays bounded (about 12 bytes per head and 10 more per query-key pair).
+BLOCK_BYTES = 2**28
 
 
 def rotary(
@@ -115,13 +119,20 @@ class AttentionState(ModuleState):
         last = min(n, self.slots)  # the chunk's keys the cache keeps: distinct slots
         if n > 1:  # a chunk: the cache and the chunk itself, then its last keys cached
             cached_k, cached_v, held = self._cached(index)
-            if module.plain and not bool((held >= 0).any()):  # nothing cached, no option:
+            # Without a window, slot s holds position s: the slots below the furthest row's
+            # position are all that can be filled (a prompt's chunks see a growing prefix).
+            filled = self.slots
+            if module.window is None:
+                filled = min(self.slots, max(session.row_positions(rows)))
+                cached_k, cached_v = cached_k[:, :, :filled], cached_v[:, :, :filled]
+                held = held[:, :filled]
+            if module.plain and filled == 0:  # nothing cached, no option:
                 out = module.sdpa(q, chunk_k, chunk_v)  # the forward's own SDPA call
             else:
                 keys = torch.cat([cached_k, chunk_k], dim=2)
                 values = torch.cat([cached_v, chunk_v], dim=2)
                 k_pos = torch.cat([held, q_pos], dim=1)
-                out = module.attend_chunk(q, keys, values, k_pos, cached=self.slots)
+                out = module.attend_chunk(q, keys, values, k_pos, cached=filled)
         tail = slice(n - last, n)
         self._write(index, q_pos[:, tail], chunk_k[:, :, tail], chunk_v[:, :, tail])
         if n == 1:  # a step: into the cache first, then attend to the cache alone
@@ -238,23 +249,33 @@ class CausalAttention(DecodingModule):
     ) -> torch.Tensor:
         """:meth:`masked_attention` for a chunk of queries whose own keys are the last ``n`` of
         ``keys`` (after ``cached`` earlier ones), a block of queries at a time against the keys
-        it may see: O(block x (window + cached + block)) memory, so a long prompt fits."""
-        n = q.shape[1]
+        it may see (a slice of ``keys`` without a window: no copy), the block the smaller the
+        more keys: memory bounded by :data:`BLOCK_BYTES` whatever the prompt."""
+        n, heads = q.shape[1], q.shape[2]
         q_pos = k_pos[:, cached:]
+        per_query = (cached + n) * (12 * heads + 10)
+        block = max(1, min(QUERY_BLOCK, BLOCK_BYTES // max(per_query, 1)))
         parts = []
-        for start in range(0, n, QUERY_BLOCK):
-            stop = min(start + QUERY_BLOCK, n)
-            first = 0 if self.window is None else max(0, start - self.window)
-            visible = torch.cat(
-                [torch.arange(cached), torch.arange(cached + first, cached + stop)]
-            ).to(keys.device)
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            if self.window is None:
+                seen = slice(0, cached + stop)
+                visible_k, visible_v, visible_pos = (
+                    keys[:, :, seen],
+                    values[:, :, seen],
+                    k_pos[:, seen],
+                )
+            else:
+                first = max(0, start - self.window)
+                visible = torch.cat(
+                    [torch.arange(cached), torch.arange(cached + first, cached + stop)]
+                ).to(keys.device)
+                visible_k = keys.index_select(2, visible)
+                visible_v = values.index_select(2, visible)
+                visible_pos = k_pos.index_select(1, visible)
             parts.append(
                 self.masked_attention(
-                    q[:, start:stop],
-                    keys.index_select(2, visible),
-                    values.index_select(2, visible),
-                    q_pos[:, start:stop],
-                    k_pos.index_select(1, visible),
+                    q[:, start:stop], visible_k, visible_v, q_pos[:, start:stop], visible_pos
                 )
             )
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
