@@ -133,10 +133,10 @@ class ModalFilter:
 
 def real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``Re sum_k a_k b_k`` for complex numbers as (real, imaginary) pairs: ``a`` ``(..., S,
-    2)`` and ``b`` ``(..., S, n, 2)`` -> ``(..., n)``."""
-    return torch.einsum("...s,...sn->...n", a[..., 0], b[..., 0]) - torch.einsum(
-        "...s,...sn->...n", a[..., 1], b[..., 1]
-    )
+    2)`` and ``b`` ``(..., S, n, 2)`` -> ``(..., n)``. Elementwise products summed (a batched
+    matrix product of one row per channel runs as a loop of tiny products on a CPU)."""
+    re = (a[..., 0, None] * b[..., 0]).sum(-2)
+    return re.sub_((a[..., 1, None] * b[..., 1]).sum(-2))
 
 
 class ModalRows(RowsEngine):
@@ -214,7 +214,7 @@ class ModalRows(RowsEngine):
         carried = real_dot(rs, powers[:, :, 1 : b + 1])  # Re sum r s p^(t+1): (R, C, b)
         decayed = complex_mul(powers[:, :, b], state)  # p^b s
         reversed_powers = powers[:, :, :b].flip(2)  # p^(b-1-j), j = 0..b-1
-        pushed = torch.einsum("rcj,csjk->rcsk", u, reversed_powers)  # sum_j p^(b-1-j) u_j
+        pushed = (u[:, :, None, :, None] * reversed_powers).sum(3)  # sum_j p^(b-1-j) u_j
         return within + carried, decayed + pushed
 
     def step(
