@@ -290,12 +290,21 @@ class CausalAttention(DecodingModule):
     ) -> torch.Tensor:
         """The masked formulation: ``q`` ``(batch, n, heads, dim)`` against ``keys``, ``values``
         ``(batch, kv_heads, m, dim)`` held at positions ``k_pos`` ``(batch, m)`` (-1: none), the
-        queries at ``q_pos`` ``(batch, n)``; ``(batch, n, heads, dim)``."""
+        queries at ``q_pos`` ``(batch, n)``; ``(batch, n, heads, dim)``. Plain attention (no
+        window, ALiBi or softcap) is one ``scaled_dot_product_attention`` call with the mask
+        (its fused kernels; every query sees at least its own key there)."""
         heads, group = q.shape[2], q.shape[2] // keys.shape[1]
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         if group > 1:  # (batch, heads, m, dim)
             keys = keys.repeat_interleave(group, dim=1)
             values = values.repeat_interleave(group, dim=1)
+        if self.plain:
+            held = k_pos[:, None, None, :]  # (batch, 1, 1, m)
+            allowed = (held >= 0) & (held <= q_pos[:, None, :, None])  # (batch, 1, n, m)
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), keys, values, attn_mask=allowed, scale=self.scale
+            )
+            return out.transpose(1, 2)
         scores = torch.einsum("bnhd,bhmd->bhnm", q, keys) * scale
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)
