@@ -124,25 +124,25 @@ class ModalFilter:
         dtype = self.dtype if dtype is None else dtype
         work = compute_dtype(dtype)
         _, residues = self.parts(work)
+        r = residues.permute(2, 0, 1)[:, :, None]  # (2, C, 1, S)
         out = torch.empty(self.channels, length, dtype=dtype, device=self.device)
         for start in range(0, length, TAPS_BLOCK):
             stop = min(start + TAPS_BLOCK, length)
-            out[:, start:stop] = real_dot(residues, self.powers(start, stop, work)).to(dtype)
+            powers = self.powers(start, stop, work)  # (C, S, n, 2)
+            block = torch.bmm(r[0], powers[..., 0])  # Re(r p^t): one product per channel
+            if self.is_complex:
+                block -= torch.bmm(r[1], powers[..., 1])
+            out[:, start:stop] = block[:, 0].to(dtype)
         return out
 
 
-def real_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Re sum_k a_k b_k`` for complex numbers as (real, imaginary) pairs: ``a`` ``(..., S,
-    2)`` and ``b`` ``(..., S, n, 2)`` -> ``(..., n)``. Elementwise products summed (a batched
-    matrix product of one row per channel runs as a loop of tiny products on a CPU)."""
-    re = (a[..., 0, None] * b[..., 0]).sum(-2)
-    return re.sub_((a[..., 1, None] * b[..., 1]).sum(-2))
+Complex = tuple[torch.Tensor, "torch.Tensor | None"]  # (real, imaginary), None: real
 
 
 class ModalRows(RowsEngine):
-    """The recurrence for ``batch_size`` rows: one state ``(batch_size, channels, state, 2)``
-    (real, imaginary), in float32 for half precisions. Positions do not enter: a row's state is
-    everything its past leaves. See the module docstring.
+    """The recurrence for ``batch_size`` rows: one state ``(batch_size, channels, state)``
+    (and its imaginary part for complex poles), in float32 for half precisions. Positions do
+    not enter: a row's state is everything its past leaves. See the module docstring.
 
     Parameters
     ----------
@@ -173,97 +173,152 @@ class ModalRows(RowsEngine):
         self.block_len = min(check_int(block_len or DEFAULT_BLOCK_LEN, "block_len"), self.max_len)
         self.channels, self.device = h.channels, h.device
         self.dtype = h.dtype
-        self.compute_dtype = compute_dtype(h.dtype)
-        work = self.compute_dtype
+        self.compute_dtype = work = compute_dtype(h.dtype)
         self.filter = ModalFilter(h.log_poles.clone(), h.residues.clone())  # a snapshot
-        _, self.residues = h.parts(work)  # (C, S, 2)
-        self.poles = h.powers(1, 2, work)[:, :, 0].contiguous()  # p: (C, S, 2)
-        self.state = torch.zeros(
-            self.batch_size, self.channels, h.state, 2, dtype=work, device=self.device
-        )
+        self.is_complex = h.is_complex
+        _, residues = h.parts(work)
+        self.residues = self._split(residues)  # (C, S) each
+        self.poles = self._split(h.powers(1, 2, work)[:, :, 0])
+        shape = (self.batch_size, self.channels, h.state)
+        self.state = torch.zeros(shape, dtype=work, device=self.device)  # real part
+        self.state_im = torch.zeros_like(self.state) if self.is_complex else None
+
+    def _split(self, pairs: torch.Tensor) -> Complex:
+        """``(..., 2)`` (real, imaginary) pairs as two contiguous tensors (None for real)."""
+        real = pairs[..., 0].contiguous()
+        return real, (pairs[..., 1].contiguous() if self.is_complex else None)
 
     @property
     def nbytes(self) -> int:
-        return tensor_bytes([self.state, self.poles, self.residues])
+        return tensor_bytes([self.state, self.state_im, *self.poles, *self.residues])
 
     def extend(self, u: torch.Tensor, rows: Sequence[int], start: int) -> torch.Tensor:
-        """``u`` ``(R, channels, n)`` after each row's state, block by block (the powers of
-        the poles over a block computed once per call: ``channels x state x block_len``)."""
-        state = self.state[list(rows)]  # (R, C, S, 2)
+        """``u`` ``(R, channels, n)`` after each row's state, block by block: the powers of the
+        poles over a block computed once per call (``channels x state x block_len``), each
+        block's contractions over the state one batched product per channel."""
+        index = list(rows)
         x = u.to(self.compute_dtype)
-        b = min(self.block_len, x.shape[-1])
-        powers = self.filter.powers(0, b + 1, self.compute_dtype)  # p^t, t = 0..b
-        taps = real_dot(self.residues, powers[:, :, :b])  # h[:, :b]: (C, b)
-        parts = []
-        for lo in range(0, x.shape[-1], b):
-            block = x[..., lo : lo + b]
-            y, state = self._block(block, state, powers, taps)
-            parts.append(y)
-        self.state[list(rows)] = state
+        n = x.shape[-1]
+        b = min(self.block_len, n)
+        powers = self._split(self.filter.powers(0, b + 1, self.compute_dtype))  # (C, S, b + 1)
+        taps = self._contract_state(self.residues, powers, 0, b)  # h[:, :b]: (C, b)
+        by_channel = x.permute(1, 0, 2)  # (C, R, n)
+        state = tuple(  # (C, R, S)
+            None if part is None else part[index].transpose(0, 1)
+            for part in (self.state, self.state_im)
+        )
+        parts, reversed_by_length = [], {}
+        for lo in range(0, n, b):
+            hi = min(lo + b, n)
+            within = causal_conv(x[..., lo:hi], taps[:, : hi - lo])  # the block's own inputs
+            if hi - lo not in reversed_by_length:  # p^(m-1-j): once per block length
+                reversed_by_length[hi - lo] = tuple(
+                    None if part is None else reversed_powers(part, hi - lo) for part in powers
+                )
+            carried, state = self._block(
+                by_channel[:, :, lo:hi], state, powers, reversed_by_length[hi - lo]
+            )
+            parts.append(within + carried.transpose(0, 1))
+        self.state[index] = state[0].transpose(0, 1)
+        if self.is_complex:
+            self.state_im[index] = state[1].transpose(0, 1)
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return y.to(self.dtype)
 
-    def _block(
-        self, u: torch.Tensor, state: torch.Tensor, powers: torch.Tensor, taps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One block ``u`` ``(R, C, b)`` after ``state``, with ``powers`` (p^t, t = 0..b' >= b)
-        and the filter's first ``taps``: its outputs and the state after it."""
-        b = u.shape[-1]
-        within = causal_conv(u, taps[:, :b])  # the block's own inputs
-        rs = complex_mul(self.residues, state)  # (R, C, S, 2): r * s
-        carried = real_dot(rs, powers[:, :, 1 : b + 1])  # Re sum r s p^(t+1): (R, C, b)
-        decayed = complex_mul(powers[:, :, b], state)  # p^b s
-        reversed_powers = powers[:, :, :b].flip(2)  # p^(b-1-j), j = 0..b-1
-        pushed = (u[:, :, None, :, None] * reversed_powers).sum(3)  # sum_j p^(b-1-j) u_j
-        return within + carried, decayed + pushed
+    def _block(self, u: torch.Tensor, state: Complex, powers: Complex, reversed: Complex) -> tuple:
+        """One block ``u`` ``(C, R, m)`` after ``state`` ``(C, R, S)``, with ``powers`` ``p^t``
+        and ``reversed`` ``p^(m-1-j)`` (:func:`reversed_powers`): what the state adds to its
+        outputs, ``Re sum_k r_k s_k p_k^(t+1)`` ``(C, R, m)``, and the state after it,
+        ``p^m s + sum_j p^(m-1-j) u_j``."""
+        m = u.shape[-1]
+        (r, r_im), (s, s_im) = self.residues, state
+        rs = (
+            (r[:, None] * s, None)
+            if s_im is None
+            else complex_mul((r[:, None], r_im[:, None]), state)
+        )
+        carried = self._contract_state(rs, powers, 1, m + 1)
+        p_m = tuple(None if part is None else part[:, None, :, m] for part in powers)
+        decayed = (p_m[0] * s, None) if s_im is None else complex_mul(p_m, state)
+        u = u.contiguous()  # (a batched product of strided operands copies per channel)
+        pushed = tuple(  # sum_j u_j p^(m-1-j): (C, R, m) @ (C, m, S)
+            None if part is None else torch.bmm(u, reversed_powers(part, m)) for part in powers
+        )
+        state = tuple(None if d is None else d + q for d, q in zip(decayed, pushed, strict=True))
+        return carried, state
+
+    @staticmethod
+    def _contract_state(a: Complex, powers: Complex, lo: int, hi: int) -> torch.Tensor:
+        """``Re sum_k a_k p_k^t`` for ``lo <= t < hi``: ``a`` ``(C, [R,] S)`` -> ``(C, [R,]
+        hi - lo)``, one batched product per channel."""
+        squeeze = a[0].dim() == 2
+        parts = [None if x is None else (x[:, None] if squeeze else x) for x in a]
+        y = torch.bmm(parts[0].contiguous(), powers[0][:, :, lo:hi].contiguous())
+        if parts[1] is not None:
+            y = y - torch.bmm(parts[1].contiguous(), powers[1][:, :, lo:hi].contiguous())
+        return y[:, 0] if squeeze else y
 
     def step(
         self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
     ) -> tuple[torch.Tensor, list]:
         if len(rows) == self.batch_size and list(rows) == list(range(self.batch_size)):
             return self.step_traced(u), []
-        state = self.state[list(rows)]
-        y, state = self._recur(u, state)
-        self.state[list(rows)] = state
+        index = list(rows)
+        state_im = None if self.state_im is None else self.state_im[index]
+        y, (state, state_im) = self._recur(u, (self.state[index], state_im))
+        self.state[index] = state
+        if state_im is not None:
+            self.state_im[index] = state_im
         return y, []
 
-    def _recur(self, u: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _recur(self, u: torch.Tensor, state: Complex) -> tuple[torch.Tensor, Complex]:
         """``s = p s + u``, ``y = Re sum r s`` for ``u`` ``(R, C)``: the output and new state."""
-        state = complex_mul(self.poles, state)
-        state[..., 0] += u.to(self.compute_dtype)[..., None]
-        y = (self.residues[..., 0] * state[..., 0] - self.residues[..., 1] * state[..., 1]).sum(-1)
-        return y.to(self.dtype), state
+        u = u.to(self.compute_dtype)[..., None]
+        (p, p_im), (r, r_im), (s, s_im) = self.poles, self.residues, state
+        if s_im is None:
+            s = torch.addcmul(u, p, s)
+            return (r * s).sum(-1).to(self.dtype), (s, None)
+        s, s_im = p * s - p_im * s_im + u, p * s_im + p_im * s
+        return (r * s - r_im * s_im).sum(-1).to(self.dtype), (s, s_im)
 
     def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         self.state[list(rows)] = 0
+        if self.state_im is not None:
+            self.state_im[list(rows)] = 0
 
     def prepare_traced(self, positions: Sequence[int]) -> None:
         check_traced_dtype(self.dtype, self.compute_dtype)
 
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
         """Every row one step, in place: ``(batch_size, channels)``."""
-        y, state = self._recur(u, self.state)
+        y, (state, state_im) = self._recur(u, (self.state, self.state_im))
         self.state.copy_(state)
+        if state_im is not None:
+            self.state_im.copy_(state_im)
         return y
 
     def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list:
         return []
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        return [self.state]
+        return [t for t in (self.state, self.state_im) if t is not None]
 
     def __repr__(self) -> str:
+        kind = "complex" if self.is_complex else "real"
         return (
-            f"ModalRows(channels={self.channels}, state={self.state.shape[2]}, "
+            f"ModalRows(channels={self.channels}, state={self.state.shape[2]} {kind}, "
             f"batch_size={self.batch_size}, block_len={self.block_len}, dtype={self.dtype})"
         )
 
 
-def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a * b`` for complex numbers as (real, imaginary) pairs in the last dimension."""
-    re = a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1]
-    im = a[..., 0] * b[..., 1] + a[..., 1] * b[..., 0]
-    return torch.stack([re, im], dim=-1)
+def reversed_powers(powers: torch.Tensor, m: int) -> torch.Tensor:
+    """``p^(m-1-j)`` for ``j < m``, ``(C, m, S)`` contiguous, from ``p^t`` ``(C, S, >= m)``."""
+    return powers[:, :, :m].flip(-1).transpose(1, 2).contiguous()
+
+
+def complex_mul(a: Complex, b: Complex) -> Complex:
+    """``a * b`` for complex numbers as (real, imaginary) tensors."""
+    return a[0] * b[0] - a[1] * b[1], a[0] * b[1] + a[1] * b[0]
 
 
 class ModalConv(OnlineConvEngine):
@@ -317,7 +372,10 @@ class ModalConv(OnlineConvEngine):
         self.rows.reset_rows(self._all, self._all)
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [self.rows.state, self.rows.poles, self.rows.residues]
+        rows = self.rows
+        return [
+            t for t in (rows.state, rows.state_im, *rows.poles, *rows.residues) if t is not None
+        ]
 
     def _scheduled_work(self) -> None:
         return None
