@@ -243,3 +243,19 @@ def test_sampling_is_the_same_with_the_recurrence_and_futurefill(model):
         for method in ("modal", "continuous", "naive")
     ]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_the_keys_vortex_ignores_in_real_checkpoints_load(tmp_path, checkpoint, model):
+    """The public files carry keys vortex's model lacks (reported in evo2's issues): a tied
+    unembedding, savanna's training-time names under blocks.N.mixer., the LI filters' t."""
+    (tmp_path / "config.yml").write_bytes((checkpoint / "config.yml").read_bytes())
+    state = torch.load(next(checkpoint.glob("*.pt")), weights_only=True)
+    state["unembed.weight"] = state["embedding_layer.weight"].clone()
+    state["blocks.2.mixer.mixer.filter.t"] = torch.arange(8.0)[None, None]
+    state["blocks.3.mixer.dense._extra_state"] = None
+    torch.save(state, tmp_path / "w.pt")
+    loaded = load_pretrained(tmp_path)
+    for (name, a), (_, b) in zip(
+        loaded.state_dict().items(), model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
