@@ -127,3 +127,10 @@ def test_missing_weights_are_refused(tmp_path):
     save_file(state, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"weights missing for blocks\.0\.filter\.conv\.skip"):
         load_pretrained(tmp_path)
+
+
+def test_bfloat16_decodes_like_its_forward():
+    """A half model keeps its poles float32; the engines give the activations' dtype back."""
+    model = load_pretrained(FIXTURE, dtype=torch.bfloat16)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    assert_decoding_matches_forward(model, ids, methods=tuple(ENGINES), prompt_lens=[1, 6])

@@ -223,7 +223,7 @@ class ModalRows(RowsEngine):
         if self.is_complex:
             self.state_im[index] = state[1].transpose(0, 1)
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return y.to(self.dtype)
+        return y.to(u.dtype)  # the activations' dtype (a half model keeps float32 poles)
 
     def _block(self, u: torch.Tensor, state: Complex, powers: Complex, reversed: Complex) -> tuple:
         """One block ``u`` ``(C, R, m)`` after ``state`` ``(C, R, S)``, with ``powers`` ``p^t``
@@ -273,13 +273,13 @@ class ModalRows(RowsEngine):
 
     def _recur(self, u: torch.Tensor, state: Complex) -> tuple[torch.Tensor, Complex]:
         """``s = p s + u``, ``y = Re sum r s`` for ``u`` ``(R, C)``: the output and new state."""
-        u = u.to(self.compute_dtype)[..., None]
+        dtype, u = u.dtype, u.to(self.compute_dtype)[..., None]
         (p, p_im), (r, r_im), (s, s_im) = self.poles, self.residues, state
         if s_im is None:
             s = torch.addcmul(u, p, s)
-            return (r * s).sum(-1).to(self.dtype), (s, None)
+            return (r * s).sum(-1).to(dtype), (s, None)
         s, s_im = p * s - p_im * s_im + u, p * s_im + p_im * s
-        return (r * s - r_im * s_im).sum(-1).to(self.dtype), (s, s_im)
+        return (r * s - r_im * s_im).sum(-1).to(dtype), (s, s_im)
 
     def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         self.state[list(rows)] = 0
