@@ -497,6 +497,34 @@ def token_check(reference: list[int], ours: list[int]) -> dict:
     return {"equal": same, "tokens": len(reference), "first_difference": first}
 
 
+def token_checks(runs: dict[str, list[dict]], reference: list[int]) -> dict[str, dict]:
+    """Every futurefill run's first tokens against vortex's (``reference``)."""
+    return {
+        name: token_check(reference, samples[0]["tokens"])
+        for name, samples in runs.items()
+        if name != "vortex cached"
+    }
+
+
+def against_vortex(runs: dict[str, list[dict]], steps: int) -> dict[str, dict]:
+    """Each run's best prefill and decode, and its speedups over ``runs["vortex cached"]``."""
+    v = runs["vortex cached"]
+    v_pre, v_dec = best(v, "prefill_s"), best(v, "decode_s") / steps
+    figures = {}
+    for name, samples in runs.items():
+        pre, dec = best(samples, "prefill_s"), best(samples, "decode_s") / steps
+        figures[name] = {
+            "prefill_s": pre,
+            "decode_ms_per_token": dec * 1e3,
+            "decode_tok_s": 1 / dec,
+            "prefill_speedup_vs_vortex": v_pre / pre,
+            "decode_speedup_vs_vortex": v_dec / dec,
+            "n": len(samples),
+            "samples": [{k: x for k, x in smp.items() if k != "tokens"} for smp in samples],
+        }
+    return figures
+
+
 def check_line(checks: dict[str, dict], prompt_len: int) -> str:
     bad = {k: v for k, v in checks.items() if not v["equal"]}
     if not bad:
@@ -572,39 +600,22 @@ def part_small(b: Bench) -> dict:
         runs["futurefill compiled modal"] = repeat(
             lambda: ff_run(model, prompt, steps, "modal", compile=True), N, budget, 3
         )
-    checks = {
-        name: token_check(reference, samples[0]["tokens"])
-        for name, samples in runs.items()
-        if name != "vortex cached"
-    }
-    out["token_check"] = checks
-    v = runs["vortex cached"]
-    v_pre, v_dec = best(v, "prefill_s"), best(v, "decode_s") / steps
-    rows, figures = [], {}
-    for name, samples in runs.items():
-        pre, dec = best(samples, "prefill_s"), best(samples, "decode_s") / steps
-        figures[name] = {
-            "prefill_s": pre,
-            "decode_ms_per_token": dec * 1e3,
-            "decode_tok_s": 1 / dec,
-            "prefill_speedup_vs_vortex": v_pre / pre,
-            "decode_speedup_vs_vortex": v_dec / dec,
-            "n": len(samples),
-            "samples": [{k: x for k, x in smp.items() if k != "tokens"} for smp in samples],
-        }
-        rows.append(
-            [
-                name,
-                fmt(pre),
-                f"**{v_pre / pre:.2f}x**",
-                fmt(dec * 1e3),
-                fmt(1 / dec),
-                f"**{v_dec / dec:.2f}x**",
-                len(samples),
-                loads_text(samples),
-            ]
-        )
-    out["figures"] = figures
+    out["token_check"] = checks = token_checks(runs, reference)
+    figures = out["figures"] = against_vortex(runs, steps)
+    v_dec = figures["vortex cached"]["decode_ms_per_token"] / 1e3
+    rows = [
+        [
+            name,
+            fmt(f["prefill_s"]),
+            f"**{f['prefill_speedup_vs_vortex']:.2f}x**",
+            fmt(f["decode_ms_per_token"]),
+            fmt(f["decode_tok_s"]),
+            f"**{f['decode_speedup_vs_vortex']:.2f}x**",
+            f["n"],
+            loads_text(runs[name]),
+        ]
+        for name, f in figures.items()
+    ]
     # the weights' reading floor: a sum over a tensor of the weights' size (26 MB here: it may
     # stay in the last-level cache, as the weights do between steps)
     wbytes = param_bytes(model)
@@ -759,43 +770,26 @@ def part_large(b: Bench) -> dict:
         runs["futurefill compiled modal"] = repeat(
             lambda: ff_run(model, prompt, steps, "modal", compile=True), N, budget, 2
         )
-    checks = {
-        name: token_check(reference, smp[0]["tokens"])
-        for name, smp in runs.items()
-        if name != "vortex cached"
-    }
-    out["token_check"] = checks
-    v = runs["vortex cached"]
-    v_pre, v_dec = best(v, "prefill_s"), best(v, "decode_s") / steps
-    rows, figures = [], {}
-    for name, samples in runs.items():
-        pre, dec = best(samples, "prefill_s"), best(samples, "decode_s") / steps
-        figures[name] = {
-            "prefill_s": pre,
-            "prefill_over_matmul_floor": pre / matmul_floor,
-            "prefill_speedup_vs_vortex": v_pre / pre,
-            "decode_ms_per_token": dec * 1e3,
-            "decode_tok_s": 1 / dec,
-            "decode_over_weight_floor": dec / weight_floor,
-            "decode_speedup_vs_vortex": v_dec / dec,
-            "n": len(samples),
-            "samples": [{k: x for k, x in smp.items() if k != "tokens"} for smp in samples],
-        }
-        rows.append(
-            [
-                name,
-                fmt(pre),
-                f"{pre / matmul_floor:.2f}x",
-                f"**{v_pre / pre:.2f}x**",
-                fmt(dec * 1e3),
-                fmt(1 / dec),
-                f"{dec / weight_floor:.2f}x",
-                f"**{v_dec / dec:.2f}x**",
-                len(samples),
-                loads_text(samples),
-            ]
-        )
-    out["figures"] = figures
+    out["token_check"] = checks = token_checks(runs, reference)
+    figures = out["figures"] = against_vortex(runs, steps)
+    for f in figures.values():
+        f["prefill_over_matmul_floor"] = f["prefill_s"] / matmul_floor
+        f["decode_over_weight_floor"] = f["decode_ms_per_token"] / 1e3 / weight_floor
+    rows = [
+        [
+            name,
+            fmt(f["prefill_s"]),
+            f"{f['prefill_over_matmul_floor']:.2f}x",
+            f"**{f['prefill_speedup_vs_vortex']:.2f}x**",
+            fmt(f["decode_ms_per_token"]),
+            fmt(f["decode_tok_s"]),
+            f"{f['decode_over_weight_floor']:.2f}x",
+            f"**{f['decode_speedup_vs_vortex']:.2f}x**",
+            f["n"],
+            loads_text(runs[name]),
+        ]
+        for name, f in figures.items()
+    ]
     ff_names = [n for n in figures if n != "vortex cached"]
     pre_best = min(ff_names, key=lambda n: figures[n]["prefill_s"])
     dec_best = min(ff_names, key=lambda n: figures[n]["decode_ms_per_token"])
