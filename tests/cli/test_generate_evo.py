@@ -44,3 +44,21 @@ def test_a_bad_prefill_chunk_is_one_line(capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "argument --prefill-chunk" in err
+
+
+def test_compare_runs_every_method_with_the_prefill_chunk(monkeypatch, capsys):
+    """--compare passes --prefill-chunk to every run (it was accepted and ignored)."""
+    from futurefill import generation
+
+    chunks = []
+    real = generation.generate
+
+    def spy(*args, prefill_chunk=None, **kwargs):
+        chunks.append(prefill_chunk)
+        return real(*args, prefill_chunk=prefill_chunk, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    argv = ["generate", "ACGTTGCAAC", "--model", EVO1, "--max-new-tokens", "6"]
+    assert main([*argv, "--compare", "--repeats", "1", "--prefill-chunk", "3"]) == 0
+    assert "identical output from every method" in capsys.readouterr().out
+    assert chunks and set(chunks) == {3}

@@ -81,6 +81,7 @@ def compare_methods(
     streamer: Callable[[torch.Tensor], None] | None = None,
     warmup: bool = True,
     repeats: int = 1,
+    prefill_chunk: int | None = None,
     **sampling,
 ) -> list[CompareResult]:
     """Generate with every method from the same seed; time each (prefill included).
@@ -90,13 +91,22 @@ def compare_methods(
     very first run only. With ``warmup``, every method first generates a few untimed tokens so
     one-off costs (allocator, kernel selection) are not timed. A repeat whose tokens differ from
     the method's first run is returned as an extra result named ``"<method> (repeat r)"``, for
-    :func:`mismatch` to report.
+    :func:`mismatch` to report. ``prefill_chunk`` goes to every run (see
+    :func:`futurefill.generate`).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if warmup:
         for method in methods:
-            generate_with(model, prompt_ids, min(4, max_new_tokens), method, seed, sampling)
+            generate_with(
+                model,
+                prompt_ids,
+                min(4, max_new_tokens),
+                method,
+                seed,
+                sampling,
+                prefill_chunk=prefill_chunk,
+            )
     best: dict[str, CompareResult] = {}
     odd: list[CompareResult] = []
     for r in range(repeats):
@@ -110,6 +120,7 @@ def compare_methods(
                 seed,
                 sampling,
                 streamer=streamer if r == 0 and i == 0 else None,
+                prefill_chunk=prefill_chunk,
             )
             seconds = time.perf_counter() - start
             first = best.get(method)

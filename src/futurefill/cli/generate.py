@@ -322,6 +322,7 @@ def _generate_and_print(
             methods=methods,
             streamer=streamer,
             repeats=args.repeats,
+            prefill_chunk=args.prefill_chunk,
             **sampling,
         )
     streamer.end()
