@@ -56,9 +56,8 @@ def rotary(
         raise ValueError(f"rotary needs an even head_dim, got {x.shape[-1]}")
     exponent = torch.arange(half, dtype=torch.float64, device=x.device) * (-2.0 / x.shape[-1])
     freqs = torch.pow(torch.tensor(base, dtype=torch.float64, device=x.device), exponent)
-    angle = (positions.to(torch.float64)[..., None] / scale * freqs).to(
-        x.dtype
-    )  # (batch, length, half)
+    positions = positions.to(torch.float64)[..., None] / scale
+    angle = (positions * freqs).to(x.dtype)  # (batch, length, half)
     cos, sin = angle.cos()[:, :, None], angle.sin()[:, :, None]
     first, second = x[..., :half], x[..., half:]
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
@@ -225,16 +224,26 @@ class CausalAttention(DecodingModule):
         computes it."""
         return self.window is None and self.alibi is None and self.softcap is None
 
-    def sdpa(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """Causal attention of ``q`` ``(batch, n, heads, dim)`` over its own ``keys``,
-        ``values`` ``(batch, kv_heads, n, dim)`` by one SDPA call (flash or memory-efficient
-        kernels where the device has them)."""
+    def sdpa(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Plain attention of ``q`` ``(batch, n, heads, dim)`` over ``keys``, ``values``
+        ``(batch, kv_heads, m, dim)`` by one SDPA call (its fused kernels): causal over its own
+        keys (``m == n``), or where ``allowed`` ``(batch, 1, n, m)`` says."""
         group = q.shape[2] // keys.shape[1]
+        if group > 1:  # (batch, heads, m, dim)
+            keys = keys.repeat_interleave(group, dim=1)
+            values = values.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2),
-            keys.repeat_interleave(group, dim=1),
-            values.repeat_interleave(group, dim=1),
-            is_causal=True,
+            keys,
+            values,
+            attn_mask=allowed,
+            is_causal=allowed is None,
             scale=self.scale,
         )
         return out.transpose(1, 2)
@@ -293,18 +302,14 @@ class CausalAttention(DecodingModule):
         queries at ``q_pos`` ``(batch, n)``; ``(batch, n, heads, dim)``. Plain attention (no
         window, ALiBi or softcap) is one ``scaled_dot_product_attention`` call with the mask
         (its fused kernels; every query sees at least its own key there)."""
+        if self.plain:
+            held = k_pos[:, None, None, :]  # (batch, 1, 1, m)
+            return self.sdpa(q, keys, values, (held >= 0) & (held <= q_pos[:, None, :, None]))
         heads, group = q.shape[2], q.shape[2] // keys.shape[1]
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(q.shape[-1])
         if group > 1:  # (batch, heads, m, dim)
             keys = keys.repeat_interleave(group, dim=1)
             values = values.repeat_interleave(group, dim=1)
-        if self.plain:
-            held = k_pos[:, None, None, :]  # (batch, 1, 1, m)
-            allowed = (held >= 0) & (held <= q_pos[:, None, :, None])  # (batch, 1, n, m)
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), keys, values, attn_mask=allowed, scale=self.scale
-            )
-            return out.transpose(1, 2)
         scores = torch.einsum("bnhd,bhmd->bhnm", q, keys) * scale
         if self.softcap is not None:
             scores = self.softcap * torch.tanh(scores / self.softcap)
