@@ -31,7 +31,14 @@ from torch import nn
 from futurefill.fftconv import bank_conv, causal_conv
 from futurefill.nn.session import DecodingSession
 from futurefill.nn.state import DecodingModule, ModuleState
-from futurefill.online import ENGINES, ModalFilter, RowsEngine, ScheduledWork, make_rows_engine
+from futurefill.online import (
+    ENGINES,
+    METHODS,
+    ModalFilter,
+    RowsEngine,
+    ScheduledWork,
+    make_rows_engine,
+)
 
 __all__ = [
     "ConvModule",
@@ -208,7 +215,7 @@ class ConvModule(DecodingModule):
             raise ValueError(
                 f"{type(self).__name__} {name!r} has no filter in modal form (poles and "
                 "residues): method 'modal' decodes only those; use another method "
-                "(naive, epoched, continuous, deamortized)"
+                f"({', '.join(METHODS)})"
             )
         modal = self.modal()
         if not isinstance(modal, ModalFilter) or modal.channels != self._filters:
