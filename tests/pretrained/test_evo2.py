@@ -259,3 +259,22 @@ def test_the_keys_vortex_ignores_in_real_checkpoints_load(tmp_path, checkpoint, 
         loaded.state_dict().items(), model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_of_mixed_dtypes_loads_in_its_embeddings_dtype(tmp_path, checkpoint):
+    """Evo 2's files are bfloat16 with float32 poles, residues and (7B) MR filters: the model
+    comes in the embedding's dtype, its poles and residues kept float32, and runs."""
+    (tmp_path / "config.yml").write_bytes((checkpoint / "config.yml").read_bytes())
+    state = torch.load(next(checkpoint.glob("*.pt")), weights_only=True)
+    state = {
+        k: v if k.endswith(("log_poles", "residues", "filter.h")) else v.bfloat16()
+        for k, v in state.items()
+    }
+    torch.save(state, tmp_path / "w.pt")
+    model = load_pretrained(tmp_path)
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    kept = {n for n in dtypes if n.endswith(("log_poles", "residues"))}
+    assert kept and all(dtypes[n] == torch.float32 for n in kept)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if n not in kept)
+    with torch.no_grad():
+        assert model(torch.randint(0, 512, (1, 9))).dtype == torch.bfloat16

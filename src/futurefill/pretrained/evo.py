@@ -415,8 +415,9 @@ def _place(
 
 
 def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: str) -> StripedHyena:
-    """The model with ``state`` (our names) loaded: every parameter present with its shape, or
-    a ValueError naming the first ones that are not (nothing is built half)."""
+    """The model with ``state`` (our names) loaded, in the embedding's dtype: every parameter
+    present with its shape, or a ValueError naming the first ones that are not (nothing is
+    built half)."""
     with torch.device("meta"):
         model = StripedHyena(config)
     expected = model.state_dict()
@@ -433,10 +434,7 @@ def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: st
     if not all(dtype.is_floating_point for dtype in dtypes):
         raise ValueError(f"{source}: weights of dtypes {sorted(map(str, dtypes))}; floating only")
     model.load_state_dict({k: state[k] for k in expected}, assign=True)
-    return model
-
-    model.load_state_dict({k: state[k] for k in expected}, assign=True)
-    return model.to(state["embedding.weight"].dtype)
+    return model.to(state["embedding.weight"].dtype)  # (poles and residues stay float32)
 
 
 def read_config(
