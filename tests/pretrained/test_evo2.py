@@ -171,7 +171,7 @@ def test_public_configs_build_on_the_meta_device(name):
     state = {k: torch.empty(s, device="meta") for k, s in vr.checkpoint_shapes(raw).items()}
     ours, unused = evo2_weights(state, raw, config)
     assert unused == []
-    model = build(config, ours, name)
+    model = build(config, ours, [], name, name)
     assert sum(p.numel() for p in model.parameters()) > 1e9
 
 

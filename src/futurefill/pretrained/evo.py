@@ -67,6 +67,7 @@ from futurefill.pretrained.striped_hyena import BLOCK_KINDS, StripedHyena, Strip
 __all__ = [
     "ShardedFile",
     "build",
+    "check_weights",
     "checkpoint_weights",
     "evo1_config",
     "evo2_config",
@@ -414,22 +415,42 @@ def _place(
     return key
 
 
-def build(config: StripedHyenaConfig, state: dict[str, torch.Tensor], source: str) -> StripedHyena:
-    """The model with ``state`` (our names) loaded, in the embedding's dtype: every parameter
-    present with its shape, or a ValueError naming the first ones that are not (nothing is
-    built half)."""
-    with torch.device("meta"):
-        model = StripedHyena(config)
-    expected = model.state_dict()
+def check_weights(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    unexpected: list[str],
+    source: str,
+    config_name: str,
+) -> None:
+    """A ValueError naming the weights ``state`` lacks and the ``unexpected`` ones, or else the
+    first whose shape differs from what ``config_name`` gives (every loader's check)."""
     missing = [k for k in expected if k not in state]
-    if missing:
-        raise ValueError(f"{source}: weights missing for {listed(missing)}")
+    if missing or unexpected:
+        parts = [f"missing {listed(missing)}"] if missing else []
+        parts += [f"unexpected {listed(unexpected)}"] if unexpected else []
+        raise ValueError(f"{source}: weights do not match the model: {'; '.join(parts)}")
     for key, value in expected.items():
         if tuple(state[key].shape) != tuple(value.shape):
             raise ValueError(
-                f"{source}: {key} has shape {tuple(state[key].shape)}, the config gives "
+                f"{source}: {key} has shape {tuple(state[key].shape)}, but {config_name} gives "
                 f"{tuple(value.shape)}"
             )
+
+
+def build(
+    config: StripedHyenaConfig,
+    state: dict[str, torch.Tensor],
+    unexpected: list[str],
+    source: str,
+    config_name: str,
+) -> StripedHyena:
+    """The model with ``state`` (our names) loaded, in the embedding's dtype; a ValueError
+    from :func:`check_weights` (or for weights that are not floating point) before anything
+    is built."""
+    with torch.device("meta"):
+        model = StripedHyena(config)
+    expected = model.state_dict()
+    check_weights(expected, state, unexpected, source, config_name)
     dtypes = {v.dtype for v in state.values()}
     if not all(dtype.is_floating_point for dtype in dtypes):
         raise ValueError(f"{source}: weights of dtypes {sorted(map(str, dtypes))}; floating only")
@@ -476,9 +497,7 @@ def load_evo1(directory: Path) -> StripedHyena:
     d, heads = config.hidden_size, config.num_attention_heads
     orders = hyena_row_order(raw, d, heads), torch.arange(3 * d)  # Wqkv: [Q; K; V] already
     ours, unused = checkpoint_weights(state, config, *orders)
-    if unused:
-        raise ValueError(f"{source}: unexpected weights {listed(unused)} (not in config.json)")
-    return build(config, ours, source)
+    return build(config, ours, unused, source, "config.json")
 
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -517,8 +536,4 @@ def load_evo2(directory: Path, config_file: Path) -> StripedHyena:
     if not isinstance(state, Mapping):
         raise ValueError(f"{source} does not hold a state dict")
     ours, unused = evo2_weights(state, raw, config)
-    if unused:
-        raise ValueError(
-            f"{source}: unexpected weights {listed(unused)} (not in {config_file.name})"
-        )
-    return build(config, ours, source)
+    return build(config, ours, unused, source, config_file.name)

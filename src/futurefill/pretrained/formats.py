@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from futurefill.model import CONFIG_FILE, WEIGHTS_FILE, ConvLM, ConvLMConfig
-from futurefill.pretrained.evo import is_vortex_config, listed, load_evo1, load_evo2
+from futurefill.pretrained.evo import check_weights, is_vortex_config, load_evo1, load_evo2
 from futurefill.pretrained.hyena_lm import HYENALM_MODEL_TYPE, HyenaLM, HyenaLMConfig
 
 __all__ = [
@@ -476,21 +476,11 @@ def _build(config: HyenaLMConfig, config_file: Path, state: dict, weights_file: 
     for key, value in state.items():
         if key.endswith("mixer.short_filter.weight") and value.dim() == 3:
             state[key] = value[:, 0].flip(-1)  # nn.Conv1d (C, 1, k) -> ours (C, k), taps back
-    missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {listed(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {listed(unexpected)}")
-        raise CheckpointError(f"{weights_file}: weights do not match the model: {'; '.join(parts)}")
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise CheckpointError(
-                f"{weights_file}: {key} has shape {tuple(state[key].shape)}, but "
-                f"{config_file.name} gives {tuple(value.shape)}"
-            )
+    try:
+        check_weights(expected, state, unexpected, str(weights_file), config_file.name)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     model = HyenaLM(config).to(dtype)
     model.load_state_dict(state, strict=not config.tie_embeddings)
     return model
