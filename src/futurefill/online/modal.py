@@ -43,6 +43,9 @@ TAPS_BLOCK = 1024  # positions per block when a filter's taps are materialised
 DEFAULT_BLOCK_LEN = 128  # positions per block of a chunk through the recurrence
 
 
+Complex = tuple[torch.Tensor, "torch.Tensor | None"]  # (real, imaginary), None: real
+
+
 @dataclass(frozen=True)
 class ModalFilter:
     """A filter in modal form, ``h[c, t] = Re sum_k residues[c, k] exp(log_poles[c, k] t)``.
@@ -92,29 +95,32 @@ class ModalFilter:
     def device(self) -> torch.device:
         return self.log_poles.device
 
-    def parts(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """``(log_poles, residues)`` as real ``(channels, state, 2)`` pairs (real, imaginary)
-        in ``dtype``: what the engines compute with (no complex tensors: compiled steps and
-        every backend handle real ones)."""
+    def parts(self, dtype: torch.dtype) -> tuple[Complex, Complex]:
+        """``(log_poles, residues)``, each as (real, imaginary) tensors ``(channels, state)``
+        in ``dtype``, the imaginary part None for a real filter: what the engines compute with
+        (no complex tensors: compiled steps and every backend handle real ones)."""
 
-        def pair(x: torch.Tensor) -> torch.Tensor:
+        def split(x: torch.Tensor) -> Complex:
             x = x.detach()
             if x.is_complex():
-                return torch.view_as_real(x.resolve_conj()).to(dtype)
-            return torch.stack([x.to(dtype), torch.zeros_like(x, dtype=dtype)], dim=-1)
+                pair = torch.view_as_real(x.resolve_conj()).to(dtype)
+                return pair[..., 0].contiguous(), pair[..., 1].contiguous()
+            real = x.to(dtype)
+            return real, (torch.zeros_like(real) if self.is_complex else None)
 
-        return pair(self.log_poles), pair(self.residues)
+        return split(self.log_poles), split(self.residues)
 
-    def powers(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """``p^t`` for ``start <= t < stop``, ``(channels, state, stop - start, 2)`` (real,
-        imaginary), computed as ``exp(t log p)`` in ``dtype``."""
-        log_p, _ = self.parts(dtype)
+    def powers(self, start: int, stop: int, dtype: torch.dtype) -> Complex:
+        """``p^t`` for ``start <= t < stop`` as (real, imaginary) tensors ``(channels, state,
+        stop - start)`` (imaginary None for real poles), computed as ``exp(t log p)`` in
+        ``dtype``."""
+        (log_p, log_p_im), _ = self.parts(dtype)
         t = torch.arange(start, stop, dtype=dtype, device=self.device)
-        magnitude = torch.exp(log_p[..., None, 0] * t)  # (channels, state, n)
-        if not self.is_complex:
-            return torch.stack([magnitude, torch.zeros_like(magnitude)], dim=-1)
-        angle = log_p[..., None, 1] * t
-        return torch.stack([magnitude * torch.cos(angle), magnitude * torch.sin(angle)], dim=-1)
+        magnitude = torch.exp(log_p[..., None] * t)  # (channels, state, n)
+        if log_p_im is None:
+            return magnitude, None
+        angle = log_p_im[..., None] * t
+        return magnitude * torch.cos(angle), magnitude * torch.sin(angle)
 
     @torch.no_grad()
     def taps(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -124,19 +130,11 @@ class ModalFilter:
         dtype = self.dtype if dtype is None else dtype
         work = compute_dtype(dtype)
         _, residues = self.parts(work)
-        r = residues.permute(2, 0, 1)[:, :, None]  # (2, C, 1, S)
         out = torch.empty(self.channels, length, dtype=dtype, device=self.device)
         for start in range(0, length, TAPS_BLOCK):
             stop = min(start + TAPS_BLOCK, length)
-            powers = self.powers(start, stop, work)  # (C, S, n, 2)
-            block = torch.bmm(r[0], powers[..., 0])  # Re(r p^t): one product per channel
-            if self.is_complex:
-                block -= torch.bmm(r[1], powers[..., 1])
-            out[:, start:stop] = block[:, 0].to(dtype)
+            out[:, start:stop] = real_dot(residues, self.powers(start, stop, work)).to(dtype)
         return out
-
-
-Complex = tuple[torch.Tensor, "torch.Tensor | None"]  # (real, imaginary), None: real
 
 
 class ModalRows(RowsEngine):
@@ -176,17 +174,13 @@ class ModalRows(RowsEngine):
         self.compute_dtype = work = compute_dtype(h.dtype)
         self.filter = ModalFilter(h.log_poles.clone(), h.residues.clone())  # a snapshot
         self.is_complex = h.is_complex
-        _, residues = h.parts(work)
-        self.residues = self._split(residues)  # (C, S) each
-        self.poles = self._split(h.powers(1, 2, work)[:, :, 0])
+        _, self.residues = h.parts(work)  # (C, S) each
+        self.poles = tuple(
+            None if x is None else x[:, :, 0].contiguous() for x in h.powers(1, 2, work)
+        )
         shape = (self.batch_size, self.channels, h.state)
         self.state = torch.zeros(shape, dtype=work, device=self.device)  # real part
         self.state_im = torch.zeros_like(self.state) if self.is_complex else None
-
-    def _split(self, pairs: torch.Tensor) -> Complex:
-        """``(..., 2)`` (real, imaginary) pairs as two contiguous tensors (None for real)."""
-        real = pairs[..., 0].contiguous()
-        return real, (pairs[..., 1].contiguous() if self.is_complex else None)
 
     @property
     def nbytes(self) -> int:
@@ -200,8 +194,8 @@ class ModalRows(RowsEngine):
         x = u.to(self.compute_dtype)
         n = x.shape[-1]
         b = min(self.block_len, n)
-        powers = self._split(self.filter.powers(0, b + 1, self.compute_dtype))  # (C, S, b + 1)
-        taps = self._contract_state(self.residues, powers, 0, b)  # h[:, :b]: (C, b)
+        powers = self.filter.powers(0, b + 1, self.compute_dtype)  # (C, S, b + 1)
+        taps = real_dot(self.residues, powers, 0, b)  # h[:, :b]: (C, b)
         by_channel = x.permute(1, 0, 2)  # (C, R, n)
         state = tuple(  # (C, R, S)
             None if part is None else part[index].transpose(0, 1)
@@ -237,26 +231,15 @@ class ModalRows(RowsEngine):
             if s_im is None
             else complex_mul((r[:, None], r_im[:, None]), state)
         )
-        carried = self._contract_state(rs, powers, 1, m + 1)
+        carried = real_dot(rs, powers, 1, m + 1)
         p_m = tuple(None if part is None else part[:, None, :, m] for part in powers)
         decayed = (p_m[0] * s, None) if s_im is None else complex_mul(p_m, state)
         u = u.contiguous()  # (a batched product of strided operands copies per channel)
         pushed = tuple(  # sum_j u_j p^(m-1-j): (C, R, m) @ (C, m, S)
-            None if part is None else torch.bmm(u, reversed_powers(part, m)) for part in powers
+            None if part is None else torch.bmm(u, part) for part in reversed
         )
         state = tuple(None if d is None else d + q for d, q in zip(decayed, pushed, strict=True))
         return carried, state
-
-    @staticmethod
-    def _contract_state(a: Complex, powers: Complex, lo: int, hi: int) -> torch.Tensor:
-        """``Re sum_k a_k p_k^t`` for ``lo <= t < hi``: ``a`` ``(C, [R,] S)`` -> ``(C, [R,]
-        hi - lo)``, one batched product per channel."""
-        squeeze = a[0].dim() == 2
-        parts = [None if x is None else (x[:, None] if squeeze else x) for x in a]
-        y = torch.bmm(parts[0].contiguous(), powers[0][:, :, lo:hi].contiguous())
-        if parts[1] is not None:
-            y = y - torch.bmm(parts[1].contiguous(), powers[1][:, :, lo:hi].contiguous())
-        return y[:, 0] if squeeze else y
 
     def step(
         self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
@@ -309,6 +292,19 @@ class ModalRows(RowsEngine):
             f"ModalRows(channels={self.channels}, state={self.state.shape[2]} {kind}, "
             f"batch_size={self.batch_size}, block_len={self.block_len}, dtype={self.dtype})"
         )
+
+
+def real_dot(a: Complex, powers: Complex, lo: int = 0, hi: int | None = None) -> torch.Tensor:
+    """``Re sum_k a_k p_k^t`` over ``t`` in ``[lo, hi)`` of ``powers`` ``(C, S, n)``: ``a``
+    ``(C, [R,] S)`` -> ``(C, [R,] hi - lo)``, one batched product per channel (contiguous
+    operands: strided ones are copied per channel)."""
+    window = slice(lo, hi)
+    squeeze = a[0].dim() == 2
+    parts = [None if x is None else (x[:, None] if squeeze else x).contiguous() for x in a]
+    y = torch.bmm(parts[0], powers[0][:, :, window].contiguous())
+    if parts[1] is not None:
+        y = y - torch.bmm(parts[1], powers[1][:, :, window].contiguous())
+    return y[:, 0] if squeeze else y
 
 
 def reversed_powers(powers: torch.Tensor, m: int) -> torch.Tensor:
