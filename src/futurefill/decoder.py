@@ -11,6 +11,16 @@ compiled graph (decided once, at construction)::
         out = decoder.step(ids, rows=[0])       # row 0 alone, one position on
         decoder.positions, decoder.nbytes       # (2,) positions; bytes of decoding state
         decoder.release(0)                      # row 0 free, ready for start()
+        decoder.fork(1, [0])                    # row 0 a copy of row 1: both go on alone
+        saved = decoder.snapshot(1)             # row 1's state aside (a RowSnapshot) ...
+        decoder.restore([0], saved)             # ... and back, into any rows, any time
+
+Forking (:meth:`Decoder.fork`, :meth:`Decoder.snapshot`, :meth:`Decoder.restore`) copies a
+row's whole decoding state (every module's: engines' caches and tiles, short-convolution
+histories, key/value caches) into other rows, which then go on exactly as if each had been fed
+the same tokens: many samples of one prompt for one prefill. After a prompt of P tokens a row
+holds O(P) (Continuous-FutureFill's inputs and known outputs, an attention cache) or O(state)
+(``modal``), never the activations of the prefill.
 
 Everything that decodes (:func:`futurefill.generate`, the scheduler, the benchmarks, the
 command line) runs through it. Ragged prompts (``prefill(ids, prompt_lengths)``) start each row
@@ -38,7 +48,7 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
-from futurefill.nn import DecodingSession, decoding
+from futurefill.nn import DecodingSession, RowSnapshot, decoding
 
 __all__ = ["Decoder", "DecoderOutput"]
 
@@ -188,20 +198,27 @@ class Decoder(contextlib.AbstractContextManager):
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
     @torch.inference_mode()
-    def start(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
+    def start(
+        self, row: int, input_ids: torch.Tensor, *, all_positions: bool = False
+    ) -> DecoderOutput:
         """Start a new sequence in ``row`` with its prompt ``(P,)``, in one parallel pass over
         that row alone: the other rows keep their state. The prompt's last position's
-        :class:`DecoderOutput` (a batch of one)."""
+        :class:`DecoderOutput` (a batch of one), or with ``all_positions`` every position's
+        (logits ``(P, vocab)``: what scoring a prompt needs)."""
         ids = self._row_ids(input_ids, "start takes one prompt (P,)")
         self._check_prompt(ids.shape[1])
         self.session.reset_rows([row])
-        return self._feed(ids, [row])
+        return self._feed(ids, [row], all_positions)
 
     @torch.inference_mode()
-    def extend(self, row: int, input_ids: torch.Tensor) -> DecoderOutput:
+    def extend(
+        self, row: int, input_ids: torch.Tensor, *, all_positions: bool = False
+    ) -> DecoderOutput:
         """Feed the next piece ``(n,)`` of ``row``'s prompt (chunked prefill: one parallel pass,
-        the engines' ``extend``). Its last position's :class:`DecoderOutput`."""
-        return self._feed(self._row_ids(input_ids, "extend takes one chunk (n,)"), [row])
+        the engines' ``extend``). Its last position's :class:`DecoderOutput`, or with
+        ``all_positions`` every position's (logits ``(n, vocab)``)."""
+        ids = self._row_ids(input_ids, "extend takes one chunk (n,)")
+        return self._feed(ids, [row], all_positions)
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, rows: Sequence[int] | None = None) -> DecoderOutput:
@@ -223,15 +240,21 @@ class Decoder(contextlib.AbstractContextManager):
 
     @torch.inference_mode()
     def step_and_extend(
-        self, ids: torch.Tensor, rows: Sequence[int], row: int, input_ids: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        rows: Sequence[int],
+        row: int,
+        input_ids: torch.Tensor,
+        *,
+        all_positions: bool = False,
     ) -> tuple[DecoderOutput, DecoderOutput]:
         """``step(ids, rows)`` and the next piece ``(n,)`` of ``row``'s prompt (``row`` at
         position 0 starts its sequence) in one forward of the model over the packed chunk
         ``(1, len(rows) + n)`` (:meth:`~futurefill.nn.DecodingSession.feed_packed`), so that the
         position-wise layers run once for both: chunked prefill that costs the stepping rows
         about the piece's tokens, not a second forward. Returns the steps'
-        :class:`DecoderOutput` and the piece's last position's. Eager decoders only
-        (:attr:`packs`): a compiled decoder raises."""
+        :class:`DecoderOutput` and the piece's last position's (every position's with
+        ``all_positions``). Eager decoders only (:attr:`packs`): a compiled decoder raises."""
         if not self.packs:
             raise ValueError("a compiled decoder steps through its graph: call step and extend")
         chunk = self._row_ids(input_ids, "step_and_extend takes one prompt piece (n,)")
@@ -242,12 +265,29 @@ class Decoder(contextlib.AbstractContextManager):
         packed = torch.cat([ids, chunk[0]])[None]
         output = self.session.feed_packed(packed, rows=rows, piece_row=row)
         logits = all_logits(output, 1)[0]
-        steps, last = logits[: len(rows)], logits[-1:]
-        return DecoderOutput(steps, steps.argmax(dim=-1)), DecoderOutput(last, last.argmax(dim=-1))
+        steps, piece = logits[: len(rows)], logits[len(rows) :]
+        if not all_positions:
+            piece = piece[-1:]
+        return DecoderOutput(steps, steps.argmax(dim=-1)), DecoderOutput(piece, piece.argmax(-1))
 
     def release(self, row: int) -> None:
         """Free ``row``: back to position 0, ready for :meth:`start`."""
         self.session.reset_rows([row])
+
+    def fork(self, source: int, targets: Sequence[int]) -> None:
+        """``targets`` start anew as copies of row ``source`` (untouched): each goes on exactly
+        as ``source`` would (:meth:`~futurefill.nn.DecodingSession.fork`). Its next token comes
+        from the logits ``source``'s last call gave."""
+        self.session.fork(source, targets)
+
+    def snapshot(self, row: int) -> RowSnapshot:
+        """A copy of ``row``'s state that this decoder's calls never change (a prefix cache's
+        entry), ``.nbytes`` its size; :meth:`restore` puts it into rows."""
+        return self.session.snapshot(row)
+
+    def restore(self, rows: Sequence[int], snapshot: RowSnapshot) -> None:
+        """``rows`` start anew as copies of ``snapshot`` (one this decoder took)."""
+        self.session.restore(rows, snapshot)
 
     def reset(self) -> None:
         """Free every row, allocations kept."""
@@ -279,12 +319,21 @@ class Decoder(contextlib.AbstractContextManager):
         positions = session.positions.tolist()
         return all(positions[r] == 0 for r in session.all_rows if r not in live)
 
-    def _feed(self, ids: torch.Tensor, rows: Sequence[int]) -> DecoderOutput:
-        """``ids`` ``(len(rows), n)`` after those rows (in pieces of ``prefill_chunk``)."""
+    def _feed(
+        self, ids: torch.Tensor, rows: Sequence[int], all_positions: bool = False
+    ) -> DecoderOutput:
+        """``ids`` ``(len(rows), n)`` after those rows (in pieces of ``prefill_chunk``): the
+        last position's output, or (one row) every position's."""
         piece = self.prefill_chunk or ids.shape[1]
+        parts = []
         for start in range(0, ids.shape[1], piece):
             out = self.session.feed(ids[:, start : start + piece], rows=rows)
-        logits = last_logits(out, len(rows))
+            if all_positions:
+                parts.append(all_logits(out, 1)[0])
+        if all_positions:
+            logits = parts[0] if len(parts) == 1 else torch.cat(parts)
+        else:
+            logits = last_logits(out, len(rows))
         return DecoderOutput(logits, logits.argmax(dim=-1))
 
     def _step_ids(self, ids: Any, rows: tuple[int, ...]) -> torch.Tensor:

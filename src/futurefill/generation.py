@@ -91,6 +91,7 @@ def generate(
     return_logits: bool = False,
     compile: bool = False,
     prefill_chunk: int | None = None,
+    num_return_sequences: int = 1,
     **options: int,
 ) -> torch.Tensor | GenerationOutput:
     """Generate ``max_new_tokens`` tokens after each prompt, decoding with online convolutions.
@@ -151,13 +152,20 @@ def generate(
     prefill_chunk : int, optional
         Prefill each prompt in pieces of at most this many tokens (memory bounded by the piece,
         the tokens the same); default one pass per prompt.
+    num_return_sequences : int >= 1
+        Sequences generated per prompt (Hugging Face's name): each prompt is prefilled once and
+        its row forked (:meth:`~futurefill.decoder.Decoder.fork`) into the others, which then
+        sample on their own; output rows ``b * n .. b * n + n - 1`` are prompt ``b``'s. Every
+        row gets exactly what it would get with its prompt repeated ``n`` times in
+        ``input_ids`` (the same draws from ``generator``), for one prefill instead of ``n``.
     **options
         The method's knobs: ``epoch_len`` (epoched), ``tile_len`` (continuous, deamortized).
 
     Returns
     -------
-    LongTensor, shape (batch, max_new_tokens): the new tokens of each sequence (the ``i``-th new
-    token of sequence ``b`` follows its own prompt), or a :class:`GenerationOutput`.
+    LongTensor, shape (batch * num_return_sequences, max_new_tokens): the new tokens of each
+    sequence (the ``i``-th new token of sequence ``b`` follows its own prompt), or a
+    :class:`GenerationOutput`.
 
     Runs in ``torch.inference_mode``; the returned tensors are ordinary ones. Cost: one parallel
     prefill per prompt, then ``max_new_tokens - 1`` steps, each one call of ``model`` on one
@@ -174,9 +182,10 @@ def generate(
     weight = next(model.parameters(), None)
     device = weight.device if weight is not None else getattr(input_ids, "device", None)
     ids = check_input_ids(input_ids, device)
-    batch, width = ids.shape
+    prompts, width = ids.shape
     max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
-    lengths = check_prompt_lengths(prompt_lengths, batch, width)
+    lengths = check_prompt_lengths(prompt_lengths, prompts, width)
+    samples = check_int(num_return_sequences, "num_return_sequences")
     limit = decoding_max_len(model)
     if limit is not None and max(lengths) + max_new_tokens > limit:
         raise ValueError(
@@ -197,11 +206,13 @@ def generate(
     eos_token_id, pad_token_id = _check_eos(eos_token_id, pad_token_id, vocab)
     put, end = _streamer_calls(streamer)
 
-    # Every prompt prefilled alone in its row, the rows at their own positions (no padding), a
-    # row that ends leaving the batch. The last token is never fed back: a row holds its prompt
-    # and max_new_tokens - 1 more.
+    # Every prompt prefilled alone in its row (forked into its samples' rows), the rows at their
+    # own positions (no padding), a row that ends leaving the batch. The last token is never fed
+    # back: a row holds its prompt and max_new_tokens - 1 more.
     max_len = max(lengths) + max(max_new_tokens - 1, 0)
     options.update(method=method, compile=compile, prefill_chunk=prefill_chunk)
+    batch = prompts * samples
+    lengths = [length for length in lengths for _ in range(samples)]  # of every output row
     rows = list(range(batch))
     live, at = rows, torch.arange(batch, device=device)  # the rows still generating
     nonfinite = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
@@ -209,8 +220,15 @@ def generate(
     new_tokens = torch.full((batch, max_new_tokens), fill, dtype=torch.long, device=device)
     table = None
     with Decoder(model, batch_size=batch, max_len=max_len, **options) as dec:
-        starts = [dec.start(row, ids[row, : lengths[row]]) for row in rows]  # each alone
-        logits, greedy = (torch.cat(parts) for parts in zip(*starts, strict=True))
+        starts = []
+        for prompt in range(prompts):  # each alone, once
+            first = prompt * samples
+            starts.append(dec.start(first, ids[prompt, : lengths[first]]))
+            if samples > 1:
+                dec.fork(first, range(first + 1, first + samples))
+        logits, greedy = (
+            torch.cat(parts).repeat_interleave(samples, 0) for parts in zip(*starts, strict=True)
+        )
         for i in range(max_new_tokens):
             if i == 0 or put is not None:  # before any token is out: one host sync
                 _check_finite(logits, i, lengths, live)

@@ -20,7 +20,13 @@ The extension point, for a layer with decoding state of a new kind: subclass
 
 from futurefill.nn.attention import CausalAttention, rotary
 from futurefill.nn.conv import FilterBankConv, FilterLengthError, LongConv, decaying_filters
-from futurefill.nn.session import DecodingSession, decoding, decoding_max_len, positions
+from futurefill.nn.session import (
+    DecodingSession,
+    RowSnapshot,
+    decoding,
+    decoding_max_len,
+    positions,
+)
 from futurefill.nn.shortconv import ShortConv
 from futurefill.nn.state import Chunk, DecodingModule, ModuleState
 
@@ -33,6 +39,7 @@ __all__ = [
     "FilterLengthError",
     "LongConv",
     "ModuleState",
+    "RowSnapshot",
     "ShortConv",
     "decaying_filters",
     "decoding",

@@ -87,6 +87,24 @@ class AttentionState(ModuleState):
         if self.keys is not None:
             self.slot_positions[list(rows)] = -1
 
+    def save_row(self, row: int) -> list[torch.Tensor]:
+        """The row's filled slots: its first ``position`` (all of a window's ring)."""
+        if self.keys is None:
+            return []
+        position = int(self.session.positions[row])
+        filled = self.slots if self.module.window is not None else min(position, self.slots)
+        cache = (self.keys, self.values, self.slot_positions[:, None])
+        return [t[row, :, :filled].clone() for t in cache]
+
+    def load_rows(self, rows: Sequence[int], saved: list[torch.Tensor]) -> None:
+        if not saved:
+            return
+        keys, values, held = saved
+        filled, index = keys.shape[1], list(rows)
+        self.keys[index, :, :filled] = keys
+        self.values[index, :, :filled] = values
+        self.slot_positions[index, :filled] = held[0]
+
     def prepare_traced(self) -> None:
         if self.keys is None:
             raise ValueError(f"{self.name!r}: compiled steps need a first chunk")

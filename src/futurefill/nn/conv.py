@@ -115,6 +115,19 @@ class ConvState(ModuleState):
             positions = self.session.row_positions(rows)
             self.engine.reset_rows(*self._engine_rows(rows, positions))
 
+    def save_row(self, row: int) -> list:
+        if self.engine is None:
+            return []
+        engine_rows, positions = self._engine_rows([row])
+        return self.engine.save_rows(engine_rows, positions[0])
+
+    def load_rows(self, rows: Sequence[int], saved: list) -> None:
+        if not saved:
+            return
+        for row in rows:
+            engine_rows, positions = self._engine_rows([row])
+            self.engine.load_rows(engine_rows, positions[0], saved)
+
     def prepare_traced(self) -> None:
         if self.engine is None:
             raise ValueError(f"{self.name!r}: compiled steps need a first chunk")

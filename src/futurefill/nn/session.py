@@ -12,6 +12,9 @@ will need (online convolution engines, short-conv histories, key/value caches)::
         logits = session.feed(ids, rows=[1])           # (1, n): row 1 alone, n positions on
         session.positions, session.nbytes              # (2,) positions; bytes of the state
         session.reset_rows([0])                        # row 0 starts anew; row 1 goes on
+        session.fork(1, [0])                           # row 0 goes on as a copy of row 1
+        saved = session.snapshot(1)                    # row 1's state, kept aside
+        session.restore([0, 1], saved)                 # both rows go on from it again
 
 One positions tensor, ``session.positions`` ``(batch_size,)``, says where every row is; nothing
 else keeps a row's position. A call feeds a set of rows (``rows``, default all) ``n`` positions
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,6 +47,7 @@ from futurefill.online import ENGINES, ScheduledWork, Worker, check_engine_optio
 
 __all__ = [
     "DecodingSession",
+    "RowSnapshot",
     "decoding",
     "decoding_max_len",
     "positions",
@@ -67,6 +72,24 @@ def decoding_max_len(model: nn.Module) -> int | None:
     """The longest sequence every futurefill.nn module of ``model`` accepts (None: no limit)."""
     limits = [m.max_len for m in model.modules() if isinstance(m, DecodingModule) and m.max_len]
     return min(limits) if limits else None
+
+
+@dataclass(frozen=True, eq=False)
+class RowSnapshot:
+    """One row's decoding state at ``position`` (:meth:`DecodingSession.snapshot`), a copy that
+    the session's calls never change; :meth:`DecodingSession.restore` puts it back into any
+    rows of the session that took it, as often as wanted.
+
+    position : int
+    states : dict, module name -> what its state saved (:meth:`ModuleState.save_row`)
+    nbytes : int, bytes of its tensors (a per-row engine's copy counted whole, with the filter
+        tables it shares: an upper bound)
+    """
+
+    position: int
+    states: dict[str, list]
+    nbytes: int
+    origin: object  # the token of the session that took it
 
 
 class DecodingSession(contextlib.AbstractContextManager):
@@ -145,6 +168,7 @@ class DecodingSession(contextlib.AbstractContextManager):
         self._touched = False  # whether a state moved during the current call
         self._traced_ready = False
         self._open = True
+        self._token = object()  # what its snapshots name it by
 
     # ----------------------------------------------------------------- calls of the model
 
@@ -291,6 +315,54 @@ class DecodingSession(contextlib.AbstractContextManager):
     def reset(self) -> None:
         """Every row back to position 0, allocations and filters kept."""
         self.reset_rows(self.all_rows)
+
+    def snapshot(self, row: int) -> RowSnapshot:
+        """A copy of ``row``'s state at its position (every module's: convolution engines,
+        short-convolution histories, key/value caches), O(what the row holds); the row goes on
+        untouched. Work in flight (deamortized jobs) is finished first."""
+        (row,) = self._check_rows([row])
+        if not self._open:
+            raise RuntimeError("the decoding session is closed")
+        self.run_deferred()
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors, kept for long
+            states = {name: state.save_row(row) for name, state in self.states.items()}
+        nbytes = sum(
+            t.numel() * t.element_size() if isinstance(t, torch.Tensor) else t.nbytes
+            for saved in states.values()
+            for t in saved
+        )
+        return RowSnapshot(int(self.positions[row]), states, nbytes, self._token)
+
+    def restore(self, rows: Sequence[int], snapshot: RowSnapshot) -> None:
+        """``rows`` start anew as copies of ``snapshot`` (taken by this session): each goes on
+        from its position exactly as the row it was taken from would have, on its own. The
+        snapshot is not changed. A failure resets the rows."""
+        rows = self._check_rows(rows)
+        if not isinstance(snapshot, RowSnapshot) or snapshot.origin is not self._token:
+            raise ValueError("snapshot: restore a RowSnapshot into the session that took it")
+        if not self._open:
+            raise RuntimeError("the decoding session is closed")
+        self.reset_rows(rows)
+        index = list(rows)
+        self.positions[index] = snapshot.position
+        self._device_positions[index] = snapshot.position
+        try:
+            with torch.inference_mode(False), torch.no_grad():
+                for name, state in self.states.items():
+                    state.load_rows(rows, snapshot.states[name])
+        except BaseException as error:
+            self.reset_rows(rows)
+            error.add_note(f"the rows {index} were reset")
+            raise
+
+    def fork(self, source: int, targets: Sequence[int]) -> None:
+        """``targets`` start anew as copies of row ``source`` (which goes on untouched): each
+        then decodes exactly as ``source`` would from its position (sampling many
+        continuations of one prompt for one prefill)."""
+        targets = self._check_rows(targets)
+        if source in targets:
+            raise ValueError(f"targets must not hold the source row {source}")
+        self.restore(targets, self.snapshot(source))
 
     @property
     def nbytes(self) -> int:

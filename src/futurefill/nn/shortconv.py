@@ -50,6 +50,12 @@ class HistoryState(ModuleState):
     def reset_rows(self, rows: Sequence[int]) -> None:
         self.history[list(rows)] = 0
 
+    def save_row(self, row: int) -> list[torch.Tensor]:
+        return [self.history[row].clone()]
+
+    def load_rows(self, rows: Sequence[int], saved: list[torch.Tensor]) -> None:
+        self.history[list(rows)] = saved[0]
+
     def traced_tensors(self) -> list[torch.Tensor]:
         return [self.history]
 

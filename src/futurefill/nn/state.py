@@ -105,6 +105,17 @@ class ModuleState(ABC):
         """Those rows back to position 0 (at ``session.positions`` until after this), the
         others untouched."""
 
+    @abstractmethod
+    def save_row(self, row: int) -> list:
+        """A copy of ``row``'s state at its position (``session.positions[row]``) that later
+        calls never change: tensors (or objects with ``nbytes``), what the row's next inputs
+        need and no more. Ordinary tensors (:func:`torch.inference_mode` off)."""
+
+    @abstractmethod
+    def load_rows(self, rows: Sequence[int], saved: list) -> None:
+        """Each of ``rows`` (just reset) takes the state :meth:`save_row` gave, to go on from
+        it on its own (the session sets their positions); ``saved`` is not changed."""
+
     def prepare_traced(self) -> None:
         """Ready the state for a compiled step of every row (:meth:`DecodingSession.feed_traced`)
         at their positions; again after any other call. Nothing by default."""

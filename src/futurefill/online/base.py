@@ -18,6 +18,7 @@ was.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable
 from typing import ClassVar
@@ -108,6 +109,9 @@ class OnlineConvEngine(ABC):
     #: filter has them) or ``"modal"`` (a :class:`~futurefill.online.modal.ModalFilter`, only
     #: the filters that declare poles and residues).
     filter_form: ClassVar[str] = "taps"
+    #: The attributes that depend only on the filter and the knobs (its transforms, plans, the
+    #: worker): an engine and its copies (:meth:`copy`) share them.
+    shared_attributes: ClassVar[tuple[str, ...]] = ("h",)
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         max_len, batch_size = check_filter(h, max_len, batch_size)
@@ -276,6 +280,20 @@ class OnlineConvEngine(ABC):
         self._prefilled = False
         self._reset()
 
+    def copy(self) -> OnlineConvEngine:
+        """An engine at this one's position holding a copy of its sequence state, to go on from
+        there on its own (forking a sequence): its buffers are its own, the filter's tables
+        (:attr:`shared_attributes`) shared. Work in flight (deamortized jobs) is finished
+        first. The copy's tensors are ordinary ones whatever the mode it is called in."""
+        self._settle()
+        memo = {
+            id(value): value
+            for name in self.shared_attributes
+            if (value := getattr(self, name, None)) is not None
+        }
+        with torch.inference_mode(False), torch.no_grad():
+            return copy.deepcopy(self, memo)
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(channels={self.channels}, max_len={self.max_len}, "
@@ -328,6 +346,11 @@ class OnlineConvEngine(ABC):
     @abstractmethod
     def _buffers(self) -> list[torch.Tensor]:
         """The tensors the engine owns (counted by ``nbytes``)."""
+
+    def _settle(self) -> None:
+        """Finish the work in flight, so that the buffers hold the whole state (before a
+        :meth:`copy`); nothing by default."""
+        return
 
     def _extend(self, u: torch.Tensor) -> torch.Tensor | None:
         """Outputs of the inputs ``u`` (batch, channels, n) at ``self._position`` (> 0) at once,

@@ -182,6 +182,28 @@ class ContinuousRows(RowsEngine):
             self._c[row, :, : 2 * position].zero_()  # a row's levels wrote below 2 p at most
         self._c_tile.index_fill_(0, index, 0)
 
+    def save_rows(self, rows: Sequence[int], position: int) -> list[torch.Tensor]:
+        """The rows' inputs so far, the known part of their outputs (nonzero below ``2
+        position`` only) and their tiles: O(position) per row."""
+        index = self._row_tensor(rows)
+        known = min(2 * position, self._c.shape[-1])
+        with torch.inference_mode(False):
+            return [
+                self._x[index, :, :position],
+                self._c[index, :, :known],
+                self._x_tile[index],
+                self._c_tile[index],
+            ]
+
+    def load_rows(self, rows: Sequence[int], position: int, saved: list[torch.Tensor]) -> None:
+        """(A reset row's ``c`` is zero: :meth:`save_rows` leaves out only zeros.)"""
+        index = self._row_tensor(rows)
+        x, c, x_tile, c_tile = saved
+        self._x[index, :, :position] = x
+        self._c[index, :, : c.shape[-1]] = c
+        self._x_tile[index] = x_tile
+        self._c_tile[index] = c_tile
+
     def step(
         self, u: torch.Tensor, rows: Sequence[int], positions: Sequence[int]
     ) -> tuple[torch.Tensor, list[RowTileEnd]]:
@@ -401,6 +423,7 @@ class TiledEngine(OnlineConvEngine):
     options: ClassVar[dict[str, Callable[[object], int]]] = {"tile_len": check_tile_len}
     #: Tiles of outputs an input is pushed into (1: its own; 2: its own and the next).
     window_tiles: ClassVar[int] = 1
+    shared_attributes = ("h", "_h_head", "_h_rests", "_spectra")
 
     def __init__(
         self,

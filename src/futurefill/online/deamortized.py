@@ -107,6 +107,7 @@ class DeamortizedConv(TiledEngine):
 
     method = "deamortized"
     uses_worker: ClassVar[bool] = True
+    shared_attributes = ("h", "_h_head", "_h_rests", "_plans", "_worker", "_side_stream")
     window_tiles = 2
     summary = (
         "O(L log^2 L) time, every step bounded, O(K) memory: continuous with its FFT jobs "
@@ -126,6 +127,19 @@ class DeamortizedConv(TiledEngine):
             raise TypeError(f"worker must be a Worker or None, got {type(worker).__name__}")
         self._worker = worker  # None: the engine's own, made at its first job (_get_worker)
         super().__init__(h, max_len=max_len, batch_size=batch_size, tile_len=tile_len)
+
+    def copy(self) -> DeamortizedConv:
+        """See :meth:`OnlineConvEngine.copy`; the copy's jobs are cancelled when it is collected,
+        as the original's."""
+        engine = super().copy()
+        weakref.finalize(engine, _cancel, engine._jobs)
+        return engine
+
+    def _settle(self) -> None:
+        """Finish every job in flight (their outputs are then in the rings)."""
+        for b in [*self._jobs, *self._events]:
+            self._join(b)
+        self._pace_at = self._remaining
 
     def _get_worker(self) -> Worker:
         """The worker its jobs go to; made at the first (a thread only a CPU job needs), and

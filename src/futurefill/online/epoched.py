@@ -48,6 +48,7 @@ class EpochedConv(OnlineConvEngine):
         "O(L^1.5 sqrt(log L)) time, O(P + K) inputs + O(E) cache: epochs of E steps, each "
         "refilled by one FFT (epoch_len E, default sqrt(L log2 L))"
     )
+    shared_attributes = ("h", "_h_padded", "_h_head", "_h_rests", "_spectra")
 
     def __init__(
         self,

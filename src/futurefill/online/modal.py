@@ -269,6 +269,15 @@ class ModalRows(RowsEngine):
         if self.state_im is not None:
             self.state_im[list(rows)] = 0
 
+    def save_rows(self, rows: Sequence[int], position: int) -> list[torch.Tensor]:
+        """The rows' states (all a row needs, whatever its position)."""
+        with torch.inference_mode(False):
+            return [t[list(rows)] for t in (self.state, self.state_im) if t is not None]
+
+    def load_rows(self, rows: Sequence[int], position: int, saved: list[torch.Tensor]) -> None:
+        for tensor, state in zip((self.state, self.state_im), saved, strict=False):
+            tensor[list(rows)] = state
+
     def prepare_traced(self, positions: Sequence[int]) -> None:
         check_traced_dtype(self.dtype, self.compute_dtype)
 

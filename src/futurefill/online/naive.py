@@ -22,6 +22,7 @@ class NaiveConv(OnlineConvEngine):
 
     method = "naive"
     summary = "O(L^2) time, O(P + K) memory: a direct dot product per step"
+    shared_attributes = ("h", "_h_rev")
 
     def __init__(self, h: torch.Tensor, *, max_len: int | None = None, batch_size: int = 1):
         super().__init__(h, max_len=max_len, batch_size=batch_size)

@@ -10,6 +10,8 @@ in a tile, say). Its life cycle, for rows ``r`` at positions ``p``::
     y, work = engine.step(u, rows, p)         # (R, D): one input each; work to run before
     run_scheduled(work)                       #   those rows' next input (batched across layers)
     engine.reset_rows(rows, p)                # back to position 0, the other rows untouched
+    saved = engine.save_rows(rows, p)         # a copy of rows all at position p (a fork's source)
+    engine.load_rows(others, p, saved)        # rows just reset go on from it, each on its own
 
 and for a compiled step of every row, :meth:`RowsEngine.step_traced` (tensor operations only)
 then :meth:`RowsEngine.advance` of the rows that really stepped (the host's part).
@@ -69,6 +71,18 @@ class RowsEngine(ABC):
     @abstractmethod
     def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         """``rows`` (reached ``positions``) back to position 0; the others untouched."""
+
+    @abstractmethod
+    def save_rows(self, rows: Sequence[int], position: int) -> list:
+        """A copy of the state of ``rows``, all at ``position``, that later calls never change:
+        tensors (and objects with ``nbytes``) holding what the rows' next inputs need, no
+        more."""
+
+    @abstractmethod
+    def load_rows(self, rows: Sequence[int], position: int, saved: list) -> None:
+        """``rows`` (reset, as many as were saved) take the state :meth:`save_rows` gave at
+        ``position``: from now on each goes on exactly as the saved rows would have; ``saved``
+        is not changed."""
 
     @abstractmethod
     def prepare_traced(self, positions: Sequence[int]) -> None:
@@ -138,6 +152,13 @@ class PerRowEngines(RowsEngine):
     def reset_rows(self, rows: Sequence[int], positions: Sequence[int]) -> None:
         for row in rows:
             self.engines[row].reset()
+
+    def save_rows(self, rows: Sequence[int], position: int) -> list:
+        return [self.engines[row].copy() for row in rows]
+
+    def load_rows(self, rows: Sequence[int], position: int, saved: list) -> None:
+        for row, engine in zip(rows, saved, strict=True):
+            self.engines[row] = engine.copy()
 
     def prepare_traced(self, positions: Sequence[int]) -> None:
         for engine in self.engines:
