@@ -61,7 +61,7 @@ def run_concurrently(scheduler: Scheduler, requests: list[Request], stagger: flo
     results = [None] * len(requests)
 
     def go(i):
-        results[i] = scheduler.complete(requests[i], timeout=120)
+        (results[i],) = scheduler.complete(requests[i], timeout=120)
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(requests))]
     for thread in threads:
@@ -127,9 +127,9 @@ def test_stop_strings_end_the_text_before_them(bundled):
     prompt = tokenizer.encode("The with statement")
     scheduler = Scheduler(model, tokenizer, slots=2, max_len=128).start()
     try:
-        full = scheduler.complete(Request(prompt, 40))
+        (full,) = scheduler.complete(Request(prompt, 40))
         stop = full.text[10:13]
-        cut = scheduler.complete(Request(prompt, 40, stop=[stop, "never there"]))
+        (cut,) = scheduler.complete(Request(prompt, 40, stop=[stop, "never there"]))
     finally:
         scheduler.stop()
     assert cut.finish_reason == "stop"
@@ -141,7 +141,9 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
     scheduler = Scheduler(model, tokenizer, slots=1, max_len=600, queue_size=1).start()
     events = []
     try:
-        long = Request(tokenizer.encode("a"), 500, on_event=lambda t, r: events.append(r))
+        long = Request(
+            tokenizer.encode("a"), 500, on_event=lambda e: events.append(e.finish_reason)
+        )
         handle = scheduler.submit(long)
         waiting = Request(tokenizer.encode("b"), 3)
         wait_until(lambda: scheduler.running > 0)
@@ -150,7 +152,7 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses(bundled):
             scheduler.submit(Request(tokenizer.encode("c"), 3))
         scheduler.cancel(long)  # its slot goes to the waiting request, the queue empties
         wait_until(lambda: scheduler.queue_length == 0)
-        done = scheduler.complete(Request(tokenizer.encode("d"), 3), timeout=60)
+        (done,) = scheduler.complete(Request(tokenizer.encode("d"), 3), timeout=60)
         assert done.finish_reason == "length"
     finally:
         scheduler.stop()
@@ -206,7 +208,9 @@ def test_long_prompts_are_prefilled_in_chunks_while_the_others_step(bundled):
             chunks.append(tuple(ids.shape))
             return self.model(ids)
 
-    scheduler = Scheduler(Counting(), tokenizer, slots=2, max_len=400, prefill_chunk=64).start()
+    scheduler = Scheduler(
+        Counting(), tokenizer, slots=2, max_len=400, prefill_chunk=64, prefix_cache_bytes=0
+    ).start()
     try:
         short = Request(tokenizer.encode("x = 1"), 90)
         long = Request(list(b"The with statement is used " * 11), 5)  # 297 tokens
@@ -218,7 +222,7 @@ def test_long_prompts_are_prefilled_in_chunks_while_the_others_step(bundled):
         assert results[0].tokens == alone(reference, short)
         chunks.clear()  # alone, nobody waits: the whole prompt in one pass
         again = Request(list(b"The with statement is used " * 11), 5)
-        assert scheduler.complete(again).tokens == results[1].tokens
+        assert scheduler.complete(again)[0].tokens == results[1].tokens
         assert [n for _, n in chunks] == [297, 1, 1, 1, 1]
     finally:
         scheduler.stop()
@@ -267,7 +271,7 @@ def test_schedule_plans_whole_prompts_alone_and_pieces_beside_steps(bundled):
         scheduler.update(plan, scheduler.run(plan))
         plan = scheduler.schedule()
         assert plan.rows == (0,) and plan.ids == (handle.tokens[-1],)
-        assert plan.piece == Piece(1, tuple(second[8:16]), starts=False, ends=False)
+        assert plan.piece == Piece(1, tuple(second[8:16]), starts=False, ends=False, offset=8)
     finally:
         scheduler.stop()
 
@@ -278,7 +282,9 @@ def test_update_ends_a_request_at_its_stop_string(bundled):
     events = []
     try:
         handle = scheduler.submit(
-            Request([65], 10, stop=["cd"], on_event=lambda t, r: events.append((t, r)))
+            Request(
+                [65], 10, stop=["cd"], on_event=lambda e: events.append((e.text, e.finish_reason))
+            )
         )
 
         def chosen(token: int) -> DecoderOutput:  # the model's output, as if it chose token
@@ -308,12 +314,12 @@ def test_the_callers_request_is_left_as_it_was(bundled):
         12,
         Sampling(temperature=0.8, seed=3),
         stop=["never there"],
-        on_event=lambda text, reason: texts.append(text),
+        on_event=lambda event: texts.append(event.text),
     )
     before, callback = dataclasses.asdict(request), request.on_event
     scheduler = Scheduler(model, tokenizer, slots=2, max_len=64).start()
     try:
-        done = scheduler.complete(request)
+        (done,) = scheduler.complete(request)
     finally:
         scheduler.stop()
     assert done.finish_reason == "length" and "".join(texts) == done.text
@@ -328,11 +334,11 @@ class Recording:
     def __init__(self, packs: bool):
         self.packs, self.calls = packs, []
 
-    def start(self, row, ids):
+    def start(self, row, ids, all_positions=False):
         self.calls.append(("start", row, ids.tolist()))
         return "piece"
 
-    def extend(self, row, ids):
+    def extend(self, row, ids, all_positions=False):
         self.calls.append(("extend", row, ids.tolist()))
         return "piece"
 
@@ -340,7 +346,7 @@ class Recording:
         self.calls.append(("step", ids.tolist(), list(rows)))
         return "steps"
 
-    def step_and_extend(self, ids, rows, row, piece):
+    def step_and_extend(self, ids, rows, row, piece, all_positions=False):
         self.calls.append(("step_and_extend", ids.tolist(), list(rows), row, piece.tolist()))
         return "steps", "piece"
 
@@ -371,12 +377,14 @@ def test_a_raising_callback_stops_the_engine_and_every_request_still_ends(bundle
     scheduler = Scheduler(model, tokenizer, slots=1, max_len=64)
     ends = []
 
-    def broken(text, reason):
+    def broken(event):
         raise RuntimeError("the caller's bug")
 
     try:
         scheduler.submit(Request(tokenizer.encode("def"), 5, on_event=broken))
-        scheduler.submit(Request([66], 5, on_event=lambda t, r: r and ends.append(r)))
+        scheduler.submit(
+            Request([66], 5, on_event=lambda e: e.finish_reason and ends.append(e.finish_reason))
+        )
         scheduler.start()
         deadline = time.monotonic() + 60
         while not ends and time.monotonic() < deadline:

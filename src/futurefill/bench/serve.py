@@ -101,7 +101,7 @@ def _drive(jobs: list[Job], clients: int, serve) -> None:
 def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) -> None:
     """The jobs submitted to a :class:`~futurefill.serving.Scheduler` as they arrive; each
     event's time stamps the tokens generated since the last (read from the request's handle)."""
-    from futurefill.serving import Request, Scheduler
+    from futurefill.serving import Event, Request, Scheduler
 
     scheduler = Scheduler(
         model,
@@ -116,12 +116,12 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
         def serve(job: Job, start: float) -> None:
             submitted, done, handle = threading.Event(), threading.Event(), []
 
-            def on_event(text: str, reason: str | None) -> None:
+            def on_event(event: Event) -> None:
                 now = time.perf_counter() - start
                 submitted.wait()  # the handle, which the engine may beat submit() to
                 while len(job.token_times) < len(handle[0].tokens):
                     job.token_times.append(now)
-                if reason is not None:
+                if event.finish_reason is not None:
                     done.set()
 
             handle.append(scheduler.submit(Request(job.prompt, job.max_tokens, on_event=on_event)))

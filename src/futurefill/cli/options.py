@@ -25,6 +25,7 @@ __all__ = [
     "UsageError",
     "available_cores",
     "bounded_int",
+    "byte_size",
     "device_name",
     "finite_float",
     "output_dir",
@@ -94,6 +95,25 @@ def finite_float(
         return value
 
     return parse
+
+
+BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: an integer >= 0, or one with a K, M, G or T suffix (powers of 1024)."""
+    number, unit = text.strip(), ""
+    if number[-1:].upper() in BYTE_UNITS:
+        number, unit = number[:-1], number[-1].upper()
+    try:
+        value = int(number)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a size in bytes (an integer >= 0, or with a K/M/G/T suffix), got {text!r}"
+        )
+    return value * BYTE_UNITS[unit]
 
 
 def threads(text: str) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from futurefill.cli import options
 from futurefill.online import ENGINES
+from futurefill.serving.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 __all__ = ["register"]
@@ -51,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_PREFILL_CHUNK,
         help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
         "rows wait for one chunk at most)",
+    )
+    parser.add_argument(
+        "--prefix-cache-bytes",
+        type=options.byte_size,
+        default=DEFAULT_PREFIX_CACHE_BYTES,
+        help="decoding state kept for recent prompts, so that a repeated prompt is not "
+        "prefilled again (bytes, or with a K/M/G suffix, powers of 1024; 0 turns it off; "
+        "default 1G)",
     )
     parser.add_argument(
         "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
@@ -93,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
         compile=args.compile,
         queue_size=args.queue_size,
         prefill_chunk=args.prefill_chunk,
+        prefix_cache_bytes=args.prefix_cache_bytes,
         metrics=metrics,
     )
     app = create_app(scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics)

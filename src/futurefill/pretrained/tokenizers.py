@@ -12,6 +12,7 @@ bundled, e.g. the safari LMs' GPT-2 one).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -25,6 +26,7 @@ __all__ = [
     "DnaTokenizer",
     "StreamDecoder",
     "Tokenizer",
+    "decode",
     "load_with_tokenizer",
     "tokenizer_for",
 ]
@@ -43,11 +45,22 @@ class Tokenizer(Protocol):
     name: str
     vocab_size: int  # the ids it produces are below this
     eos_token_id: int | None
+    eos_token: str | None  # its text (the tokenizer endpoints report it)
     allowed_token_ids: tuple[int, ...] | None  # what a generation chooses among by default
 
     def encode(self, text: str) -> list[int]: ...
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+    def token_string(self, token: int) -> str:
+        """One token as text on its own (the API's ``logprobs.tokens``)."""
+        ...
+
+
+def decode(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
+    """The text of ``ids`` (a whole sequence: what its stream decoder gives, flushed)."""
+    stream = tokenizer.stream_decoder()
+    return "".join(stream.push(token) for token in ids) + stream.flush()
 
 
 class ByteTokenizer:
@@ -56,6 +69,7 @@ class ByteTokenizer:
     name = "bytes"
     vocab_size = 256
     eos_token_id = None
+    eos_token = None
     allowed_token_ids = None
 
     def encode(self, text: str) -> list[int]:
@@ -67,6 +81,11 @@ class ByteTokenizer:
 
     def stream_decoder(self) -> ByteStreamDecoder:
         return ByteStreamDecoder()
+
+    def token_string(self, token: int) -> str:
+        """An ASCII byte as its character; any other (not text on its own: part of a multi-byte
+        UTF-8 character) as ``bytes:\\xNN``, vLLM's convention."""
+        return chr(token) if token < 0x80 else f"bytes:\\x{token:02x}"
 
 
 class _CharStreamDecoder:
@@ -85,6 +104,7 @@ class CharTokenizer:
     name = "evo-chars"
     vocab_size = 512
     eos_token_id = 0
+    eos_token = "\x00"  # (its text out is a space, as every id below 32)
     allowed_token_ids = None
 
     def encode(self, text: str) -> list[int]:
@@ -93,6 +113,9 @@ class CharTokenizer:
 
     def stream_decoder(self) -> _CharStreamDecoder:
         return _CharStreamDecoder()
+
+    def token_string(self, token: int) -> str:
+        return _CharStreamDecoder().push(token)
 
 
 class _DnaStreamDecoder:
@@ -109,6 +132,7 @@ class DnaTokenizer:
     name = "dna"
     vocab_size = len(dna.SPECIAL_TOKENS) + len(dna.NUCLEOTIDE_IDS)
     eos_token_id = dna.SEP
+    eos_token = "[SEP]"
     allowed_token_ids = dna.NUCLEOTIDE_IDS
 
     def encode(self, text: str) -> list[int]:
@@ -116,6 +140,9 @@ class DnaTokenizer:
 
     def stream_decoder(self) -> _DnaStreamDecoder:
         return _DnaStreamDecoder()
+
+    def token_string(self, token: int) -> str:
+        return dna.decode([token])
 
 
 def load_with_tokenizer(

@@ -38,6 +38,15 @@ class Metrics:
             "futurefill_slot_bytes", "Bytes of decoding state one slot holds", registry=r
         )
         self.slots = Gauge("futurefill_slots", "Rows decoded together", registry=r)
+        self.prefix_cache_lookups = Counter(
+            "futurefill_prefix_cache_lookups",
+            "Prompts looked up in the prefix cache",
+            ["result"],
+            registry=r,
+        )
+        self.prefix_cache_bytes = Gauge(
+            "futurefill_prefix_cache_bytes", "Bytes of decoding state kept for prompts", registry=r
+        )
 
     def observe_admission(self, waited: float) -> None:
         self.queue_wait.observe(waited)
@@ -45,6 +54,9 @@ class Metrics:
     def observe_token(self, seconds: float, first: bool) -> None:
         self.tokens.inc()
         (self.first_token if first else self.inter_token).observe(seconds)
+
+    def observe_prefix_cache(self, hit: bool) -> None:
+        self.prefix_cache_lookups.labels(result="hit" if hit else "miss").inc()
 
     def observe_finish(self, reason: str) -> None:
         self.requests.labels(finish_reason=reason).inc()
