@@ -61,6 +61,8 @@ BAD = [
     ("serve --slots 0", r"futurefill serve: error: argument --slots: must be an integer in \[1"),
     ("serve --model /no/such/dir", "argument --model: checkpoint directory not found"),
     ("serve --method fast", "argument --method: invalid choice"),
+    ("serve --prefix-cache-bytes -1", "argument --prefix-cache-bytes: must be a size in bytes"),
+    ("serve --prefix-cache-bytes 1X", "argument --prefix-cache-bytes: must be a size in bytes"),
     ("bench serve --method fast", "argument --method: invalid choice"),
     ("bench serve --requests 0", "argument --requests: must be an integer >= 1"),
     ("generate hi --seed 99999999999999999999999", "argument --seed: must be a seed in"),
@@ -176,3 +178,12 @@ def test_the_library_never_imports_the_command_line():
             if any(name.split(".")[:2] == ["futurefill", "cli"] for name in names):
                 importers.add(path.relative_to(root).parts[0])
     assert importers <= {"cli", "bench"}
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("0", 0), ("512", 512), ("4K", 4096), ("3m", 3 << 20), ("1G", 1 << 30)]
+)
+def test_byte_sizes_take_binary_suffixes(text, size):
+    from futurefill.cli.options import byte_size
+
+    assert byte_size(text) == size

@@ -60,10 +60,10 @@ class Server:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return response.status, response.read().decode()
 
-    def post(self, body: bytes | dict) -> tuple[int, dict, dict]:
+    def post(self, body: bytes | dict, path: str = "/v1/completions") -> tuple[int, dict, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url + "/v1/completions", data, {"Content-Type": "application/json"}
+            self.url + path, data, {"Content-Type": "application/json"}
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -121,6 +121,103 @@ def test_openai_client_completions_plain_and_streamed(server, model):
     )
     text = "".join(chunk.choices[0].text for chunk in parts)
     assert text == alone(model, prompt, 30, temperature=0.8, seed=5)
+
+
+def test_openai_client_n_samples_of_a_list_of_prompts_plain_and_streamed(server, model):
+    """Choices ordered by prompt, then sample; sample i of a seeded request is the request
+    alone with seed + i; streamed chunks carry their choice's index and logprobs."""
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    prompts = ["def f(x):", "import os"]
+    options = dict(model=MODEL, max_tokens=12, temperature=0.7, seed=3, n=2, logprobs=2)
+    done = client.completions.create(prompt=prompts, **options)
+    assert [c.index for c in done.choices] == [0, 1, 2, 3]
+    for choice in done.choices:
+        prompt, sample = prompts[choice.index // 2], choice.index % 2
+        assert choice.text == alone(model, prompt, 12, temperature=0.7, seed=3 + sample)
+        logprobs = choice.logprobs
+        assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 12
+        for token, logprob, top in zip(
+            logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+        ):
+            assert top[token] == logprob and len(top) in (2, 3)
+            assert max(top.values()) >= logprob
+    assert done.usage.prompt_tokens == 9 + 9 and done.usage.completion_tokens == 4 * 12
+    texts, logprobs = {}, {}
+    for chunk in client.completions.create(prompt=prompts, stream=True, **options):
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+            if choice.logprobs is not None:
+                logprobs.setdefault(choice.index, []).extend(choice.logprobs.token_logprobs)
+    assert texts == {c.index: c.text for c in done.choices}
+    for c in done.choices:  # float32, batched beside other rows than before: rounding apart
+        assert logprobs[c.index] == pytest.approx(c.logprobs.token_logprobs, abs=1e-4)
+
+
+def test_echo_with_logprobs_scores_a_continuation_as_lm_eval_does(server, model):
+    """lm-evaluation-harness's loglikelihood: context + continuation as token ids, echo,
+    logprobs 1, max_tokens 1; the prompt's token logprobs (the first null) are the forward's."""
+    context, continuation = encode("The with statement").tolist(), encode(" is").tolist()
+    ids = context + continuation
+    body = {"model": MODEL, "prompt": [ids], "echo": True, "logprobs": 1, "max_tokens": 1}
+    code, reply, _ = server.post({**body, "temperature": 0})
+    assert code == 200
+    (choice,) = reply["choices"]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["token_logprobs"]) == len(ids) + 1 and logprobs["token_logprobs"][0] is None
+    with torch.no_grad():
+        expected = torch.log_softmax(model(torch.tensor([ids]))[0].double(), dim=-1)
+    for i in range(1, len(ids)):
+        assert abs(logprobs["token_logprobs"][i] - float(expected[i - 1, ids[i]])) < 1e-4
+    score = sum(logprobs["token_logprobs"][len(context) : len(ids)])
+    want = sum(float(expected[i - 1, ids[i]]) for i in range(len(context), len(ids)))
+    assert abs(score - want) < 1e-4
+    assert choice["text"].startswith("The with statement is")
+    assert reply["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 1,
+        "total_tokens": len(ids) + 1,
+    }
+    code, reply, _ = server.post({**body, "max_tokens": 0, "logprobs": None})
+    assert code == 200 and reply["choices"][0]["text"] == "The with statement is"
+    assert reply["choices"][0]["logprobs"] is None and reply["usage"]["completion_tokens"] == 0
+
+
+def test_best_of_returns_n_and_counts_every_sample(server):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 5, "n": 1, "best_of": 3, "seed": 1}
+    code, reply, _ = server.post(body)
+    assert code == 200 and [c["index"] for c in reply["choices"]] == [0]
+    assert reply["usage"]["completion_tokens"] == 15
+
+
+def test_tokenizer_endpoints(server):
+    code, info = server.get("/tokenizer_info")
+    info = json.loads(info)
+    assert code == 200 and info["eos_token"] is None and info["vocab_size"] == 256
+    code, reply, _ = server.post({"model": MODEL, "prompt": "héllo"}, "/tokenize")
+    assert code == 200 and reply["tokens"] == list("héllo".encode()) and reply["count"] == 6
+    code, reply, _ = server.post({"tokens": reply["tokens"]}, "/detokenize")
+    assert code == 200 and reply == {"prompt": "héllo"}
+    for path, body, param in [
+        ("/tokenize", {"prompt": 3}, "prompt"),
+        ("/tokenize", {"prompt": "a", "messages": []}, "messages"),
+        ("/tokenize", {"prompt": "a", "add_special_tokens": "no"}, "add_special_tokens"),
+        ("/detokenize", {"tokens": [1, 300]}, "tokens"),
+        ("/detokenize", {"tokens": "ab"}, "tokens"),
+    ]:
+        code, reply, _ = server.post(body, path)
+        assert code == 400 and reply["error"]["param"] == param, (path, body)
+    code, reply, _ = server.post({"model": "gpt-4", "prompt": "a"}, "/tokenize")
+    assert code == 404 and reply["error"]["param"] == "model"
+
+
+def test_a_repeated_prompt_hits_the_prefix_cache(server):
+    body = {"model": MODEL, "prompt": "A prompt seen twice", "max_tokens": 3, "temperature": 0}
+    hits = server.metric('futurefill_prefix_cache_lookups_total{result="hit"}')
+    first = server.post(body)[1]["choices"][0]["text"]
+    second = server.post(body)[1]["choices"][0]["text"]
+    assert first == second
+    assert server.metric('futurefill_prefix_cache_lookups_total{result="hit"}') == hits + 1
+    assert server.metric("futurefill_prefix_cache_bytes") > 0
 
 
 def test_concurrent_clients_each_get_their_own_completion(server, model):
