@@ -224,3 +224,37 @@ def test_bad_requests_name_the_field(model, changes, message):
         assert scheduler.queue_length == 0
     finally:
         scheduler.stop()
+
+
+def test_samples_of_a_compiled_scheduler(model):
+    scheduler = scheduler_for(model, compile=True).start()
+    try:
+        request = Request(TOKENIZER.encode("for i in"), 10, Sampling(temperature=0.9, seed=4), n=3)
+        completions = scheduler.complete(request, timeout=300)
+    finally:
+        scheduler.stop()
+    for completion in completions:
+        assert completion.tokens == alone(model, request, completion.index)
+
+
+def test_samples_of_a_modal_hybrid():
+    """Evo 1's layout (complex poles, FIRs, rotary attention) with method modal."""
+    from pathlib import Path
+
+    from futurefill.pretrained import load_pretrained
+    from futurefill.pretrained.tokenizers import CharTokenizer
+
+    evo = load_pretrained(Path(__file__).parent.parent / "fixtures" / "evo1_tiny").double()
+    reference = copy.deepcopy(evo)
+    scheduler = Scheduler(evo, CharTokenizer(), slots=3, max_len=32, method="modal").start()
+    try:
+        request = Request(CharTokenizer().encode("ACGTTGCA"), 8, Sampling(1.0, seed=9), n=3)
+        completions = scheduler.complete(request, timeout=300)
+    finally:
+        scheduler.stop()
+    for completion in completions:
+        generator = torch.Generator().manual_seed(9 + completion.index)
+        ids = torch.tensor([request.prompt_ids])
+        expected = generate(reference, ids, 8, do_sample=True, generator=generator, eos_token_id=0)
+        tokens = expected[0].tolist()
+        assert completion.tokens == tokens[: len(completion.tokens)]

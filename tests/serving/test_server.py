@@ -288,7 +288,7 @@ def test_concurrent_clients_each_get_their_own_completion(server, model):
         ({"model": MODEL, "prompt": [[1], []]}, 400, "prompt", "only strings or only"),
         ({"model": MODEL, "prompt": ["a", ""]}, 400, "prompt", "prompt must not be empty"),
         ({"model": MODEL, "prompt": ["a", "b" * 5000]}, 400, "prompt", "5000 tokens exceed"),
-        ({"model": MODEL, "prompt": "a", "stop": ["a"] * 5}, 400, "stop", "up to 4"),
+        ({"model": MODEL, "prompt": "a", "stop": ["a"] * 33}, 400, "stop", "up to 32"),
         ({"model": MODEL, "prompt": "a", "stream": "yes"}, 400, "stream", "true or false"),
         ({"model": MODEL, "prompt": "a", "suffix": "b"}, 400, "suffix", "not supported"),
         ({"model": MODEL, "prompt": "a", "frobnicate": 1}, 400, "frobnicate", "unknown field"),

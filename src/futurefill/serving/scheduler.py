@@ -551,10 +551,11 @@ class Scheduler:
         return text, logprobs
 
     def _top(self, top: list[tuple[int, float]], token: int, logprob: float) -> dict[str, float]:
-        """A token's ``top_logprobs`` entry: the ``k`` most likely and the token itself."""
-        string = self.tokenizer.token_string
-        entry = {string(i): lp for i, lp in top}
-        entry.setdefault(string(token), logprob)
+        """A token's ``top_logprobs`` entry: the ``k`` most likely and the token itself (where
+        two tokens have one text, the likelier one's value)."""
+        string, entry = self.tokenizer.token_string, {}
+        for i, lp in [*top, (token, logprob)]:  # most likely first
+            entry.setdefault(string(i), lp)
         return entry
 
     def _sample(self, sequences: list[_Sequence], out: DecoderOutput) -> None:

@@ -46,6 +46,9 @@ NEUTRAL = {
     "user": None,  # any string: ignored
     "stream_options": None,  # accepted, ignored
 }
+# Stop strings a request may give: OpenAI's limit is 4, but evaluation clients send a task's
+# own list plus the end-of-sequence token (vLLM takes any number).
+MAX_STOPS = 32
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
 FIELDS |= {"stream", "n", "best_of", "logprobs", "echo", *NEUTRAL}
 
@@ -168,10 +171,12 @@ def parse_completion(body: Any, model_name: str, tokenizer) -> tuple[list[Comple
     stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if (
         not isinstance(stop, list)
-        or len(stop) > 4
+        or len(stop) > MAX_STOPS
         or not all(isinstance(s, str) and s for s in stop)
     ):
-        raise ApiError(400, "stop must be a non-empty string or a list of up to 4 of them", "stop")
+        raise ApiError(
+            400, f"stop must be a non-empty string or a list of up to {MAX_STOPS} of them", "stop"
+        )
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
     top_k = body.get("top_k")
