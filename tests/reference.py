@@ -110,3 +110,16 @@ def tiny_lm(mixer: str = "hyena", seed: int = 0, max_len: int = 64, vocab: int =
         model.embed.weight.normal_()
         model.head.weight.normal_()
     return model
+
+
+def hybrid_lm(shape: str, vocab: int = 32):
+    """A float64 hybrid ConvLM of width 16 and 2 layers (``flash_stu`` with a sliding window of
+    5, or ``striped_hyena``): attention caches and rotary positions beside the convolutions."""
+    from futurefill import ConvLM, ConvLMConfig
+
+    torch.manual_seed(4)
+    window = 5 if shape == "flash_stu" else None
+    config = ConvLMConfig.hybrid(
+        shape, vocab_size=vocab, d_model=16, n_layers=2, max_len=64, attention_window=window
+    )
+    return ConvLM(config).double().eval()

@@ -17,27 +17,16 @@ from hypothesis import strategies as st
 
 from futurefill import METHODS, Decoder, generate
 from futurefill.pretrained import load_pretrained
-from reference import rel_err, tiny_lm
+from reference import hybrid_lm, rel_err, tiny_lm
 
 VOCAB = 32
 EVO1 = Path(__file__).parent / "fixtures" / "evo1_tiny"
 KNOBS = {"continuous": {"tile_len": 2}, "deamortized": {"tile_len": 2}, "epoched": {"epoch_len": 3}}
 
 
-def hybrid_model(shape: str):
-    from futurefill import ConvLM, ConvLMConfig
-
-    torch.manual_seed(4)
-    window = 5 if shape == "flash_stu" else None
-    config = ConvLMConfig.hybrid(
-        shape, vocab_size=VOCAB, d_model=16, n_layers=2, max_len=64, attention_window=window
-    )
-    return ConvLM(config).double().eval()
-
-
 def model_for(mixer: str, seed: int = 0):
     if mixer in ("flash_stu", "striped_hyena"):
-        return hybrid_model(mixer)
+        return hybrid_lm(mixer, VOCAB)
     if mixer == "evo1":
         return load_pretrained(EVO1).double()
     return tiny_lm(mixer, seed, max_len=64, vocab=VOCAB)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from futurefill import METHODS, Decoder
-from reference import rel_err, tiny_lm
+from reference import hybrid_lm, rel_err, tiny_lm
 
 VOCAB = 32
 
@@ -105,24 +105,13 @@ def test_compiled_steps_beside_a_row_in_the_middle_of_its_prompt(method):
         assert rel_err(out.logits[1], expected) < 1e-10
 
 
-def hybrid_model(shape: str):
-    from futurefill import ConvLM, ConvLMConfig
-
-    torch.manual_seed(4)
-    window = 5 if shape == "flash_stu" else None
-    config = ConvLMConfig.hybrid(
-        shape, vocab_size=VOCAB, d_model=16, n_layers=2, max_len=64, attention_window=window
-    )
-    return ConvLM(config).double().eval()
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mixer", ["hyena", "stu", "longconv", "flash_stu", "striped_hyena"])
 def test_a_prompt_packed_with_the_steps_of_others(method, mixer):
     """step_and_extend: the stepping rows and a prompt's pieces in one forward give each row
     the logits of its own sequence (attention's caches and rotary positions too)."""
     hybrid = mixer in ("flash_stu", "striped_hyena")
-    model = hybrid_model(mixer) if hybrid else tiny_model(mixer, seed=3)
+    model = hybrid_lm(mixer, VOCAB) if hybrid else tiny_model(mixer, seed=3)
     reference = copy.deepcopy(model)
     rng = random.Random(method + mixer)
     with Decoder(model, batch_size=4, max_len=40, method=method) as decoder:
