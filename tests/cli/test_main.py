@@ -151,11 +151,9 @@ def test_every_option_has_help_and_a_default():
             if not action.option_strings or action.dest == "help":
                 continue
             assert action.help, (name, action.option_strings)
-            formatter = parser.formatter_class
-            says_default = "default" in action.help or (
-                formatter is argparse.ArgumentDefaultsHelpFormatter
-            )
-            assert says_default or action.required, (name, action.option_strings)
+            shown = parser.formatter_class(name)._get_help_string(action)
+            flag = action.nargs == 0  # store_true and the like: off unless given
+            assert "default" in shown or flag or action.required, (name, action.option_strings)
 
 
 def test_the_library_never_imports_the_command_line():
@@ -187,3 +185,36 @@ def test_byte_sizes_take_binary_suffixes(text, size):
     from futurefill.cli.options import byte_size
 
     assert byte_size(text) == size
+
+
+def test_serve_help_shows_each_default_once(capsys):
+    assert run(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "(default: None)" not in out and "(default: False)" not in out
+    options = re.split(r"\n  (?=-)", out.split("options:")[1])
+    for option in options:
+        assert option.count("default") <= 1, option
+    assert "(default: the bundled demo model)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    ("host", "warns"),
+    [
+        ("127.0.0.1", False),
+        ("::1", False),
+        ("localhost", False),
+        ("0.0.0.0", True),
+        ("10.1.2.3", True),
+        ("example.org", True),
+    ],
+)
+def test_serve_warns_when_reachable_from_elsewhere_without_a_key(host, warns, monkeypatch, capsys):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # nothing is bound
+    monkeypatch.delenv("FUTUREFILL_API_KEY", raising=False)
+    assert run(["serve", "--host", host]) == 0
+    assert ("warning: --host" in capsys.readouterr().err) == warns
+    if warns:
+        assert run(["serve", "--host", host, "--api-key", "k"]) == 0
+        assert "warning" not in capsys.readouterr().err

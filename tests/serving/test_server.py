@@ -37,7 +37,7 @@ def free_port() -> int:
 class Server:
     """``futurefill serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
@@ -45,6 +45,7 @@ class Server:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -56,14 +57,20 @@ class Server:
         self.stop()
         raise RuntimeError(f"the server did not start: {self.process.stdout.read()}")
 
-    def get(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read().decode()
 
-    def post(self, body: bytes | dict, path: str = "/v1/completions") -> tuple[int, dict, dict]:
+    def post(
+        self,
+        body: bytes | dict,
+        path: str = "/v1/completions",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict, dict]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url + path, data, {"Content-Type": "application/json"}
+            self.url + path, data, {"Content-Type": "application/json", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -420,3 +427,46 @@ def test_an_evo_checkpoint_served_with_the_modal_method():
         assert got == {prompt: expected(prompt) for prompt in prompts}
     finally:
         assert server.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def keyed_server():
+    """A server whose key comes from the environment (the process list never shows it)."""
+    server = Server("--slots", "2", env={"FUTUREFILL_API_KEY": "s3cret-key"})
+    yield server
+    assert server.stop() == 0
+
+
+def test_only_requests_with_the_key_get_in(keyed_server):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+    before = keyed_server.metric("futurefill_generated_tokens_total")
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "s3cret-key"},
+        {"X-API-Key": "s3cret-key"},
+        {"Authorization": "Bearer s3cret-key-and-more"},
+    ):
+        for path, payload in [
+            ("/v1/completions", body),
+            ("/tokenize", {"prompt": "x"}),
+            ("/detokenize", {"tokens": [65]}),
+        ]:
+            code, reply, reply_headers = keyed_server.post(payload, path, headers)
+            assert code == 401, (path, headers)
+            assert reply["error"]["code"] == "invalid_api_key"
+            assert reply["error"]["type"] == "invalid_request_error"
+            assert reply_headers["www-authenticate"] == "Bearer"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            keyed_server.get("/v1/models", headers)
+    assert keyed_server.metric("futurefill_generated_tokens_total") == before  # no slot reached
+    assert keyed_server.get("/health")[0] == 200 and keyed_server.get("/metrics")[0] == 200
+    client = openai.OpenAI(base_url=keyed_server.url + "/v1", api_key="s3cret-key")
+    done = client.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=0)
+    assert len(done.choices[0].text) >= 1
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=keyed_server.url + "/v1", api_key="nope").models.list()
+    code, reply, _ = keyed_server.post(
+        {"prompt": "x"}, "/tokenize", {"Authorization": "Bearer s3cret-key"}
+    )
+    assert code == 200 and reply["tokens"] == [120]

@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--prompt-file",
         default=None,
         help="read the prompt from this file instead, '-' for standard input (FASTA for "
-        "HyenaDNA: header lines skipped)",
+        "HyenaDNA: header lines skipped) (default: the prompt argument)",
     )
     parser.add_argument(
         "--no-echo",
@@ -153,13 +153,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--top-k",
         type=options.bounded_int(1),
         default=None,
-        help="with --do-sample: sample among the k likeliest",
+        help="with --do-sample: sample among the k likeliest (default: every token)",
     )
     parser.add_argument(
         "--top-p",
         type=options.finite_float(0, 1, low_open=True),
         default=None,
-        help="with --do-sample: nucleus sampling, the likeliest tokens holding this probability",
+        help="with --do-sample: nucleus sampling, the likeliest tokens holding this probability "
+        "(default: off)",
     )
     parser.add_argument("--seed", type=options.seed, default=0, help="sampling seed")
     parser.add_argument(

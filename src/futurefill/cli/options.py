@@ -198,13 +198,25 @@ def check_choices(values: Sequence[str], known: Sequence[str], option: str) -> N
         raise UsageError(f"argument {option}: unknown {unknown}; choose from {', '.join(known)}")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default once: ``(default: X)`` appended where the help does
+    not say it already and there is one to show (not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS
+        if "default" in help or nothing or not help:
+            return help
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return help + " (default: %(default)s)"
+        return help
+
+
 def add_command(
     subparsers: argparse._SubParsersAction, name: str, help: str, description: str
 ) -> argparse.ArgumentParser:
-    """A subcommand of the ``futurefill`` command, its ``--help`` showing every default."""
+    """A subcommand of the ``futurefill`` command, its ``--help`` showing every default once."""
     return subparsers.add_parser(
-        name,
-        help=help,
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name, help=help, description=description, formatter_class=DefaultsFormatter
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import ipaddress
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,7 +17,10 @@ from futurefill.online import ENGINES
 from futurefill.serving.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
-__all__ = ["register"]
+__all__ = ["API_KEY_VARIABLE", "register"]
+
+#: The environment variable ``--api-key`` defaults to (a key kept out of the process list).
+API_KEY_VARIABLE = "FUTUREFILL_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,14 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "batching: requests join a running batch as slots free, each at its own position.",
     )
     parser.add_argument(
-        "--model", default=None, help="checkpoint directory; default: the bundled demo model"
+        "--model", default=None, help="checkpoint directory (default: the bundled demo model)"
     )
     parser.add_argument(
         "--model-name",
         default=None,
         help="the model's id in the API (default: the directory's name, or futurefill-pydoc-stu)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback default)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, loopback only; another address without "
+        "--api-key prints a warning)",
+    )
     parser.add_argument("--port", type=options.bounded_int(0, 65535), default=8000, help="port")
     parser.add_argument(
         "--slots", type=options.bounded_int(1, 1024), default=8, help="rows decoded together"
@@ -59,7 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_PREFIX_CACHE_BYTES,
         help="decoding state kept for recent prompts, so that a repeated prompt is not "
         "prefilled again (bytes, or with a K/M/G suffix, powers of 1024; 0 turns it off; "
-        "default 1G)",
+        "default: 1G)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help="require 'Authorization: Bearer KEY' on the /v1 and tokenizer routes (401 "
+        f"otherwise; /health and /metrics stay open) (default: ${API_KEY_VARIABLE}, else none)",
     )
     parser.add_argument(
         "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
@@ -105,7 +121,16 @@ def _run(args: argparse.Namespace) -> int:
         prefix_cache_bytes=args.prefix_cache_bytes,
         metrics=metrics,
     )
-    app = create_app(scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics)
+    if not args.api_key and not _loopback(args.host):
+        print(
+            f"futurefill serve: warning: --host {args.host} is reachable from other machines and "
+            f"no --api-key is set (or ${API_KEY_VARIABLE}): anyone who can reach it can use it",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = create_app(
+        scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics, api_key=args.api_key
+    )
     print(
         f"futurefill serve: {name} on http://{args.host}:{args.port}/v1 ({args.slots} slots, "
         f"{args.method})",
@@ -119,6 +144,16 @@ def _run(args: argparse.Namespace) -> int:
     server.capture_signals = functools.partial(_capture_signals, server)
     server.run()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` binds the loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 @contextlib.contextmanager

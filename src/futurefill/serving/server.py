@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
 import json
 import math
 import time
@@ -51,18 +52,22 @@ NEUTRAL = {
 MAX_STOPS = 32
 FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
 FIELDS |= {"stream", "n", "best_of", "logprobs", "echo", *NEUTRAL}
+#: Routes outside /v1 that an API key guards too (/health and /metrics stay open).
+GUARDED = frozenset({"/tokenizer_info", "/tokenize", "/detokenize"})
 
 
 class ApiError(Exception):
     """A request the server refuses: HTTP ``status``, a message, the field at fault."""
 
-    def __init__(self, status: int, message: str, param: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
         super().__init__(message)
-        self.status, self.message, self.param = status, message, param
+        self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        error = {"message": self.message, "type": kind, "param": self.param, "code": None}
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         return JSONResponse({"error": error}, status_code=self.status, headers=headers)
 
 
@@ -212,9 +217,12 @@ def create_app(
     tokenizer,
     metrics: Metrics | None = None,
     retry_after: int = 1,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``scheduler``'s model as ``model_name``. The scheduler is started
-    with the app and stopped (what is left cancelled) when it shuts down."""
+    with the app and stopped (what is left cancelled) when it shuts down. With ``api_key`` the
+    ``/v1`` and tokenizer routes answer only requests with ``Authorization: Bearer
+    <api_key>`` (:data:`GUARDED`), others a 401 before anything runs."""
     metrics = metrics or scheduler.metrics or Metrics()
     created = int(time.time())
 
@@ -232,6 +240,20 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         return ApiError(500, f"internal error: {type(exc).__name__}").response()
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def authorize(http: Request, call_next):
+            path = http.url.path
+            if path.startswith("/v1/") or path in GUARDED:
+                given = http.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):  # constant time
+                    message = "invalid or missing API key: send Authorization: Bearer <key>"
+                    error = ApiError(401, message, code="invalid_api_key")
+                    return error.response({"WWW-Authenticate": "Bearer"})
+            return await call_next(http)
 
     @app.get("/health")
     async def health() -> JSONResponse:
