@@ -1,8 +1,9 @@
 """The ``futurefill`` command line: one subcommand per job, each registered by its own module.
 
 :mod:`~futurefill.cli.options` holds what every subcommand shares (option value checkers,
-one-line errors); ``generate``, ``serve``, ``bench`` and ``train`` each have a module here that
-parses the subcommand's options and calls the library. The library never imports this package
+one-line errors); ``generate``, ``serve``, ``batch``, ``bench`` and ``train`` each have a module
+here that parses the subcommand's options and calls the library (``serve`` and ``batch`` build
+their scheduler through :mod:`~futurefill.cli.scheduling`). The library never imports this package
 (only the benchmarks do, to declare their options with :mod:`~futurefill.cli.options`).
 """
 
@@ -22,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "futurefill.cli.train",
     "futurefill.cli.generate",
     "futurefill.cli.serve",
+    "futurefill.cli.batch",
 )
 
 
