@@ -5,16 +5,14 @@ engine; and the scheduler they build."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from futurefill.cli import options
 from futurefill.online import ENGINES
+from futurefill.serving.options import BUNDLED_NAME, SchedulerOptions
 from futurefill.serving.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
-__all__ = ["add_scheduler_options", "build_scheduler"]
-
-BUNDLED_NAME = "futurefill-pydoc-stu"
+__all__ = ["add_scheduler_options", "build_scheduler", "scheduler_options"]
 
 
 def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
@@ -65,30 +63,30 @@ def add_scheduler_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_scheduler(args: argparse.Namespace, metrics=None):
-    """The model of ``args`` loaded and its scheduler built (not started): ``(scheduler,
-    model_name, tokenizer)``; a bad ``--model`` is a UsageError naming it."""
-    import torch
-
-    from futurefill.pretrained import CheckpointError
-    from futurefill.pretrained.tokenizers import load_with_tokenizer
-    from futurefill.serving import Scheduler
-
-    try:
-        model, tokenizer, _ = load_with_tokenizer(args.model, trust_pickle=args.trust_pickle)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise options.UsageError(f"argument --model: {exc}") from None
-    name = args.model_name or (Path(args.model).resolve().name if args.model else BUNDLED_NAME)
-    torch.set_num_threads(args.threads)
-    scheduler = Scheduler(
-        model,
-        tokenizer,
+def scheduler_options(args: argparse.Namespace) -> SchedulerOptions:
+    """The :class:`SchedulerOptions` of parsed ``args``."""
+    return SchedulerOptions(
+        model=args.model,
+        model_name=args.model_name,
         slots=args.slots,
-        method=args.method,
-        compile=args.compile,
         queue_size=args.queue_size,
         prefill_chunk=args.prefill_chunk,
         prefix_cache_bytes=args.prefix_cache_bytes,
-        metrics=metrics,
+        method=args.method,
+        compile=args.compile,
+        threads=args.threads,
+        trust_pickle=args.trust_pickle,
     )
-    return scheduler, name, tokenizer
+
+
+def build_scheduler(args: argparse.Namespace, metrics=None):
+    """The model of ``args`` loaded and its scheduler built (not started): ``(scheduler,
+    model_name, tokenizer)``; a bad ``--model`` is a UsageError naming it."""
+    from futurefill.pretrained import CheckpointError
+
+    settings = scheduler_options(args)
+    try:
+        scheduler, tokenizer = settings.build(metrics)
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise options.UsageError(f"argument --model: {exc}") from None
+    return scheduler, settings.name, tokenizer
