@@ -57,8 +57,9 @@ def test_every_line_gets_what_its_prompt_gets_alone_in_order(tmp_path, model):
         for i, p in enumerate(prompts)
     ]
     lines.append(line("samples", prompt=["ab", "cd"], max_tokens=5, n=2, seed=9, temperature=0.7))
+    lines.append(line("too many", prompt=["a", "b", "c"], max_tokens=2))  # over the queue
     source.write_text("\n".join(lines) + "\n\n")  # a blank line at the end: skipped
-    scheduler = Scheduler(copy.deepcopy(model), ByteTokenizer(), slots=3, queue_size=1)
+    scheduler = Scheduler(copy.deepcopy(model), ByteTokenizer(), slots=3, queue_size=2)
     try:
         summary = run_batch(
             scheduler, source, output, model_name=MODEL, tokenizer=ByteTokenizer(), progress=False
@@ -66,7 +67,14 @@ def test_every_line_gets_what_its_prompt_gets_alone_in_order(tmp_path, model):
     finally:
         scheduler.stop()
     results = read_output(output)
-    assert [r["custom_id"] for r in results] == [f"r{i}" for i in range(6)] + ["samples"]
+    ids = [f"r{i}" for i in range(6)]
+    assert [r["custom_id"] for r in results] == [*ids, "samples", "too many"]
+    assert results[-1]["response"]["status_code"] == 400
+    assert (
+        "3 prompts exceed the 2 requests the server's queue holds"
+        in results[-1]["error"]["message"]
+    )
+    results = results[:-1]
     for i, prompt in enumerate(prompts):
         body = results[i]["response"]["body"]
         assert results[i]["response"]["status_code"] == 200 and results[i]["error"] is None
@@ -78,7 +86,7 @@ def test_every_line_gets_what_its_prompt_gets_alone_in_order(tmp_path, model):
     for c in choices:
         prompt = ["ab", "cd"][c["index"] // 2]
         assert c["text"] == alone(model, prompt, 5, 9 + c["index"] % 2, temperature=0.7)
-    assert summary.written == 7 and summary.errors == 0 and summary.tokens == 51 + 4 * 5
+    assert summary.written == 8 and summary.errors == 1 and summary.tokens == 51 + 4 * 5
 
 
 def test_bad_lines_get_error_lines_and_the_rest_runs(tmp_path, model):

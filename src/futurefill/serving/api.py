@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from futurefill.serving.requests import MAX_LOGPROBS, Collector, Event, QueueFull, Sampling
+from futurefill.serving.requests import MAX_LOGPROBS, Collector, Event, Sampling
 from futurefill.serving.requests import Request as CompletionRequest
 from futurefill.serving.scheduler import Handle, Scheduler
 
@@ -215,6 +215,12 @@ def accept(
     """:func:`parse_completion`, then every request checked against ``scheduler`` (a prompt
     over the context, samples over the slots): ApiError naming the field, nothing queued."""
     requests, stream = parse_completion(body, model_name, tokenizer)
+    if len(requests) > scheduler.queue_size:
+        message = (
+            f"prompt: {len(requests)} prompts exceed the {scheduler.queue_size} requests the "
+            "server's queue holds"
+        )
+        raise ApiError(400, message, "prompt")
     for request in requests:
         try:
             scheduler.check(request)
@@ -225,17 +231,9 @@ def accept(
 
 
 def submit(scheduler: Scheduler, requests: list[CompletionRequest]) -> list[Handle]:
-    """Every request submitted, or none: QueueFull (the ones already in cancelled) when the
-    queue has no room for all."""
-    handles: list[Handle] = []
-    try:
-        for request in requests:
-            handles.append(scheduler.submit(request))
-    except QueueFull:
-        for handle in handles:
-            handle.cancel()
-        raise
-    return handles
+    """Every request submitted at once, or none: QueueFull when the queue has no room for all
+    now."""
+    return scheduler.submit_all(requests)
 
 
 def completion_head(model_name: str) -> dict:

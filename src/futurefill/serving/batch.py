@@ -213,7 +213,10 @@ def run_lines(
     for line in lines:
         outcome = _start(scheduler, line, model_name, tokenizer, on_event)
         while outcome is None:  # the queue is full: the oldest line's end makes room
-            yield from results(wait=True)
+            if pending:
+                yield from results(wait=True)
+            else:  # (others' requests fill it: a server's clients)
+                time.sleep(0.01)
             outcome = _start(scheduler, line, model_name, tokenizer, on_event)
         pending.append((line, outcome))
         yield from results(wait=False)

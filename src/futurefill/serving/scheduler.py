@@ -266,7 +266,12 @@ class Scheduler:
     def submit(self, request: Request) -> Handle:
         """Queue ``request``; QueueFull when the queue is full, ValueError for a request that
         cannot fit (:meth:`check`) or whose ``id`` is in flight already."""
-        return self._submit(request, request.on_event)
+        return self._submit([(request, request.on_event)])[0]
+
+    def submit_all(self, requests: list[Request]) -> list[Handle]:
+        """Queue every request of ``requests`` at once, or none: QueueFull when the queue has
+        no room for them all now (ValueError as :meth:`submit`)."""
+        return self._submit([(request, request.on_event) for request in requests])
 
     def check(self, request: Request) -> None:
         """ValueError naming the field that does not fit (its message starts with the field's
@@ -321,7 +326,7 @@ class Scheduler:
                 if collector.add(event):
                     done.set()
 
-        handle = self._submit(request, on_event)
+        (handle,) = self._submit([(request, on_event)])
         if not done.wait(timeout):
             handle.cancel()
             done.wait()
@@ -341,21 +346,29 @@ class Scheduler:
         """Bytes of decoding state per row (the filter tables the rows share included)."""
         return self.decoder.nbytes // self.slots
 
-    def _submit(self, request: Request, on_event: Callable[[Event], None]) -> Handle:
-        self.check(request)
+    def _submit(self, requests: list[tuple[Request, Callable[[Event], None]]]) -> list[Handle]:
+        for request, _ in requests:
+            self.check(request)
+        ids = [request.id for request, _ in requests]
+        if len(set(ids)) < len(ids):
+            raise ValueError("id: two requests have one id")
         with self._lock:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.queue_size:
+            if len(self._waiting) + len(requests) > self.queue_size:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting already")
-            if request.id in self._groups:
-                raise ValueError(f"id: request {request.id} is in flight already")
-            group = _Group(request, on_event, arrived=time.perf_counter())
-            group.samples = [_Sequence(group, index) for index in range(request.samples)]
-            self._groups[request.id] = group
-            self._waiting.append(group)
+            in_flight = [i for i in ids if i in self._groups]
+            if in_flight:
+                raise ValueError(f"id: request {in_flight[0]} is in flight already")
+            groups = []
+            for request, on_event in requests:
+                group = _Group(request, on_event, arrived=time.perf_counter())
+                group.samples = [_Sequence(group, index) for index in range(request.samples)]
+                self._groups[request.id] = group
+                self._waiting.append(group)
+                groups.append(group)
             self._lock.notify_all()
-        return Handle(group)
+        return [Handle(group) for group in groups]
 
     # ------------------------------------------------------------------ the engine thread
 
