@@ -40,7 +40,7 @@ def test_options_override_preset_which_overrides_defaults():
     assert cli.resolve_config("layer", args).lengths == (16, 32, 64)
 
 
-@pytest.mark.parametrize("name", ["layer", "prompt", "model", "context"])
+@pytest.mark.parametrize("name", ["layer", "prompt", "model", "context", "fork"])
 def test_equivalent_command_reproduces_config(name):
     parser = top_cli.build_parser()
     config = cli.resolve_config(name, parser.parse_args(["bench", name, "--preset", "quick"]))
@@ -90,6 +90,15 @@ def test_bench_all_writes_every_benchmark(out_dir, monkeypatch):
             "d_model": 8,
             "n_layers": 1,
             "vocab_size": 16,
+            "repeats": 1,
+            "warmup_len": 4,
+        },
+        "fork": {
+            "prompt_lens": (8,),
+            "new_tokens": 4,
+            "samples": 2,
+            "d_model": 8,
+            "n_layers": 1,
             "repeats": 1,
             "warmup_len": 4,
         },

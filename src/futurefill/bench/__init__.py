@@ -7,7 +7,8 @@ machine (CPU, cores, torch threads, versions, device, dtype, git commit, load av
 after), and skips a method where its projected time exceeds ``--budget``. The harness is
 :mod:`futurefill.bench.common`; each subcommand is one :class:`~futurefill.bench.common.Benchmark`
 description (its options, cells, one run, table sections, plots and CSV columns) in
-:mod:`~futurefill.bench.layer` (layer, prompt) or :mod:`~futurefill.bench.model` (model, context).
+:mod:`~futurefill.bench.layer` (layer, prompt), :mod:`~futurefill.bench.model` (model, context)
+or :mod:`~futurefill.bench.fork` (fork).
 The harness's parts, a module each: :mod:`~futurefill.bench.options` (config fields as options),
 :mod:`~futurefill.bench.machine` (the machine record, threads, device),
 :mod:`~futurefill.bench.timing` (clock, steps, latency), :mod:`~futurefill.bench.runs` (one cell's
@@ -36,11 +37,17 @@ context
     --new-tokens K``); greedy tokens compared across methods. ``--preset hyenadna``: a
     HyenaDNA-large-1m-shaped :class:`~futurefill.pretrained.HyenaLM` after prompts of 2^12 ..
     2^17 tokens, recompute (the Hugging Face port's generate()) and the compiled step included.
+fork
+    N samples of K tokens from one prompt of P tokens (``--samples 16 --new-tokens 256
+    --prompt-lens 32768``, the defaults: a HyenaDNA-small-32k-shaped model, sampled): one
+    ``generate(num_return_sequences=N)`` (one prefill, forked) against N separate calls and one
+    call with the prompt repeated N times; wall time, prefill / decode, peak memory, and fork's
+    samples checked identical to repeated's.
 serve
     Requests arriving over time, served by continuous batching, static batching and one at a
     time (:mod:`~futurefill.bench.serve`): throughput, time to first token, inter-token latency.
 all
-    The four (not serve) with one preset into one directory (``make demo``: ``--preset quick``).
+    The five (not serve) with one preset into one directory (``make demo``: ``--preset quick``).
 
 Files written to ``--out`` (default ``results/``): ``<name>.json`` (everything: machine, config,
 the equivalent command, one row per method and size with its status, ``ok``, ``skipped

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from futurefill.bench import layer, model
+from futurefill.bench import fork, layer, model
 
 __all__ = ["BENCHMARKS", "PRESETS", "pow2"]
 
@@ -20,14 +20,16 @@ def pow2(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(2**k for k in range(lo, hi + 1))
 
 
-BENCHMARKS = {b.name: b for b in (layer.LAYER, layer.PROMPT, model.MODEL, model.CONTEXT)}
+BENCHMARKS = {b.name: b for b in (layer.LAYER, layer.PROMPT, model.MODEL, model.CONTEXT, fork.FORK)}
 
 
 # Presets. quick: `make demo`, well under a minute and a half on two CPU cores.
 # full: the FutureFill methods reach L = 2^18 (128 channels, batch 1, float32, every core); naive
 # and recompute stop where one run is projected past the budget (naive reaches 2^16 on 2 cores).
 # Its prompt grid reaches P = 2^16; its context sweep decodes K = 256 tokens after prompts of up
-# to 2^15 tokens (the ConvLM of the project target).
+# to 2^15 tokens (the ConvLM of the project target); its fork run draws 16 samples of 256 tokens
+# from one prompt of 2^15 DNA tokens (the HyenaDNA-small-32k shape: the fork options' defaults;
+# about 10 minutes on 2 cores, the budget leaving separate and repeated at one run each).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "layer": {"lengths": pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
@@ -39,6 +41,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "budget": 3.0,
         },
         "context": {"prompt_lens": (128, 512), "new_tokens": 32, "repeats": 1, "budget": 3.0},
+        "fork": {"prompt_lens": (1024,), "new_tokens": 32, "samples": 4, "repeats": 1},
     },
     "full": {
         "layer": {"lengths": pow2(8, 18), "repeats": 3, "budget": 250.0, "slope_from": 2**12},
@@ -58,6 +61,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "repeats": 3,
             "budget": 60.0,
         },
+        "fork": {"prompt_lens": (32768,), "new_tokens": 256, "samples": 16, "budget": 300.0},
     },
     # A HyenaDNA-large-1m-shaped model (random weights) decoding after long DNA prompts, against
     # recompute (a full forward per token: the Hugging Face port's generate()). Its tolerance is

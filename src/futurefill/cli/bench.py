@@ -1,4 +1,4 @@
-"""``futurefill bench {layer,prompt,model,context,serve,all}``: options, presets and output.
+"""``futurefill bench {layer,prompt,model,context,fork,serve,all}``: options, presets and output.
 
 Each benchmark's options are the fields of its config dataclass (each field's metadata gives its
 help and checker). An option left unset takes the preset's value (``--preset``,
@@ -95,7 +95,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("--compile", action="store_true", help=help)
         parser.set_defaults(func=_run_one, bench=name)
     serve.register(sub)
-    every = sub.add_parser("all", help="layer, prompt, model and context, one after the other")
+    every = sub.add_parser(
+        "all", help="layer, prompt, model, context and fork, one after the other"
+    )
     every.add_argument(
         "--preset",
         choices=[p for p in sorted(PRESETS) if set(BENCHMARKS) <= set(PRESETS[p])],

@@ -1,26 +1,29 @@
-"""``futurefill serve``: the OpenAI-compatible completions server on the command line."""
+"""``futurefill serve``: the OpenAI-compatible completions server on the command line, in this
+process (uvicorn) or, with ``--ray``, as a Ray Serve application of replicas
+(:mod:`futurefill.serving.ray_serve`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 from futurefill.cli import options
-from futurefill.online import ENGINES
-from futurefill.serving.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
-from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
+from futurefill.cli.scheduling import add_scheduler_options, build_scheduler, scheduler_options
 
 __all__ = ["API_KEY_VARIABLE", "register"]
 
 #: The environment variable ``--api-key`` defaults to (a key kept out of the process list).
 API_KEY_VARIABLE = "FUTUREFILL_API_KEY"
+#: The options that only ``--ray`` takes.
+RAY_OPTIONS = ("address", "replicas", "min_replicas", "max_replicas", "target_ongoing_requests")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,16 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model over HTTP: OpenAI completions API, continuous batching",
         description="Serve a model over HTTP (the OpenAI completions API) with continuous "
-        "batching: requests join a running batch as slots free, each at its own position.",
+        "batching: requests join a running batch as slots free, each at its own position. "
+        "With --ray, as a Ray Serve application: replicas, each a model and its slots.",
     )
-    parser.add_argument(
-        "--model", default=None, help="checkpoint directory (default: the bundled demo model)"
-    )
-    parser.add_argument(
-        "--model-name",
-        default=None,
-        help="the model's id in the API (default: the directory's name, or futurefill-pydoc-stu)",
-    )
+    add_scheduler_options(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -48,86 +45,70 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--port", type=options.bounded_int(0, 65535), default=8000, help="port")
     parser.add_argument(
-        "--slots", type=options.bounded_int(1, 1024), default=8, help="rows decoded together"
-    )
-    parser.add_argument(
-        "--queue-size",
-        type=options.bounded_int(0),
-        default=64,
-        help="requests that may wait for a slot; beyond, 429 with Retry-After",
-    )
-    parser.add_argument(
-        "--prefill-chunk",
-        type=options.bounded_int(1),
-        default=DEFAULT_PREFILL_CHUNK,
-        help="prompt tokens prefilled in one iteration at most (chunked prefill: the running "
-        "rows wait for one chunk at most)",
-    )
-    parser.add_argument(
-        "--prefix-cache-bytes",
-        type=options.byte_size,
-        default=DEFAULT_PREFIX_CACHE_BYTES,
-        help="decoding state kept for recent prompts, so that a repeated prompt is not "
-        "prefilled again (bytes, or with a K/M/G suffix, powers of 1024; 0 turns it off; "
-        "default: 1G)",
-    )
-    parser.add_argument(
         "--api-key",
         default=os.environ.get(API_KEY_VARIABLE),
         help="require 'Authorization: Bearer KEY' on the /v1 and tokenizer routes (401 "
         f"otherwise; /health and /metrics stay open) (default: ${API_KEY_VARIABLE}, else none)",
     )
-    parser.add_argument(
-        "--method", choices=tuple(ENGINES), default="continuous", help="online convolution engine"
+    ray = parser.add_argument_group(
+        "Ray Serve", "replicas of the server on a Ray cluster (pip install 'futurefill[ray]')"
     )
-    parser.add_argument(
-        "--compile", action="store_true", help="each step one torch.compile graph of all slots"
+    ray.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve as a Ray Serve application: --host/--port are Serve's HTTP proxy",
     )
-    parser.add_argument(
-        "--threads", type=options.threads, default=1, help="torch CPU threads for the engine"
+    ray.add_argument(
+        "--address",
+        default=None,
+        help="the Ray cluster to join: 'auto' (the one `ray start` runs on this machine) or "
+        "HOST:PORT of its head (default: start a local one, stopped on exit)",
     )
-    parser.add_argument(
-        "--trust-pickle", action="store_true", help="open pickled weights that hold objects"
+    ray.add_argument(
+        "--replicas",
+        type=options.bounded_int(1),
+        default=None,
+        help="replicas, each a model and its --slots (default: 1)",
+    )
+    ray.add_argument(
+        "--min-replicas",
+        type=options.bounded_int(0),
+        default=None,
+        help="autoscale from this many replicas (default: 1; with --max-replicas)",
+    )
+    ray.add_argument(
+        "--max-replicas",
+        type=options.bounded_int(1),
+        default=None,
+        help="autoscale up to this many replicas (default: no autoscaling)",
+    )
+    ray.add_argument(
+        "--target-ongoing-requests",
+        type=options.finite_float(0, low_open=True),
+        default=None,
+        help="autoscaling's target of requests in flight per replica (default: --slots)",
     )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
+    if args.ray:
+        return _run_ray(args)
+    given = [name for name in RAY_OPTIONS if getattr(args, name) is not None]
+    if given:
+        raise options.UsageError(f"--{given[0].replace('_', '-')} needs --ray")
+    return _run_single(args)
+
+
+def _run_single(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from futurefill.pretrained import CheckpointError
-    from futurefill.pretrained.tokenizers import load_with_tokenizer
-    from futurefill.serving import Metrics, Scheduler
+    from futurefill.serving import Metrics
     from futurefill.serving.server import create_app
 
-    try:
-        model, tokenizer, _ = load_with_tokenizer(args.model, trust_pickle=args.trust_pickle)
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        raise options.UsageError(f"argument --model: {exc}") from None
-    name = args.model_name or (
-        Path(args.model).resolve().name if args.model else "futurefill-pydoc-stu"
-    )
-    torch.set_num_threads(args.threads)
     metrics = Metrics()
-    scheduler = Scheduler(
-        model,
-        tokenizer,
-        slots=args.slots,
-        method=args.method,
-        compile=args.compile,
-        queue_size=args.queue_size,
-        prefill_chunk=args.prefill_chunk,
-        prefix_cache_bytes=args.prefix_cache_bytes,
-        metrics=metrics,
-    )
-    if not args.api_key and not _loopback(args.host):
-        print(
-            f"futurefill serve: warning: --host {args.host} is reachable from other machines and "
-            f"no --api-key is set (or ${API_KEY_VARIABLE}): anyone who can reach it can use it",
-            file=sys.stderr,
-            flush=True,
-        )
+    scheduler, name, tokenizer = build_scheduler(args, metrics)
+    _warn_without_key(args)
     app = create_app(
         scheduler, model_name=name, tokenizer=tokenizer, metrics=metrics, api_key=args.api_key
     )
@@ -144,6 +125,141 @@ def _run(args: argparse.Namespace) -> int:
     server.capture_signals = functools.partial(_capture_signals, server)
     server.run()
     return 0
+
+
+def _ray_options(args: argparse.Namespace):
+    """The Ray Serve application's options from the command line's, or UsageError."""
+    from futurefill.serving.ray_serve import Options
+
+    if args.replicas is not None and args.max_replicas is not None:
+        raise options.UsageError("--replicas or --min-replicas/--max-replicas, not both")
+    if args.max_replicas is None:
+        for name in ("min_replicas", "target_ongoing_requests"):
+            if getattr(args, name) is not None:
+                flag = name.replace("_", "-")
+                raise options.UsageError(f"--{flag} needs --max-replicas (autoscaling)")
+    elif args.min_replicas is not None and args.min_replicas > args.max_replicas:
+        raise options.UsageError(
+            f"--min-replicas {args.min_replicas} is above --max-replicas {args.max_replicas}"
+        )
+    settings = scheduler_options(args)
+    if settings.model is not None and args.address is None:  # on this machine: check it here
+        from futurefill.pretrained import CheckpointError, detect_format
+
+        try:
+            detect_format(settings.model)
+        except CheckpointError as exc:
+            raise options.UsageError(f"argument --model: {exc}") from None
+        settings = dataclasses.replace(settings, model=os.path.abspath(settings.model))
+    try:
+        return Options(
+            **dataclasses.asdict(settings),
+            api_key=args.api_key or None,
+            num_replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            target_ongoing_requests=args.target_ongoing_requests,
+        )
+    except ValueError as exc:
+        raise options.UsageError(str(exc)) from None
+
+
+def _run_ray(args: argparse.Namespace) -> int:
+    """Deploy on a Ray cluster (a local one by default), print where it listens, block until
+    SIGTERM or SIGINT, then take the application down (and Serve, where nothing else runs on
+    it; a local cluster with it) and exit 0."""
+    settings = _ray_options(args)
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise options.UsageError(
+            "argument --ray: Ray Serve is not installed: pip install futurefill[ray]"
+        ) from None
+    from futurefill.serving.ray_serve import APP_NAME, deployment
+
+    _warn_without_key(args)
+    stop = threading.Event()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in handled}
+    try:
+        try:
+            ray.init(
+                address="local" if args.address is None else args.address,
+                configure_logging=False,
+                log_to_driver=False,
+            )
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise options.UsageError(f"argument --address: {exc}") from None
+        except SystemExit:  # SIGTERM while Ray started: its own handler exits
+            return 0
+        for sig in handled:  # ray.init has set its own SIGTERM handler (sys.exit)
+            signal.signal(sig, lambda *_: stop.set())
+        return _deploy_and_wait(serve, deployment(settings), settings, args, stop)
+    finally:
+        if ray.is_initialized():
+            _take_down(serve, APP_NAME)
+        ray.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _deploy_and_wait(serve, deployment, settings, args: argparse.Namespace, stop) -> int:
+    from futurefill.serving.ray_serve import APP_NAME, DEPLOYMENT_NAME
+
+    serve.start(http_options={"host": args.host, "port": args.port})
+    try:
+        serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
+    except RuntimeError as exc:  # the replicas did not start (Serve gave up)
+        why = _last_line(str(exc)) or type(exc).__name__
+        with contextlib.suppress(Exception):  # the replicas' error, from Serve's status
+            status = serve.status().applications[APP_NAME].deployments[DEPLOYMENT_NAME]
+            why = f"{why} ({_last_line(status.message)})"
+        print(f"futurefill serve: error: {why}", file=sys.stderr, flush=True)
+        return 1
+    if stop.is_set():  # asked to stop while deploying
+        return 0
+    where = "a local Ray cluster" if args.address is None else f"the Ray cluster {args.address}"
+    scaling = settings.autoscaling
+    if scaling is None:
+        count = settings.num_replicas or 1
+        replicas = f"{count} replica{'s' * (count > 1)}"
+    else:
+        replicas = f"{scaling['min_replicas']}-{scaling['max_replicas']} replicas (autoscaling)"
+    print(
+        f"futurefill serve: {settings.name} on http://{args.host}:{args.port}/v1 (Ray Serve on "
+        f"{where}: {replicas} of {args.slots} slots, {args.method})",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.wait(1.0):
+        pass
+    return 0
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _take_down(serve, name: str) -> None:
+    """Delete the application; shut Serve down where no other application runs on it."""
+    with contextlib.suppress(Exception):  # Serve may not have started
+        serve.delete(name)
+        if serve.status().applications:
+            return
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+
+
+def _warn_without_key(args: argparse.Namespace) -> None:
+    if not args.api_key and not _loopback(args.host):
+        print(
+            f"futurefill serve: warning: --host {args.host} is reachable from other machines and "
+            f"no --api-key is set (or ${API_KEY_VARIABLE}): anyone who can reach it can use it",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _loopback(host: str) -> bool:

@@ -39,14 +39,17 @@ class SchedulerOptions:
             return self.model_name
         return Path(self.model).resolve().name if self.model else BUNDLED_NAME
 
-    def build(self, metrics=None) -> tuple[Scheduler, object]:
-        """The model loaded (CheckpointError, FileNotFoundError or ValueError for a bad one)
-        and its scheduler built, not started: ``(scheduler, tokenizer)``."""
+    def build(self, metrics=None, device: str | None = None) -> tuple[Scheduler, object]:
+        """The model loaded (CheckpointError, FileNotFoundError or ValueError for a bad one),
+        moved to ``device`` if given, and its scheduler built, not started: ``(scheduler,
+        tokenizer)``."""
         import torch
 
         from futurefill.pretrained.tokenizers import load_with_tokenizer
 
         model, tokenizer, _ = load_with_tokenizer(self.model, trust_pickle=self.trust_pickle)
+        if device is not None:
+            model = model.to(device)
         torch.set_num_threads(self.threads)
         scheduler = Scheduler(
             model,

@@ -51,7 +51,10 @@ class BatchActor:
     is given run on it, each line's output line returned."""
 
     def __init__(self, settings: SchedulerOptions):
-        self.scheduler, self.tokenizer = settings.build()
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else None  # Ray gave it one GPU, if any
+        self.scheduler, self.tokenizer = settings.build(device=device)
         self.name = settings.name
         self.scheduler.start()
 

@@ -89,7 +89,9 @@ def create_app(
 
         @app.middleware("http")
         async def authorize(http: Request, call_next):
-            path = http.url.path
+            path, root = http.url.path, http.scope.get("root_path", "")
+            if root and (path == root or path.startswith(root + "/")):
+                path = path[len(root) :]  # mounted under a prefix (Ray Serve's route_prefix)
             if path.startswith("/v1/") or path in GUARDED:
                 given = http.headers.get("authorization", "").encode()
                 if not hmac.compare_digest(given, expected):  # constant time
