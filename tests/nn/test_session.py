@@ -318,3 +318,22 @@ def test_calls_and_resets_in_and_out_of_inference_mode(method):
     assert (b[0] - expected[1, 5:9]).abs().max() < 1e-12
     assert (c[0] - expected[0, :3]).abs().max() < 1e-12
     assert (d[0] - expected[0, 3:4]).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("method", ["continuous", "deamortized", "naive"])
+def test_a_closed_session_frees_its_states_without_the_cycle_collector(method):
+    """A state refers to its session: closing drops them, so their buffers go when the last
+    reference does (a generate() call's memory, as soon as it returns)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        with decoding(model(), batch_size=2, max_len=10, method=method) as session:
+            session.feed(u())
+            state = next(iter(session.states.values()))
+            freed = weakref.ref(state)
+            del state
+        assert freed() is None and session.nbytes == 0
+    finally:
+        gc.enable()

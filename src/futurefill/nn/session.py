@@ -375,7 +375,8 @@ class DecodingSession(contextlib.AbstractContextManager):
 
     def close(self) -> None:
         """Leave the session: the model's modules are ordinary modules again; the background
-        worker (deamortized jobs), if any, is joined."""
+        worker (deamortized jobs), if any, is joined; the states are dropped (each refers to
+        the session: without this their memory would wait for Python's cycle collector)."""
         if not self._open:
             return
         self._open = False
@@ -385,6 +386,7 @@ class DecodingSession(contextlib.AbstractContextManager):
             module.__dict__.pop(_SESSION, None)
         if self.worker is not None:
             self.worker.close()
+        self.states, self._deferred = {}, []
 
     def __exit__(self, *exc: object) -> None:
         self.close()
