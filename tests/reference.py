@@ -123,3 +123,20 @@ def hybrid_lm(shape: str, vocab: int = 32):
         shape, vocab_size=vocab, d_model=16, n_layers=2, max_len=64, attention_window=window
     )
     return ConvLM(config).double().eval()
+
+
+def alone(model, prompt: str, n: int, temperature: float = 1.0, seed: int | None = None) -> str:
+    """The text generate() gives ``prompt`` by itself with the bundled byte model: greedy, or
+    sampled at ``temperature`` from a generator seeded with ``seed`` (a server's request with
+    that seed). What every serving test compares a completion with."""
+    from futurefill import generate
+    from futurefill.demo.data import decode, encode
+
+    options = {}
+    if seed is not None:
+        options = {
+            "do_sample": True,
+            "temperature": temperature,
+            "generator": torch.Generator().manual_seed(seed),
+        }
+    return decode(generate(model, encode(prompt)[None], n, **options)[0])

@@ -1,5 +1,6 @@
-"""``futurefill bench fork``: a tiny run writes its files, fork's samples equal repeated's, and a
-fork whose samples differ fails loudly."""
+"""``futurefill bench fork``: a tiny run writes its files, fork's samples equal repeated's, a
+fork whose samples differ fails loudly, and the server way drives ``futurefill serve`` (a cold
+request, then a prefix-cache hit with the same tokens, then N samples)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,39 @@ def test_samples_that_differ_fail_the_run(bench, out_dir, monkeypatch, capsys):
 def test_a_vocabulary_too_small_for_dna_is_refused(bench, out_dir, capsys):
     assert bench.run_cli(*TINY, "--vocab-size", "8", "--out", str(out_dir)) == 2
     assert "--vocab-size 8 must hold the DNA tokenizer's 12" in capsys.readouterr().err
+
+
+def test_server_way_serves_cold_then_a_prefix_cache_hit(bench, out_dir):
+    argv = (*TINY[:3], "24", *TINY[5:], "--methods", "fork", "server", "--repeats", "2")
+    assert bench.run_cli(*argv, "--out", str(out_dir)) == 0
+    report = bench.read_json(out_dir / "fork.json")
+    rows = {r["method"]: r for r in report["rows"]}
+    assert set(rows) == {"fork", "server"}
+    served = rows["server"]
+    assert served["status"] == "ok", served
+    assert served["max_rel_err"] <= served["tol"]  # greedy log-probabilities against float64
+    assert served["repeats"] == 2 and served["ttft_tokens"] == 6  # min(8, K)
+    # Greedy (temperature 0): the hit gives the cold request's tokens, in every run.
+    assert served["hit_tokens_match"] is True
+    assert served["hit_logprob_max_diff"] <= 1e-6
+    # The warm-up's miss and hit, then per run one miss (cold) and two hits (again, n=3).
+    assert served["prefix_cache_lookups"] == {"miss": 1 + 2, "hit": 1 + 2 * 2}
+    assert served["prefix_cache_bytes"] > 0
+    assert len(served["cold_ttft_times_s"]) == len(served["hit_ttft_times_s"]) == 2
+    assert served["cold_ttft_s"] > 0 and served["hit_ttft_s"] > 0 and served["ttft_ratio"] > 0
+    assert 0 < served["prefill_s"] < served["total_s"]
+    assert served["tokens_per_s"] == pytest.approx(3 * 6 / served["total_s"])
+    assert served["server_exit_code"] == 0  # stopped by SIGTERM, gracefully
+    assert "--slots 3" in served["server_options"]
+    csv_rows = {r["method"]: r for r in bench.read_csv(out_dir / "fork.csv")}
+    assert float(csv_rows["server"]["cold_ttft_s"]) > 0 and csv_rows["fork"]["cold_ttft_s"] == ""
+    assert csv_rows["server"]["hit_tokens_match"] == "True"
+    table = (out_dir / "fork_table.md").read_text()
+    assert "the same request again (a prefix-cache hit)" in table
+    assert "identical to the cold request's in every run" in table
+
+
+def test_the_server_way_needs_a_slot_per_sample(bench, out_dir, capsys):
+    argv = (*TINY, "--methods", "server", "--samples", "1025")
+    assert bench.run_cli(*argv, "--out", str(out_dir)) == 2
+    assert "--methods server: --samples 1025 > 1024 slots" in capsys.readouterr().err

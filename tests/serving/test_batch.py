@@ -14,13 +14,12 @@ import sys
 import time
 
 import pytest
-import torch
 
-from futurefill import generate, load_pretrained
-from futurefill.demo.data import decode, encode
+from futurefill import load_pretrained
 from futurefill.pretrained.tokenizers import ByteTokenizer
 from futurefill.serving import Scheduler
 from futurefill.serving.batch import BatchError, read_batch, resume_point, run_batch
+from reference import alone
 
 MODEL = "futurefill-pydoc-stu"
 
@@ -34,15 +33,6 @@ def line(custom_id: str, **body) -> str:
     body = {"model": MODEL, **body}
     item = {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
     return json.dumps(item)
-
-
-def alone(model, prompt: str, n: int, seed: int | None = None, temperature: float = 1.0) -> str:
-    options = {}
-    if seed is not None:
-        options = dict(
-            do_sample=True, temperature=temperature, generator=torch.Generator().manual_seed(seed)
-        )
-    return decode(generate(model, encode(prompt)[None], n, **options)[0])
 
 
 def read_output(path) -> list[dict]:
@@ -79,13 +69,13 @@ def test_every_line_gets_what_its_prompt_gets_alone_in_order(tmp_path, model):
         body = results[i]["response"]["body"]
         assert results[i]["response"]["status_code"] == 200 and results[i]["error"] is None
         seed = None if i % 2 else i
-        assert body["choices"][0]["text"] == alone(model, prompt, 6 + i, seed), i
+        assert body["choices"][0]["text"] == alone(model, prompt, 6 + i, seed=seed), i
         assert body["usage"]["completion_tokens"] == 6 + i
     choices = results[-1]["response"]["body"]["choices"]
     assert [c["index"] for c in choices] == [0, 1, 2, 3]
     for c in choices:
         prompt = ["ab", "cd"][c["index"] // 2]
-        assert c["text"] == alone(model, prompt, 5, 9 + c["index"] % 2, temperature=0.7)
+        assert c["text"] == alone(model, prompt, 5, temperature=0.7, seed=9 + c["index"] % 2)
     assert summary.written == 8 and summary.errors == 1 and summary.tokens == 51 + 4 * 5
 
 

@@ -37,10 +37,10 @@ import urllib.request
 import pytest
 import torch
 
-from futurefill import generate, load_pretrained
+from futurefill import load_pretrained
 from futurefill.cli import main
-from futurefill.demo.data import decode, encode
 from futurefill.serving.ray_serve import Options
+from reference import alone
 
 MODEL = "futurefill-pydoc-stu"
 KEY = "r4y-s3cret"
@@ -144,17 +144,6 @@ def metric(url: str, name: str) -> float:
 @pytest.fixture(scope="module")
 def model():
     return load_pretrained()
-
-
-def alone(model, prompt: str, n: int, **sampling) -> str:
-    """What generate() gives the prompt alone: greedy, or sampled with its own seed."""
-    if sampling:
-        sampling = {
-            "do_sample": True,
-            "temperature": sampling["temperature"],
-            "generator": torch.Generator().manual_seed(sampling["seed"]),
-        }
-    return decode(generate(model, encode(prompt)[None], n, **sampling)[0])
 
 
 # ---------------------------------------------------------------- the command line, no Ray needed

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from futurefill import generate, load_pretrained
-from futurefill.demo.data import decode, encode
+from futurefill.demo.data import encode
+from reference import alone
 
 openai = pytest.importorskip("openai")
 
@@ -103,16 +104,6 @@ def server():
 @pytest.fixture(scope="module")
 def model():
     return load_pretrained()
-
-
-def alone(model, prompt: str, n: int, **sampling) -> str:
-    if sampling:
-        sampling = {
-            "do_sample": True,
-            "temperature": sampling["temperature"],
-            "generator": torch.Generator().manual_seed(sampling["seed"]),
-        }
-    return decode(generate(model, encode(prompt)[None], n, **sampling)[0])
 
 
 def test_openai_client_completions_plain_and_streamed(server, model):
