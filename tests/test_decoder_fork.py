@@ -193,3 +193,28 @@ def test_generate_num_return_sequences_is_checked():
         generate(model, torch.tensor([[1, 2]]), 3, num_return_sequences=0)
     with pytest.raises(TypeError, match="num_return_sequences must be an int"):
         generate(model, torch.tensor([[1, 2]]), 3, num_return_sequences=2.0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_forks_on_the_device(method, compiled, device):
+    """Forks on the device a test runs on (CUDA where there is one: the GPU check runs these),
+    eager and compiled: each row's logits are the forward's over its own sequence."""
+    if compiled and method not in ("continuous", "epoched"):
+        pytest.skip("compiled forks: two methods suffice here")
+    model = hybrid_lm("striped_hyena", VOCAB).to(device)
+    reference = copy.deepcopy(model)
+    options = dict(method=method, compile=compiled, **KNOBS.get(method, {}))
+    sequences = {0: [3, 1, 4, 1, 5]}
+    with Decoder(model, batch_size=3, max_len=16, **options) as dec:
+        out = dec.start(0, torch.tensor(sequences[0], device=device))
+        dec.fork(0, [1, 2])
+        first = int(out.greedy[0])
+        sequences = {r: [*sequences[0], (first + r) % VOCAB] for r in range(3)}
+        for _ in range(8):
+            out = dec.step(torch.tensor([sequences[r][-1] for r in range(3)], device=device))
+            for r in range(3):
+                expected = reference(torch.tensor([sequences[r]], device=device))[0, -1]
+                error = (out.logits[r] - expected).abs().max() / expected.abs().max()
+                assert float(error) < 1e-10, (r, len(sequences[r]))
+                sequences[r].append(int(out.greedy[r]))
