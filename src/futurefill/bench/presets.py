@@ -29,7 +29,9 @@ BENCHMARKS = {b.name: b for b in (layer.LAYER, layer.PROMPT, model.MODEL, model.
 # Its prompt grid reaches P = 2^16; its context sweep decodes K = 256 tokens after prompts of up
 # to 2^15 tokens (the ConvLM of the project target); its fork run draws 16 samples of 256 tokens
 # from one prompt of 2^15 DNA tokens (the HyenaDNA-small-32k shape: the fork options' defaults;
-# about 10 minutes on 2 cores, the budget leaving separate and repeated at one run each).
+# about 10 minutes on 2 cores, the budget leaving separate and repeated at one run each), and
+# through `futurefill serve` too (the server way: a cold request, a prefix-cache hit, then the 16
+# samples; about 2 minutes more). The quick preset leaves the server out.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         "layer": {"lengths": pow2(8, 12), "repeats": 3, "budget": 2.0, "warmup_len": 128},
@@ -61,7 +63,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "repeats": 3,
             "budget": 60.0,
         },
-        "fork": {"prompt_lens": (32768,), "new_tokens": 256, "samples": 16, "budget": 300.0},
+        "fork": {
+            "prompt_lens": (32768,),
+            "new_tokens": 256,
+            "samples": 16,
+            "methods": (*fork.WAYS, "server"),
+            "budget": 300.0,
+        },
     },
     # A HyenaDNA-large-1m-shaped model (random weights) decoding after long DNA prompts, against
     # recompute (a full forward per token: the Hugging Face port's generate()). Its tolerance is
