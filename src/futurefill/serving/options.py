@@ -10,7 +10,7 @@ from pathlib import Path
 from futurefill.serving.prefix_cache import DEFAULT_PREFIX_CACHE_BYTES
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
 
-__all__ = ["BUNDLED_NAME", "SchedulerOptions"]
+__all__ = ["BUNDLED_NAME", "SchedulerOptions", "check_int"]
 
 #: The API's id of the bundled demo model.
 BUNDLED_NAME = "futurefill-pydoc-stu"
@@ -31,6 +31,31 @@ class SchedulerOptions:
     compile: bool = False
     threads: int = 1
     trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        """ValueError naming a field whose value is out of range (the command line checks its
+        options itself; a Serve config file or Python code reach here unchecked)."""
+        from futurefill.online import ENGINES
+
+        for name, low in [
+            ("slots", 1),
+            ("queue_size", 0),
+            ("prefill_chunk", 1),
+            ("prefix_cache_bytes", 0),
+            ("threads", 1),
+        ]:
+            check_int(name, getattr(self, name), low)
+        if self.slots > 1024:
+            raise ValueError(f"slots must be an integer in [1, 1024], got {self.slots}")
+        if self.method not in ENGINES:
+            raise ValueError(f"method must be one of {', '.join(ENGINES)}, got {self.method!r}")
+        for name in ("model", "model_name"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value):
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        for name in ("compile", "trust_pickle"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     @property
     def name(self) -> str:
@@ -63,3 +88,9 @@ class SchedulerOptions:
             metrics=metrics,
         )
         return scheduler, tokenizer
+
+
+def check_int(name: str, value: object, low: int) -> None:
+    """ValueError unless ``value`` is an int (not a bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

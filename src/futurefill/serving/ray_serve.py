@@ -28,7 +28,7 @@ import dataclasses
 import os
 from typing import Any
 
-from futurefill.serving.options import SchedulerOptions
+from futurefill.serving.options import SchedulerOptions, check_int
 
 __all__ = [
     "API_KEY_VARIABLE",
@@ -70,36 +70,15 @@ class Options(SchedulerOptions):
     num_gpus: float | None = None
 
     def __post_init__(self) -> None:
-        from futurefill.online import ENGINES
-
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:  # SchedulerOptions' own checks, where it has any
-            parent()
-        for name, low in [
-            ("slots", 1),
-            ("queue_size", 0),
-            ("prefill_chunk", 1),
-            ("prefix_cache_bytes", 0),
-            ("threads", 1),
-        ]:
-            _check_int(name, getattr(self, name), low)
-        if self.slots > 1024:
-            raise ValueError(f"slots must be an integer in [1, 1024], got {self.slots}")
-        if self.method not in ENGINES:
-            raise ValueError(f"method must be one of {', '.join(ENGINES)}, got {self.method!r}")
-        for name in ("model", "model_name", "api_key"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and value):
-                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-        for name in ("compile", "trust_pickle"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        super().__post_init__()
+        if self.api_key is not None and not (isinstance(self.api_key, str) and self.api_key):
+            raise ValueError("api_key must be a non-empty string")
         if self.num_replicas is not None:
-            _check_int("num_replicas", self.num_replicas, 1)
+            check_int("num_replicas", self.num_replicas, 1)
         if self.min_replicas is not None:
-            _check_int("min_replicas", self.min_replicas, 0)
+            check_int("min_replicas", self.min_replicas, 0)
         if self.max_replicas is not None:
-            _check_int("max_replicas", self.max_replicas, 1)
+            check_int("max_replicas", self.max_replicas, 1)
         if self.max_replicas is None:
             if self.min_replicas is not None or self.target_ongoing_requests is not None:
                 raise ValueError("min_replicas and target_ongoing_requests need max_replicas")
@@ -110,7 +89,7 @@ class Options(SchedulerOptions):
                 f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}"
             )
         if self.max_ongoing_requests is not None:
-            _check_int("max_ongoing_requests", self.max_ongoing_requests, 1)
+            check_int("max_ongoing_requests", self.max_ongoing_requests, 1)
         for name in ("target_ongoing_requests", "num_cpus", "num_gpus"):
             value = getattr(self, name)
             if value is not None and (
@@ -145,11 +124,6 @@ class Options(SchedulerOptions):
             "max_replicas": self.max_replicas,
             "target_ongoing_requests": self.target_ongoing_requests or self.slots,
         }
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _parse(kind: str, name: str, value: Any) -> Any:
