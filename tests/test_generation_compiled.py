@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 
 from futurefill import ConvLM, ConvLMConfig, decoding, generate
 from futurefill.model import MIXERS
+from futurefill.nn import traced_step
 from futurefill.online import METHODS, deamortized
 from futurefill.pretrained import HyenaLM, HyenaLMConfig
 
@@ -83,20 +84,26 @@ def test_traced_steps_after_eager_steps_continue_at_the_position(method, options
             got = [session.feed(ids[:, :5])]
             got += [session.feed(ids[:, t : t + 1]) for t in range(5, 8)]
             for t in range(8, 40):  # the traced path, uncompiled: tensor operations only
-                got.append(session.feed_traced(model, ids[:, t : t + 1], rows=[0, 1]))
+                got.append(session.feed_traced(traced_step(model), ids[:, t : t + 1], rows=[0, 1]))
     assert torch.allclose(torch.cat(got, dim=1), expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_one_compilation_serves_a_whole_generation_and_the_next(method, device):
-    """Lengths change the buffers (epoched: the epoch length itself), never the step graph."""
+def test_one_compilation_per_pattern_serves_every_length(method, device):
+    """Lengths change the buffers (epoched: the epoch length itself), never a graph: the
+    forward is compiled once, the scheduled work once per pattern (continuous: a level size
+    that ends; 2^k tiles of 32 in 300 steps: 4 levels, and the steps with none), whatever the
+    length, the position or the session."""
     model = small_model("stu_tensordot").to(device)
     ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(2)).to(device)
-    generate(model, ids, 3, method=method, compile=True)
+    options = {"tile_len": 32} if method in ("continuous", "deamortized") else {}
+    frames = counters["frames"]["total"]
+    generate(model, ids, 300, method=method, compile=True, **options)
+    assert counters["frames"]["total"] - frames <= 1 + (5 if method == "continuous" else 1)
     frames, graphs = counters["frames"]["total"], counters["stats"]["unique_graphs"]
-    for new_tokens in (300, 40, 120):
-        tokens = generate(model, ids, new_tokens, method=method, compile=True)
-        assert torch.equal(tokens, generate(model, ids, new_tokens, method=method))
+    for new_tokens in (40, 300, 120):
+        tokens = generate(model, ids, new_tokens, method=method, compile=True, **options)
+        assert torch.equal(tokens, generate(model, ids, new_tokens, method=method, **options))
     assert counters["frames"]["total"] == frames
     assert counters["stats"]["unique_graphs"] == graphs
 
@@ -121,10 +128,10 @@ def test_compile_arguments_are_checked():
         generate(model, ids, 4, compile="yes")
     with decoding(model, batch_size=1, max_len=8) as session:
         with pytest.raises(ValueError, match="compiled steps need a first chunk"):
-            session.feed_traced(model, ids[:, :1], rows=[0])
+            session.feed_traced(traced_step(model), ids[:, :1], rows=[0])
         session.feed(ids)
         with pytest.raises(ValueError, match="a compiled step takes one position of every row"):
-            session.feed_traced(model, ids, rows=[0])
+            session.feed_traced(traced_step(model), ids, rows=[0])
         assert session.positions.tolist() == [3]
     half = small_model("hyena").to(torch.bfloat16)
     with pytest.raises(ValueError, match=r"needs a float32 or float64 model.*got bfloat16"):
@@ -132,7 +139,7 @@ def test_compile_arguments_are_checked():
     with decoding(half, batch_size=1, max_len=8) as session:
         session.feed(ids)
         with pytest.raises(ValueError, match="no compiled step in bfloat16"):
-            session.feed_traced(half, ids[:, :1], rows=[0])
+            session.feed_traced(traced_step(half), ids[:, :1], rows=[0])
 
 
 def test_cli_compile_prints_eager_text(capsys):

@@ -26,14 +26,19 @@ Everything that decodes (:func:`futurefill.generate`, the scheduler, the benchma
 command line) runs through it. Ragged prompts (``prefill(ids, prompt_lengths)``) start each row
 with its own prompt: rows never hold padding.
 
-Compiled (``compile=True``): a step of rows while every other row is free (at position 0) is one
-``torch.compile`` graph of the model's per-token forward over every row, a fixed-shape function
-of the states' buffers and index tensors (:meth:`~futurefill.nn.DecodingSession.feed_traced`);
-the host does what depends on the positions (the engines' scheduled work, batched across
-layers) between graph calls. A step beside a row that has started and waits (in the middle of
-its chunked prompt) runs eagerly: the graph would feed that row too. The graph is compiled once
-per model, method, batch size, dtype and device and kept on the model, whatever the lengths; on
-CUDA it runs as a CUDA graph (``mode="reduce-overhead"``).
+Compiled (``compile=True``): a step of rows while every other row is free (at position 0) is the
+model's per-token forward over every row, compiled once (a fixed-shape function of the states'
+buffers and index tensors), and the work the rows' positions schedule (the FFT levels of the
+tiles that end, batched across layers and rows), compiled once per *pattern*: what the work does
+(which level sizes end, for how many rows), with where it does it (rows, positions) read from a
+device tensor the host writes (:class:`~futurefill.nn.TracedPlan`). For Continuous-FutureFill in
+lockstep there are about log2(max_len / b0) patterns, whatever the length. On CUDA the two are
+captured together as one CUDA graph per pattern (:class:`CompiledStep`): a step is one copy of
+its positions and one graph replay, and the graphs are kept through admissions and releases of
+rows (recaptured only when a state's buffers move). A step beside a row that has started and
+waits (in the middle of its chunked prompt) runs eagerly: the graph would feed that row too.
+The compiled functions are kept on the model (forward) and in the process (scheduled work),
+whatever the lengths.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
-from futurefill.nn import DecodingSession, RowSnapshot, decoding
+from futurefill.nn import DecodingSession, RowSnapshot, TracedPlan, decoding, schedule_function
 
 __all__ = ["Decoder", "DecoderOutput"]
 
@@ -130,7 +135,7 @@ class Decoder(contextlib.AbstractContextManager):
             model, batch_size=batch_size, max_len=max_len, method=method, **engine_options
         )
         self.device = self.session.device
-        self._compiled = compiled_step(model, self.session, self.device) if compile else None
+        self._compiled = CompiledStep(model, self.session) if compile else None
 
     @property
     def batch_size(self) -> int:
@@ -367,19 +372,87 @@ class Decoder(contextlib.AbstractContextManager):
         check_token_ids(ids, self.vocab_size or torch.iinfo(torch.long).max, "input_ids")
 
 
-def compiled_step(
-    model: nn.Module, session: DecodingSession, device: torch.device
+class CompiledStep:
+    """The compiled token step of a decoder's ``session`` over every row: ``(plan, ids)`` ->
+    the last logits ``(batch, vocab)`` and their argmax ``(batch,)``, for
+    :meth:`~futurefill.nn.DecodingSession.feed_traced`.
+
+    Two compiled functions: the model's forward (:func:`compiled_forward`) and the plan's
+    scheduled work (:func:`compiled_schedule`, one per plan key). On the CPU each step calls
+    both. On CUDA each key's pair is captured as one CUDA graph (after one ordinary run of the
+    key, which compiles it and makes the libraries' plans), in one memory pool shared by the
+    graphs (they never run at once): a step is the copy of its ids and of the plan's args (from
+    pinned memory) and one replay. The graphs hold the addresses of the states' buffers
+    (:attr:`~futurefill.nn.DecodingSession.traced_layout`): when those move (a per-row engine's
+    prefill, a fork into per-row engines) they are captured anew.
+    """
+
+    def __init__(self, model: nn.Module, session: DecodingSession):
+        self.session = session
+        self.forward = compiled_forward(model, session)
+        self.device = session.device
+        self._graphs: dict[tuple, _StepGraph] = {}
+        self._layout: tuple[int, ...] = ()
+        self._ran: set[tuple] = set()  # keys run once (compiled) in this decoder
+        self._pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
+
+    def __call__(self, plan: TracedPlan, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        schedule = compiled_schedule(plan.key, self.device)
+        if self._pool is None or plan.key not in self._ran:
+            self._ran.add(plan.key)
+            output = self.forward(ids)
+            schedule(plan.host_args().to(self.device, non_blocking=True), plan.buffers)
+            return output
+        if self.session.traced_layout != self._layout:  # buffers moved: graphs anew
+            self._graphs.clear()
+            self._layout = self.session.traced_layout
+        graph = self._graphs.get(plan.key)
+        if graph is None:
+            graph = self._graphs[plan.key] = _StepGraph(
+                self.forward, schedule, plan, ids, self._pool
+            )
+        return graph.replay(ids, plan)
+
+
+class _StepGraph:
+    """One CUDA graph of a compiled step for one plan key: the forward on a static ids buffer
+    and the scheduled work on a static args buffer (captured, not run, at construction)."""
+
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        schedule: Callable[[torch.Tensor, tuple], None],
+        plan: TracedPlan,
+        ids: torch.Tensor,
+        pool: tuple,
+    ):
+        self.ids = torch.empty_like(ids)
+        self.args = torch.empty(len(plan.args), dtype=torch.long, device=ids.device)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, pool=pool):
+            self.outputs = forward(self.ids)
+            schedule(self.args, plan.buffers)
+
+    def replay(self, ids: torch.Tensor, plan: TracedPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step for ``ids`` ``(batch, 1)`` and ``plan`` (of this graph's key): its outputs,
+        copied out of the graph's memory (the next replay overwrites them)."""
+        self.ids.copy_(ids)
+        self.args.copy_(plan.host_args(), non_blocking=True)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.outputs)
+
+
+def compiled_forward(
+    model: nn.Module, session: DecodingSession
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """The compiled token step of ``model`` decoding in ``session`` on ``device``: ids
+    """The compiled forward of ``model`` over one token of every row of ``session``: ids
     ``(batch, 1)`` to the last logits ``(batch, vocab)`` and their argmax ``(batch,)``.
 
     One per model and (engine method and options, batch size, dtype, device), kept on the model,
-    each a function with a code object of its own: dynamo keeps graphs, and counts them against
-    its recompile limit (8), per code object, and runs every call past the limit eagerly (one
-    function for every step would reach it with the eighth such combination in a process)."""
+    each a function with a code object of its own (:func:`_own_code`)."""
     dtype = getattr(next(model.parameters(), None), "dtype", None)
     options = tuple(sorted(session.engine_options.items()))
-    key = (session.method, options, session.batch_size, dtype, torch.device(device))
+    key = (session.method, options, session.batch_size, dtype, session.device)
     steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
     if key not in steps:
 
@@ -387,28 +460,37 @@ def compiled_step(
             logits = last_logits(model(ids), ids.shape[0])
             return logits, logits.argmax(dim=-1)
 
-        code = token_step.__code__.replace()  # equal, but another object
-        token_step = types.FunctionType(
-            code, token_step.__globals__, token_step.__name__, closure=token_step.__closure__
-        )
-        if torch.device(device).type == "cuda":
-            steps[key] = _outputs_cloned(
-                torch.compile(token_step, dynamic=False, mode="reduce-overhead")
-            )
-        else:
-            cpu_options = CPU_COMPILE_OPTIONS if _inductor_decomposes_cpu_mm() else None
-            steps[key] = torch.compile(token_step, dynamic=False, options=cpu_options)
+        steps[key] = _compile(token_step, session.device)
     return steps[key]
 
 
-def _outputs_cloned(step: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], Any]:
-    """``step`` with its outputs copied: a CUDA graph's outputs live in its memory pool, which
-    its next replay overwrites, and a caller (a streamer, a list of logits) may keep them."""
+#: The compiled scheduled work of every plan key seen in this process (the key names shapes,
+#: dtypes and devices; lengths are dynamic).
+_SCHEDULES: dict[tuple, Callable[[torch.Tensor, tuple], None]] = {}
 
-    def cloned(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(t.clone() for t in step(ids))
 
-    return cloned
+def compiled_schedule(key: tuple, device: torch.device) -> Callable[[torch.Tensor, tuple], None]:
+    """The compiled :func:`~futurefill.nn.session.schedule_function` of a plan ``key``."""
+    if key not in _SCHEDULES:
+        _SCHEDULES[key] = _compile(schedule_function(key), device)
+    return _SCHEDULES[key]
+
+
+def _compile(function: Callable, device: torch.device) -> Callable:
+    """``torch.compile(function)`` with a code object of its own: dynamo keeps graphs, and
+    counts them against its recompile limit (8), per code object, and runs every call past the
+    limit eagerly (one function for every step would reach it with the eighth such
+    combination in a process). On the CPU with inductor's CPU matrix-vector pass where it has
+    one (:data:`CPU_COMPILE_OPTIONS`)."""
+    own = types.FunctionType(
+        function.__code__.replace(),  # equal, but another object
+        function.__globals__,
+        function.__name__,
+        closure=function.__closure__,
+    )
+    if device.type == "cpu" and _inductor_decomposes_cpu_mm():
+        return torch.compile(own, dynamic=False, options=CPU_COMPILE_OPTIONS)
+    return torch.compile(own, dynamic=False)
 
 
 def _inductor_decomposes_cpu_mm() -> bool:

@@ -23,9 +23,12 @@ from futurefill.nn.conv import FilterBankConv, FilterLengthError, LongConv, deca
 from futurefill.nn.session import (
     DecodingSession,
     RowSnapshot,
+    TracedPlan,
     decoding,
     decoding_max_len,
     positions,
+    schedule_function,
+    traced_step,
 )
 from futurefill.nn.shortconv import ShortConv
 from futurefill.nn.state import Chunk, DecodingModule, ModuleState
@@ -41,9 +44,12 @@ __all__ = [
     "ModuleState",
     "RowSnapshot",
     "ShortConv",
+    "TracedPlan",
     "decaying_filters",
     "decoding",
     "decoding_max_len",
     "positions",
     "rotary",
+    "schedule_function",
+    "traced_step",
 ]

@@ -37,6 +37,7 @@ from futurefill.online import (
     ModalFilter,
     RowsEngine,
     ScheduledWork,
+    TracedWork,
     make_rows_engine,
 )
 
@@ -141,6 +142,10 @@ class ConvState(ModuleState):
 
     def advance(self, rows: Sequence[int]) -> list[ScheduledWork | None]:
         return self.engine.advance(*self._engine_rows(rows))
+
+    def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
+        engine_rows, _ = self._engine_rows(rows)
+        return self.engine.traced_work(engine_rows, self._engine_rows(self.session.all_rows)[1])
 
     def feed(self, rows: Sequence[int], u: torch.Tensor) -> torch.Tensor:
         """The module's outputs ``(len(rows), n, ...)`` for the next ``n`` inputs ``u``

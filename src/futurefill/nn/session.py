@@ -23,7 +23,9 @@ then ``n`` of one more row in one forward of ``(1, len(rows) + n)`` tokens. The 
 call once, before the model runs (rows, room before ``max_len``, batch), counts the positions
 after it and then runs the work the steps scheduled (FFT levels of finished tiles), batched
 across layers and rows. A compiled step (:meth:`DecodingSession.feed_traced`) runs every row by
-tensor operations alone; the host counts the rows that really stepped.
+tensor operations alone, and the work their positions schedule as a graph runs it
+(:class:`TracedPlan`: tensor operations keyed by what they do, fed where as a device tensor);
+the host counts the rows that really stepped.
 
 Position-wise layers need nothing: they see the chunk. A module that needs positions (rotary
 embeddings) asks :func:`positions`. Each module's state implements one rows contract
@@ -34,7 +36,7 @@ authors of new modules in docs/extension.md.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,14 +45,23 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.nn.state import Chunk, DecodingModule
-from futurefill.online import ENGINES, ScheduledWork, Worker, check_engine_options, run_scheduled
+from futurefill.online import (
+    ENGINES,
+    ScheduledWork,
+    TracedWork,
+    Worker,
+    check_engine_options,
+    run_scheduled,
+)
 
 __all__ = [
     "DecodingSession",
     "RowSnapshot",
+    "TracedPlan",
     "decoding",
     "decoding_max_len",
     "positions",
+    "traced_step",
 ]
 
 _SESSION = "_futurefill_session"  # the attribute that ties every module of a model to its session
@@ -90,6 +101,72 @@ class RowSnapshot:
     states: dict[str, list]
     nbytes: int
     origin: object  # the token of the session that took it
+
+
+@dataclass(frozen=True, eq=False)
+class TracedPlan:
+    """What a compiled step of ``rows`` does after the model's forward over every row
+    (:meth:`DecodingSession.feed_traced`), split as a graph of the step needs it.
+
+    key : tuple, *what*: for each group of engines whose work runs batched, ``(run, group,
+        pattern, len(args), engines)`` (:class:`~futurefill.online.TracedWork`); one graph per
+        key serves every position. A step without scheduled work has the key of its groups'
+        empty patterns.
+    args : list of int, *where*: every row's position after the step, then each group's args;
+        the graph reads them from a device LongTensor ``(len(args),)``.
+    buffers : ``(positions, groups)``: the session's device positions and, for each group, its
+        engines' buffers (what :func:`schedule_function` of ``key`` updates in place).
+    host : the states without a graph form, whose :meth:`ModuleState.advance` runs after the
+        step, on the host.
+    """
+
+    key: tuple
+    args: list[int]
+    buffers: tuple
+    host: tuple
+
+    def host_args(self) -> torch.Tensor:
+        """``args`` as a LongTensor on the host, in pinned memory where the buffers are on CUDA,
+        so that copying it to the device neither waits nor is overwritten before it is done
+        (``copy_(..., non_blocking=True)``: the pinned allocator keeps it until the copy
+        ends)."""
+        host = torch.tensor(self.args)
+        return host.pin_memory() if self.buffers[0].is_cuda else host
+
+    def run(self) -> None:
+        """The scheduled work, uncompiled: :func:`schedule_function` of the key."""
+        args = self.host_args().to(self.buffers[0].device, non_blocking=True)
+        schedule_function(self.key)(args, self.buffers)
+
+
+def schedule_function(key: tuple) -> Callable[[torch.Tensor, tuple], None]:
+    """The scheduled work of a compiled step whose plan has ``key`` (:class:`TracedPlan`), a
+    function of ``(args, buffers)`` by tensor operations alone, which ``torch.compile`` traces
+    once per key: the session's device positions set, then each group's work."""
+    groups = [(run, pattern, count) for run, _, pattern, count, _ in key]
+
+    def schedule(args: torch.Tensor, buffers: tuple) -> None:
+        positions, engines = buffers
+        positions.copy_(args[: positions.shape[0]])
+        offset = positions.shape[0]
+        for (run, pattern, count), group in zip(groups, engines, strict=True):
+            run(group, pattern, args[offset : offset + count])
+            offset += count
+
+    return schedule
+
+
+def traced_step(model: nn.Module) -> Callable[..., Any]:
+    """The step :meth:`DecodingSession.feed_traced` takes, uncompiled: ``model``'s forward over
+    every row, then the plan's scheduled work. What a compiled step's graph does, eagerly (a
+    :class:`~futurefill.decoder.Decoder` with ``compile=True`` compiles both)."""
+
+    def step(plan: TracedPlan, *inputs: Any) -> Any:
+        output = model(*inputs)
+        plan.run()
+        return output
+
+    return step
 
 
 class DecodingSession(contextlib.AbstractContextManager):
@@ -167,6 +244,7 @@ class DecodingSession(contextlib.AbstractContextManager):
         self._deferred: list[ScheduledWork | None] = []
         self._touched = False  # whether a state moved during the current call
         self._traced_ready = False
+        self._layout: tuple[int, ...] = ()
         self._open = True
         self._token = object()  # what its snapshots name it by
 
@@ -201,9 +279,10 @@ class DecodingSession(contextlib.AbstractContextManager):
         return self._call(Chunk(rows, length - len(rows), piece_row), inputs)
 
     def feed_traced(self, step: Callable[..., Any], *inputs: Any, rows: Sequence[int]) -> Any:
-        """``step(*inputs)``, a compiled function of the model's forward over one position of
-        every row (``inputs[0]`` ``(batch_size, 1, ...)``) by tensor operations alone; then only
-        ``rows`` count the step, the work their positions schedule run. The others' outputs are
+        """``step(plan, *inputs)``: the model's forward over one position of every row
+        (``inputs[0]`` ``(batch_size, 1, ...)``) and the work the :class:`TracedPlan` ``plan``
+        of ``rows`` schedules, by tensor operations alone (a compiled step, or
+        :func:`traced_step`); then only ``rows`` count the step. The others' outputs are
         meaningless and their states received the step's input: they must be free (at position
         0, reset when they start)."""
         rows = self._check_rows(rows)
@@ -215,7 +294,36 @@ class DecodingSession(contextlib.AbstractContextManager):
         self._check_room(rows, 1)
         if not self._traced_ready:
             self._prepare_traced()
-        return self._call(self._traced_chunk, inputs, step=step, counted=rows)
+        plan = self._plan(rows)
+        return self._call(self._traced_chunk, (plan, *inputs), step=step, counted=rows, plan=plan)
+
+    @property
+    def traced_layout(self) -> tuple[int, ...]:
+        """The addresses of every tensor a compiled step reads or updates (as of the last
+        preparation of the states, :meth:`feed_traced` after any other call): a CUDA graph of
+        the step is valid while they stay the same."""
+        return self._layout
+
+    def _plan(self, rows: tuple[int, ...]) -> TracedPlan:
+        """The :class:`TracedPlan` of a compiled step of ``rows``: each state's graph form of
+        its work, grouped by engines that run batched, or its host part."""
+        groups: dict[Hashable, list[TracedWork]] = {}
+        host = []
+        for state in self.states.values():
+            work = state.traced_work(rows)
+            if work is None:
+                host.append(state)
+            else:
+                groups.setdefault((work.run, work.group, work.pattern, work.args), []).append(work)
+        after = self.positions.clone()
+        after[list(rows)] += 1
+        args = after.tolist()
+        key = []
+        for (run, group, pattern, work_args), works in groups.items():
+            key.append((run, group, pattern, len(work_args), len(works)))
+            args += work_args
+        engines = tuple(tuple(work.buffers for work in works) for works in groups.values())
+        return TracedPlan(tuple(key), args, (self._device_positions, engines), tuple(host))
 
     def _call(
         self,
@@ -223,6 +331,7 @@ class DecodingSession(contextlib.AbstractContextManager):
         inputs: tuple,
         step: Callable[..., Any] | None = None,
         counted: tuple[int, ...] | None = None,
+        plan: TracedPlan | None = None,
     ) -> Any:
         if self.chunk is not None:
             raise RuntimeError("the model is already running a call of this session")
@@ -232,8 +341,8 @@ class DecodingSession(contextlib.AbstractContextManager):
         try:
             with torch.inference_mode():  # decoding: no autograd graph through the states
                 output = (step or self.model)(*inputs)
-            if counted is not None:
-                self._deferred += [w for s in self.states.values() for w in s.advance(counted)]
+            if plan is not None:
+                self._deferred += [w for s in plan.host for w in s.advance(counted)]
         except BaseException as error:
             touched = self._touched
             self.chunk, self._deferred = None, []
@@ -243,8 +352,11 @@ class DecodingSession(contextlib.AbstractContextManager):
                 error.add_note(f"the rows {list(rows)} of the failed call were reset")
             raise
         self.chunk = None
-        for rows, n in [(counted, 1)] if counted is not None else chunk.parts():
-            self._count(rows, n)
+        if counted is not None:  # (the plan set the device positions)
+            self.positions[list(counted)] += 1
+        else:
+            for rows, n in chunk.parts():
+                self._count(rows, n)
         self.run_deferred()
         return output
 
@@ -426,11 +538,8 @@ class DecodingSession(contextlib.AbstractContextManager):
         self.run_deferred()
         for state in self.states.values():
             state.prepare_traced()
-            for tensor in state.traced_tensors():
-                if tensor.is_cuda:  # a CUDA graph may update it in place, at this address
-                    torch._dynamo.mark_static_address(tensor, guard=False)
-        if self._device_positions.is_cuda:
-            torch._dynamo.mark_static_address(self._device_positions, guard=False)
+        tensors = [t for state in self.states.values() for t in state.traced_tensors()]
+        self._layout = tuple(t.data_ptr() for t in [self._device_positions, *tensors])
         self._traced_ready = True
 
 

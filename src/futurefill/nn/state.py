@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.online import ScheduledWork
+from futurefill.online import ScheduledWork, TracedWork
 
 if TYPE_CHECKING:
     from futurefill.nn.session import DecodingSession
@@ -127,8 +127,16 @@ class ModuleState(ABC):
 
     def advance(self, rows: Sequence[int]) -> list[ScheduledWork | None]:
         """After a compiled step: the host's part for ``rows`` (at ``session.positions``, not
-        yet counted), and the work it schedules; none by default."""
+        yet counted), and the work it schedules; none by default. Not called where
+        :meth:`traced_work` gives the work's graph form."""
         return []
+
+    def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
+        """After a compiled step of ``rows`` (at ``session.positions``, not yet counted), the
+        work it schedules as the step's graph runs it (:class:`~futurefill.online.TracedWork`:
+        tensor operations keyed by what they do, with where as a device tensor), or None
+        (default): :meth:`advance` is called instead."""
+        return None
 
 
 class DecodingModule(nn.Module, ABC):

@@ -31,7 +31,7 @@ from futurefill.online.deamortized import DeamortizedConv, Worker
 from futurefill.online.epoched import EpochedConv, default_epoch_len
 from futurefill.online.modal import ModalConv, ModalFilter, ModalRows
 from futurefill.online.naive import NaiveConv
-from futurefill.online.rows import PerRowEngines, RowsEngine
+from futurefill.online.rows import PerRowEngines, RowsEngine, TracedWork
 
 __all__ = [
     "ENGINES",
@@ -49,6 +49,7 @@ __all__ = [
     "PerRowEngines",
     "RowsEngine",
     "ScheduledWork",
+    "TracedWork",
     "Worker",
     "check_engine_options",
     "default_epoch_len",

@@ -57,7 +57,7 @@ from futurefill.online.base import (
     tensor_bytes,
     traced_push,
 )
-from futurefill.online.rows import RowsEngine
+from futurefill.online.rows import RowsEngine, TracedWork
 
 
 def check_tile_len(tile_len: object) -> int:
@@ -241,6 +241,30 @@ class ContinuousRows(RowsEngine):
             self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
         return self._tile_ends(rows, positions)
 
+    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork:
+        """After :meth:`step_traced` of ``rows`` (every row at ``positions``, ``(batch_size,)``,
+        before it): their tile ends as tensor operations (:func:`run_row_tile_ends`). The
+        pattern is the tile and, for each level size that ends at this step, how many rows end
+        one (``(b0, ((level, count), ...))``, level 0: a full row's last tile, filed only):
+        about log2(max_len / b0) patterns for rows in lockstep. The args: every row's place in
+        its tile after the step, then each level's rows and their inputs seen."""
+        b0, stepped = self.tile_len, set(rows)
+        after = [p + (r in stepped) for r, p in enumerate(positions)]
+        ends: dict[int, list[int]] = {}
+        for row in rows:
+            seen = after[row]
+            if seen % b0 == 0:
+                ends.setdefault(seen & -seen if seen < self.max_len else 0, []).append(row)
+        levels = sorted(ends, reverse=True)
+        args = [p % b0 for p in after]
+        for level in levels:
+            args += ends[level] + [after[row] for row in ends[level]]
+        pattern = (b0, tuple((level, len(ends[level])) for level in levels))
+        buffers = (self._x, self._c, self._x_tile, self._c_tile, self._index)
+        spectra = tuple(self._spectra[level] for level in levels if level)
+        group = (self.channels, self.batch_size, self.compute_dtype, self.device)
+        return TracedWork(run_row_tile_ends, group, pattern, tuple(args), buffers + spectra)
+
     def _tile_ends(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
         """The tile ends of a step of ``rows`` at ``positions``."""
         b0 = self.tile_len
@@ -319,12 +343,16 @@ class ContinuousRows(RowsEngine):
         (eager calls do not keep it); a ValueError in half precision, which has no traced
         step."""
         check_traced_dtype(self.dtype, self.compute_dtype)
+        for buffer in (self._x, self._c):  # one graph of the tile ends for every max_len
+            torch._dynamo.maybe_mark_dynamic(buffer, 2)
         places = [p % self.tile_len for p in positions]
         self._index.copy_(torch.tensor(places, device=self.device))
 
     def traced_tensors(self) -> list[torch.Tensor]:
-        """What :meth:`step_traced` reads or updates in place."""
-        return [self._x_tile, self._c_tile, self._pushes, self._index, self._all_rows]
+        """What :meth:`step_traced` and the graph of its :meth:`traced_work` read or update in
+        place (the filter spectra aside: made once, never moved)."""
+        tiles = [self._x_tile, self._c_tile, self._pushes, self._index, self._all_rows]
+        return [self._x, self._c, *tiles]
 
     def _push(self, u: torch.Tensor, index: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """``u`` ``(R, D)`` to its rows' tiles at their places ``j`` ``(R,)``: the input to place
@@ -407,6 +435,57 @@ class RowTileEnd(ScheduledWork):
             c[w.row, :, seen : seen + keep] += y[:, :keep]
             if w.stepped:  # the row's next tile (a chunk sets its own at its end)
                 w.engine._c_tile[w.row] = c[w.row, :, seen : seen + b0].t()
+
+
+def run_row_tile_ends(
+    buffers: tuple[tuple[torch.Tensor, ...], ...],
+    pattern: tuple[int, tuple[tuple[int, int], ...]],
+    args: torch.Tensor,
+) -> None:
+    """The tile ends of a compiled step of :class:`ContinuousRows` engines (the layers of a
+    model, whose rows share their positions), tensor operations alone: a fixed-shape function
+    of ``pattern`` (what: the tile b0, and how many rows end a block of each level size) whose
+    rows and positions come in ``args`` (where, a LongTensor: every row's place in its tile
+    after the step, then each level's rows and their inputs seen), so that one graph serves
+    every position with that pattern (:meth:`ContinuousRows.traced_work`).
+
+    For a row that has seen ``s`` inputs (a multiple of b0) and level ``b = s & -s``: its tile
+    is filed, ``x[s - b0 : s] = x_tile``; the block ``x[s - b : s]`` adds its contribution to
+    the outputs ``s .. s + b - 1`` (an FFT of length 2b, every row and layer of the level in one
+    call; outputs past the buffer are dropped); its next tile of outputs is loaded,
+    ``c_tile = c[s : s + b0]``. Level 0 (a full row) only files the tile.
+
+    buffers : for each engine ``(x, c, x_tile, c_tile, index, *spectra)``, ``x``, ``c``
+        ``(B, D, T)``, the tiles ``(B, b0, D)``, ``index`` ``(B,)``, and the filter spectra of the
+        pattern's nonzero levels in its order (``(D, b + 1)``).
+    """
+    b0, levels = pattern
+    batch = buffers[0][4].shape[0]
+    for engine in buffers:
+        engine[4].copy_(args[:batch])
+    offset, spectrum = batch, 5
+    lags = torch.arange(b0, device=args.device)
+    for level, count in levels:
+        rows, seen = args[offset : offset + count], args[offset + count : offset + 2 * count]
+        offset += 2 * count
+        tile = rows[:, None], slice(None), (seen - b0)[:, None] + lags  # x[rows, :, s-b0 .. s-1]
+        for x, _, x_tile, *_ in buffers:
+            x[tile] = x_tile[rows]  # (count, b0, D)
+        if not level:
+            continue
+        span = torch.arange(level, device=args.device)
+        blocks = [x[rows[:, None], :, (seen - level)[:, None] + span] for x, *_ in buffers]
+        future = block_futures(
+            [b.transpose(1, 2) for b in blocks], [e[spectrum] for e in buffers], level
+        )  # (engines, count, D, level)
+        spectrum += 1
+        for (_, c, _, c_tile, *_), y in zip(buffers, future, strict=True):
+            outputs = seen[:, None] + span  # (count, level)
+            kept = outputs < c.shape[-1]
+            channels = torch.arange(c.shape[1], device=args.device)[:, None]  # (D, 1)
+            where = rows[:, None, None], channels, outputs.clamp(max=c.shape[-1] - 1)[:, None]
+            c.index_put_(where, y * kept[:, None], accumulate=True)
+            c_tile[rows] = c[rows[:, None], :, seen[:, None] + lags]  # (count, b0, D)
 
 
 class TiledEngine(OnlineConvEngine):

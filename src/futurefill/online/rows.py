@@ -14,7 +14,10 @@ in a tile, say). Its life cycle, for rows ``r`` at positions ``p``::
     engine.load_rows(others, p, saved)        # rows just reset go on from it, each on its own
 
 and for a compiled step of every row, :meth:`RowsEngine.step_traced` (tensor operations only)
-then :meth:`RowsEngine.advance` of the rows that really stepped (the host's part).
+then either :meth:`RowsEngine.traced_work` (the work the step schedules as a graph runs it:
+tensor operations keyed by what they do, with the rows and positions they do it at as a device
+tensor) or, for an engine without that form, :meth:`RowsEngine.advance` of the rows that really
+stepped (the host's part, whose work runs between graphs).
 
 A method declares its own rows form (:attr:`OnlineConvEngine.rows_engine`,
 :class:`~futurefill.online.continuous.ContinuousRows` for Continuous-FutureFill);
@@ -24,13 +27,36 @@ A method declares its own rows form (:attr:`OnlineConvEngine.rows_engine`,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from futurefill.online.base import OnlineConvEngine, ScheduledWork
 
-__all__ = ["PerRowEngines", "RowsEngine"]
+__all__ = ["PerRowEngines", "RowsEngine", "TracedWork"]
+
+
+@dataclass(frozen=True)
+class TracedWork:
+    """The work a compiled step of some rows schedules in one engine, in the form a graph of the
+    step runs it: ``run(buffers, pattern, args)``, tensor operations alone, where
+
+    buffers : tuple of tuples of Tensors, for every engine of one ``group`` (the layers of a
+        model: their work runs batched) the tensors it reads and updates in place;
+    pattern : hashable, *what* the work does (which FFT levels, for how many rows): one graph
+        per distinct pattern serves every position;
+    args : tuple of int, *where* it does it (rows, positions): the host writes them into a
+        device tensor ``(len(args),)`` before each replay.
+
+    Works of one ``run``, ``group``, ``pattern`` and ``args`` run as one call.
+    """
+
+    run: Callable[[tuple[tuple[torch.Tensor, ...], ...], Hashable, torch.Tensor], None]
+    group: Hashable
+    pattern: Hashable
+    args: tuple[int, ...]
+    buffers: tuple[torch.Tensor, ...]
 
 
 class RowsEngine(ABC):
@@ -104,6 +130,13 @@ class RowsEngine(ABC):
     @abstractmethod
     def traced_tensors(self) -> list[torch.Tensor]:
         """What :meth:`step_traced` reads or updates in place (addresses a CUDA graph records)."""
+
+    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork | None:
+        """After :meth:`step_traced`: what :meth:`advance` would do for ``rows`` (at ``positions``
+        before the step), as tensor operations a graph runs (:class:`TracedWork`); for every
+        row of the engine, ``rows`` one position on and the others where they are. None where
+        the engine has no such form (the caller then calls :meth:`advance`)."""
+        return None
 
 
 class PerRowEngines(RowsEngine):
