@@ -235,11 +235,13 @@ class Decoder(contextlib.AbstractContextManager):
         ids = self._step_ids(ids, rows)
         if self._compiled is None or not self._may_trace(rows):
             return self._feed(ids[:, None], rows)
-        every = ids if rows == session.all_rows else ids.new_zeros(self.batch_size)
-        if every is not ids:
+        if rows != session.all_rows:
+            every = ids.new_zeros(self.batch_size)
             every[list(rows)] = ids
+        else:  # (an inference tensor, as every other step's: the graph's guards see one kind)
+            every = ids if ids.is_inference() else ids.clone()
         logits, greedy = session.feed_traced(self._compiled, every[:, None], rows=rows)
-        if every is ids:
+        if rows == session.all_rows:
             return DecoderOutput(logits, greedy)
         return DecoderOutput(logits[list(rows)], greedy[list(rows)])
 
@@ -394,6 +396,7 @@ class CompiledStep:
         self._graphs: dict[tuple, _StepGraph] = {}
         self._layout: tuple[int, ...] = ()
         self._ran: set[tuple] = set()  # keys run once (compiled) in this decoder
+        self.captures = 0  # CUDA graphs captured (one per key while the buffers stay put)
         self._pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
     def __call__(self, plan: TracedPlan, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,12 +409,10 @@ class CompiledStep:
         if self.session.traced_layout != self._layout:  # buffers moved: graphs anew
             self._graphs.clear()
             self._layout = self.session.traced_layout
-        graph = self._graphs.get(plan.key)
-        if graph is None:
-            graph = self._graphs[plan.key] = _StepGraph(
-                self.forward, schedule, plan, ids, self._pool
-            )
-        return graph.replay(ids, plan)
+        if plan.key not in self._graphs:
+            self._graphs[plan.key] = _StepGraph(self.forward, schedule, plan, ids, self._pool)
+            self.captures += 1
+        return self._graphs[plan.key].replay(ids, plan)
 
 
 class _StepGraph:

@@ -48,6 +48,41 @@ class Rows:
             self.positions[row] = 0
 
 
+class TracedRows(Rows):
+    """A :class:`ContinuousRows` stepped as a compiled step steps it: every row through
+    ``step_traced`` (a row that does not step gets a zero input, which leaves its state as it
+    was), then the graph form of the step's tile ends (``traced_work``) run as the graph runs it,
+    its rows and positions from a tensor; ``prepare_traced`` after every other call."""
+
+    def __init__(self, engine: ContinuousRows):
+        super().__init__(engine)
+        self.ready = False
+        self.patterns: set = set()
+
+    def extend(self, u, rows):
+        self.ready = False
+        return super().extend(u, rows)
+
+    def reset_rows(self, rows):
+        self.ready = False
+        super().reset_rows(rows)
+
+    def step(self, u, rows):
+        engine, every = self.engine, [self.positions[r] for r in range(self.batch_size)]
+        if not self.ready:
+            engine.prepare_traced(every)
+            self.ready = True
+        full = u.new_zeros(self.batch_size, self.channels)
+        full[list(rows)] = u
+        y = engine.step_traced(full)[list(rows)]
+        work = engine.traced_work(rows, every)
+        work.run((work.buffers,), work.pattern, torch.tensor(work.args))
+        self.patterns.add(work.pattern)
+        for row in rows:
+            self.positions[row] += 1
+        return y
+
+
 def run_rows(engine: Rows, h: torch.Tensor, seed: int, events: int, feedback: bool):
     """Random events on the engine's rows; returns every row's (inputs, outputs) since its last
     restart, and how many outputs were produced in all."""
@@ -130,6 +165,60 @@ def test_every_row_gets_its_own_convolution(
         expected = reference_conv(u, h.numpy())[0]
         assert rel_err(torch.stack(outputs[row], -1), expected) < 1e-10, row
         assert engine.positions[row] == len(inputs[row])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    max_len=st.integers(1, 90),
+    rows=st.integers(1, 5),
+    channels=st.integers(1, 4),
+    tile_len=st.sampled_from([1, 2, 4, 8]),
+    feedback=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_graph_form_of_the_tile_ends_gives_every_row_its_convolution(
+    max_len, rows, channels, tile_len, feedback, seed
+):
+    """Traced steps whose tile ends run as a compiled step's graph runs them (one function per
+    pattern, the rows and their positions from a tensor), between prompts, chunks and resets
+    of rows at their own positions: the float64 reference, every row."""
+    h = decaying_filter(channels, max_len + seed % 7, seed=seed)
+    engine = TracedRows(ContinuousRows(h, max_len=max_len, batch_size=rows, tile_len=tile_len))
+    inputs, outputs, produced = run_rows(engine, h, seed, events=80, feedback=feedback)
+    assert produced > 0
+    for row in range(rows):
+        if inputs[row]:
+            u = torch.stack(inputs[row], -1)[None].numpy()
+            expected = reference_conv(u, h.numpy())[0]
+            assert rel_err(torch.stack(outputs[row], -1), expected) < 1e-10, row
+    levels = {level for _, ends in engine.patterns for level, _ in ends}
+    assert all(level == 0 or tile_len <= level < max_len for level in levels)  # what, not where
+
+
+def test_a_pattern_is_what_the_step_does_not_where():
+    """Rows in lockstep: one pattern per level size (and the steps with no tile end), the
+    positions only in the args."""
+    h = decaying_filter(2, 64, seed=1)
+    engine = ContinuousRows(h, batch_size=2, tile_len=4)
+    engine.prepare_traced([0, 0])
+    patterns = {}
+    for position in range(64):
+        engine.step_traced(torch.randn(2, 2, dtype=h.dtype))
+        work = engine.traced_work([0, 1], [position, position])
+        work.run((work.buffers,), work.pattern, torch.tensor(work.args))
+        patterns.setdefault(work.pattern, []).append(position + 1)
+    assert sorted(patterns) == [
+        (4, ()),
+        (4, ((0, 2),)),  # the last tile: filed, no output after it
+        (4, ((4, 2),)),
+        (4, ((8, 2),)),
+        (4, ((16, 2),)),
+        (4, ((32, 2),)),
+    ]
+    assert patterns[(4, ((4, 2),))] == [4, 12, 20, 28, 36, 44, 52, 60]
+    work = engine.traced_work([1], [64, 35])  # row 1 alone ends a tile at 36: level 4
+    assert work.pattern == (4, ((4, 1),))
+    assert work.args == (0, 0, 1, 36)  # places after the step, then the level's rows and seen
 
 
 def test_float32_and_long_chunks():

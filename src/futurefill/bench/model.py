@@ -163,18 +163,28 @@ class ContextConfig(ModelOptions):
         return max(self.prompt_lens) + self.new_tokens
 
 
+def hyenadna_model(vocab_size: int, d_model: int, n_layers: int, max_len: int) -> torch.nn.Module:
+    """A randomly initialised :class:`~futurefill.pretrained.HyenaLM` shaped like
+    HyenaDNA-large-1m (filters on its 1M grid, or ``max_len`` where longer; MLP 4 x width) at
+    this width and depth (the release's: 256 and 8)."""
+    from futurefill.pretrained import HyenaLM, HyenaLMConfig
+
+    hyper = {**HYENADNA_LARGE_1M, "max_len": max(HYENADNA_LARGE_1M["max_len"], max_len)}
+    return HyenaLM(
+        HyenaLMConfig(
+            vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_inner=4 * d_model, **hyper
+        )
+    )
+
+
 def build_model(config: Any, mixer: str, max_len: int, device, dtype):
     """The seeded, randomly initialised model for ``mixer`` and its float64 reference copy:
     a ConvLM, or for ``hyenadna`` a :class:`~futurefill.pretrained.HyenaLM` shaped like
-    HyenaDNA-large-1m (filters on its 1M grid, MLP 4 x width) at the config's width and depth."""
+    HyenaDNA-large-1m (:func:`hyenadna_model`) at the config's width and depth."""
     torch.manual_seed(config.seed)
     width = {"vocab_size": config.vocab_size, "d_model": config.d_model}
     if mixer == "hyenadna":
-        from futurefill.pretrained import HyenaLM, HyenaLMConfig
-
-        hyper = {**HYENADNA_LARGE_1M, "max_len": max(HYENADNA_LARGE_1M["max_len"], max_len)}
-        shape = {"n_layers": config.n_layers, "d_inner": 4 * config.d_model}
-        model = HyenaLM(HyenaLMConfig(**width, **shape, **hyper))
+        model = hyenadna_model(config.vocab_size, config.d_model, config.n_layers, max_len)
     else:
         # The STU needs filters of at least its num_eigh positions, however short the runs.
         length = max(max_len, ConvLMConfig.num_eigh)

@@ -3,7 +3,7 @@
 :func:`repeat_runs` runs a method up to ``repeats`` times within the budget (:func:`should_repeat`),
 checks the first run's outputs against the float64 reference (:func:`rel_err`) and reduces the
 runs' records to the measured fields of the cell's row (medians, prefill and decode times, peak
-bytes, the fastest run's step latency).
+bytes, the fastest run's step latency, host and, where timed, device).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from futurefill.bench.timing import latency, median
+from futurefill.bench.timing import device_latency, latency, median
 
 Row = dict[str, Any]  # one method at one cell: its fields, status and measurements
 
@@ -67,7 +67,8 @@ def repeat_runs(
 
     Returns the row's measured fields: status, error, repeats, the median of ``seconds`` as
     ``total_s`` and its list ``times_s``, the median chunks, setup and (with ``prefill`` in the
-    records) prefill/decode times, peak bytes, and the fastest run's step latency."""
+    records) prefill/decode times, peak bytes, and the fastest run's step latency (host; with
+    ``device_steps`` in the records device too: :func:`~.timing.device_latency`)."""
     records: list[dict[str, Any]] = []
     err = math.nan
     while should_repeat([r["seconds"] for r in records], setting.repeats, setting.budget):
@@ -95,8 +96,11 @@ def repeat_runs(
         row["cache_bytes_after_prefill"] = records[-1]["after_prefill"]
     row["peak_cache_bytes"] = records[-1].get("peak")  # None: holds no cache (offline)
     fastest = min(records, key=lambda r: r["seconds"])
+    first = fastest.get("first_step", 0)
     if "steps" in fastest:
-        row.update(latency(fastest["steps"], first=fastest.get("first_step", 0)))
+        row.update(latency(fastest["steps"], first=first))
+    if "device_steps" in fastest:
+        row.update(device_latency(fastest["device_steps"], fastest["step_clock"], first=first))
     return row
 
 

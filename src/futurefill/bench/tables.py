@@ -3,8 +3,8 @@
 A benchmark's report is a list of :class:`Section` tables (:func:`table`): a line per size, a
 column per method (:func:`method_grid`, :func:`markdown_table`), ratio columns and fitted slopes;
 under them the ratios, budget skips and the agreement check (:func:`notes`). The cells are
-formatted by :func:`fmt_seconds`, :func:`fmt_bytes`, :func:`latency_cell`, :func:`seconds_of`
-and :func:`cache_cell`.
+formatted by :func:`fmt_seconds`, :func:`fmt_bytes`, :func:`latency_cell`,
+:func:`device_latency_cell`, :func:`seconds_of` and :func:`cache_cell`.
 """
 
 from __future__ import annotations
@@ -161,6 +161,12 @@ def latency_cell(row: Row) -> str:
     times = (row["step_median_s"], row["step_p999_s"], row["step_max_s"])
     spread = row["step_max_s"] / row["step_median_s"]
     return " / ".join(fmt_seconds(t) for t in times) + f" ({spread:.0f}x)"
+
+
+def device_latency_cell(row: Row) -> str:
+    """A table cell: the device time of a step, p50 / p99 / p99.9."""
+    keys = ("device_step_p50_s", "device_step_p99_s", "device_step_p999_s")
+    return " / ".join(fmt_seconds(row[k]) for k in keys)
 
 
 def seconds_of(key: str) -> Callable[[Row], str]:

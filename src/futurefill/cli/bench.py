@@ -1,10 +1,11 @@
-"""``futurefill bench {layer,prompt,model,context,fork,serve,all}``: options, presets and output.
+"""``futurefill bench {layer,prompt,model,context,fork,serve,paper,all}``: options, presets, output.
 
 Each benchmark's options are the fields of its config dataclass (each field's metadata gives its
 help and checker). An option left unset takes the preset's value (``--preset``,
 :mod:`futurefill.bench.presets`), else the field's default; the resolved configuration is
-recorded in the JSON report together with the equivalent full command line. ``bench serve``
-registers its own options (:mod:`futurefill.bench.serve`).
+recorded in the JSON report together with the equivalent full command line. ``bench serve`` and
+``bench paper`` register their own options (:mod:`futurefill.bench.serve`,
+:mod:`futurefill.bench.paper`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _default(name: str, field: dataclasses.Field) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and its subcommands to the ``futurefill`` command line."""
     import futurefill.bench
-    from futurefill.bench import serve
+    from futurefill.bench import paper, serve
 
     bench = subparsers.add_parser(
         "bench",
@@ -95,6 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("--compile", action="store_true", help=help)
         parser.set_defaults(func=_run_one, bench=name)
     serve.register(sub)
+    paper.register(sub)
     every = sub.add_parser(
         "all", help="layer, prompt, model, context and fork, one after the other"
     )

@@ -229,18 +229,6 @@ class ContinuousRows(RowsEngine):
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
         return self._push(u, self._all_rows, self._index)
 
-    def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
-        """After a traced step of ``rows`` (at ``positions``): each one position on (their
-        places in the index tensor); returns their tile ends (to run, or to batch with other
-        engines' by :func:`~futurefill.online.run_scheduled`)."""
-        places = [(p + 1) % self.tile_len for p in positions]
-        if tuple(rows) == self._every_row and places.count(places[0]) == len(places):
-            self._index.fill_(places[0])  # every row at one place: no index tensors
-        else:
-            index = self._row_tensor(rows)
-            self._index.index_copy_(0, index, torch.tensor(places, device=self.device))
-        return self._tile_ends(rows, positions)
-
     def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork:
         """After :meth:`step_traced` of ``rows`` (every row at ``positions``, ``(batch_size,)``,
         before it): their tile ends as tensor operations (:func:`run_row_tile_ends`). The

@@ -122,10 +122,11 @@ class RowsEngine(ABC):
         tensor operations alone; :meth:`advance` of the rows that stepped must follow. A row that
         did not step must be reset before it is used again (its state received this input)."""
 
-    @abstractmethod
     def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[ScheduledWork | None]:
         """After :meth:`step_traced`: ``rows`` (at ``positions`` before it) one position on; the
-        work that schedules."""
+        work that schedules, run on the host. What an engine without :meth:`traced_work`
+        implements."""
+        raise NotImplementedError(f"{type(self).__name__} steps compiled through traced_work")
 
     @abstractmethod
     def traced_tensors(self) -> list[torch.Tensor]:

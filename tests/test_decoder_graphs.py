@@ -1,0 +1,103 @@
+"""A compiled decoder's step as graphs: the forward compiled once, the scheduled work once per
+pattern (what it does), its rows and positions from a tensor (where); on CUDA both captured as
+one CUDA graph per pattern and replayed through admissions and releases of rows. Every row gets
+the forward's logits over its own sequence (float64), for every method."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from futurefill import METHODS, Decoder
+from reference import hybrid_lm, rel_err, tiny_lm
+
+VOCAB = 32
+OPTIONS = {
+    "continuous": {"tile_len": 2},
+    "deamortized": {"tile_len": 2},
+    "epoched": {"epoch_len": 3},
+    "naive": {},
+}
+
+
+def admissions_and_releases(decoder: Decoder, model, seed: int, events: int) -> set:
+    """Random admissions (prompts in one or two pieces), compiled steps of every live row and
+    releases; every logit checked against the forward of ``model`` over the row's own
+    sequence. Returns the plan keys of the compiled steps."""
+    rng, device, slots = random.Random(seed), decoder.device, decoder.batch_size
+    sequences: dict[int, list[int]] = {}
+    keys, plan = set(), decoder.session._plan  # (the plans the steps get, recorded)
+
+    def recorded(rows):
+        keys.add((made := plan(rows)).key)
+        return made
+
+    decoder.session._plan = recorded
+    for _ in range(events):
+        free = [r for r in range(slots) if r not in sequences]
+        action = rng.random()
+        if free and (action < 0.25 or not sequences):
+            row = rng.choice(free)
+            prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 7))]
+            cut = rng.randint(1, len(prompt))
+            out = decoder.start(row, torch.tensor(prompt[:cut], device=device))
+            if cut < len(prompt):
+                out = decoder.extend(row, torch.tensor(prompt[cut:], device=device))
+            sequences[row] = [*prompt, int(out.greedy[0])]
+        elif sequences and action < 0.35:
+            row = rng.choice(sorted(sequences))
+            decoder.release(row)
+            del sequences[row]
+        else:
+            live = sorted(r for r, seq in sequences.items() if len(seq) < decoder.max_len)
+            if not live:
+                continue
+            ids = torch.tensor([sequences[r][-1] for r in live], device=device)
+            out = decoder.step(ids, live)
+            for i, row in enumerate(live):
+                expected = model(torch.tensor([sequences[row]]))[0, -1]
+                assert rel_err(out.logits[i].cpu(), expected) < 1e-9, (row, len(sequences[row]))
+                sequences[row].append(int(out.greedy[i]))
+    return keys
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("mixer", ["hyena", "flash_stu"])
+def test_compiled_rows_through_admissions_and_releases(method, mixer, device):
+    """Rows admitted into free slots and released at any step (the scheduler's use), the
+    compiled steps exact; for continuous the states' buffers never move, so that on CUDA each
+    pattern's graph is captured once and replayed through every admission."""
+    model = tiny_lm(mixer, seed=1) if mixer == "hyena" else hybrid_lm(mixer)
+    reference = copy.deepcopy(model)
+    model.to(device)
+    options = OPTIONS[method]
+    with Decoder(
+        model, batch_size=3, max_len=40, method=method, compile=True, **options
+    ) as decoder:
+        keys = admissions_and_releases(decoder, reference, seed=3, events=90)
+        if method == "continuous":  # (the others' work runs on the host: one empty key)
+            levels = {level for key in keys for _, _, (_, ends), _, _ in key for level, _ in ends}
+            assert {2, 4, 8} <= levels
+            assert decoder._compiled.captures <= len(keys)  # (0 on the CPU: no graphs)
+
+
+def test_one_compiled_function_per_pattern_on_the_cpu():
+    """Lockstep rows to 64 positions with tiles of 4: the forward compiled once, the scheduled
+    work once for each of its 6 patterns (no level, levels 4 .. 32, the last tile), and a second
+    decoder of another length compiles nothing."""
+    model = tiny_lm("hyena", seed=2, max_len=64)
+    ids = torch.randint(0, VOCAB, (2, 1), generator=torch.Generator().manual_seed(1))
+    frames = counters["frames"]["total"]
+    for max_len in (64, 40):
+        with Decoder(model, batch_size=2, max_len=max_len, compile=True, tile_len=4) as decoder:
+            out = decoder.prefill(ids)
+            for _ in range(max_len - 1):
+                out = decoder.step(out.greedy)
+        if max_len == 64:
+            assert counters["frames"]["total"] - frames == 1 + 6
+            frames = counters["frames"]["total"]
+    assert counters["frames"]["total"] == frames
