@@ -1,25 +1,40 @@
 """The GPU check: every CUDA path of futurefill in one run, results under docs/results/gpu-<name>/.
 
 Run from the repository root with any python3 that has torch (no install: it imports the source
-tree), ``python3 scripts/gpu_check.py`` or ``make gpu-check``. With CUDA, in about 8 minutes:
+tree), ``python3 scripts/gpu_check.py`` or ``make gpu-check``. With CUDA, in under 9 minutes (the
+parts' time limits add up to 510 s):
 
 1. ``tests``: the test suite's CUDA cases (``pytest -m cuda``: the device-parametrized exactness
    tests, the compiled steps with CUDA graphs, the deamortized jobs on their side stream).
 2. ``compiled``: the bundled model's shape (ConvLM, 4 STU-tensordot layers of width 128, float32)
-   generating with continuous, epoched and deamortized, eager and compiled (CUDA graphs): tokens
-   equal, no recompile for a second length, no CUDA graph skipped, per-token time of each.
+   generating 128 tokens with every method, eager and compiled (CUDA graphs): tokens equal, no
+   recompile for a second length, no CUDA graph skipped, per-token time of each.
 3. ``sync``: continuous and deamortized engine steps (128 channels, jobs on the side stream) and
    a session's traced steps under ``torch.cuda.set_sync_debug_mode("error")``: any host
    synchronization inside a step is an error.
-4. ``bench layer`` at L = 2^14 .. 2^20, 128 channels, naive / epoched / continuous / deamortized /
-   offline; ``bench context`` for the bundled model's shape (P up to its own context, 2048)
-   and for the HyenaDNA-large-1m shape at P = 2^14 .. 2^20, with naive, continuous and the
-   compiled step.
+4. ``layer``: ``bench layer`` at L = 2^14, 2^17, 2^20, 128 channels, every online method eager
+   and as a compiled layer step (``compiled-<method>``) and offline; at each L the last 2048
+   steps are timed after a prefill of the rest (``--steps``), each step's host time and device
+   time (CUDA events): p50 / p99 / p99.9 per method, every method at 2^20.
+5. ``paper``: ``bench paper``, the FutureFill paper's experiment: an STU-only ConvLM of 8 layers
+   of width 1024 (515.9M parameters) generating 16,384 tokens from a one-token prompt, naive /
+   epoched / continuous, eager and compiled in float32, eager in bfloat16; continuous compiled
+   and naive (eager and compiled) over all 16,384 tokens (a run past its 30 s budget stops and
+   is projected), the others over 1024 and projected; runs not started by 140 s are not run.
+   Beside the paper's 52.22 s (epoched) and 111.92 s (naive) on an H100. Targets: continuous
+   compiled float32 <= 15 s and >= 7x naive eager float32.
+6. ``serve``, ``serve-hyenadna``: ``bench serve`` (continuous batching, static batching, one
+   request at a time) of the bundled model and of a HyenaDNA-large-1m-shaped HyenaLM: tokens/s,
+   time to first token and inter-token latency p50 / p99. Targets: continuous >= 4x one at a
+   time and >= 1.5x static in tokens/s, its p99 inter-token latency <= 3x its p50.
+7. ``hyenadna``: ``bench context`` for the HyenaDNA-large-1m shape at P = 2^14 and 2^20, with
+   naive, continuous and the compiled step.
 
 Each part runs in a process of its own under a time limit; a part that fails is reported and the
-others still run. A one-screen summary goes to stdout and to ``summary.md``. Without CUDA it says
-so in one line, then dry-runs the same code on the CPU at tiny sizes into a temporary directory
-and exits 0 when every part works (1 otherwise).
+others still run. A one-screen summary (each part's figures, the targets met or missed) goes to
+stdout and to ``summary.md``. Without CUDA it says so in one line, then dry-runs the same code on
+the CPU at tiny sizes (fewer compiled methods) into a temporary directory and exits 0 when every
+part works (1 otherwise).
 """
 
 from __future__ import annotations
@@ -42,43 +57,58 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-# Sizes with a GPU, and for the CPU dry run (same code, tiny).
+# Sizes with a GPU, and for the CPU dry run (same code, tiny; fewer compiled methods, whose
+# compiles take most of a dry run's time). Each part's options are a string.
 FULL = {
-    "layer_lengths": ["16384", "65536", "262144", "1048576"],
-    "layer_budget": "25",
-    "context_lens": ["256", "1024", "1792"],  # the bundled model's own context: 2048
-    "context_budget": "30",
-    "hyenadna_lens": ["16384", "65536", "262144", "1048576"],
-    "new_tokens": "256",
-    "compiled_tokens": 512,
+    "compiled_tokens": 128,
     "sync_len": 4096,
+    # Every method at L = 2^20: the last 2048 steps after a prefill (the warm-up's 2048 steps
+    # compile every graph a compiled step's scheduled work needs there).
+    "layer": "--lengths 16384 131072 1048576 --steps 2048 --warmup-len 2048 --budget 60 "
+    "--methods naive epoched continuous deamortized compiled-naive compiled-epoched "
+    "compiled-continuous compiled-deamortized offline",
+    # The paper's shape is bench paper's default. The runs not started by 140 s are not run, so
+    # that the part ends, its report written, within its time limit.
+    "paper": "--tokens 16384 --prefix 1024 --budget 30 --time-limit 140",
+    "serve": "--requests 32 --rates 200 --prompt-lens 16 512 --output-lens 32 256 --slots 8",
+    "serve-hyenadna": "--requests 24 --rates 200 --prompt-lens 64 1024 --output-lens 32 256 "
+    "--slots 8",
+    "hyenadna": "--prompt-lens 16384 1048576 --new-tokens 128 --budget 30",
     "timeouts": {
         "tests": 90,
-        "compiled": 90,
-        "sync": 30,
-        "layer": 200,
-        "context": 45,
-        "hyenadna": 110,
+        "compiled": 35,
+        "sync": 20,
+        "layer": 85,
+        "paper": 175,
+        "serve": 30,
+        "serve-hyenadna": 35,
+        "hyenadna": 40,
     },
 }
 DRY = {
-    "layer_lengths": ["64", "256"],
-    "layer_budget": "5",
-    "context_lens": ["64", "256"],
-    "context_budget": "5",
-    "hyenadna_lens": ["64"],
-    "new_tokens": "16",
     "compiled_tokens": 24,
     "sync_len": 64,
+    # One torch thread: on a loaded 2-core machine a compiled CPU step's threads wait for each
+    # other (16 ms a step, not 0.3).
+    "layer": "--lengths 128 512 --steps 128 --warmup-len 128 --budget 30 --threads 1 "
+    "--methods naive epoched continuous deamortized compiled-naive compiled-continuous offline",
+    "paper": "--layers 2 --width 32 --vocab 256 --mlp-ratio 4 --tokens 64 --prefix 32 "
+    "--budget 30 --methods naive continuous --threads 1",
+    "serve": "--requests 6 --rates 50 --prompt-lens 4 40 --output-lens 2 12 --slots 3",
+    "serve-hyenadna": "--requests 4 --rates 50 --prompt-lens 4 40 --output-lens 2 12 --slots 3",
+    "hyenadna": "--prompt-lens 64 --new-tokens 16 --budget 5",
     "timeouts": {
         "tests": 300,
         "compiled": 300,
         "sync": 60,
-        "layer": 120,
-        "context": 120,
+        "layer": 200,
+        "paper": 200,
+        "serve": 60,
+        "serve-hyenadna": 60,
         "hyenadna": 120,
     },
 }
+PARTS = tuple(FULL["timeouts"])
 
 
 def run_part(name: str, command: list[str], out: Path, timeout: int) -> dict:
@@ -102,17 +132,17 @@ def run_part(name: str, command: list[str], out: Path, timeout: int) -> dict:
     return {"part": name, "status": status, "seconds": round(seconds, 1), "last_line": tail[0]}
 
 
-def bench(kind: str, args: list[str], device: str, out: Path) -> list[str]:
+def bench(kind: str, args: str, device: str, out: Path) -> list[str]:
+    """The command line of ``futurefill bench <kind> <args> --device <device> --out <out>``."""
     return [
         sys.executable,
         "-m",
         "futurefill.cli",
         "bench",
         kind,
-        *args,
+        *args.split(),
         "--device",
         device,
-        "--no-progress",
         "--out",
         str(out),
     ]
@@ -120,8 +150,8 @@ def bench(kind: str, args: list[str], device: str, out: Path) -> list[str]:
 
 def parts(sizes: dict, device: str, out: Path) -> list[tuple[str, list[str]]]:
     py, me = sys.executable, [sys.executable, __file__, "--device", device, "--out", str(out)]
-    layer = "--channels 128 --methods naive epoched continuous deamortized offline --repeats 2"
-    context = "--methods naive epoched continuous compiled compiled-deamortized --repeats 1"
+    layer = "--channels 128 --repeats 2 --no-progress"
+    serve = "--clients 32 --threads 1"
     # The float32 forward itself differs from float64 by a relative 4.1e-4 at P = 2^18 on the
     # GPU, every method alike (its prefill FFT; the preset's 3e-4 was set from P <= 2^17): the
     # tolerance here is wider, and the methods' greedy tokens are compared besides.
@@ -131,17 +161,13 @@ def parts(sizes: dict, device: str, out: Path) -> list[tuple[str, list[str]]]:
                    "--maxfail=20", "--no-header", "tests"]),
         ("compiled", [*me, "--part", "compiled", "--tokens", str(sizes["compiled_tokens"])]),
         ("sync", [*me, "--part", "sync", "--tokens", str(sizes["sync_len"])]),
-        ("layer", bench("layer", [*layer.split(), "--lengths", *sizes["layer_lengths"],
-                                  "--warmup-len", "1024", "--budget", sizes["layer_budget"]],
-                        device, out / "layer")),
-        ("context", bench("context", [*context.split(), "--prompt-lens", *sizes["context_lens"],
-                                      "--new-tokens", sizes["new_tokens"],
-                                      "--budget", sizes["context_budget"]], device,
-                          out / "context")),
-        ("hyenadna", bench("context", [*hyenadna.split(), "--prompt-lens",
-                                       *sizes["hyenadna_lens"], "--new-tokens",
-                                       sizes["new_tokens"], "--budget", sizes["context_budget"]],
-                           device, out / "hyenadna")),
+        ("layer", bench("layer", f"{layer} {sizes['layer']}", device, out / "layer")),
+        ("paper", bench("paper", sizes["paper"], device, out / "paper")),
+        ("serve", bench("serve", f"{serve} {sizes['serve']}", device, out / "serve")),
+        ("serve-hyenadna", bench("serve", f"{serve} --shape hyenadna {sizes['serve-hyenadna']}",
+                                 device, out / "serve-hyenadna")),
+        ("hyenadna", bench("context", f"{hyenadna} --no-progress {sizes['hyenadna']}", device,
+                           out / "hyenadna")),
     ]  # fmt: skip
 
 
@@ -216,6 +242,7 @@ def host_syncs_are_errors(device: torch.device) -> Iterator[None]:
 def part_sync(device: torch.device, length: int, out: Path) -> None:
     """Engine steps and a session's traced steps with host synchronization made an error."""
     from futurefill import METHODS, ConvLM, ConvLMConfig, OnlineConv, decoding
+    from futurefill.nn import traced_step
     from futurefill.online import deamortized
 
     h = torch.randn(128, length, device=device) / length**0.5
@@ -237,11 +264,12 @@ def part_sync(device: torch.device, length: int, out: Path) -> None:
     ids = torch.randint(0, 256, (1, 8), device=device)
     with torch.inference_mode(), decoding(model, batch_size=1, max_len=length) as session:
         session.feed(ids)
-        logits = session.feed_traced(model, ids[:, :1], rows=[0])  # the first readies the states
+        step = traced_step(model)
+        logits = session.feed_traced(step, ids[:, :1], rows=[0])  # the first readies the states
         next_ids = logits[:, -1].argmax(-1, keepdim=True)
         with host_syncs_are_errors(device):
             for _ in range(min(length - 9, 300)):
-                logits = session.feed_traced(model, next_ids, rows=[0])
+                logits = session.feed_traced(step, next_ids, rows=[0])
                 next_ids = logits[:, -1].argmax(-1, keepdim=True)
     results["session traced steps (eager)"] = "no host sync"
     (out / "sync.json").write_text(json.dumps(results, indent=1))
@@ -249,23 +277,147 @@ def part_sync(device: torch.device, length: int, out: Path) -> None:
 
 # ------------------------------------------------------------------ the summary
 
+Target = tuple[str, str, bool | None]  # what, the value measured, met (None: not judged)
 
-def quartile_ratio(row: dict) -> float | None:
-    """Largest over smallest mean step time of the four quarters of positions (from the dyadic
-    chunks, each counted in the quarters it overlaps)."""
-    length = row["L"]
-    quarters = []
-    for q in range(4):
-        lo, hi = q * length // 4, (q + 1) * length // 4
-        time_sum = steps = 0.0
-        for start, stop, mean_step in row["chunks"]:
-            overlap = max(0, min(stop, hi) - max(start, lo))
-            time_sum += overlap * mean_step
-            steps += overlap
-        quarters.append(time_sum / steps if steps else None)
-    if None in quarters or min(quarters) <= 0:
-        return None
-    return max(quarters) / min(quarters)
+
+def judged(met: bool | None) -> str:
+    return {True: "met", False: "MISSED", None: "not judged"}[met]
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f}"
+
+
+def layer_summary(out: Path) -> tuple[list[str], list[Target]]:
+    """The layer part's table (a line per method and L) and its target: every method has a
+    figure at the largest L."""
+    path = out / "layer" / "layer.json"
+    if not path.exists():
+        return [], []
+    report = json.loads(path.read_text())
+    steps = report["config"]["steps"]
+    lines = [
+        "",
+        "bench layer, 128 channels, float32, batch 1"
+        + (f", the last {steps} steps of each L after a prefill of the rest" if steps else "")
+        + " (µs; host: around the call; device: CUDA events around the step, or host time "
+        "where the clock says so):",
+        "",
+        "| method | L | µs/step | host median / p99.9 / max | device p50 / p99 / p99.9 | clock |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['L']} | {r['status'][:50]} | | | |")
+            continue
+        host = device = ""
+        if "step_median_s" in r:
+            host = " / ".join(us(r[k]) for k in ("step_median_s", "step_p999_s", "step_max_s"))
+        if "device_step_p50_s" in r:
+            keys = ("device_step_p50_s", "device_step_p99_s", "device_step_p999_s")
+            device = " / ".join(us(r[k]) for k in keys)
+        lines.append(
+            f"| {r['method']} | {r['L']} | {r['per_token_s'] * 1e6:.1f} | {host} | {device} | "
+            f"{r.get('step_clock', '')} |"
+        )
+    longest = max(r["L"] for r in report["rows"])
+    missing = [r["method"] for r in report["rows"] if r["L"] == longest and r["status"] != "ok"]
+    target = (
+        f"bench layer: every method has a figure at L = {longest}",
+        ", ".join(missing) + " without" if missing else "all",
+        not missing,
+    )
+    return lines, [target]
+
+
+def paper_summary(out: Path) -> tuple[list[str], list[Target]]:
+    """The paper part's table (a line per run) and its ratios and targets."""
+    path = out / "paper" / "paper.json"
+    if not path.exists():
+        return [], []
+    report = json.loads(path.read_text())
+    tokens, paper = report["config"]["tokens"], report["paper"]
+    lines = [
+        "",
+        f"bench paper: {report['shape']} ({report['parameters'] / 1e6:.1f}M parameters), "
+        f"{tokens} tokens from a one-token prompt; the paper ({paper['device']}): "
+        f"Epoched-FutureFill {paper['epoched_s']} s, naive {paper['naive_s']} s:",
+        "",
+        f"| run | s for {tokens} tokens | tokens/s | measured | tokens |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        if r["status"] != "ok":
+            lines.append(f"| {r['run']} | {r['status'][:60]} | | | |")
+            continue
+        measured = "all" if r["projected_from"] is None else f"projected from {r['projected_from']}"
+        if r["compared_with"] is None:
+            same = "reference"
+        elif r["tokens_equal"]:
+            same = f"equal over {r['compared']}"
+        else:
+            same = f"differ at {r['first_diff']} (margin {r['logit_margin_rel']:.1e})"
+        lines.append(
+            f"| {r['run']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {measured} | {same} |"
+        )
+    found = report["ratios"]
+    for key, what in (
+        ("paper_epoched_over_ours", "paper's epoched / our continuous compiled"),
+        ("paper_naive_over_ours", "paper's naive / our continuous compiled"),
+        ("naive_eager_over_ours", "our naive eager / our continuous compiled"),
+        ("naive_compiled_over_ours", "our naive compiled / our continuous compiled"),
+    ):
+        if found.get(key) is not None:
+            lines.append(f"- {what}: {found[key]:.2f}x")
+    targets = [
+        (
+            f"bench paper: {t['target']}",
+            "-" if t["value"] is None else f"{t['value']:.2f}",
+            t["met"],
+        )
+        for t in found.get("targets", ())
+    ]
+    return lines, targets
+
+
+SERVE_TARGETS = (
+    ("continuous_over_sequential", ">= 4x one at a time in tokens/s", lambda v: v >= 4.0),
+    ("continuous_over_static", ">= 1.5x static batching in tokens/s", lambda v: v >= 1.5),
+    ("itl_p99_over_p50", "p99 inter-token latency <= 3x its p50", lambda v: v <= 3.0),
+)
+
+
+def serve_summary(out: Path, name: str) -> tuple[list[str], list[Target]]:
+    """A serve part's table (a line per mode and load) and its targets."""
+    path = out / name / "serve.json"
+    if not path.exists():
+        return [], []
+    report = json.loads(path.read_text())
+    shape = report["config"]["shape"]
+    lines = [
+        "",
+        f"bench serve, {shape} shape ({report['config']['requests']} requests, "
+        f"{report['config']['slots']} slots):",
+        "",
+        "| load (req/s) | mode | tokens/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['rate']:g} | {r['mode']} | {r['tokens_per_s']:.0f} | "
+            f"{r['ttft_median_s'] * 1e3:.1f} / {r['ttft_p99_s'] * 1e3:.1f} | "
+            f"{r['itl_median_s'] * 1e3:.2f} / {r['itl_p99_s'] * 1e3:.2f} |"
+        )
+    if report["failures"]:
+        lines.append(f"- TOKENS DIFFER: {'; '.join(report['failures'])}")
+    targets = [
+        (f"serve {shape} at {entry['rate']:g} req/s: continuous {what}", f"{entry[key]:.2f}x",
+         ok(entry[key]))
+        for entry in report["ratios"]
+        for key, what, ok in SERVE_TARGETS
+        if key in entry
+    ]  # fmt: skip
+    return lines, targets
 
 
 def summarize(out: Path, results: list[dict]) -> str:
@@ -277,13 +429,28 @@ def summarize(out: Path, results: list[dict]) -> str:
         lines.append(
             "Machine: "
             + ", ".join(
-                f"{k} {machine[k]}" for k in ("gpu", "torch", "cuda_version", "cpu") if k in machine
+                f"{k} {machine[k]}"
+                for k in ("gpu", "torch_version", "cuda_version", "cpu")
+                if k in machine
             )
         )
         lines.append("")
     lines += ["| part | status | seconds | last line |", "|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['part']} | {r['status']} | {r['seconds']} | {r['last_line'][:70]} |")
+    sections: list[str] = []
+    targets: list[Target] = []
+    for part_lines, part_targets in (
+        layer_summary(out),
+        paper_summary(out),
+        serve_summary(out, "serve"),
+        serve_summary(out, "serve-hyenadna"),
+    ):
+        sections += part_lines
+        targets += part_targets
+    if targets:
+        lines += ["", "| target | measured | |", "|---|---|---|"]
+        lines += [f"| {what} | {value} | {judged(met)} |" for what, value, met in targets]
     if (out / "compiled.json").exists():
         report = json.loads((out / "compiled.json").read_text())
         lines += [
@@ -301,35 +468,13 @@ def summarize(out: Path, results: list[dict]) -> str:
                 f"{r['compiled_per_token_us']} | {r['speedup']}x | {r['tokens_equal']} | "
                 f"{r['recompiles']} |"
             )
-    layer = out / "layer" / "layer.json"
-    if layer.exists():
-        lines += [
-            "",
-            "bench layer, 128 channels, float32, batch 1 (us per token; step latency "
-            "host-side; quartile = largest / smallest quarter's mean step):",
-            "",
-            "| method | L | us/token | median step us | max step us | max/median | quartile |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in json.loads(layer.read_text())["rows"]:
-            if r["status"] != "ok":
-                lines.append(f"| {r['method']} | {r['L']} | {r['status'][:40]} | | | | |")
-                continue
-            med, top = r.get("step_median_s"), r.get("step_max_s")
-            ratio = quartile_ratio(r) if r.get("chunks") else None
-            lines.append(
-                f"| {r['method']} | {r['L']} | {r['per_token_s'] * 1e6:.1f} | "
-                + (f"{med * 1e6:.1f} | {top * 1e6:.0f} | {top / med:.1f} | " if med else "| | | ")
-                + (f"{ratio:.2f} |" if ratio else " |")
-            )
-    for name in ("context", "hyenadna"):
-        path = out / name / "context.json"
-        if not path.exists():
-            continue
+    lines += sections
+    path = out / "hyenadna" / "context.json"
+    if path.exists():
         data = json.loads(path.read_text())
         lines += [
             "",
-            f"bench context ({name}): decode tokens/s after P prompt tokens, host time of a "
+            "bench context (hyenadna): decode tokens/s after P prompt tokens, host time of a "
             "step (us):",
             "",
             "| method | P | tokens/s | prefill s | median / p99 / max step | status |",
@@ -340,9 +485,7 @@ def summarize(out: Path, results: list[dict]) -> str:
             pre = f"{r['prefill_s']:.3f}" if r.get("prefill_s") else ""
             steps = ""
             if r.get("step_median_s"):
-                steps = " / ".join(
-                    f"{r[k] * 1e6:.0f}" for k in ("step_median_s", "step_p99_s", "step_max_s")
-                )
+                steps = " / ".join(us(r[k]) for k in ("step_median_s", "step_p99_s", "step_max_s"))
             lines.append(
                 f"| {r['method']} | {r['P']} | {tps} | {pre} | {steps} | {r['status'][:40]} |"
             )
@@ -358,7 +501,9 @@ def main() -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        help="run only these parts (tests compiled sync layer context hyenadna)",
+        choices=PARTS,
+        metavar="PART",
+        help=f"run only these parts ({' '.join(PARTS)})",
     )
     args = parser.parse_args()
     if args.part:

@@ -54,6 +54,7 @@ from torch import nn
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
 from futurefill.nn import DecodingSession, RowSnapshot, TracedPlan, decoding, schedule_function
+from futurefill.nn.session import advance_positions
 
 __all__ = ["Decoder", "DecoderOutput"]
 
@@ -318,13 +319,12 @@ class Decoder(contextlib.AbstractContextManager):
 
     def _may_trace(self, rows: tuple[int, ...]) -> bool:
         """Whether a compiled step of every row may serve ``rows``: the model has run once (its
-        states exist), and every other row is free (the graph feeds it too)."""
-        session = self.session
-        if session.calls == 0:
+        states exist), the rows have started, and every other row is free (the graph feeds it
+        too)."""
+        if self.session.calls == 0:
             return False
         live = set(rows)
-        positions = session.positions.tolist()
-        return all(positions[r] == 0 for r in session.all_rows if r not in live)
+        return all((p > 0) == (r in live) for r, p in enumerate(self.session.positions.tolist()))
 
     def _feed(
         self, ids: torch.Tensor, rows: Sequence[int], all_positions: bool = False
@@ -393,6 +393,7 @@ class CompiledStep:
         self.session = session
         self.forward = compiled_forward(model, session)
         self.device = session.device
+        self.positions = session.device_positions(session.all_rows)
         self._graphs: dict[tuple, _StepGraph] = {}
         self._layout: tuple[int, ...] = ()
         self._ran: set[tuple] = set()  # keys run once (compiled) in this decoder
@@ -403,14 +404,17 @@ class CompiledStep:
         schedule = compiled_schedule(plan.key, self.device)
         if self._pool is None or plan.key not in self._ran:
             self._ran.add(plan.key)
-            output = self.forward(ids)
-            schedule(plan.host_args().to(self.device, non_blocking=True), plan.buffers)
+            output = self.forward(ids, self.positions)
+            if plan.key:  # (most steps schedule nothing: the forward is the step)
+                schedule(plan.host_args().to(self.device, non_blocking=True), plan.buffers)
             return output
         if self.session.traced_layout != self._layout:  # buffers moved: graphs anew
             self._graphs.clear()
             self._layout = self.session.traced_layout
         if plan.key not in self._graphs:
-            self._graphs[plan.key] = _StepGraph(self.forward, schedule, plan, ids, self._pool)
+            self._graphs[plan.key] = _StepGraph(
+                self.forward, self.positions, schedule, plan, ids, self._pool
+            )
             self.captures += 1
         return self._graphs[plan.key].replay(ids, plan)
 
@@ -421,7 +425,8 @@ class _StepGraph:
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        positions: torch.Tensor,
         schedule: Callable[[torch.Tensor, tuple], None],
         plan: TracedPlan,
         ids: torch.Tensor,
@@ -431,23 +436,28 @@ class _StepGraph:
         self.args = torch.empty(len(plan.args), dtype=torch.long, device=ids.device)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs = forward(self.ids)
-            schedule(self.args, plan.buffers)
+            self.outputs = forward(self.ids, positions)
+            if plan.key:
+                schedule(self.args, plan.buffers)
 
     def replay(self, ids: torch.Tensor, plan: TracedPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """The step for ``ids`` ``(batch, 1)`` and ``plan`` (of this graph's key): its outputs,
         copied out of the graph's memory (the next replay overwrites them)."""
         self.ids.copy_(ids)
-        self.args.copy_(plan.host_args(), non_blocking=True)
+        if plan.args:
+            self.args.copy_(plan.host_args(), non_blocking=True)
         self.graph.replay()
         return tuple(t.clone() for t in self.outputs)
 
 
 def compiled_forward(
     model: nn.Module, session: DecodingSession
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The compiled forward of ``model`` over one token of every row of ``session``: ids
-    ``(batch, 1)`` to the last logits ``(batch, vocab)`` and their argmax ``(batch,)``.
+    ``(batch, 1)`` and the session's device positions ``(batch,)`` to the last logits
+    ``(batch, vocab)`` and their argmax ``(batch,)``, the positions of the rows that stepped
+    one on (:func:`~futurefill.nn.session.advance_positions`): with the engines' own places,
+    all a step without scheduled work does.
 
     One per model and (engine method and options, batch size, dtype, device), kept on the model,
     each a function with a code object of its own (:func:`_own_code`)."""
@@ -457,11 +467,14 @@ def compiled_forward(
     steps = model.__dict__.setdefault("_futurefill_compiled_steps", {})  # not a state-dict key
     if key not in steps:
 
-        def token_step(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def token_step(
+            ids: torch.Tensor, positions: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             logits = last_logits(model(ids), ids.shape[0])
+            advance_positions(positions)
             return logits, logits.argmax(dim=-1)
 
-        steps[key] = _compile(token_step, session.device)
+        steps[key] = _compile(token_step, session.device, CPU_COMPILE_OPTIONS)
     return steps[key]
 
 
@@ -477,20 +490,21 @@ def compiled_schedule(key: tuple, device: torch.device) -> Callable[[torch.Tenso
     return _SCHEDULES[key]
 
 
-def _compile(function: Callable, device: torch.device) -> Callable:
+def _compile(function: Callable, device: torch.device, cpu_options: dict | None = None) -> Callable:
     """``torch.compile(function)`` with a code object of its own: dynamo keeps graphs, and
     counts them against its recompile limit (8), per code object, and runs every call past the
     limit eagerly (one function for every step would reach it with the eighth such
-    combination in a process). On the CPU with inductor's CPU matrix-vector pass where it has
-    one (:data:`CPU_COMPILE_OPTIONS`)."""
+    combination in a process). On the CPU with inductor ``cpu_options`` where this inductor has
+    the CPU matrix-vector pass they ask for (:data:`CPU_COMPILE_OPTIONS`; options patch the
+    config at every call: only the forward, whose products they speed up, takes them)."""
     own = types.FunctionType(
         function.__code__.replace(),  # equal, but another object
         function.__globals__,
         function.__name__,
         closure=function.__closure__,
     )
-    if device.type == "cpu" and _inductor_decomposes_cpu_mm():
-        return torch.compile(own, dynamic=False, options=CPU_COMPILE_OPTIONS)
+    if cpu_options and device.type == "cpu" and _inductor_decomposes_cpu_mm():
+        return torch.compile(own, dynamic=False, options=cpu_options)
     return torch.compile(own, dynamic=False)
 
 

@@ -119,6 +119,40 @@ def test_layer_rejects_unknown_method():
         layer.run(layer.LayerConfig(lengths=(8,), methods=("fast",), progress=False))
 
 
+def test_layer_steps_after_a_prefill_and_the_compiled_layer_step(bench, out_dir):
+    methods = ("naive", "continuous", "compiled-continuous", "offline")
+    args = ("--lengths", "32", "64", "--steps", "16", "--warmup-len", "16", "--repeats", "1")
+    code = bench.run_cli(*TINY[:2], *args, "--channels", "4", "--batch", "2", "--no-plots",
+                         "--methods", *methods, "--out", str(out_dir))  # fmt: skip
+    assert code == 0
+    report = bench.read_json(out_dir / "layer.json")
+    assert report["config"]["steps"] == 16
+    assert report["machine"]["idle_step"]["steps"] == 16  # the idle floor: as many steps
+    for r in report["rows"]:
+        assert r["status"] == "ok" and r["max_rel_err"] <= 1e-4, r  # prefill and steps, checked
+        if r["method"] == "offline":
+            assert r["steps"] == r["L"] and "device_step_p50_s" not in r
+            continue
+        assert (r["steps"], r["prefilled"]) == (16, r["L"] - 16)
+        assert r["per_token_s"] == pytest.approx(r["decode_s"] / 16)
+        assert r["prefill_s"] > 0 and r["total_s"] == pytest.approx(r["prefill_s"] + r["decode_s"])
+        assert r["chunks"][0][0] == r["L"] - 16  # the steps' chunks at absolute positions
+        assert r["step_clock"] == "host"  # on CPU the device times are the host's
+        assert r["device_step_p50_s"] == r["step_median_s"]
+        assert r["device_step_p50_s"] <= r["device_step_p99_s"] <= r["device_step_p999_s"]
+    table = (out_dir / "layer_table.md").read_text()
+    assert "compiled-continuous p50 / p99 / p99.9" in table
+    assert "--steps 16: at each L > 16 the first L - 16 inputs were prefilled" in table
+
+
+def test_compiled_layer_steps_need_float32_or_float64(bench, out_dir, capsys):
+    code = bench.run_cli(*TINY, "--methods", "compiled-naive", "--dtype", "bfloat16",
+                         "--out", str(out_dir))  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--methods compiled-naive need --dtype float32 or float64" in err[0]
+
+
 PROMPT_TINY = tuple(
     "bench prompt --prompt-lens 8 32 --gen-lens 16 64 --channels 4 --batch 2".split()
 )

@@ -1,8 +1,9 @@
-"""Timing: dyadic chunks, the paused collector, a timed call, the idle floor."""
+"""Timing: dyadic chunks, the paused collector, a timed call, the idle floor, device time."""
 
 import gc
 import itertools
 
+import numpy as np
 import torch
 
 from futurefill.bench import tables, timing
@@ -44,3 +45,16 @@ def test_idle_steps_is_a_latency_distribution():
     assert 0 < idle["step_median_s"] <= idle["step_p999_s"] <= idle["step_max_s"]
     assert 0 <= idle["step_max_at"] < 100
     assert "one small op, 100 steps" in tables.idle_line({"idle_step": idle})
+
+
+def test_timed_steps_with_device_time_falls_back_to_host_time_on_cpu():
+    calls = []
+    record = timing.timed_steps(calls.append, 40, torch.device("cpu"), lambda: 0, device_time=True)
+    assert calls == list(range(40))
+    assert record["step_clock"] == "host" and record["device_steps"] is record["steps"]
+    figures = timing.device_latency(record["device_steps"], record["step_clock"], first=1)
+    assert figures["step_clock"] == "host"
+    assert figures["device_step_p50_s"] == float(np.median(record["steps"][1:]))
+    assert figures["device_step_max_s"] == record["steps"][1:].max()
+    plain = timing.timed_steps(calls.append, 4, torch.device("cpu"), lambda: 0)
+    assert "device_steps" not in plain and "step_clock" not in plain

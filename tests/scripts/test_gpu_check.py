@@ -24,22 +24,64 @@ def load_script():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is what runs without CUDA")
 def test_dry_run_says_so_in_one_line_and_checks_its_parts(tmp_path):
+    parts = ["sync", "layer", "paper", "serve", "serve-hyenadna"]
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--only", "sync", "layer"],
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--only", *parts],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == (
         "gpu-check: no CUDA device here: dry run of the check on the CPU at tiny sizes"
     )
+    assert [line.split(":")[1].strip() for line in lines[1:-1]] == parts
     assert lines[-1] == f"gpu-check: ok; results in {tmp_path}"
     assert json.loads((tmp_path / "sync.json").read_text())["deamortized"].startswith("no host")
-    rows = json.loads((tmp_path / "layer" / "layer.json").read_text())["rows"]
-    assert {r["method"] for r in rows if r["status"] == "ok"} >= {"continuous", "deamortized"}
-    assert "| continuous | 256 |" in (tmp_path / "summary.md").read_text()
+    summary = (tmp_path / "summary.md").read_text()
+
+    layer = json.loads((tmp_path / "layer" / "layer.json").read_text())
+    ok = {(r["method"], r["L"]) for r in layer["rows"] if r["status"] == "ok"}
+    assert ok == {(m, n) for m in layer["config"]["methods"] for n in (128, 512)}  # no skips
+    for r in layer["rows"]:
+        if r["method"] != "offline":  # the last 128 steps after a prefill of the rest
+            assert (r["steps"], r["prefilled"]) == (128, r["L"] - 128)
+            assert r["step_clock"] == "host"  # no CUDA: the device figures are host times
+            assert 0 < r["device_step_p50_s"] <= r["device_step_p99_s"] <= r["device_step_p999_s"]
+    assert "| compiled-continuous | 512 |" in summary
+    assert "| bench layer: every method has a figure at L = 512 | all | met |" in summary
+
+    paper = json.loads((tmp_path / "paper" / "paper.json").read_text())
+    runs = {r["run"]: r for r in paper["rows"]}
+    assert set(runs) == {
+        f"{m}-{mode}-{dtype}"
+        for m in ("naive", "continuous")
+        for mode, dtype in (("eager", "float32"), ("compiled", "float32"), ("eager", "bfloat16"))
+    }
+    for r in runs.values():
+        assert r["status"] == "ok" and r["tokens_equal"] is True, r
+        assert r["seconds"] > 0 and r["tokens_per_s"] > 0
+    assert runs["continuous-compiled-float32"]["projected_from"] is None  # all 64 tokens
+    assert runs["continuous-eager-float32"]["projected_from"] == 32
+    assert runs["naive-eager-float32"]["compared_with"] == "continuous-compiled-float32"
+    assert (tmp_path / "paper" / "paper.md").read_text().startswith("## The paper's experiment")
+    assert "| bench paper: continuous compiled float32 <= 15 s |" in summary
+
+    for name, shape in (("serve", "bundled"), ("serve-hyenadna", "hyenadna")):
+        serve = json.loads((tmp_path / name / "serve.json").read_text())
+        assert serve["config"]["shape"] == shape and serve["failures"] == []  # tokens equal
+        assert [r["mode"] for r in serve["rows"]] == ["continuous", "static", "sequential"]
+        for r in serve["rows"]:
+            assert 0 < r["ttft_median_s"] <= r["ttft_p99_s"]
+            assert 0 < r["itl_median_s"] <= r["itl_p99_s"]
+        assert set(serve["ratios"][0]) == {
+            "rate",
+            "continuous_over_static",
+            "continuous_over_sequential",
+            "itl_p99_over_p50",
+        }
+        assert f"| serve {shape} at 50 req/s: continuous >= 4x one at a time" in summary
 
 
 def test_a_failing_part_fails_the_check(tmp_path, monkeypatch):
@@ -49,12 +91,34 @@ def test_a_failing_part_fails_the_check(tmp_path, monkeypatch):
     assert "| broken | 3 |" in check.summarize(tmp_path, [result])
 
 
-def test_quartile_ratio_weights_chunks_by_their_overlap():
+def test_targets_are_judged_from_the_reports(tmp_path):
     check = load_script()
-    row = {"L": 8, "chunks": [(0, 2, 1.0), (2, 4, 1.0), (4, 8, 3.0)]}
-    assert check.quartile_ratio(row) == pytest.approx(3.0)
-    row = {"L": 8, "chunks": [(0, 1, 2.0), (1, 2, 4.0), (2, 8, 3.0)]}
-    assert check.quartile_ratio(row) == pytest.approx(1.0)
+    (tmp_path / "serve").mkdir()
+    rows = [
+        {"rate": 200.0, "mode": mode, "tokens_per_s": tps, "ttft_median_s": 0.01,
+         "ttft_p99_s": 0.02, "itl_median_s": 0.001, "itl_p99_s": itl}
+        for mode, tps, itl in (("continuous", 900.0, 0.0035), ("static", 500.0, 0.001),
+                               ("sequential", 200.0, 0.001))
+    ]  # fmt: skip
+    serve = {
+        "config": {"shape": "bundled", "requests": 32, "slots": 8},
+        "rows": rows,
+        "ratios": [
+            {
+                "rate": 200.0,
+                "continuous_over_static": 1.8,
+                "continuous_over_sequential": 4.5,
+                "itl_p99_over_p50": 3.5,
+            }
+        ],
+        "failures": [],
+    }
+    (tmp_path / "serve" / "serve.json").write_text(json.dumps(serve))
+    summary = check.summarize(tmp_path, [])
+    assert "at 200 req/s: continuous >= 4x one at a time in tokens/s | 4.50x | met |" in summary
+    assert "continuous >= 1.5x static batching in tokens/s | 1.80x | met |" in summary
+    assert "continuous p99 inter-token latency <= 3x its p50 | 3.50x | MISSED |" in summary
+    assert "| 200 | continuous | 900 | 10.0 / 20.0 | 1.00 / 3.50 |" in summary
 
 
 def test_cuda_cases_are_collected_everywhere():

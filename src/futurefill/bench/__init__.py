@@ -26,7 +26,9 @@ Subcommands
 layer
     One online convolution (channels D, batch B), L steps swept over powers of two: every
     registered method, recompute (an FFT of the prefix per step: no cache) and offline (one
-    FFT: the floor). Total time, time per token, cache bytes, log-log slope.
+    FFT: the floor); asked for by name, ``compiled-<method>``, the compiled layer step. Total
+    time, time per token, cache bytes, log-log slope, each step's host time and (CUDA events)
+    device time; ``--steps S`` times the last S steps of each L after a prefill of the rest.
 prompt
     A prompt of P inputs prefilled at once, then K steps, over a grid of P and K.
 model
@@ -45,9 +47,16 @@ fork
     samples checked identical to repeated's.
 serve
     Requests arriving over time, served by continuous batching, static batching and one at a
-    time (:mod:`~futurefill.bench.serve`): throughput, time to first token, inter-token latency.
+    time (:mod:`~futurefill.bench.serve`): throughput, time to first token, inter-token latency
+    (p50 / p99), of the bundled model or a HyenaDNA-shaped one (``--shape``).
+paper
+    The FutureFill paper's experiment (:mod:`~futurefill.bench.paper`): its STU-only model
+    shape (8 layers, width 1024, 515.9M parameters) generating 16,384 tokens from a one-token
+    prompt, each method eager and compiled, in float32 and bfloat16; seconds beside the paper's
+    (Epoched-FutureFill 52.22 s, naive 111.92 s on an H100), runs past a budget projected.
 all
-    The five (not serve) with one preset into one directory (``make demo``: ``--preset quick``).
+    The five (not serve or paper) with one preset into one directory (``make demo``:
+    ``--preset quick``).
 
 Files written to ``--out`` (default ``results/``): ``<name>.json`` (everything: machine, config,
 the equivalent command, one row per method and size with its status, ``ok``, ``skipped

@@ -167,7 +167,10 @@ def run(bench: Benchmark, config: Any) -> dict[str, Any]:
         ) as bar,
     ):
         machine = machine_info(device, dtype)
-        machine["idle_step"] = idle_steps(min(max(c.size for c in cells), 2**20), device)
+        # The idle floor over as many steps as the longest run times (``layer --steps``: fewer).
+        longest = max(c.size for c in cells)
+        steps = min(longest, getattr(config, "steps", None) or longest, 2**20)
+        machine["idle_step"] = idle_steps(steps, device)
         if warning := contention_warning(machine):
             print(warning, file=sys.stderr)
         for group in groups:

@@ -1,9 +1,17 @@
 """``futurefill bench serve``: many requests arriving over time, served three ways.
 
-A workload of ``--requests`` requests (prompts of the bundled model's own training text, lengths
-drawn log-uniformly from ``--prompt-lens``, output lengths from ``--output-lens``, greedy)
-arrives as a Poisson process at each offered load of ``--rates`` (requests/s), at most
-``--clients`` of them in flight. It is served:
+A workload of ``--requests`` requests (prompts of the model's own kind of text, lengths drawn
+log-uniformly from ``--prompt-lens``, output lengths from ``--output-lens``, greedy) arrives as a
+Poisson process at each offered load of ``--rates`` (requests/s), at most ``--clients`` of them in
+flight, to a model of ``--shape`` on ``--device``:
+
+* ``bundled``: the bundled model (ConvLM, 4 STU-tensordot layers of width 128, bytes), prompts
+  from its own training text;
+* ``hyenadna``: a HyenaDNA-large-1m-shaped HyenaLM (width 256, 8 layers, random weights,
+  :func:`~futurefill.bench.model.hyenadna_model`), prompts from a seeded random DNA sequence,
+  the tokens chosen among the nucleotides (the DNA tokenizer's allowed ids).
+
+It is served:
 
 * ``continuous``: a :class:`~futurefill.serving.Scheduler` of ``--slots`` rows (continuous
   batching: each request joins the running batch as a slot frees, each row at its own position);
@@ -14,10 +22,11 @@ arrives as a Poisson process at each offered load of ``--rates`` (requests/s), a
   loopback by ``--clients`` streaming clients.
 
 Per mode and load: throughput (generated tokens/s and requests/s over the whole run), time to
-first token and inter-token latency (median and p99). Every mode's tokens are checked against
-``sequential``'s (each request alone): they must be identical. Writes ``serve.json``,
-``serve.csv``, ``serve_table.md`` and ``serve_throughput.png`` / ``serve_latency.png`` into
-``--out``.
+first token and inter-token latency (p50 and p99); per load, continuous batching's throughput
+over static batching's and over one request at a time's, and its p99 inter-token latency over
+its p50 (``ratios``). Every mode's tokens are checked against ``sequential``'s (each request
+alone): they must be identical. Writes ``serve.json``, ``serve.csv``, ``serve_table.md`` and
+``serve_throughput.png`` / ``serve_latency.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +52,9 @@ from futurefill.online import METHODS
 from futurefill.serving.scheduler import DEFAULT_PREFILL_CHUNK
 
 MODES = ("continuous", "static", "sequential")
+SHAPES = ("bundled", "hyenadna")
 LENGTH_RANGES = {"prompt_lens": (16, 1024), "output_lens": (16, 512)}  # default (MIN, MAX)
+DNA_CORPUS = 1 << 16  # nucleotides of the hyenadna shape's random sequence
 
 
 @dataclasses.dataclass
@@ -57,7 +69,27 @@ class Job:
     tokens: list[int] = dataclasses.field(default_factory=list)
 
 
-def workload(args: argparse.Namespace, rate: float, corpus: bytes) -> list[Job]:
+def load_shape(shape: str, seed: int) -> tuple[torch.nn.Module, Any, Sequence[int]]:
+    """The model of ``shape`` (see the module docstring), its tokenizer, and the token ids
+    prompts are cut from."""
+    from futurefill.pretrained.tokenizers import DnaTokenizer, load_with_tokenizer
+
+    if shape == "bundled":
+        from futurefill.demo.data import load_corpus
+
+        model, tokenizer, _ = load_with_tokenizer()
+        return model, tokenizer, load_corpus()
+    from futurefill.bench.model import hyenadna_model
+
+    tokenizer = DnaTokenizer()
+    torch.manual_seed(seed)
+    model = hyenadna_model(vocab_size=16, d_model=256, n_layers=8, max_len=1)
+    nucleotides = torch.tensor(tokenizer.allowed_token_ids[:4])  # A, C, G, T
+    picks = torch.randint(0, 4, (DNA_CORPUS,), generator=torch.Generator().manual_seed(seed))
+    return model.eval(), tokenizer, nucleotides[picks].tolist()
+
+
+def workload(args: argparse.Namespace, rate: float, corpus: Sequence[int]) -> list[Job]:
     """The requests at ``rate`` requests/s: Poisson arrivals, log-uniform lengths (seeded)."""
     rng = random.Random(args.seed)
     jobs, clock = [], 0.0
@@ -107,10 +139,12 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
         model,
         tokenizer,
         slots=args.slots,
+        max_len=args.prompt_lens[1] + args.output_lens[1],
         queue_size=len(jobs),
         method=args.method,
         prefill_chunk=args.prefill_chunk,
     ).start()
+    allowed = tokenizer.allowed_token_ids
     try:
 
         def serve(job: Job, start: float) -> None:
@@ -124,7 +158,10 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
                 if event.finish_reason is not None:
                     done.set()
 
-            handle.append(scheduler.submit(Request(job.prompt, job.max_tokens, on_event=on_event)))
+            request = Request(
+                job.prompt, job.max_tokens, on_event=on_event, allowed_token_ids=allowed
+            )
+            handle.append(scheduler.submit(request))
             submitted.set()
             done.wait()
             job.tokens = handle[0].tokens
@@ -134,10 +171,11 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
         scheduler.stop()
 
 
-def run_static(model, jobs: list[Job], args: argparse.Namespace, batch: int) -> None:
+def run_static(model, tokenizer, jobs: list[Job], args: argparse.Namespace, batch: int) -> None:
     """``generate()`` on batches of up to ``batch`` arrived requests (1: one at a time)."""
     from futurefill import generate
 
+    device = next(model.parameters()).device
     start, i = time.perf_counter(), 0
     while i < len(jobs):
         _wait_until(start, jobs[i].arrival)
@@ -152,6 +190,7 @@ def run_static(model, jobs: list[Job], args: argparse.Namespace, batch: int) -> 
         ids = torch.zeros(len(group), width, dtype=torch.long)
         for row, job in enumerate(group):
             ids[row, : len(job.prompt)] = torch.tensor(job.prompt)
+        ids = ids.to(device)
 
         def put(tokens: torch.Tensor, group=group) -> None:
             now = time.perf_counter() - start
@@ -167,6 +206,7 @@ def run_static(model, jobs: list[Job], args: argparse.Namespace, batch: int) -> 
             longest,
             prompt_lengths=[len(j.prompt) for j in group],
             method=args.method,
+            allowed_token_ids=tokenizer.allowed_token_ids,
             streamer=put,
         )
 
@@ -262,6 +302,25 @@ def summarize(jobs: list[Job]) -> dict[str, float]:
     }
 
 
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per load: continuous batching's tokens/s over static batching's and over sequential's,
+    and its p99 inter-token latency over its p50 (where those modes ran)."""
+    out = []
+    for rate in dict.fromkeys(r["rate"] for r in rows):
+        by_mode = {r["mode"]: r for r in rows if r["rate"] == rate}
+        continuous = by_mode.get("continuous")
+        if continuous is None:
+            continue
+        entry: dict[str, Any] = {"rate": rate}
+        for mode in ("static", "sequential"):
+            if mode in by_mode:
+                speedup = continuous["tokens_per_s"] / by_mode[mode]["tokens_per_s"]
+                entry[f"continuous_over_{mode}"] = speedup
+        entry["itl_p99_over_p50"] = continuous["itl_p99_s"] / max(continuous["itl_median_s"], 1e-12)
+        out.append(entry)
+    return out
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
@@ -300,6 +359,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="ways of serving"
     )
     parser.add_argument("--http", action="store_true", help="also through futurefill serve")
+    parser.add_argument("--shape", choices=SHAPES, default="bundled", help="model served")
+    parser.add_argument("--device", type=argtypes.device_name, default="cpu", help="device")
     parser.add_argument(
         "--method", choices=METHODS, default="continuous", help="online convolution engine"
     )
@@ -316,22 +377,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from futurefill.bench import plots
-    from futurefill.bench.machine import machine_info
-    from futurefill.demo.data import load_corpus
-    from futurefill.pretrained.tokenizers import load_with_tokenizer
+    from futurefill.bench.machine import machine_info, resolve_device
 
     for name in LENGTH_RANGES:
         low, high = getattr(args, name)
         if low > high:
             raise argtypes.UsageError(f"--{name.replace('_', '-')}: MIN {low} is above MAX {high}")
-    model, tokenizer, _ = load_with_tokenizer()
+    if args.http and (args.shape, args.device) != ("bundled", "cpu"):
+        raise argtypes.UsageError("--http: futurefill serve runs the bundled model on the CPU")
+    model, tokenizer, corpus = load_shape(args.shape, args.seed)
     if args.prompt_lens[1] + args.output_lens[1] > model.config.max_len:
         raise argtypes.UsageError(
             f"--prompt-lens and --output-lens: {args.prompt_lens[1]} + {args.output_lens[1]} "
             f"tokens exceed the model's max_len {model.config.max_len}"
         )
+    device = resolve_device(args.device)
+    model = model.to(device)
     torch.set_num_threads(args.threads)
-    corpus = load_corpus()
     modes = [*args.modes, *(["http"] if args.http else [])]
     rows, failures = [], []
     began = time.perf_counter()
@@ -344,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
             elif mode == "http":
                 run_http(jobs, args)
             else:
-                run_static(model, jobs, args, args.slots if mode == "static" else 1)
+                run_static(model, tokenizer, jobs, args, args.slots if mode == "static" else 1)
             served[mode] = jobs
             row = {"mode": mode, "rate": rate, **summarize(jobs)}
             rows.append(row)
@@ -359,11 +421,12 @@ def run(args: argparse.Namespace) -> int:
                 for i, (job, alone) in enumerate(zip(jobs, served["sequential"], strict=True)):
                     if job.tokens != alone.tokens:
                         failures.append(f"rate {rate}: {mode} request {i} differs from alone")
-    machine = machine_info(torch.device("cpu"), torch.float32)
+    machine = machine_info(device, torch.float32)
     report = {
         "config": {k: v for k, v in vars(args).items() if k != "func"} | {"out": str(args.out)},
         "machine": machine,
         "rows": rows,
+        "ratios": ratios(rows),
         "failures": failures,
         "wall_s": time.perf_counter() - began,
     }
@@ -374,7 +437,7 @@ def run(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    table = _table(rows)
+    table = _table(rows, report["ratios"])
     (out / "serve_table.md").write_text(table + "\n")
     _plot(rows, out, plots)
     print(table)
@@ -388,9 +451,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], found: list[dict[str, Any]]) -> str:
     lines = [
-        "| load (req/s) | mode | tokens/s | requests/s | TTFT median / p99 | ITL median / p99 |",
+        "| load (req/s) | mode | tokens/s | requests/s | TTFT p50 / p99 | ITL p50 / p99 |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -398,6 +461,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"| {r['rate']:g} | {r['mode']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} "
             f"| {r['ttft_median_s'] * 1e3:.0f} / {r['ttft_p99_s'] * 1e3:.0f} ms "
             f"| {r['itl_median_s'] * 1e3:.2f} / {r['itl_p99_s'] * 1e3:.2f} ms |"
+        )
+    for entry in found:
+        over = [
+            f"{entry[f'continuous_over_{mode}']:.2f}x {mode}'s"
+            for mode in ("static", "sequential")
+            if f"continuous_over_{mode}" in entry
+        ]
+        lines.append(
+            f"- load {entry['rate']:g}: continuous tokens/s {', '.join(over) or '-'}; its ITL "
+            f"p99 / p50 {entry['itl_p99_over_p50']:.1f}x"
         )
     return "\n".join(lines)
 

@@ -143,9 +143,12 @@ class ConvState(ModuleState):
     def advance(self, rows: Sequence[int]) -> list[ScheduledWork | None]:
         return self.engine.advance(*self._engine_rows(rows))
 
+    @property
+    def advances_on_host(self) -> bool:
+        return not self.engine.schedules_in_graph
+
     def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
-        engine_rows, _ = self._engine_rows(rows)
-        return self.engine.traced_work(engine_rows, self._engine_rows(self.session.all_rows)[1])
+        return self.engine.traced_work(*self._engine_rows(rows))
 
     def feed(self, rows: Sequence[int], u: torch.Tensor) -> torch.Tensor:
         """The module's outputs ``(len(rows), n, ...)`` for the next ``n`` inputs ``u``

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from futurefill.checks import check_int
-from futurefill.nn.state import Chunk, DecodingModule
+from futurefill.nn.state import Chunk, DecodingModule, ModuleState
 from futurefill.online import (
     ENGINES,
     ScheduledWork,
@@ -58,6 +58,7 @@ __all__ = [
     "DecodingSession",
     "RowSnapshot",
     "TracedPlan",
+    "advance_positions",
     "decoding",
     "decoding_max_len",
     "positions",
@@ -110,14 +111,12 @@ class TracedPlan:
 
     key : tuple, *what*: for each group of engines whose work runs batched, ``(run, group,
         pattern, len(args), engines)`` (:class:`~futurefill.online.TracedWork`); one graph per
-        key serves every position. A step without scheduled work has the key of its groups'
-        empty patterns.
-    args : list of int, *where*: every row's position after the step, then each group's args;
-        the graph reads them from a device LongTensor ``(len(args),)``.
-    buffers : ``(positions, groups)``: the session's device positions and, for each group, its
-        engines' buffers (what :func:`schedule_function` of ``key`` updates in place).
-    host : the states without a graph form, whose :meth:`ModuleState.advance` runs after the
-        step, on the host.
+        key serves every position. ``()``: the step schedules nothing (most steps).
+    args : list of int, *where*: each group's args; the graph reads them from a device
+        LongTensor ``(len(args),)``.
+    buffers : for each group, its engines' buffers (what :func:`schedule_function` of ``key``
+        updates in place).
+    host : the states whose :meth:`ModuleState.advance` runs after the step, on the host.
     """
 
     key: tuple
@@ -126,44 +125,53 @@ class TracedPlan:
     host: tuple
 
     def host_args(self) -> torch.Tensor:
-        """``args`` as a LongTensor on the host, in pinned memory where the buffers are on CUDA,
-        so that copying it to the device neither waits nor is overwritten before it is done
+        """``args`` as a LongTensor on the host, in pinned memory where CUDA is available, so
+        that copying it to the device neither waits nor is overwritten before it is done
         (``copy_(..., non_blocking=True)``: the pinned allocator keeps it until the copy
         ends)."""
-        host = torch.tensor(self.args)
-        return host.pin_memory() if self.buffers[0].is_cuda else host
+        host = torch.tensor(self.args, dtype=torch.long)
+        return host.pin_memory() if torch.cuda.is_available() else host
 
-    def run(self) -> None:
-        """The scheduled work, uncompiled: :func:`schedule_function` of the key."""
-        args = self.host_args().to(self.buffers[0].device, non_blocking=True)
-        schedule_function(self.key)(args, self.buffers)
+    def run(self, device: torch.device) -> None:
+        """The scheduled work on ``device``, uncompiled: :func:`schedule_function` of the key."""
+        if self.key:
+            args = self.host_args().to(device, non_blocking=True)
+            schedule_function(self.key)(args, self.buffers)
 
 
 def schedule_function(key: tuple) -> Callable[[torch.Tensor, tuple], None]:
     """The scheduled work of a compiled step whose plan has ``key`` (:class:`TracedPlan`), a
     function of ``(args, buffers)`` by tensor operations alone, which ``torch.compile`` traces
-    once per key: the session's device positions set, then each group's work."""
+    once per key: each group's work."""
     groups = [(run, pattern, count) for run, _, pattern, count, _ in key]
 
     def schedule(args: torch.Tensor, buffers: tuple) -> None:
-        positions, engines = buffers
-        positions.copy_(args[: positions.shape[0]])
-        offset = positions.shape[0]
-        for (run, pattern, count), group in zip(groups, engines, strict=True):
-            run(group, pattern, args[offset : offset + count])
+        offset = 0
+        for (run, pattern, count), engines in zip(groups, buffers, strict=True):
+            run(engines, pattern, args[offset : offset + count])
             offset += count
 
     return schedule
 
 
+def advance_positions(positions: torch.Tensor) -> None:
+    """The end of a compiled step of every row, in its graph: the rows that stepped one position
+    on. Those are the rows past position 0 (the others are free: a compiled step serves
+    started rows beside free ones, :meth:`DecodingSession.feed_traced`)."""
+    positions.add_(positions > 0)
+
+
 def traced_step(model: nn.Module) -> Callable[..., Any]:
     """The step :meth:`DecodingSession.feed_traced` takes, uncompiled: ``model``'s forward over
-    every row, then the plan's scheduled work. What a compiled step's graph does, eagerly (a
-    :class:`~futurefill.decoder.Decoder` with ``compile=True`` compiles both)."""
+    every row, the positions advanced (:func:`advance_positions`), then the plan's scheduled
+    work. What a compiled step's graph does, eagerly (a :class:`~futurefill.decoder.Decoder`
+    with ``compile=True`` compiles it)."""
+    session = model.__dict__[_SESSION]
 
     def step(plan: TracedPlan, *inputs: Any) -> Any:
         output = model(*inputs)
-        plan.run()
+        advance_positions(session.device_positions(session.all_rows))
+        plan.run(session.device)
         return output
 
     return step
@@ -245,6 +253,8 @@ class DecodingSession(contextlib.AbstractContextManager):
         self._touched = False  # whether a state moved during the current call
         self._traced_ready = False
         self._layout: tuple[int, ...] = ()
+        self._on_host: tuple[ModuleState, ...] = ()  # states by where a compiled step's work runs
+        self._in_graph: tuple[ModuleState, ...] = ()
         self._open = True
         self._token = object()  # what its snapshots name it by
 
@@ -280,11 +290,12 @@ class DecodingSession(contextlib.AbstractContextManager):
 
     def feed_traced(self, step: Callable[..., Any], *inputs: Any, rows: Sequence[int]) -> Any:
         """``step(plan, *inputs)``: the model's forward over one position of every row
-        (``inputs[0]`` ``(batch_size, 1, ...)``) and the work the :class:`TracedPlan` ``plan``
-        of ``rows`` schedules, by tensor operations alone (a compiled step, or
-        :func:`traced_step`); then only ``rows`` count the step. The others' outputs are
-        meaningless and their states received the step's input: they must be free (at position
-        0, reset when they start)."""
+        (``inputs[0]`` ``(batch_size, 1, ...)``), the device positions of ``rows`` one on
+        (:func:`advance_positions`) and the work the :class:`TracedPlan` ``plan`` of ``rows``
+        schedules, by tensor operations alone (a compiled step, or :func:`traced_step`); then
+        the host counts ``rows``. Every row of ``rows`` must have started (position > 0), every
+        other row must be free (position 0): their outputs are meaningless and their states
+        received the step's input (they are reset when they start)."""
         rows = self._check_rows(rows)
         if _batch_and_length(inputs) != (self.batch_size, 1):
             raise ValueError(
@@ -292,6 +303,12 @@ class DecodingSession(contextlib.AbstractContextManager):
                 f"got {tuple(inputs[0].shape)}"
             )
         self._check_room(rows, 1)
+        stepping, positions = set(rows), self.positions.tolist()
+        if any((p > 0) != (r in stepping) for r, p in enumerate(positions)):
+            raise ValueError(
+                f"a compiled step steps the started rows and only those: rows {list(rows)} at "
+                f"positions {positions}"
+            )
         if not self._traced_ready:
             self._prepare_traced()
         plan = self._plan(rows)
@@ -308,22 +325,16 @@ class DecodingSession(contextlib.AbstractContextManager):
         """The :class:`TracedPlan` of a compiled step of ``rows``: each state's graph form of
         its work, grouped by engines that run batched, or its host part."""
         groups: dict[Hashable, list[TracedWork]] = {}
-        host = []
-        for state in self.states.values():
+        for state in self._in_graph:
             work = state.traced_work(rows)
-            if work is None:
-                host.append(state)
-            else:
+            if work is not None:
                 groups.setdefault((work.run, work.group, work.pattern, work.args), []).append(work)
-        after = self.positions.clone()
-        after[list(rows)] += 1
-        args = after.tolist()
-        key = []
+        key, args = [], []
         for (run, group, pattern, work_args), works in groups.items():
             key.append((run, group, pattern, len(work_args), len(works)))
             args += work_args
-        engines = tuple(tuple(work.buffers for work in works) for works in groups.values())
-        return TracedPlan(tuple(key), args, (self._device_positions, engines), tuple(host))
+        buffers = tuple(tuple(work.buffers for work in works) for works in groups.values())
+        return TracedPlan(tuple(key), args, buffers, self._on_host)
 
     def _call(
         self,
@@ -540,6 +551,8 @@ class DecodingSession(contextlib.AbstractContextManager):
             state.prepare_traced()
         tensors = [t for state in self.states.values() for t in state.traced_tensors()]
         self._layout = tuple(t.data_ptr() for t in [self._device_positions, *tensors])
+        self._on_host = tuple(s for s in self.states.values() if s.advances_on_host)
+        self._in_graph = tuple(s for s in self.states.values() if not s.advances_on_host)
         self._traced_ready = True
 
 

@@ -125,17 +125,20 @@ class ModuleState(ABC):
         """The tensors a compiled step reads or updates in place; none by default."""
         return []
 
+    #: Whether a compiled step leaves the state a part to run on the host (:meth:`advance`);
+    #: otherwise the step runs wholly in graphs: its traced feed and :meth:`traced_work`.
+    advances_on_host: bool = False
+
     def advance(self, rows: Sequence[int]) -> list[ScheduledWork | None]:
-        """After a compiled step: the host's part for ``rows`` (at ``session.positions``, not
-        yet counted), and the work it schedules; none by default. Not called where
-        :meth:`traced_work` gives the work's graph form."""
+        """Where :attr:`advances_on_host`, after a compiled step: the host's part for ``rows``
+        (at ``session.positions``, not yet counted), and the work it schedules."""
         return []
 
     def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
         """After a compiled step of ``rows`` (at ``session.positions``, not yet counted), the
         work it schedules as the step's graph runs it (:class:`~futurefill.online.TracedWork`:
         tensor operations keyed by what they do, with where as a device tensor), or None
-        (default): :meth:`advance` is called instead."""
+        (default) where it schedules none."""
         return None
 
 

@@ -94,7 +94,8 @@ def default_rows_tile_len(device: torch.device) -> int:
 class ContinuousRows(RowsEngine):
     """Online causal convolution of ``batch_size`` rows, each at its own position, by
     Continuous-FutureFill (see the module docstring): the rows form of the method
-    (:class:`~futurefill.online.rows.RowsEngine`, whose methods take the rows' positions).
+    (:class:`~futurefill.online.rows.RowsEngine`, whose methods take the rows' positions). Its
+    compiled step runs wholly in graphs (:meth:`traced_work`).
 
     Parameters
     ----------
@@ -120,6 +121,8 @@ class ContinuousRows(RowsEngine):
     >>> bool(torch.allclose(torch.cat([y_prompt[0], y_b[:1].t()], 1), expected))
     True
     """
+
+    schedules_in_graph = True
 
     def __init__(
         self,
@@ -227,30 +230,36 @@ class ContinuousRows(RowsEngine):
         return y, self._tile_ends(rows, positions)
 
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
-        return self._push(u, self._all_rows, self._index)
+        """Every row one step (its place in its tile from the index tensor), the index then one
+        place on for every row: a row that did not step is free, and its place is set again
+        (:meth:`prepare_traced`) before it is used."""
+        y = self._push(u, self._all_rows, self._index)
+        torch.remainder(self._index + 1, self.tile_len, out=self._index)
+        return y
 
-    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork:
-        """After :meth:`step_traced` of ``rows`` (every row at ``positions``, ``(batch_size,)``,
-        before it): their tile ends as tensor operations (:func:`run_row_tile_ends`). The
-        pattern is the tile and, for each level size that ends at this step, how many rows end
-        one (``(b0, ((level, count), ...))``, level 0: a full row's last tile, filed only):
-        about log2(max_len / b0) patterns for rows in lockstep. The args: every row's place in
-        its tile after the step, then each level's rows and their inputs seen."""
-        b0, stepped = self.tile_len, set(rows)
-        after = [p + (r in stepped) for r, p in enumerate(positions)]
-        ends: dict[int, list[int]] = {}
-        for row in rows:
-            seen = after[row]
+    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork | None:
+        """After :meth:`step_traced` of ``rows`` (at ``positions`` before it): the tiles they end,
+        as tensor operations (:func:`run_row_tile_ends`); None where no row ends one (most
+        steps). The pattern is the tile and, for each level size that ends at this step, how
+        many rows end one (``(b0, ((level, count), ...))``, level 0: a full row's last tile,
+        filed only): about log2(max_len / b0) + 1 patterns for rows in lockstep. The args: each
+        level's rows, then their inputs seen."""
+        b0, ends = self.tile_len, {}
+        for row, position in zip(rows, positions, strict=True):
+            seen = position + 1
             if seen % b0 == 0:
-                ends.setdefault(seen & -seen if seen < self.max_len else 0, []).append(row)
+                level = seen & -seen if seen < self.max_len else 0
+                ends.setdefault(level, []).append((row, seen))
+        if not ends:
+            return None
         levels = sorted(ends, reverse=True)
-        args = [p % b0 for p in after]
+        args = []
         for level in levels:
-            args += ends[level] + [after[row] for row in ends[level]]
+            args += [row for row, _ in ends[level]] + [seen for _, seen in ends[level]]
         pattern = (b0, tuple((level, len(ends[level])) for level in levels))
-        buffers = (self._x, self._c, self._x_tile, self._c_tile, self._index)
-        spectra = tuple(self._spectra[level] for level in levels if level)
         group = (self.channels, self.batch_size, self.compute_dtype, self.device)
+        buffers = (self._x, self._c, self._x_tile, self._c_tile)
+        spectra = tuple(self._spectra[level] for level in levels if level)
         return TracedWork(run_row_tile_ends, group, pattern, tuple(args), buffers + spectra)
 
     def _tile_ends(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
@@ -433,9 +442,9 @@ def run_row_tile_ends(
     """The tile ends of a compiled step of :class:`ContinuousRows` engines (the layers of a
     model, whose rows share their positions), tensor operations alone: a fixed-shape function
     of ``pattern`` (what: the tile b0, and how many rows end a block of each level size) whose
-    rows and positions come in ``args`` (where, a LongTensor: every row's place in its tile
-    after the step, then each level's rows and their inputs seen), so that one graph serves
-    every position with that pattern (:meth:`ContinuousRows.traced_work`).
+    rows and positions come in ``args`` (where, a LongTensor: each level's rows, then their
+    inputs seen), so that one graph serves every position with that pattern
+    (:meth:`ContinuousRows.traced_work`).
 
     For a row that has seen ``s`` inputs (a multiple of b0) and level ``b = s & -s``: its tile
     is filed, ``x[s - b0 : s] = x_tile``; the block ``x[s - b : s]`` adds its contribution to
@@ -443,15 +452,12 @@ def run_row_tile_ends(
     call; outputs past the buffer are dropped); its next tile of outputs is loaded,
     ``c_tile = c[s : s + b0]``. Level 0 (a full row) only files the tile.
 
-    buffers : for each engine ``(x, c, x_tile, c_tile, index, *spectra)``, ``x``, ``c``
-        ``(B, D, T)``, the tiles ``(B, b0, D)``, ``index`` ``(B,)``, and the filter spectra of the
-        pattern's nonzero levels in its order (``(D, b + 1)``).
+    buffers : for each engine ``(x, c, x_tile, c_tile, *spectra)``: ``x``, ``c`` ``(B, D, T)``,
+        the tiles ``(B, b0, D)``, and the filter spectra of the pattern's nonzero levels in its
+        order (``(D, b + 1)``).
     """
     b0, levels = pattern
-    batch = buffers[0][4].shape[0]
-    for engine in buffers:
-        engine[4].copy_(args[:batch])
-    offset, spectrum = batch, 5
+    offset, spectrum = 0, 4
     lags = torch.arange(b0, device=args.device)
     for level, count in levels:
         rows, seen = args[offset : offset + count], args[offset + count : offset + 2 * count]

@@ -153,6 +153,8 @@ class ModalRows(RowsEngine):
         ``channels x state x block_len`` per block, whatever the chunk.
     """
 
+    schedules_in_graph = True  # (nothing scheduled)
+
     def __init__(
         self,
         h: ModalFilter,

@@ -29,6 +29,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -75,6 +76,10 @@ class RowsEngine(ABC):
     max_len: int
     dtype: torch.dtype
     device: torch.device
+    #: Whether a compiled step's work runs wholly in its graphs: :meth:`step_traced` keeps the
+    #: engine's own places, and the work the positions schedule is :meth:`traced_work`. False:
+    #: :meth:`advance` runs on the host after each compiled step.
+    schedules_in_graph: ClassVar[bool] = False
 
     @property
     @abstractmethod
@@ -119,8 +124,9 @@ class RowsEngine(ABC):
     @abstractmethod
     def step_traced(self, u: torch.Tensor) -> torch.Tensor:
         """Every row's output ``(batch_size, channels)`` for ``u`` ``(batch_size, channels)``, by
-        tensor operations alone; :meth:`advance` of the rows that stepped must follow. A row that
-        did not step must be reset before it is used again (its state received this input)."""
+        tensor operations alone; :meth:`traced_work` or :meth:`advance` of the rows that stepped
+        must follow. A row that did not step must be reset before it is used again (its state
+        received this input)."""
 
     def advance(self, rows: Sequence[int], positions: Sequence[int]) -> list[ScheduledWork | None]:
         """After :meth:`step_traced`: ``rows`` (at ``positions`` before it) one position on; the
@@ -133,10 +139,9 @@ class RowsEngine(ABC):
         """What :meth:`step_traced` reads or updates in place (addresses a CUDA graph records)."""
 
     def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork | None:
-        """After :meth:`step_traced`: what :meth:`advance` would do for ``rows`` (at ``positions``
-        before the step), as tensor operations a graph runs (:class:`TracedWork`); for every
-        row of the engine, ``rows`` one position on and the others where they are. None where
-        the engine has no such form (the caller then calls :meth:`advance`)."""
+        """For an engine that :attr:`schedules_in_graph`, after :meth:`step_traced`: the work
+        ``rows`` (at ``positions`` before it) schedule, as tensor operations a graph runs
+        (:class:`TracedWork`), or None where this step schedules none."""
         return None
 
 
