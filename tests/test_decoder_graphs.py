@@ -102,3 +102,19 @@ def test_one_compiled_function_per_pattern_on_the_cpu():
             assert counters["frames"]["total"] - frames == 1 + 5
             frames = counters["frames"]["total"]
     assert counters["frames"]["total"] == frames
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_decoder_prefilled_again_compiles_nothing(method):
+    """An engine's buffers made by a prefill in inference mode are ordinary tensors, as the first
+    ones were: the compiled step's guards hold for the next prefill of the same decoder."""
+    model = tiny_lm("hyena", seed=3)
+    ids = torch.randint(0, VOCAB, (1, 5), generator=torch.Generator().manual_seed(2))
+    with Decoder(model, batch_size=1, max_len=24, method=method, compile=True) as decoder:
+        for round in range(3):
+            if round == 1:
+                frames = counters["frames"]["total"]
+            out = decoder.prefill(ids)
+            for _ in range(12):
+                out = decoder.step(out.greedy)
+    assert counters["frames"]["total"] == frames

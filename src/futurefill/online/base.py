@@ -18,6 +18,7 @@ was.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable
@@ -169,7 +170,8 @@ class OnlineConvEngine(ABC):
             raise ValueError(
                 f"prompt length must be in [1, max_len={self.max_len}], got {prompt_len}"
             )
-        y = self._prefill(u.detach().to(self.compute_dtype))
+        with _ordinary_buffers():
+            y = self._prefill(u.detach().to(self.compute_dtype))
         self._position = prompt_len
         self._prefilled = True
         return y.to(self.dtype)
@@ -203,7 +205,8 @@ class OnlineConvEngine(ABC):
                 f"cannot extend by {u.shape[-1]} past max_len={self.max_len} from position "
                 f"{self._position}; call reset()"
             )
-        y = self._extend(u.detach().to(self.compute_dtype))
+        with _ordinary_buffers():
+            y = self._extend(u.detach().to(self.compute_dtype))
         if y is None:  # stepped through
             return torch.stack([self.step(u[..., i]) for i in range(u.shape[-1])], dim=-1)
         self._position += u.shape[-1]
@@ -278,7 +281,8 @@ class OnlineConvEngine(ABC):
         """Forget the sequence: back to position 0, ready for ``prefill`` or ``step``."""
         self._position = 0
         self._prefilled = False
-        self._reset()
+        with _ordinary_buffers():
+            self._reset()
 
     def copy(self) -> OnlineConvEngine:
         """An engine at this one's position holding a copy of its sequence state, to go on from
@@ -414,3 +418,11 @@ def traced_push(
     lag = torch.arange(outputs.shape[0], device=outputs.device) - j  # (n,)
     outputs.addcmul_(head.index_select(0, lag.clamp(min=0)) * (lag >= 0).view(-1, 1, 1), u_t)
     return outputs.index_select(0, j).squeeze(0)
+
+
+def _ordinary_buffers() -> contextlib.AbstractContextManager:
+    """Where an engine may allocate its buffers (a prefill, an extension, a reset): ordinary
+    tensors whatever mode the caller is in, so that a compiled step's guards see the same kind
+    of tensor in every session (an inference tensor after a prefill in inference mode would
+    recompile it) and resets outside inference mode may update them."""
+    return torch.inference_mode(False)
