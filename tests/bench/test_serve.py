@@ -43,6 +43,16 @@ def test_serve_hyenadna_shape_gives_every_mode_the_same_tokens(tmp_path):
     assert all(row["tokens"] > 0 for row in report["rows"])
 
 
+def test_compiled_serving_gives_every_mode_the_same_tokens(tmp_path):
+    """--compile: the scheduler's compiled step over every slot (rows admitted and released
+    between its graphs) and compiled generate() give each request its tokens alone."""
+    options = ["--compile", "--modes", "continuous", "sequential", "--threads", "1"]
+    assert main([*TINY, *options, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "serve.json").read_text())
+    assert report["config"]["compile"] is True and report["failures"] == []
+    assert all(row["tokens"] > 0 for row in report["rows"])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -50,6 +60,7 @@ def test_serve_hyenadna_shape_gives_every_mode_the_same_tokens(tmp_path):
         (["--output-lens", "1", "5000"], "exceed the model's max_len 2048"),
         (["--rates", "0"], "argument --rates"),
         (["--shape", "hyenadna", "--http"], "--http: futurefill serve runs the bundled model"),
+        (["--compile", "--http"], "--http: futurefill serve runs the bundled model"),
         (["--shape", "dna"], "argument --shape: invalid choice"),
     ],
 )

@@ -18,6 +18,9 @@ It is served:
 * ``static``: ``generate()`` on batches of up to ``--slots`` requests as they have arrived, a
   batch running until its longest request is done (what serving without per-row state does);
 * ``sequential``: ``generate()`` on one request at a time, in arrival order;
+
+each with compiled steps where ``--compile`` says so (after an untimed pass of each mode over
+the first load's workload, which compiles them);
 * ``http`` (with ``--http``): the continuous scheduler behind ``futurefill serve``, driven over
   loopback by ``--clients`` streaming clients.
 
@@ -142,6 +145,7 @@ def run_continuous(model, tokenizer, jobs: list[Job], args: argparse.Namespace) 
         max_len=args.prompt_lens[1] + args.output_lens[1],
         queue_size=len(jobs),
         method=args.method,
+        compile=args.compile,
         prefill_chunk=args.prefill_chunk,
     ).start()
     allowed = tokenizer.allowed_token_ids
@@ -206,6 +210,7 @@ def run_static(model, tokenizer, jobs: list[Job], args: argparse.Namespace, batc
             longest,
             prompt_lengths=[len(j.prompt) for j in group],
             method=args.method,
+            compile=args.compile,
             allowed_token_ids=tokenizer.allowed_token_ids,
             streamer=put,
         )
@@ -364,6 +369,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method", choices=METHODS, default="continuous", help="online convolution engine"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled steps in every mode (a warm-up pass of each mode compiles them first)",
+    )
     parser.add_argument("--seed", type=argtypes.seed, default=0, help="workload seed")
     parser.add_argument("--threads", type=argtypes.threads, default=1, help="torch threads")
     parser.add_argument(
@@ -375,6 +385,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def serve_once(mode: str, model, tokenizer, jobs: list[Job], args: argparse.Namespace) -> None:
+    """``jobs`` served one way (``mode``)."""
+    if mode == "continuous":
+        run_continuous(model, tokenizer, jobs, args)
+    elif mode == "http":
+        run_http(jobs, args)
+    else:
+        run_static(model, tokenizer, jobs, args, args.slots if mode == "static" else 1)
+
+
 def run(args: argparse.Namespace) -> int:
     from futurefill.bench import plots
     from futurefill.bench.machine import machine_info, resolve_device
@@ -383,8 +403,10 @@ def run(args: argparse.Namespace) -> int:
         low, high = getattr(args, name)
         if low > high:
             raise argtypes.UsageError(f"--{name.replace('_', '-')}: MIN {low} is above MAX {high}")
-    if args.http and (args.shape, args.device) != ("bundled", "cpu"):
-        raise argtypes.UsageError("--http: futurefill serve runs the bundled model on the CPU")
+    if args.http and ((args.shape, args.device) != ("bundled", "cpu") or args.compile):
+        raise argtypes.UsageError(
+            "--http: futurefill serve runs the bundled model on the CPU, eagerly here"
+        )
     model, tokenizer, corpus = load_shape(args.shape, args.seed)
     if args.prompt_lens[1] + args.output_lens[1] > model.config.max_len:
         raise argtypes.UsageError(
@@ -397,16 +419,14 @@ def run(args: argparse.Namespace) -> int:
     modes = [*args.modes, *(["http"] if args.http else [])]
     rows, failures = [], []
     began = time.perf_counter()
+    if args.compile:  # untimed: the compiled step and the scheduled work's patterns compile
+        for mode in args.modes:
+            serve_once(mode, model, tokenizer, workload(args, args.rates[0], corpus), args)
     for rate in args.rates:
         served: dict[str, list[Job]] = {}
         for mode in modes:
             jobs = workload(args, rate, corpus)
-            if mode == "continuous":
-                run_continuous(model, tokenizer, jobs, args)
-            elif mode == "http":
-                run_http(jobs, args)
-            else:
-                run_static(model, tokenizer, jobs, args, args.slots if mode == "static" else 1)
+            serve_once(mode, model, tokenizer, jobs, args)
             served[mode] = jobs
             row = {"mode": mode, "rate": rate, **summarize(jobs)}
             rows.append(row)
