@@ -27,13 +27,16 @@ OPTIONS = {
 def admissions_and_releases(decoder: Decoder, model, seed: int, events: int) -> set:
     """Random admissions (prompts in one or two pieces), compiled steps of every live row and
     releases; every logit checked against the forward of ``model`` over the row's own
-    sequence. Returns the plan keys of the compiled steps."""
+    sequence. Returns the plan keys of the compiled steps and the layouts of the states'
+    buffers they saw."""
     rng, device, slots = random.Random(seed), decoder.device, decoder.batch_size
     sequences: dict[int, list[int]] = {}
     keys, plan = set(), decoder.session._plan  # (the plans the steps get, recorded)
+    layouts = set()
 
     def recorded(rows):
         keys.add((made := plan(rows)).key)
+        layouts.add(decoder.session.traced_layout)
         return made
 
     decoder.session._plan = recorded
@@ -62,7 +65,7 @@ def admissions_and_releases(decoder: Decoder, model, seed: int, events: int) -> 
                 expected = model(torch.tensor([sequences[row]]))[0, -1]
                 assert rel_err(out.logits[i].cpu(), expected) < 1e-9, (row, len(sequences[row]))
                 sequences[row].append(int(out.greedy[i]))
-    return keys
+    return keys, layouts
 
 
 @pytest.mark.parametrize(
@@ -79,11 +82,11 @@ def test_compiled_rows_through_admissions_and_releases(method, mixer, device):
     with Decoder(
         model, batch_size=3, max_len=40, method=method, compile=True, **options
     ) as decoder:
-        keys = admissions_and_releases(decoder, reference, seed=3, events=70)
+        keys, layouts = admissions_and_releases(decoder, reference, seed=3, events=70)
         if method == "continuous":  # (the others' work runs on the host: one empty key)
             levels = {level for key in keys for _, _, (_, ends), _, _ in key for level, _ in ends}
             assert {2, 4, 8} <= levels
-            assert decoder._compiled.captures <= len(keys)  # (0 on the CPU: no graphs)
+            assert len(layouts) == 1  # the buffers never moved: graphs captured once            assert decoder._compiled.captures <= len(keys)  # (0 on the CPU: no graphs)
 
 
 def test_one_compiled_function_per_pattern_on_the_cpu():

@@ -385,8 +385,8 @@ class CompiledStep:
     key, which compiles it and makes the libraries' plans), in one memory pool shared by the
     graphs (they never run at once): a step is the copy of its ids and of the plan's args (from
     pinned memory) and one replay. The graphs hold the addresses of the states' buffers
-    (:attr:`~futurefill.nn.DecodingSession.traced_layout`): when those move (a per-row engine's
-    prefill, a fork into per-row engines) they are captured anew.
+    (:attr:`~futurefill.nn.DecodingSession.traced_layout`, checked at every step): when those
+    move (a per-row engine's prefill, a fork into per-row engines) they are captured anew.
     """
 
     def __init__(self, model: nn.Module, session: DecodingSession):
@@ -408,9 +408,10 @@ class CompiledStep:
             if plan.key:  # (most steps schedule nothing: the forward is the step)
                 schedule(plan.host_args().to(self.device, non_blocking=True), plan.buffers)
             return output
-        if self.session.traced_layout != self._layout:  # buffers moved: graphs anew
+        layout = self.session.traced_layout
+        if layout != self._layout:  # buffers moved (a per-row engine's prefill): graphs anew
             self._graphs.clear()
-            self._layout = self.session.traced_layout
+            self._layout = layout
         if plan.key not in self._graphs:
             self._graphs[plan.key] = _StepGraph(
                 self.forward, self.positions, schedule, plan, ids, self._pool
@@ -435,10 +436,21 @@ class _StepGraph:
         self.ids = torch.empty_like(ids)
         self.args = torch.empty(len(plan.args), dtype=torch.long, device=ids.device)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.outputs = forward(self.ids, positions)
-            if plan.key:
-                schedule(self.args, plan.buffers)
+        # Captured on a side stream after the work queued so far, as torch.cuda.graph does, but
+        # without its device synchronization, garbage collection and emptied cache (tens of ms
+        # for a graph that a decoder captures mid-generation); "thread_local": the deamortized
+        # worker thread may queue its jobs meanwhile.
+        stream, current = torch.cuda.Stream(ids.device), torch.cuda.current_stream(ids.device)
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin(pool, capture_error_mode="thread_local")
+            try:
+                self.outputs = forward(self.ids, positions)
+                if plan.key:
+                    schedule(self.args, plan.buffers)
+            finally:
+                self.graph.capture_end()
+        current.wait_stream(stream)
 
     def replay(self, ids: torch.Tensor, plan: TracedPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """The step for ``ids`` ``(batch, 1)`` and ``plan`` (of this graph's key): its outputs,

@@ -252,7 +252,6 @@ class DecodingSession(contextlib.AbstractContextManager):
         self._deferred: list[ScheduledWork | None] = []
         self._touched = False  # whether a state moved during the current call
         self._traced_ready = False
-        self._layout: tuple[int, ...] = ()
         self._on_host: tuple[ModuleState, ...] = ()  # states by where a compiled step's work runs
         self._in_graph: tuple[ModuleState, ...] = ()
         self._open = True
@@ -316,10 +315,11 @@ class DecodingSession(contextlib.AbstractContextManager):
 
     @property
     def traced_layout(self) -> tuple[int, ...]:
-        """The addresses of every tensor a compiled step reads or updates (as of the last
-        preparation of the states, :meth:`feed_traced` after any other call): a CUDA graph of
-        the step is valid while they stay the same."""
-        return self._layout
+        """The addresses of every tensor a compiled step reads or updates
+        (:meth:`ModuleState.traced_tensors`): a CUDA graph of the step is valid while they stay
+        the same."""
+        tensors = [t for state in self.states.values() for t in state.traced_tensors()]
+        return tuple(t.data_ptr() for t in [self._device_positions, *tensors])
 
     def _plan(self, rows: tuple[int, ...]) -> TracedPlan:
         """The :class:`TracedPlan` of a compiled step of ``rows``: each state's graph form of
@@ -549,8 +549,6 @@ class DecodingSession(contextlib.AbstractContextManager):
         self.run_deferred()
         for state in self.states.values():
             state.prepare_traced()
-        tensors = [t for state in self.states.values() for t in state.traced_tensors()]
-        self._layout = tuple(t.data_ptr() for t in [self._device_positions, *tensors])
         self._on_host = tuple(s for s in self.states.values() if s.advances_on_host)
         self._in_graph = tuple(s for s in self.states.values() if not s.advances_on_host)
         self._traced_ready = True
