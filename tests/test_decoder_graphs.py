@@ -83,10 +83,11 @@ def test_compiled_rows_through_admissions_and_releases(method, mixer, device):
         model, batch_size=3, max_len=40, method=method, compile=True, **options
     ) as decoder:
         keys, layouts = admissions_and_releases(decoder, reference, seed=3, events=70)
-        if method == "continuous":  # (the others' work runs on the host: one empty key)
+        if method == "continuous":  # (the others' work runs on the host)
             levels = {level for key in keys for _, _, (_, ends), _, _ in key for level, _ in ends}
             assert {2, 4, 8} <= levels
-            assert len(layouts) == 1  # the buffers never moved: graphs captured once            assert decoder._compiled.captures <= len(keys)  # (0 on the CPU: no graphs)
+            assert len(layouts) == 1  # the buffers never moved: graphs captured once
+            assert decoder._compiled.captures <= len(keys)  # (0 on the CPU: no graphs)
 
 
 def test_one_compiled_function_per_pattern_on_the_cpu():
