@@ -363,8 +363,11 @@ class DecodingSession(contextlib.AbstractContextManager):
                 error.add_note(f"the rows {list(rows)} of the failed call were reset")
             raise
         self.chunk = None
-        if counted is not None:  # (the plan set the device positions)
-            self.positions[list(counted)] += 1
+        if counted is not None:  # (the step advanced the device positions)
+            if len(counted) == self.batch_size:
+                self.positions += 1
+            else:
+                self.positions[list(counted)] += 1
         else:
             for rows, n in chunk.parts():
                 self._count(rows, n)
