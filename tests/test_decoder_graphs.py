@@ -75,6 +75,8 @@ def test_compiled_rows_through_admissions_and_releases(method, mixer, device):
     """Rows admitted into free slots and released at any step (the scheduler's use), the
     compiled steps exact; for continuous the states' buffers never move, so that on CUDA each
     pattern's graph is captured once and replayed through every admission."""
+    if device.type == "cuda" and method != "continuous":  # (their exactness: compiled generate)
+        pytest.skip("on CUDA the per-row methods' graphs are captured anew at each admission")
     model = tiny_lm(mixer, seed=1) if mixer == "hyena" else hybrid_lm(mixer)
     reference = copy.deepcopy(model)
     model.to(device)
