@@ -67,6 +67,7 @@ def test_dry_run_says_so_in_one_line_and_checks_its_parts(tmp_path):
     assert runs["naive-eager-float32"]["compared_with"] == "continuous-compiled-float32"
     assert (tmp_path / "paper" / "paper.md").read_text().startswith("## The paper's experiment")
     assert "| bench paper: continuous compiled float32 <= 15 s |" in summary
+    assert "| continuous-compiled-float32 |" in summary  # bench paper's own table
 
     for name, shape in (("serve", "bundled"), ("serve-hyenadna", "hyenadna")):
         serve = json.loads((tmp_path / name / "serve.json").read_text())
@@ -119,6 +120,22 @@ def test_targets_are_judged_from_the_reports(tmp_path):
     assert "continuous >= 1.5x static batching in tokens/s | 1.80x | met |" in summary
     assert "continuous p99 inter-token latency <= 3x its p50 | 3.50x | MISSED |" in summary
     assert "| 200 | continuous | 900 | 10.0 / 20.0 | 1.00 / 3.50 |" in summary
+
+
+def test_the_gpu_targets_of_the_compiled_step_and_hyenadna_are_judged_on_a_gpu_only():
+    check = load_script()
+    compiled = {"device": "cuda", "rows": [{"method": "continuous", "compiled_per_token_us": 87.5}]}
+    assert check.compiled_targets(compiled)[0][1:] == ("87.5", True)
+    assert check.compiled_targets(compiled | {"device": "cpu"})[0][2] is None
+    rows = [
+        {"method": "compiled", "P": 2**14, "tokens_per_s": 5200.0},
+        {"method": "compiled", "P": 2**20, "tokens_per_s": 3900.0},
+        {"method": "naive", "P": 2**20, "tokens_per_s": 100.0},
+    ]
+    rate, flat = check.hyenadna_targets({"machine": {"gpu": "NVIDIA H100"}, "rows": rows})
+    assert rate[1:] == ("3900", False)  # >= 4000 tokens/s after 2^20: missed
+    assert flat[1:] == ("1.33x", False)  # 5200 / 3900, over 1.3x
+    assert check.hyenadna_targets({"machine": {}, "rows": rows})[0][2] is None
 
 
 def test_cuda_cases_are_collected_everywhere():
