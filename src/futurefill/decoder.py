@@ -379,12 +379,13 @@ class CompiledStep:
     the last logits ``(batch, vocab)`` and their argmax ``(batch,)``, for
     :meth:`~futurefill.nn.DecodingSession.feed_traced`.
 
-    Two compiled functions: the model's forward (:func:`compiled_forward`) and the plan's
-    scheduled work (:func:`compiled_schedule`, one per plan key). On the CPU each step calls
-    both. On CUDA each key's pair is captured as one CUDA graph (after one ordinary run of the
-    key, which compiles it and makes the libraries' plans), in one memory pool shared by the
-    graphs (they never run at once): a step is the copy of its ids and of the plan's args (from
-    pinned memory) and one replay. The graphs hold the addresses of the states' buffers
+    Compiled functions: the model's forward (:func:`compiled_forward`) and the plan's
+    scheduled work (:func:`compiled_schedule`, one per unit of a plan key). On the CPU a step
+    calls the forward, and the units of its key where it has any. On CUDA each key's forward
+    and units are captured as one CUDA graph (after one ordinary run of the key, which compiles
+    it and makes the libraries' plans), in one memory pool shared by the graphs (they never run
+    at once): a step is the copy of its ids and of the plan's args (from pinned memory) and one
+    replay. The graphs hold the addresses of the states' buffers
     (:attr:`~futurefill.nn.DecodingSession.traced_layout`, checked at every step): when those
     move (a per-row engine's prefill, a fork into per-row engines) they are captured anew.
     """
@@ -401,18 +402,19 @@ class CompiledStep:
         self._pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
     def __call__(self, plan: TracedPlan, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        schedule = compiled_schedule(plan.key, self.device)
         if self._pool is None or plan.key not in self._ran:
             self._ran.add(plan.key)
             output = self.forward(ids, self.positions)
             if plan.key:  # (most steps schedule nothing: the forward is the step)
-                schedule(plan.host_args().to(self.device, non_blocking=True), plan.buffers)
+                args = plan.host_args().to(self.device, non_blocking=True)
+                compiled_schedule(plan.key, self.device)(args, plan.buffers)
             return output
         layout = self.session.traced_layout
         if layout != self._layout:  # buffers moved (a per-row engine's prefill): graphs anew
             self._graphs.clear()
             self._layout = layout
         if plan.key not in self._graphs:
+            schedule = compiled_schedule(plan.key, self.device)
             self._graphs[plan.key] = _StepGraph(
                 self.forward, self.positions, schedule, plan, ids, self._pool
             )
@@ -490,16 +492,29 @@ def compiled_forward(
     return steps[key]
 
 
-#: The compiled scheduled work of every plan key seen in this process (the key names shapes,
-#: dtypes and devices; lengths are dynamic).
-_SCHEDULES: dict[tuple, Callable[[torch.Tensor, tuple], None]] = {}
+#: The compiled scheduled work of every unit of a plan key seen in this process (a unit names
+#: its shapes, dtypes and device; lengths are dynamic).
+_UNITS: dict[tuple, Callable[[torch.Tensor, tuple], None]] = {}
 
 
 def compiled_schedule(key: tuple, device: torch.device) -> Callable[[torch.Tensor, tuple], None]:
-    """The compiled :func:`~futurefill.nn.session.schedule_function` of a plan ``key``."""
-    if key not in _SCHEDULES:
-        _SCHEDULES[key] = _compile(schedule_function(key), device)
-    return _SCHEDULES[key]
+    """The scheduled work of a plan ``key`` (:func:`~futurefill.nn.session.schedule_function`),
+    each of its units compiled once for the process, whatever other units a step combines it
+    with: rows at their own positions combine level sizes, and only the combinations are
+    many."""
+    units = []
+    for unit in key:
+        if unit not in _UNITS:
+            _UNITS[unit] = _compile(schedule_function((unit,)), device)
+        units.append((_UNITS[unit], unit[3]))
+
+    def schedule(args: torch.Tensor, buffers: tuple) -> None:
+        offset = 0
+        for (run, count), engines in zip(units, buffers, strict=True):
+            run(args[offset : offset + count], (engines,))
+            offset += count
+
+    return schedule
 
 
 def _compile(function: Callable, device: torch.device, cpu_options: dict | None = None) -> Callable:

@@ -76,8 +76,7 @@ class TracedRows(Rows):
         full = u.new_zeros(self.batch_size, self.channels)
         full[list(rows)] = u
         y = engine.step_traced(full)[list(rows)]
-        work = engine.traced_work(rows, [every[r] for r in rows])
-        if work is not None:
+        for work in engine.traced_work(rows, [every[r] for r in rows]):
             work.run((work.buffers,), work.pattern, torch.tensor(work.args))
             self.patterns.add(work.pattern)
         for row in rows:
@@ -194,36 +193,34 @@ def test_the_graph_form_of_the_tile_ends_gives_every_row_its_convolution(
             u = torch.stack(inputs[row], -1)[None].numpy()
             expected = reference_conv(u, h.numpy())[0]
             assert rel_err(torch.stack(outputs[row], -1), expected) < 1e-10, row
-    levels = {level for _, ends in engine.patterns for level, _ in ends}
+    levels = {level for _, level, _ in engine.patterns}
     assert all(level == 0 or tile_len <= level < max_len for level in levels)  # what, not where
 
 
 def test_a_pattern_is_what_the_step_does_not_where():
-    """Rows in lockstep: one pattern per level size (and none for the steps that end no tile),
-    the positions only in the args."""
+    """Rows in lockstep: one pattern per level size (none for the steps that end no tile), the
+    positions only in the args; rows at their own positions: a work per level that ends."""
     h = decaying_filter(2, 64, seed=1)
     engine = ContinuousRows(h, batch_size=2, tile_len=4)
     engine.prepare_traced([0, 0])
     patterns = {}
     for position in range(64):
         engine.step_traced(torch.randn(2, 2, dtype=h.dtype))
-        work = engine.traced_work([0, 1], [position, position])
-        if work is None:
-            assert (position + 1) % 4
-            continue
-        work.run((work.buffers,), work.pattern, torch.tensor(work.args))
-        patterns.setdefault(work.pattern, []).append(position + 1)
+        works = engine.traced_work([0, 1], [position, position])
+        assert len(works) == (0 if (position + 1) % 4 else 1)
+        for work in works:
+            work.run((work.buffers,), work.pattern, torch.tensor(work.args))
+            patterns.setdefault(work.pattern, []).append(position + 1)
     assert sorted(patterns) == [
-        (4, ((0, 2),)),  # the last tile: filed, no output after it
-        (4, ((4, 2),)),
-        (4, ((8, 2),)),
-        (4, ((16, 2),)),
-        (4, ((32, 2),)),
+        (4, 0, 2),  # the last tile: filed, no output after it
+        (4, 4, 2),
+        (4, 8, 2),
+        (4, 16, 2),
+        (4, 32, 2),
     ]
-    assert patterns[(4, ((4, 2),))] == [4, 12, 20, 28, 36, 44, 52, 60]
-    work = engine.traced_work([1, 0], [35, 39])  # row 1 ends a tile at 36 (level 4), row 0 at 40
-    assert work.pattern == (4, ((8, 1), (4, 1)))
-    assert work.args == (0, 40, 1, 36)  # each level's rows, then their inputs seen
+    assert patterns[(4, 4, 2)] == [4, 12, 20, 28, 36, 44, 52, 60]
+    works = engine.traced_work([1, 0], [35, 39])  # row 1 ends a tile at 36 (level 4), row 0 at 40
+    assert [(w.pattern, w.args) for w in works] == [((4, 8, 1), (0, 40)), ((4, 4, 1), (1, 36))]
 
 
 def test_float32_and_long_chunks():

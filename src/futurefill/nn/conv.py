@@ -147,7 +147,7 @@ class ConvState(ModuleState):
     def advances_on_host(self) -> bool:
         return not self.engine.schedules_in_graph
 
-    def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
+    def traced_work(self, rows: Sequence[int]) -> list[TracedWork]:
         return self.engine.traced_work(*self._engine_rows(rows))
 
     def feed(self, rows: Sequence[int], u: torch.Tensor) -> torch.Tensor:

@@ -109,9 +109,10 @@ class TracedPlan:
     """What a compiled step of ``rows`` does after the model's forward over every row
     (:meth:`DecodingSession.feed_traced`), split as a graph of the step needs it.
 
-    key : tuple, *what*: for each group of engines whose work runs batched, ``(run, group,
-        pattern, len(args), engines)`` (:class:`~futurefill.online.TracedWork`); one graph per
-        key serves every position. ``()``: the step schedules nothing (most steps).
+    key : tuple, *what*: for each group of engines whose work runs batched, its unit ``(run,
+        group, pattern, len(args), engines)`` (:class:`~futurefill.online.TracedWork`), each
+        compiled once (:func:`schedule_function` of ``(unit,)``); one CUDA graph per key serves
+        every position. ``()``: the step schedules nothing (most steps).
     args : list of int, *where*: each group's args; the graph reads them from a device
         LongTensor ``(len(args),)``.
     buffers : for each group, its engines' buffers (what :func:`schedule_function` of ``key``
@@ -326,8 +327,7 @@ class DecodingSession(contextlib.AbstractContextManager):
         its work, grouped by engines that run batched, or its host part."""
         groups: dict[Hashable, list[TracedWork]] = {}
         for state in self._in_graph:
-            work = state.traced_work(rows)
-            if work is not None:
+            for work in state.traced_work(rows):
                 groups.setdefault((work.run, work.group, work.pattern, work.args), []).append(work)
         key, args = [], []
         for (run, group, pattern, work_args), works in groups.items():

@@ -134,12 +134,12 @@ class ModuleState(ABC):
         (at ``session.positions``, not yet counted), and the work it schedules."""
         return []
 
-    def traced_work(self, rows: Sequence[int]) -> TracedWork | None:
+    def traced_work(self, rows: Sequence[int]) -> list[TracedWork]:
         """After a compiled step of ``rows`` (at ``session.positions``, not yet counted), the
         work it schedules as the step's graph runs it (:class:`~futurefill.online.TracedWork`:
-        tensor operations keyed by what they do, with where as a device tensor), or None
-        (default) where it schedules none."""
-        return None
+        tensor operations keyed by what they do, with where as a device tensor); none by
+        default."""
+        return []
 
 
 class DecodingModule(nn.Module, ABC):

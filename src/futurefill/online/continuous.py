@@ -237,30 +237,31 @@ class ContinuousRows(RowsEngine):
         torch.remainder(self._index + 1, self.tile_len, out=self._index)
         return y
 
-    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork | None:
+    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> list[TracedWork]:
         """After :meth:`step_traced` of ``rows`` (at ``positions`` before it): the tiles they end,
-        as tensor operations (:func:`run_row_tile_ends`); None where no row ends one (most
-        steps). The pattern is the tile and, for each level size that ends at this step, how
-        many rows end one (``(b0, ((level, count), ...))``, level 0: a full row's last tile,
-        filed only): about log2(max_len / b0) + 1 patterns for rows in lockstep. The args: each
-        level's rows, then their inputs seen."""
+        as tensor operations (:func:`run_row_tile_ends`), one work per level size that ends
+        (none at most steps). A work's pattern is the tile, the level and how many rows end a
+        block of it (``(b0, level, count)``, level 0: a full row's last tile, filed only): for
+        rows in lockstep about log2(max_len / b0) + 1 patterns; rows at their own positions
+        meet a few counts of each. Its args: the rows, then their inputs seen."""
         b0, ends = self.tile_len, {}
         for row, position in zip(rows, positions, strict=True):
             seen = position + 1
             if seen % b0 == 0:
                 level = seen & -seen if seen < self.max_len else 0
                 ends.setdefault(level, []).append((row, seen))
-        if not ends:
-            return None
-        levels = sorted(ends, reverse=True)
-        args = []
-        for level in levels:
-            args += [row for row, _ in ends[level]] + [seen for _, seen in ends[level]]
-        pattern = (b0, tuple((level, len(ends[level])) for level in levels))
         group = (self.channels, self.batch_size, self.compute_dtype, self.device)
         buffers = (self._x, self._c, self._x_tile, self._c_tile)
-        spectra = tuple(self._spectra[level] for level in levels if level)
-        return TracedWork(run_row_tile_ends, group, pattern, tuple(args), buffers + spectra)
+        return [
+            TracedWork(
+                run_row_tile_ends,
+                group,
+                (b0, level, len(ended)),
+                (*(row for row, _ in ended), *(seen for _, seen in ended)),
+                (*buffers, self._spectra[level]) if level else buffers,
+            )
+            for level, ended in sorted(ends.items(), reverse=True)
+        ]
 
     def _tile_ends(self, rows: Sequence[int], positions: Sequence[int]) -> list[RowTileEnd]:
         """The tile ends of a step of ``rows`` at ``positions``."""
@@ -436,50 +437,45 @@ class RowTileEnd(ScheduledWork):
 
 def run_row_tile_ends(
     buffers: tuple[tuple[torch.Tensor, ...], ...],
-    pattern: tuple[int, tuple[tuple[int, int], ...]],
+    pattern: tuple[int, int, int],
     args: torch.Tensor,
 ) -> None:
-    """The tile ends of a compiled step of :class:`ContinuousRows` engines (the layers of a
-    model, whose rows share their positions), tensor operations alone: a fixed-shape function
-    of ``pattern`` (what: the tile b0, and how many rows end a block of each level size) whose
-    rows and positions come in ``args`` (where, a LongTensor: each level's rows, then their
-    inputs seen), so that one graph serves every position with that pattern
+    """The tile ends of one level in a compiled step of :class:`ContinuousRows` engines (the
+    layers of a model, whose rows share their positions), tensor operations alone: a
+    fixed-shape function of ``pattern`` (what: the tile b0, the level b, how many rows end a
+    block of it) whose rows and positions come in ``args`` (where, a LongTensor: the rows, then
+    their inputs seen), so that one graph serves every position with that pattern
     (:meth:`ContinuousRows.traced_work`).
 
-    For a row that has seen ``s`` inputs (a multiple of b0) and level ``b = s & -s``: its tile
-    is filed, ``x[s - b0 : s] = x_tile``; the block ``x[s - b : s]`` adds its contribution to
-    the outputs ``s .. s + b - 1`` (an FFT of length 2b, every row and layer of the level in one
-    call; outputs past the buffer are dropped); its next tile of outputs is loaded,
-    ``c_tile = c[s : s + b0]``. Level 0 (a full row) only files the tile.
+    For each row, having seen ``s`` inputs (a multiple of b0, with ``b = s & -s``): its tile is
+    filed, ``x[s - b0 : s] = x_tile``; the block ``x[s - b : s]`` adds its contribution to the
+    outputs ``s .. s + b - 1`` (an FFT of length 2b, every row and layer in one call; outputs
+    past the buffer are dropped); its next tile of outputs is loaded, ``c_tile = c[s : s + b0]``.
+    Level 0 (a full row) only files the tile.
 
-    buffers : for each engine ``(x, c, x_tile, c_tile, *spectra)``: ``x``, ``c`` ``(B, D, T)``,
-        the tiles ``(B, b0, D)``, and the filter spectra of the pattern's nonzero levels in its
-        order (``(D, b + 1)``).
+    buffers : for each engine ``(x, c, x_tile, c_tile[, spectrum])``: ``x``, ``c`` ``(B, D, T)``,
+        the tiles ``(B, b0, D)``, and for a level the filter's spectrum ``(D, b + 1)``.
     """
-    b0, levels = pattern
-    offset, spectrum = 0, 4
+    b0, level, count = pattern
+    rows, seen = args[:count], args[count:]
     lags = torch.arange(b0, device=args.device)
-    for level, count in levels:
-        rows, seen = args[offset : offset + count], args[offset + count : offset + 2 * count]
-        offset += 2 * count
-        tile = rows[:, None], slice(None), (seen - b0)[:, None] + lags  # x[rows, :, s-b0 .. s-1]
-        for x, _, x_tile, *_ in buffers:
-            x[tile] = x_tile[rows]  # (count, b0, D)
-        if not level:
-            continue
-        span = torch.arange(level, device=args.device)
-        blocks = [x[rows[:, None], :, (seen - level)[:, None] + span] for x, *_ in buffers]
-        future = block_futures(
-            [b.transpose(1, 2) for b in blocks], [e[spectrum] for e in buffers], level
-        )  # (engines, count, D, level)
-        spectrum += 1
-        for (_, c, _, c_tile, *_), y in zip(buffers, future, strict=True):
-            outputs = seen[:, None] + span  # (count, level)
-            kept = outputs < c.shape[-1]
-            channels = torch.arange(c.shape[1], device=args.device)[:, None]  # (D, 1)
-            where = rows[:, None, None], channels, outputs.clamp(max=c.shape[-1] - 1)[:, None]
-            c.index_put_(where, y * kept[:, None], accumulate=True)
-            c_tile[rows] = c[rows[:, None], :, seen[:, None] + lags]  # (count, b0, D)
+    tile = rows[:, None], slice(None), (seen - b0)[:, None] + lags  # x[rows, :, s-b0 .. s-1]
+    for x, _, x_tile, *_ in buffers:
+        x[tile] = x_tile[rows]  # (count, b0, D)
+    if not level:
+        return
+    span = torch.arange(level, device=args.device)
+    blocks = [x[rows[:, None], :, (seen - level)[:, None] + span] for x, *_ in buffers]
+    future = block_futures(
+        [b.transpose(1, 2) for b in blocks], [e[4] for e in buffers], level
+    )  # (engines, count, D, level)
+    for (_, c, _, c_tile, _), y in zip(buffers, future, strict=True):
+        outputs = seen[:, None] + span  # (count, level)
+        kept = outputs < c.shape[-1]
+        channels = torch.arange(c.shape[1], device=args.device)[:, None]  # (D, 1)
+        where = rows[:, None, None], channels, outputs.clamp(max=c.shape[-1] - 1)[:, None]
+        c.index_put_(where, y * kept[:, None], accumulate=True)
+        c_tile[rows] = c[rows[:, None], :, seen[:, None] + lags]  # (count, b0, D)
 
 
 class TiledEngine(OnlineConvEngine):

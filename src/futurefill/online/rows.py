@@ -138,11 +138,11 @@ class RowsEngine(ABC):
     def traced_tensors(self) -> list[torch.Tensor]:
         """What :meth:`step_traced` reads or updates in place (addresses a CUDA graph records)."""
 
-    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> TracedWork | None:
+    def traced_work(self, rows: Sequence[int], positions: Sequence[int]) -> list[TracedWork]:
         """For an engine that :attr:`schedules_in_graph`, after :meth:`step_traced`: the work
         ``rows`` (at ``positions`` before it) schedule, as tensor operations a graph runs
-        (:class:`TracedWork`), or None where this step schedules none."""
-        return None
+        (:class:`TracedWork`, each compiled once per pattern); none by default."""
+        return []
 
 
 class PerRowEngines(RowsEngine):
