@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import futurefill.decoder as decoder_module
 from futurefill import METHODS, Decoder
 from reference import hybrid_lm, rel_err, tiny_lm
 
@@ -124,3 +125,47 @@ def test_a_decoder_prefilled_again_compiles_nothing(method):
             for _ in range(12):
                 out = decoder.step(out.greedy)
     assert counters["frames"]["total"] == frames
+
+
+CAPTURED: list = []  # the keys StandInGraph captured
+
+
+class StandInGraph:
+    """What :class:`~futurefill.decoder.CompiledStep` captures as a CUDA graph, on the CPU: the
+    forward and the scheduled work bound at "capture" to the plan's buffers then (as a graph
+    binds their addresses), run again at each replay."""
+
+    def __init__(self, forward, positions, schedule, plan, ids, pool):
+        self.forward, self.positions, self.schedule = forward, positions, schedule
+        self.key, self.buffers = plan.key, plan.buffers
+        CAPTURED.append(plan.key)
+
+    def replay(self, ids, plan):
+        assert plan.key == self.key
+        output = self.forward(ids, self.positions)
+        if plan.key:
+            self.schedule(plan.host_args(), self.buffers)
+        return output
+
+
+@pytest.mark.parametrize("method", ["continuous", "epoched"])
+def test_the_graph_path_keeps_its_graphs_while_the_buffers_stay(method, monkeypatch):
+    """CompiledStep's CUDA path on the CPU, a stand-in for the graphs: a key runs once
+    uncompiled-into-a-graph, is captured at its next step and replayed after; continuous's
+    graphs are captured once per key through admissions and releases, the per-row engines'
+    anew when a prefill moves their buffers; every logit the forward's."""
+    monkeypatch.setattr(decoder_module, "_StepGraph", StandInGraph)
+    CAPTURED.clear()
+    model = tiny_lm("hyena", seed=4)
+    reference = copy.deepcopy(model)
+    with Decoder(
+        model, batch_size=3, max_len=40, method=method, compile=True, **OPTIONS[method]
+    ) as decoder:
+        decoder._compiled._pool = ()  # (the CUDA path: a pool of graphs)
+        keys, layouts = admissions_and_releases(decoder, reference, seed=5, events=70)
+    captured = CAPTURED
+    assert () in captured and set(captured) <= keys  # (a key met once is never captured)
+    if method == "continuous":  # each key captured once
+        assert len(layouts) == 1 and len(set(captured)) == len(captured)
+    else:  # a row's prefill moved its engine's buffers: the graphs were captured again
+        assert len(layouts) > 1 and captured.count(()) > 1
