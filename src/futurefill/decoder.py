@@ -53,7 +53,14 @@ from torch import nn
 
 from futurefill.checks import check_int
 from futurefill.model import check_token_ids
-from futurefill.nn import DecodingSession, RowSnapshot, TracedPlan, decoding, schedule_function
+from futurefill.nn import (
+    DecodingSession,
+    RowSnapshot,
+    TracedPlan,
+    decoding,
+    schedule_function,
+    unit_function,
+)
 from futurefill.nn.session import advance_positions
 
 __all__ = ["Decoder", "DecoderOutput"]
@@ -321,10 +328,7 @@ class Decoder(contextlib.AbstractContextManager):
         """Whether a compiled step of every row may serve ``rows``: the model has run once (its
         states exist), the rows have started, and every other row is free (the graph feeds it
         too)."""
-        if self.session.calls == 0:
-            return False
-        live = set(rows)
-        return all((p > 0) == (r in live) for r, p in enumerate(self.session.positions.tolist()))
+        return self.session.calls > 0 and self.session.steps_started_rows(rows)
 
     def _feed(
         self, ids: torch.Tensor, rows: Sequence[int], all_positions: bool = False
@@ -502,19 +506,13 @@ def compiled_schedule(key: tuple, device: torch.device) -> Callable[[torch.Tenso
     each of its units compiled once for the process, whatever other units a step combines it
     with: rows at their own positions combine level sizes, and only the combinations are
     many."""
-    units = []
-    for unit in key:
+
+    def compiled_unit(unit: tuple) -> Callable[[torch.Tensor, tuple], None]:
         if unit not in _UNITS:
-            _UNITS[unit] = _compile(schedule_function((unit,)), device)
-        units.append((_UNITS[unit], unit[3]))
+            _UNITS[unit] = _compile(unit_function(unit), device)
+        return _UNITS[unit]
 
-    def schedule(args: torch.Tensor, buffers: tuple) -> None:
-        offset = 0
-        for (run, count), engines in zip(units, buffers, strict=True):
-            run(args[offset : offset + count], (engines,))
-            offset += count
-
-    return schedule
+    return schedule_function(key, compiled_unit)
 
 
 def _compile(function: Callable, device: torch.device, cpu_options: dict | None = None) -> Callable:

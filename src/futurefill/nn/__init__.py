@@ -29,6 +29,7 @@ from futurefill.nn.session import (
     positions,
     schedule_function,
     traced_step,
+    unit_function,
 )
 from futurefill.nn.shortconv import ShortConv
 from futurefill.nn.state import Chunk, DecodingModule, ModuleState
@@ -52,4 +53,5 @@ __all__ = [
     "rotary",
     "schedule_function",
     "traced_step",
+    "unit_function",
 ]

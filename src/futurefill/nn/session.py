@@ -111,7 +111,7 @@ class TracedPlan:
 
     key : tuple, *what*: for each group of engines whose work runs batched, its unit ``(run,
         group, pattern, len(args), engines)`` (:class:`~futurefill.online.TracedWork`), each
-        compiled once (:func:`schedule_function` of ``(unit,)``); one CUDA graph per key serves
+        compiled once (:func:`unit_function`); one CUDA graph per key serves
         every position. ``()``: the step schedules nothing (most steps).
     args : list of int, *where*: each group's args; the graph reads them from a device
         LongTensor ``(len(args),)``.
@@ -140,16 +140,31 @@ class TracedPlan:
             schedule_function(self.key)(args, self.buffers)
 
 
-def schedule_function(key: tuple) -> Callable[[torch.Tensor, tuple], None]:
+def unit_function(unit: tuple) -> Callable[[torch.Tensor, tuple], None]:
+    """One unit of a plan key, ``(run, group, pattern, count, engines)``: a function of its
+    args ``(count,)`` and its engines' buffers, by tensor operations alone (what
+    ``torch.compile`` traces once per unit)."""
+    run, _, pattern, _, _ = unit
+
+    def work(args: torch.Tensor, engines: tuple) -> None:
+        run(engines, pattern, args)
+
+    return work
+
+
+def schedule_function(
+    key: tuple, unit: Callable[[tuple], Callable[[torch.Tensor, tuple], None]] = unit_function
+) -> Callable[[torch.Tensor, tuple], None]:
     """The scheduled work of a compiled step whose plan has ``key`` (:class:`TracedPlan`), a
-    function of ``(args, buffers)`` by tensor operations alone, which ``torch.compile`` traces
-    once per key: each group's work."""
-    groups = [(run, pattern, count) for run, _, pattern, count, _ in key]
+    function of ``(args, buffers)``: each unit's function (made by ``unit``, by default
+    :func:`unit_function`; a compiled step passes one that compiles it once) on its slice of
+    the args and its engines' buffers."""
+    works = [(unit(u), u[3]) for u in key]
 
     def schedule(args: torch.Tensor, buffers: tuple) -> None:
         offset = 0
-        for (run, pattern, count), engines in zip(groups, buffers, strict=True):
-            run(engines, pattern, args[offset : offset + count])
+        for (work, count), engines in zip(works, buffers, strict=True):
+            work(args[offset : offset + count], engines)
             offset += count
 
     return schedule
@@ -303,16 +318,21 @@ class DecodingSession(contextlib.AbstractContextManager):
                 f"got {tuple(inputs[0].shape)}"
             )
         self._check_room(rows, 1)
-        stepping, positions = set(rows), self.positions.tolist()
-        if any((p > 0) != (r in stepping) for r, p in enumerate(positions)):
+        if not self.steps_started_rows(rows):
             raise ValueError(
                 f"a compiled step steps the started rows and only those: rows {list(rows)} at "
-                f"positions {positions}"
+                f"positions {self.positions.tolist()}"
             )
         if not self._traced_ready:
             self._prepare_traced()
         plan = self._plan(rows)
         return self._call(self._traced_chunk, (plan, *inputs), step=step, counted=rows, plan=plan)
+
+    def steps_started_rows(self, rows: Sequence[int]) -> bool:
+        """Whether ``rows`` are exactly the started rows (past position 0): what a compiled step
+        of every row (:meth:`feed_traced`) may serve, the others free."""
+        stepping = set(rows)
+        return all((p > 0) == (r in stepping) for r, p in enumerate(self.positions.tolist()))
 
     @property
     def traced_layout(self) -> tuple[int, ...]:

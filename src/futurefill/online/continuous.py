@@ -469,12 +469,13 @@ def run_row_tile_ends(
     future = block_futures(
         [b.transpose(1, 2) for b in blocks], [e[4] for e in buffers], level
     )  # (engines, count, D, level)
+    _, c, *_ = buffers[0]  # (a session's engines of one group share shapes and max_len)
+    outputs = seen[:, None] + span  # (count, level)
+    kept = (outputs < c.shape[-1])[:, None]  # (count, 1, level)
+    channels = torch.arange(c.shape[1], device=args.device)[:, None]  # (D, 1)
+    where = rows[:, None, None], channels, outputs.clamp(max=c.shape[-1] - 1)[:, None]
     for (_, c, _, c_tile, _), y in zip(buffers, future, strict=True):
-        outputs = seen[:, None] + span  # (count, level)
-        kept = outputs < c.shape[-1]
-        channels = torch.arange(c.shape[1], device=args.device)[:, None]  # (D, 1)
-        where = rows[:, None, None], channels, outputs.clamp(max=c.shape[-1] - 1)[:, None]
-        c.index_put_(where, y * kept[:, None], accumulate=True)
+        c.index_put_(where, y * kept, accumulate=True)
         c_tile[rows] = c[rows[:, None], :, seen[:, None] + lags]  # (count, b0, D)
 
 
